@@ -1,0 +1,497 @@
+//! `unified_attention`: parameters, their validation, the 2D / split-K planner, and encoding.
+//!
+//! Semantics follow spec §6: for query row `i` of sequence `s` (absolute position
+//! `qpos = context_len + i`, `context_len = seqused_k - query_len`) and head `h` reading kv head
+//! `h / (num_q_heads / num_kv_heads)`, each key `k < seqused_k` gets the score
+//! `S = softmax_scale · q·k`, then `softcap·tanh(S/softcap)` when `softcap > 0`, then the mask
+//! (`k <= qpos` and, with a window, `qpos - k < W`, or both inside one prefix range), then ALiBi
+//! and qq_bias; the output is `Σ softmax(S)·v`, with sinks joining the denominator only.
+
+use std::sync::Arc;
+
+use crate::cache::{bind, check_plan_matches, LayerKv, LayerUniform, Tensor};
+use crate::context::Context;
+use crate::error::{invalid, shape, Error, Result};
+use crate::modes::{Codec, QuantKvBackend};
+use crate::pipeline::{
+    storage_entry, uniform_entry, Features, Kernel, PipelineKey, PipelineSource, Tiling,
+};
+use crate::step::BatchPlan;
+
+/// How decode rows are split over the key axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SplitK {
+    /// The planner decides from the batch shape (spec §10.5).
+    #[default]
+    Auto,
+    /// Never split.
+    Off,
+    /// Always split decode batches into exactly this many segments (2..=64). With a fixed count
+    /// the result is bitwise identical from run to run on one device.
+    Segments(u32),
+}
+
+/// Per-call attention parameters (the per-step metadata lives in the [`BatchPlan`]).
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionParams<'a> {
+    /// Query heads; a multiple of the cache's kv heads.
+    pub num_q_heads: u32,
+    /// Multiplies `q·k` (usually `1/sqrt(head_size)`).
+    pub softmax_scale: f32,
+    /// `(left, right)`: a query sees itself and `left` earlier keys (`W = left + 1`); -1 =
+    /// unbounded. `right` is ignored (attention is causal).
+    pub window_size: (i32, i32),
+    /// `S = softcap · tanh(S / softcap)` when > 0 (applied before masking).
+    pub softcap: f32,
+    /// `[num_q_heads]` sink logits: each adds `exp(sink - M)` to its head's softmax denominator.
+    pub sinks: Option<&'a [f32]>,
+    /// `[num_q_heads]` ALiBi slopes: `S += slope·(key_pos - context_len)`, or with
+    /// `use_alibi_sqrt`, `S += slope·(rel <= 0 ? -sqrt(-rel) : 0)` with `rel = key_pos - qpos`.
+    pub alibi_slopes: Option<&'a [f32]>,
+    /// Selects the sqrt form of ALiBi.
+    pub use_alibi_sqrt: bool,
+    /// Split-K choice for decode batches.
+    pub split: SplitK,
+}
+
+impl Default for AttentionParams<'_> {
+    fn default() -> Self {
+        Self {
+            num_q_heads: 0,
+            softmax_scale: 1.0,
+            window_size: (-1, -1),
+            softcap: 0.0,
+            sinks: None,
+            alibi_slopes: None,
+            use_alibi_sqrt: false,
+            split: SplitK::Auto,
+        }
+    }
+}
+
+impl AttentionParams<'_> {
+    /// Checks the parameters against `num_kv_heads`. Pure: no GPU needed.
+    pub fn validate(&self, num_kv_heads: u32) -> Result<()> {
+        let hq = self.num_q_heads;
+        if hq == 0 || num_kv_heads == 0 || !hq.is_multiple_of(num_kv_heads) {
+            return Err(invalid(
+                "num_q_heads",
+                format!("{hq} is not a positive multiple of num_kv_heads {num_kv_heads}"),
+            ));
+        }
+        if !self.softmax_scale.is_finite() {
+            return Err(invalid("softmax_scale", "must be finite"));
+        }
+        if !self.softcap.is_finite() || self.softcap < 0.0 {
+            return Err(invalid("softcap", "must be finite and >= 0 (0 = off)"));
+        }
+        if self.window_size.0 < -1 {
+            return Err(invalid(
+                "window_size",
+                format!("left {} must be >= -1", self.window_size.0),
+            ));
+        }
+        for (what, v) in [("sinks", self.sinks), ("alibi_slopes", self.alibi_slopes)] {
+            if let Some(v) = v {
+                if v.len() != hq as usize {
+                    return Err(shape(
+                        what,
+                        format!("{hq} values (num_q_heads)"),
+                        format!("{} values", v.len()),
+                    ));
+                }
+                if v.iter().any(|x| !x.is_finite()) {
+                    return Err(invalid(what, "values must be finite"));
+                }
+            }
+        }
+        if self.use_alibi_sqrt && self.alibi_slopes.is_none() {
+            return Err(invalid("use_alibi_sqrt", "set without alibi_slopes"));
+        }
+        if let SplitK::Segments(n) = self.split {
+            if !(2..=64).contains(&n) {
+                return Err(invalid("split", format!("segments {n} not in 2..=64")));
+            }
+        }
+        Ok(())
+    }
+
+    fn features(&self, plan: &BatchPlan) -> Features {
+        let mut f = 0;
+        if self.softcap > 0.0 {
+            f |= Features::SOFTCAP;
+        }
+        if self.sinks.is_some() {
+            f |= Features::SINKS;
+        }
+        if self.alibi_slopes.is_some() {
+            f |= if self.use_alibi_sqrt {
+                Features::ALIBI_SQRT
+            } else {
+                Features::ALIBI
+            };
+        }
+        if plan.has_qq {
+            f |= Features::QQ_BIAS;
+        }
+        if plan.has_mm {
+            f |= Features::MM_PREFIX;
+        }
+        Features(f)
+    }
+}
+
+/// Arguments of `unified_attention`.
+pub struct Attention<'a> {
+    /// The step.
+    pub plan: &'a BatchPlan,
+    /// The layer's cache.
+    pub layer: &'a LayerKv,
+    /// `[>= num_tokens_q, num_q_heads, head_size]`, model dtype.
+    pub q: Tensor<'a>,
+    /// `[>= num_tokens_q, num_q_heads, head_size]`, model dtype; rows past `num_tokens_q` are
+    /// left untouched.
+    pub out: Tensor<'a>,
+    /// Parameters.
+    pub params: &'a AttentionParams<'a>,
+}
+
+/// The planner's choice for one call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchPlan {
+    /// Segments over the key axis (1 = the 2D path).
+    pub segments: u32,
+    /// Workgroups of the main pass.
+    pub grid: [u32; 3],
+}
+
+/// Picks 2D vs split-K and the segment count (spec §10.5). Split-K applies to decode batches
+/// (every query length <= 1) whose 2D grid is too small to fill the GPU and whose contexts are
+/// long enough that each segment still streams several tiles.
+pub fn plan_split(
+    split: SplitK,
+    max_seqlen_q: u32,
+    max_seqlen_k: u32,
+    grid_2d: u32,
+    tile: u32,
+) -> u32 {
+    if max_seqlen_q > 1 {
+        return 1;
+    }
+    match split {
+        SplitK::Off => 1,
+        SplitK::Segments(n) => n,
+        SplitK::Auto => {
+            const TARGET_WORKGROUPS: u32 = 256;
+            const MIN_TILES_PER_SEGMENT: u32 = 8;
+            if grid_2d >= TARGET_WORKGROUPS / 2 {
+                return 1;
+            }
+            let tiles = max_seqlen_k.div_ceil(tile);
+            let by_work = (tiles / MIN_TILES_PER_SEGMENT).max(1);
+            let by_grid = TARGET_WORKGROUPS.div_ceil(grid_2d.max(1));
+            let n = by_work.min(by_grid).min(64);
+            if n < 2 {
+                1
+            } else {
+                n
+            }
+        }
+    }
+}
+
+/// Default `unified_attention`: validates, plans, then records the core kernels.
+pub fn encode<B: QuantKvBackend + ?Sized>(
+    backend: &B,
+    ctx: &Context,
+    enc: &mut wgpu::CommandEncoder,
+    a: &Attention<'_>,
+) -> Result<()> {
+    let cfg = &a.layer.config;
+    if cfg.mode != backend.mode() {
+        return Err(invalid(
+            "layer",
+            format!(
+                "cache mode {:?} used with backend {:?}",
+                cfg.mode,
+                backend.mode()
+            ),
+        ));
+    }
+    check_plan_matches(a.plan, cfg)?;
+    let p = a.params;
+    p.validate(cfg.num_kv_heads)?;
+    let sum = a.plan.summary;
+    let hq = p.num_q_heads;
+    let inner = [hq, cfg.head_size];
+    a.q.check("q", cfg.dtype, sum.num_tokens_q, inner)?;
+    a.out.check("out", cfg.dtype, sum.num_tokens_q, inner)?;
+    if a.q.buffer == a.out.buffer {
+        return Err(Error::InvalidBuffer {
+            what: "out",
+            detail: "must not be the q buffer".into(),
+        });
+    }
+    if sum.num_tokens_q == 0 {
+        return Ok(());
+    }
+    let limits = ctx.limits();
+    let tiling = Tiling::for_attention(cfg.head_size, limits).ok_or(Error::UnsupportedHeadDim {
+        mode: cfg.mode,
+        got: cfg.head_size,
+        multiple_of: 16,
+        min: 32,
+        max: 256,
+    })?;
+    let qpk = hq / cfg.num_kv_heads;
+    let hg = qpk.min(tiling.max_m);
+    let bq = (tiling.max_m / hg).max(1);
+    let chunks = qpk.div_ceil(hg);
+    let gx = sum.num_tokens_q / bq + sum.num_seqs;
+    let gy = cfg.num_kv_heads * chunks;
+    let max_dim = limits.max_compute_workgroups_per_dimension;
+    if gx > max_dim || gy > max_dim {
+        return Err(invalid(
+            "batch",
+            format!("grid {gx} x {gy} exceeds the adapter's {max_dim} workgroups per dimension"),
+        ));
+    }
+    let segments = plan_split(
+        p.split,
+        sum.max_seqlen_q,
+        sum.max_seqlen_k,
+        gx * gy,
+        tiling.tile,
+    );
+
+    let mut lu = LayerUniform::for_cache(backend, cfg);
+    lu.num_q_heads = hq;
+    lu.qpk = qpk;
+    lu.heads_per_wg = hg;
+    lu.q_per_wg = bq;
+    lu.head_chunks = chunks;
+    lu.window = if p.window_size.0 >= 0 {
+        p.window_size.0 as u32 + 1
+    } else {
+        0
+    };
+    lu.num_segments = segments;
+    lu.softmax_scale = p.softmax_scale;
+    lu.softcap = p.softcap;
+    lu.seg_rows = sum.num_tokens_q;
+    let mut aux: Vec<f32> = Vec::new();
+    if let Some(s) = p.sinks {
+        lu.off_sinks = aux.len() as u32;
+        aux.extend_from_slice(s);
+    }
+    if let Some(s) = p.alibi_slopes {
+        lu.off_alibi = aux.len() as u32;
+        aux.extend_from_slice(s);
+    }
+    if aux.is_empty() {
+        aux.push(0.0);
+    }
+    let lbuf = ctx.intern(wgpu::BufferUsages::UNIFORM, bytemuck::bytes_of(&lu));
+    let abuf = ctx.intern(wgpu::BufferUsages::STORAGE, bytemuck::cast_slice(&aux));
+
+    let mut features = p.features(a.plan);
+    if segments > 1 {
+        features.0 |= Features::SPLIT;
+    }
+    let codec = backend.codec(cfg.dtype);
+    let d = cfg.head_size;
+    let key = PipelineKey {
+        kernel: Kernel::Attention,
+        k: cfg.mode,
+        v: cfg.mode,
+        head_dim: d,
+        dtype: cfg.dtype,
+        features,
+        tiling,
+    };
+    let compiled = ctx
+        .pipelines
+        .get(ctx, key, || attention_source(codec, d, features, tiling))?;
+
+    let partials = if segments > 1 {
+        Some(partials_buffer(
+            ctx,
+            a.plan,
+            sum.num_tokens_q as u64 * hq as u64 * segments as u64 * (d as u64 + 2) * 4,
+        )?)
+    } else {
+        None
+    };
+    let target = partials.as_deref().unwrap_or(a.out.buffer);
+    let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("quantkv/attention"),
+        layout: &compiled.layout,
+        entries: &[
+            bind(0, &a.plan.uniform),
+            bind(1, &lbuf),
+            bind(2, &a.plan.meta),
+            bind(3, &abuf),
+            bind(4, a.q.buffer),
+            bind(5, &a.layer.k),
+            bind(6, &a.layer.v),
+            bind(7, &a.layer.k_scale),
+            bind(8, &a.layer.v_scale),
+            bind(9, target),
+        ],
+    });
+    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some("quantkv/unified_attention"),
+        timestamp_writes: None,
+    });
+    pass.set_pipeline(&compiled.pipeline);
+    pass.set_bind_group(0, &bg, &[]);
+    pass.dispatch_workgroups(gx, gy, segments);
+
+    if let Some(part) = partials {
+        let rkey = PipelineKey {
+            kernel: Kernel::Reduce,
+            features: Features(features.0 & Features::SINKS),
+            tiling: Tiling {
+                wg_size: 64,
+                tile: 0,
+                max_m: 0,
+            },
+            ..key
+        };
+        let reduce = ctx
+            .pipelines
+            .get(ctx, rkey, || reduce_source(d, features))?;
+        let rbg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("quantkv/reduce"),
+            layout: &reduce.layout,
+            entries: &[
+                bind(0, &a.plan.uniform),
+                bind(1, &lbuf),
+                bind(3, &abuf),
+                bind(4, &part),
+                bind(9, a.out.buffer),
+            ],
+        });
+        pass.set_pipeline(&reduce.pipeline);
+        pass.set_bind_group(0, &rbg, &[]);
+        pass.dispatch_workgroups(sum.num_tokens_q, hq, 1);
+    }
+    Ok(())
+}
+
+/// The attention kernel's source, override constants and layout for one variant.
+pub fn attention_source(
+    codec: Codec,
+    d: u32,
+    f: Features,
+    tiling: Tiling,
+) -> PipelineSource<'static> {
+    PipelineSource {
+        kernel: include_str!("../../shaders/attention/unified.wgsl"),
+        codec: Some(codec.decode),
+        constants: vec![
+            ("HEAD_DIM", d as f64),
+            ("TILE", tiling.tile as f64),
+            ("WG_SIZE", tiling.wg_size as f64),
+            ("MAX_M", tiling.max_m as f64),
+            ("Q_SH_LEN", (tiling.max_m * d / 4) as f64),
+            ("KV_SH_LEN", (tiling.tile * d / 4) as f64),
+            ("S_SH_LEN", (tiling.max_m * tiling.tile) as f64),
+            (
+                "ACC_N",
+                (tiling.max_m * d / 4).div_ceil(tiling.wg_size) as f64,
+            ),
+            ("HAS_SOFTCAP", flag(f, Features::SOFTCAP)),
+            ("HAS_SINKS", flag(f, Features::SINKS)),
+            (
+                "ALIBI_MODE",
+                if f.has(Features::ALIBI_SQRT) {
+                    2.0
+                } else {
+                    flag(f, Features::ALIBI)
+                },
+            ),
+            ("HAS_QQ", flag(f, Features::QQ_BIAS)),
+            ("HAS_MM", flag(f, Features::MM_PREFIX)),
+            ("IS_SPLIT", flag(f, Features::SPLIT)),
+        ],
+        entries: attention_entries(),
+    }
+}
+
+/// The split-K reduce kernel's source, constants and layout.
+pub fn reduce_source(d: u32, f: Features) -> PipelineSource<'static> {
+    PipelineSource {
+        kernel: include_str!("../../shaders/attention/reduce.wgsl"),
+        codec: None,
+        constants: vec![
+            ("HEAD_DIM", d as f64),
+            ("WG_SIZE", 64.0),
+            ("HAS_SINKS", flag(f, Features::SINKS)),
+        ],
+        entries: vec![
+            uniform_entry(0),
+            uniform_entry(1),
+            storage_entry(3, true),
+            storage_entry(4, true),
+            storage_entry(9, false),
+        ],
+    }
+}
+
+fn flag(f: Features, bit: u32) -> f64 {
+    if f.has(bit) {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+fn attention_entries() -> Vec<wgpu::BindGroupLayoutEntry> {
+    let mut e = vec![uniform_entry(0), uniform_entry(1)];
+    for b in 2..=8 {
+        e.push(storage_entry(b, true));
+    }
+    e.push(storage_entry(9, false));
+    e
+}
+
+/// The plan's split-K partial buffer, created on first use (and grown if a later layer needs
+/// more), so layers of one step share it instead of creating one per call.
+fn partials_buffer(ctx: &Context, plan: &BatchPlan, bytes: u64) -> Result<Arc<wgpu::Buffer>> {
+    let limit = ctx.limits().max_storage_buffer_binding_size;
+    if bytes > limit {
+        return Err(Error::InvalidBuffer {
+            what: "split-K partials",
+            detail: format!("{bytes} bytes exceed the binding limit {limit}; use fewer segments"),
+        });
+    }
+    let mut slot = plan.partials.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(b) = slot.as_ref() {
+        if b.size() >= bytes {
+            return Ok(b.clone());
+        }
+    }
+    let b = Arc::new(ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("quantkv/split_partials"),
+        size: bytes.max(16),
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    }));
+    *slot = Some(b.clone());
+    Ok(b)
+}
+
+impl crate::cache::KvCache {
+    /// Paged attention over `a.layer` (one of this cache's layers) for `a.plan`'s batch,
+    /// recording into `enc`. Shorthand for the backend's [`QuantKvBackend::unified_attention`].
+    pub fn unified_attention(
+        &self,
+        ctx: &Context,
+        enc: &mut wgpu::CommandEncoder,
+        a: &Attention<'_>,
+    ) -> Result<()> {
+        ctx.backend(self.config().mode)?
+            .unified_attention(ctx, enc, a)
+    }
+}

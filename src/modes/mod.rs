@@ -1,0 +1,240 @@
+//! KV quant modes, the [`QuantKvBackend`] trait, and the registry: the only place that names
+//! every mode. A mode is one module here plus its WGSL files under `shaders/modes/<id>/`.
+
+mod none;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::attention::{self, Attention};
+use crate::cache::{self, CacheWrite};
+use crate::context::Context;
+use crate::error::{Error, Result};
+
+/// Storage format of the KV cache (spec §1.1; stable numeric values).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+#[repr(u32)]
+pub enum KvQuantMode {
+    /// Unquantized: the cache holds the model dtype (f16 or f32).
+    None = 0,
+    /// FP8 e4m3fn with one caller-given scale for K and one for V.
+    Fp8PerTensor = 1,
+    /// INT8 with one f32 scale per (token, kv head), truncating like upstream.
+    Int8PerTokenHead = 2,
+    /// FP8 e4m3fn with one f32 scale per (token, kv head).
+    Fp8PerTokenHead = 3,
+    /// INT4 asymmetric after a randomized Hadamard rotation, zero point in the scale's low bits.
+    Int4PerTokenHead = 4,
+    /// INT2 Lloyd-Max codebook after a Hadamard rotation.
+    Int2PerTokenHead = 5,
+    /// INT8 with one caller-given scale for K and one for V.
+    Int8PerTensor = 6,
+}
+
+impl KvQuantMode {
+    /// Every mode of the spec, in enum order.
+    pub const ALL: [KvQuantMode; 7] = [
+        KvQuantMode::None,
+        KvQuantMode::Fp8PerTensor,
+        KvQuantMode::Int8PerTokenHead,
+        KvQuantMode::Fp8PerTokenHead,
+        KvQuantMode::Int4PerTokenHead,
+        KvQuantMode::Int2PerTokenHead,
+        KvQuantMode::Int8PerTensor,
+    ];
+
+    /// Stable lowercase id, equal to the mode's file and folder names.
+    pub fn id(self) -> &'static str {
+        match self {
+            KvQuantMode::None => "none",
+            KvQuantMode::Fp8PerTensor => "fp8_per_tensor",
+            KvQuantMode::Int8PerTokenHead => "int8_per_token_head",
+            KvQuantMode::Fp8PerTokenHead => "fp8_per_token_head",
+            KvQuantMode::Int4PerTokenHead => "int4_per_token_head",
+            KvQuantMode::Int2PerTokenHead => "int2_per_token_head",
+            KvQuantMode::Int8PerTensor => "int8_per_tensor",
+        }
+    }
+
+    /// Whether this version implements the mode (the others answer [`Error::Unsupported`]).
+    pub fn is_supported(self) -> bool {
+        create(self).is_some()
+    }
+}
+
+/// Model dtype: Q, K/V inputs, output, and the cache of mode `none`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Dtype {
+    /// IEEE half, two per u32 word (element 2i in the low half). Arithmetic stays f32, so this
+    /// needs no `SHADER_F16`.
+    F16,
+    /// IEEE single.
+    F32,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    pub fn size(self) -> u32 {
+        match self {
+            Dtype::F16 => 2,
+            Dtype::F32 => 4,
+        }
+    }
+
+    /// Short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F16 => "f16",
+            Dtype::F32 => "f32",
+        }
+    }
+
+    /// Rounds an f64 to this dtype and back (what storing it in a buffer does).
+    pub fn round(self, x: f64) -> f64 {
+        match self {
+            Dtype::F16 => half::f16::from_f64(x).to_f64(),
+            Dtype::F32 => x as f32 as f64,
+        }
+    }
+
+    /// Encodes values as bytes of this dtype.
+    pub fn encode(self, xs: &[f64]) -> Vec<u8> {
+        match self {
+            Dtype::F16 => xs
+                .iter()
+                .flat_map(|&x| half::f16::from_f64(x).to_le_bytes())
+                .collect(),
+            Dtype::F32 => xs.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect(),
+        }
+    }
+
+    /// Decodes bytes of this dtype.
+    pub fn decode(self, bytes: &[u8]) -> Vec<f64> {
+        match self {
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
+                .collect(),
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+                .collect(),
+        }
+    }
+}
+
+/// A mode's WGSL read contract (`decode_k4`, `decode_v4`), picked for the model dtype.
+#[derive(Clone, Copy, Debug)]
+pub struct Codec {
+    /// WGSL source defining `decode_k4(row, j)` and `decode_v4(row, j)`.
+    pub decode: &'static str,
+}
+
+/// One KV storage format: its metadata, its WGSL codec, and its two operations.
+///
+/// `reshape_and_cache` and `unified_attention` default to the core kernels composed with the
+/// mode's codec; a mode overrides one only when it needs a kernel of its own.
+pub trait QuantKvBackend: Send + Sync + 'static {
+    /// The mode.
+    fn mode(&self) -> KvQuantMode;
+    /// Logical elements per storage element (1 none/int8/fp8, 2 int4, 4 int2).
+    fn packing_factor(&self) -> u32;
+    /// Bytes per storage element of the cache (the model dtype's size for `none`).
+    fn cache_elem_bytes(&self, dtype: Dtype) -> u32;
+    /// Whether the mode stores one f32 scale per (block, slot, kv head) for K and for V.
+    fn needs_scale_caches(&self) -> bool;
+    /// The mode's WGSL read contract for `dtype`.
+    fn codec(&self, dtype: Dtype) -> Codec;
+    /// Whether the mode's write path is a plain row copy (rows stored as given).
+    fn stores_rows_as_given(&self) -> bool {
+        false
+    }
+    /// Storage elements per cached row (one token, one kv head).
+    fn packed_head_size(&self, head_size: u32) -> u32 {
+        head_size / self.packing_factor()
+    }
+    /// Bytes per cached row of K (or V), scales excluded.
+    fn row_bytes(&self, head_size: u32, dtype: Dtype) -> u64 {
+        self.packed_head_size(head_size) as u64 * self.cache_elem_bytes(dtype) as u64
+    }
+    /// Bytes of one scale cache (K or V) for `slots` = num_blocks * block_size and `kv_heads`.
+    fn scale_cache_bytes(&self, slots: u64, kv_heads: u32) -> u64 {
+        if self.needs_scale_caches() {
+            slots * kv_heads as u64 * 4
+        } else {
+            0
+        }
+    }
+    /// Writes K/V rows into their paged slots (spec §3), recording into `enc`.
+    fn reshape_and_cache(
+        &self,
+        ctx: &Context,
+        enc: &mut wgpu::CommandEncoder,
+        w: &CacheWrite<'_>,
+    ) -> Result<()> {
+        cache::encode_write(self, ctx, enc, w)
+    }
+    /// Paged attention over the cache (spec §5, §6), recording into `enc`.
+    fn unified_attention(
+        &self,
+        ctx: &Context,
+        enc: &mut wgpu::CommandEncoder,
+        a: &Attention<'_>,
+    ) -> Result<()> {
+        attention::encode(self, ctx, enc, a)
+    }
+}
+
+/// Creates a fresh backend of `mode`, or `None` when the mode is not built yet. Most callers
+/// want [`Context::backend`], which creates each backend once.
+pub fn create(mode: KvQuantMode) -> Option<Arc<dyn QuantKvBackend>> {
+    match mode {
+        KvQuantMode::None => Some(Arc::new(none::NoneBackend)),
+        KvQuantMode::Fp8PerTensor
+        | KvQuantMode::Int8PerTokenHead
+        | KvQuantMode::Fp8PerTokenHead
+        | KvQuantMode::Int4PerTokenHead
+        | KvQuantMode::Int2PerTokenHead
+        | KvQuantMode::Int8PerTensor => None,
+    }
+}
+
+/// One backend per mode, created on first request.
+#[derive(Default)]
+pub struct Registry {
+    map: Mutex<HashMap<KvQuantMode, Arc<dyn QuantKvBackend>>>,
+}
+
+impl Registry {
+    /// The backend of `mode`, created on first request.
+    pub fn get(&self, mode: KvQuantMode) -> Result<Arc<dyn QuantKvBackend>> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = map.get(&mode) {
+            return Ok(b.clone());
+        }
+        let b = create(mode).ok_or(Error::Unsupported { mode })?;
+        map.insert(mode, b.clone());
+        Ok(b)
+    }
+
+    /// Modes whose backend has been created so far.
+    pub fn created(&self) -> Vec<KvQuantMode> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<KvQuantMode> = map.keys().copied().collect();
+        v.sort();
+        v
+    }
+}
+
+impl Context {
+    /// The backend of `mode`, created on first request; [`Error::Unsupported`] for modes not
+    /// built yet.
+    pub fn backend(&self, mode: KvQuantMode) -> Result<Arc<dyn QuantKvBackend>> {
+        self.registry.get(mode)
+    }
+
+    /// Modes whose backend this context has created so far.
+    pub fn created_backends(&self) -> Vec<KvQuantMode> {
+        self.registry.created()
+    }
+}

@@ -1,0 +1,307 @@
+//! Compute pipelines: keyed by everything that changes the generated code, built lazily on
+//! first use, cached in the [`Context`](crate::Context).
+
+mod compose;
+
+pub use compose::{compose, ComposeError};
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::modes::{Dtype, KvQuantMode};
+
+/// The core kernels.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Kernel {
+    /// reshape_and_cache for modes that store rows as given.
+    WriteCopy,
+    /// unified_attention (2D, or one split-K segment per z-workgroup with `Features::SPLIT`).
+    Attention,
+    /// split-K reduce pass.
+    Reduce,
+}
+
+impl Kernel {
+    /// Name used in labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::WriteCopy => "write_copy",
+            Kernel::Attention => "unified",
+            Kernel::Reduce => "reduce",
+        }
+    }
+}
+
+/// Feature bits that select shader specialisations.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub struct Features(pub u32);
+
+impl Features {
+    /// tanh softcap.
+    pub const SOFTCAP: u32 = 1;
+    /// attention sinks.
+    pub const SINKS: u32 = 2;
+    /// linear ALiBi.
+    pub const ALIBI: u32 = 4;
+    /// sqrt ALiBi.
+    pub const ALIBI_SQRT: u32 = 8;
+    /// qq_bias.
+    pub const QQ_BIAS: u32 = 16;
+    /// multimodal prefix ranges.
+    pub const MM_PREFIX: u32 = 32;
+    /// split-K segment pass.
+    pub const SPLIT: u32 = 64;
+
+    /// Whether `bit` is set.
+    pub fn has(self, bit: u32) -> bool {
+        self.0 & bit != 0
+    }
+}
+
+impl fmt::Display for Features {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const NAMES: [(u32, &str); 7] = [
+            (Features::SOFTCAP, "softcap"),
+            (Features::SINKS, "sinks"),
+            (Features::ALIBI, "alibi"),
+            (Features::ALIBI_SQRT, "alibi_sqrt"),
+            (Features::QQ_BIAS, "qq"),
+            (Features::MM_PREFIX, "mm"),
+            (Features::SPLIT, "split"),
+        ];
+        let names: Vec<&str> = NAMES
+            .iter()
+            .filter(|(b, _)| self.has(*b))
+            .map(|(_, n)| *n)
+            .collect();
+        if names.is_empty() {
+            write!(f, "base")
+        } else {
+            write!(f, "{}", names.join("+"))
+        }
+    }
+}
+
+/// Everything that changes the generated code of one pipeline.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct PipelineKey {
+    /// Which kernel.
+    pub kernel: Kernel,
+    /// K cache mode.
+    pub k: KvQuantMode,
+    /// V cache mode.
+    pub v: KvQuantMode,
+    /// Head size.
+    pub head_dim: u32,
+    /// Model dtype (Q, K/V inputs, output).
+    pub dtype: Dtype,
+    /// Specialisations.
+    pub features: Features,
+    /// Workgroup geometry.
+    pub tiling: Tiling,
+}
+
+impl fmt::Display for PipelineKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "quantkv/{}/{}-{}/d{}/{}/{}/t{}w{}m{}",
+            self.kernel.name(),
+            self.k.id(),
+            self.v.id(),
+            self.head_dim,
+            self.dtype.name(),
+            self.features,
+            self.tiling.tile,
+            self.tiling.wg_size,
+            self.tiling.max_m
+        )
+    }
+}
+
+/// Workgroup geometry a pipeline is built with; host dispatch math uses the same values.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Tiling {
+    /// Threads per workgroup.
+    pub wg_size: u32,
+    /// Keys per KV tile.
+    pub tile: u32,
+    /// Rows (query token x query head) per workgroup.
+    pub max_m: u32,
+}
+
+impl Tiling {
+    /// Workgroup memory the attention kernel needs with this tiling, in bytes.
+    pub fn attention_smem(&self, head_dim: u32) -> u32 {
+        let q = self.max_m * head_dim * 4;
+        let kv = self.tile * head_dim * 4;
+        let s = self.max_m * self.tile * 4;
+        q + kv + s + 4 * self.max_m * 4 + 64
+    }
+
+    /// The attention tiling for `head_dim` on a device with `limits`: 16 rows, the largest key
+    /// tile in {32, 16, 8} whose workgroup memory fits.
+    pub fn for_attention(head_dim: u32, limits: &wgpu::Limits) -> Option<Tiling> {
+        let wg_size = 128.min(limits.max_compute_invocations_per_workgroup);
+        for tile in [32, 16, 8] {
+            let t = Tiling {
+                wg_size,
+                tile,
+                max_m: 16,
+            };
+            if t.attention_smem(head_dim) <= limits.max_compute_workgroup_storage_size {
+                return Some(t);
+            }
+        }
+        None
+    }
+}
+
+/// A built pipeline and the geometry it was built with.
+pub struct Compiled {
+    /// The pipeline.
+    pub pipeline: wgpu::ComputePipeline,
+    /// Its bind group layout (group 0).
+    pub layout: wgpu::BindGroupLayout,
+    /// The geometry it was built with.
+    pub tiling: Tiling,
+}
+
+/// Lazily filled pipeline cache.
+#[derive(Default)]
+pub struct PipelineCache {
+    map: RwLock<HashMap<PipelineKey, Arc<Compiled>>>,
+}
+
+/// What a caller hands the cache to build a missing pipeline.
+pub struct PipelineSource<'a> {
+    /// Root WGSL source of the kernel (may `// #include` common files).
+    pub kernel: &'static str,
+    /// Extra WGSL prepended after the model types file (the mode's codec).
+    pub codec: Option<&'a str>,
+    /// Override constants.
+    pub constants: Vec<(&'static str, f64)>,
+    /// Bind group layout entries.
+    pub entries: Vec<wgpu::BindGroupLayoutEntry>,
+}
+
+impl PipelineCache {
+    /// Labels of every pipeline built so far.
+    pub fn labels(&self) -> Vec<String> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<String> = map.keys().map(|k| k.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    /// Returns the pipeline for `key`, building it with `source()` the first time.
+    pub fn get<'a>(
+        &self,
+        ctx: &Context,
+        key: PipelineKey,
+        source: impl FnOnce() -> PipelineSource<'a>,
+    ) -> Result<Arc<Compiled>> {
+        if let Some(hit) = self.map.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(hit.clone());
+        }
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(hit) = map.get(&key) {
+            return Ok(hit.clone());
+        }
+        let built = Arc::new(build(ctx, &key, source())?);
+        map.insert(key, built.clone());
+        Ok(built)
+    }
+}
+
+/// Full WGSL text of a kernel variant: the model types file, the codec, then the kernel.
+pub fn full_source(kernel: &str, dtype: Dtype, codec: Option<&str>) -> Result<String> {
+    let types = match dtype {
+        Dtype::F16 => "// #include \"common/types_f16.wgsl\"\n",
+        Dtype::F32 => "// #include \"common/types_f32.wgsl\"\n",
+    };
+    let mut root = String::from(types);
+    if let Some(c) = codec {
+        root.push_str(c);
+        root.push('\n');
+    }
+    root.push_str(kernel);
+    compose(&root).map_err(|e| Error::ShaderCompile {
+        label: "compose".into(),
+        message: e.to_string(),
+    })
+}
+
+fn build(ctx: &Context, key: &PipelineKey, src: PipelineSource<'_>) -> Result<Compiled> {
+    let label = key.to_string();
+    let text = full_source(src.kernel, key.dtype, src.codec)?;
+    let device = &ctx.device;
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(&label),
+        source: wgpu::ShaderSource::Wgsl(text.into()),
+    });
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(&label),
+        entries: &src.entries,
+    });
+    let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(&label),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(&label),
+        layout: Some(&pl),
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants: &src.constants,
+            zero_initialize_workgroup_memory: false,
+        },
+        cache: None,
+    });
+    if let Some(err) = pollster::block_on(scope.pop()) {
+        return Err(Error::ShaderCompile {
+            label,
+            message: err.to_string(),
+        });
+    }
+    log::debug!("built pipeline {label}");
+    Ok(Compiled {
+        pipeline,
+        layout,
+        tiling: key.tiling,
+    })
+}
+
+/// A uniform-buffer layout entry.
+pub fn uniform_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+/// A storage-buffer layout entry.
+pub fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}

@@ -1,0 +1,311 @@
+//! The per-step metadata object ([`BatchPlan`]): validated once per model step, uploaded once,
+//! then shared by every layer's `reshape_and_cache` and `unified_attention` call of that step
+//! (spec §10.6). Its buffers are never rewritten while it lives, so many calls recorded into one
+//! encoder all read the values they were recorded with.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use bytemuck::{Pod, Zeroable};
+use wgpu::util::DeviceExt;
+
+use crate::cache::CacheConfig;
+use crate::context::Context;
+use crate::error::{invalid, shape, Result};
+
+/// qq_bias (spec §6.1 step 5): f32 `[rows, cols]` row-major; for query row i of a sequence and
+/// key `kr = key_pos - context_len` with `0 <= kr < cols`, `S += bias[i][kr]`. Shared by all
+/// heads and sequences; `rows` must cover the longest query.
+#[derive(Clone, Copy, Debug)]
+pub struct QqBias<'a> {
+    /// Row-major values, `rows * cols` long.
+    pub values: &'a [f32],
+    /// Number of rows.
+    pub rows: usize,
+    /// Number of columns.
+    pub cols: usize,
+}
+
+/// Bidirectional prefix ranges (spec §6.2): `[num_seqs, ranges_per_seq, 2]` i32, each an
+/// inclusive `[start, end]` in absolute positions, valid iff `start < end`; start >= end is
+/// padding. Inside a range attention ignores causality and the window.
+#[derive(Clone, Copy, Debug)]
+pub struct PrefixRanges<'a> {
+    /// Flattened `[num_seqs, ranges_per_seq, 2]`.
+    pub ranges: &'a [i32],
+    /// Ranges per sequence.
+    pub ranges_per_seq: usize,
+}
+
+/// Host-side metadata of one model step.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StepInput<'a> {
+    /// `[num_write_tokens]`: paged slot (`block * block_size + offset`) of each written token;
+    /// negative = padding, skipped.
+    pub slot_mapping: &'a [i32],
+    /// `[num_seqs + 1]`: prefix sums of query lengths, starting at 0.
+    pub cu_seqlens_q: &'a [i32],
+    /// `[num_seqs]`: KV length of each sequence including its new tokens.
+    pub seqused_k: &'a [i32],
+    /// `[num_seqs, block_table_stride]`: physical block of each logical block.
+    pub block_table: &'a [i32],
+    /// Row stride (columns) of `block_table`.
+    pub block_table_stride: usize,
+    /// Optional qq_bias.
+    pub qq_bias: Option<QqBias<'a>>,
+    /// Optional bidirectional prefix ranges.
+    pub prefix_ranges: Option<PrefixRanges<'a>>,
+}
+
+/// What validation learned about a step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepSummary {
+    /// Sequences.
+    pub num_seqs: u32,
+    /// Query tokens (`cu_seqlens_q[num_seqs]`).
+    pub num_tokens_q: u32,
+    /// Written tokens (`slot_mapping.len()`).
+    pub num_write: u32,
+    /// Longest query.
+    pub max_seqlen_q: u32,
+    /// Longest KV length.
+    pub max_seqlen_k: u32,
+}
+
+impl StepInput<'_> {
+    /// Checks every rule of spec §10.6 against a cache of `num_blocks` x `block_size`.
+    /// Pure: no GPU needed.
+    pub fn validate(&self, num_blocks: u32, block_size: u32) -> Result<StepSummary> {
+        let total_slots = num_blocks as i64 * block_size as i64;
+        let mut seen = HashSet::with_capacity(self.slot_mapping.len());
+        for (t, &slot) in self.slot_mapping.iter().enumerate() {
+            if slot < 0 {
+                continue;
+            }
+            if slot as i64 >= total_slots {
+                return Err(invalid(
+                    "slot_mapping",
+                    format!("token {t}: slot {slot} >= num_blocks*block_size = {total_slots}"),
+                ));
+            }
+            if !seen.insert(slot) {
+                return Err(invalid(
+                    "slot_mapping",
+                    format!("token {t}: slot {slot} is written twice in one call"),
+                ));
+            }
+        }
+        let cu = self.cu_seqlens_q;
+        let num_seqs = self.seqused_k.len();
+        if num_seqs == 0 && cu.len() <= 1 {
+            return Ok(StepSummary {
+                num_write: self.slot_mapping.len() as u32,
+                ..Default::default()
+            });
+        }
+        if cu.len() != num_seqs + 1 {
+            return Err(shape(
+                "cu_seqlens_q",
+                format!("{} entries (num_seqs + 1)", num_seqs + 1),
+                format!("{} entries", cu.len()),
+            ));
+        }
+        if cu[0] != 0 {
+            return Err(invalid(
+                "cu_seqlens_q",
+                format!("must start at 0, starts at {}", cu[0]),
+            ));
+        }
+        let stride = self.block_table_stride;
+        if self.block_table.len() != num_seqs * stride {
+            return Err(shape(
+                "block_table",
+                format!("{num_seqs} x {stride} = {} entries", num_seqs * stride),
+                format!("{} entries", self.block_table.len()),
+            ));
+        }
+        let mut max_q = 0;
+        let mut max_k = 0;
+        for s in 0..num_seqs {
+            let q_len = cu[s + 1] - cu[s];
+            if q_len < 0 {
+                return Err(invalid(
+                    "cu_seqlens_q",
+                    format!(
+                        "not monotonic at sequence {s}: {} then {}",
+                        cu[s],
+                        cu[s + 1]
+                    ),
+                ));
+            }
+            let kv = self.seqused_k[s];
+            if kv < q_len {
+                return Err(invalid(
+                    "seqused_k",
+                    format!("sequence {s}: seqused_k {kv} < query length {q_len}"),
+                ));
+            }
+            let need = (kv as usize).div_ceil(block_size as usize);
+            if need > stride {
+                return Err(invalid(
+                    "block_table",
+                    format!("sequence {s} needs {need} blocks for {kv} keys, table has {stride} columns"),
+                ));
+            }
+            for c in 0..need {
+                let b = self.block_table[s * stride + c];
+                if b < 0 || b as u32 >= num_blocks {
+                    return Err(invalid(
+                        "block_table",
+                        format!("sequence {s}, column {c}: block {b} outside [0, {num_blocks})"),
+                    ));
+                }
+            }
+            max_q = max_q.max(q_len as u32);
+            max_k = max_k.max(kv as u32);
+        }
+        if let Some(qq) = self.qq_bias {
+            if qq.values.len() != qq.rows * qq.cols {
+                return Err(shape(
+                    "qq_bias",
+                    format!("{} x {} values", qq.rows, qq.cols),
+                    format!("{} values", qq.values.len()),
+                ));
+            }
+            if qq.rows < max_q as usize {
+                return Err(invalid(
+                    "qq_bias",
+                    format!("{} rows, smaller than the longest query ({max_q})", qq.rows),
+                ));
+            }
+        }
+        if let Some(mm) = self.prefix_ranges {
+            if mm.ranges.len() != num_seqs * mm.ranges_per_seq * 2 {
+                return Err(shape(
+                    "prefix_ranges",
+                    format!("{num_seqs} x {} x 2 values", mm.ranges_per_seq),
+                    format!("{} values", mm.ranges.len()),
+                ));
+            }
+            for s in 0..num_seqs {
+                for r in 0..mm.ranges_per_seq {
+                    let i = (s * mm.ranges_per_seq + r) * 2;
+                    let (a, b) = (mm.ranges[i], mm.ranges[i + 1]);
+                    if a < b && (a < 0 || b >= self.seqused_k[s]) {
+                        return Err(invalid(
+                            "prefix_ranges",
+                            format!(
+                                "sequence {s} range {r}: [{a}, {b}] outside [0, {})",
+                                self.seqused_k[s]
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(StepSummary {
+            num_seqs: num_seqs as u32,
+            num_tokens_q: cu[num_seqs] as u32,
+            num_write: self.slot_mapping.len() as u32,
+            max_seqlen_q: max_q,
+            max_seqlen_k: max_k,
+        })
+    }
+}
+
+/// GPU copy of the step uniform (`StepU` in `shaders/common/uniforms.wgsl`).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable, Debug, Default)]
+pub(crate) struct StepUniform {
+    pub num_seqs: u32,
+    pub num_tokens_q: u32,
+    pub num_write: u32,
+    pub bt_stride: u32,
+    pub off_cu: u32,
+    pub off_su: u32,
+    pub off_bt: u32,
+    pub off_slot: u32,
+    pub off_qq: u32,
+    pub qq_rows: u32,
+    pub qq_cols: u32,
+    pub off_mm: u32,
+    pub mm_per_seq: u32,
+    pub pad: [u32; 3],
+}
+
+/// A validated, uploaded step. Create one per model step with [`BatchPlan::new`]; every layer's
+/// calls of that step take it by reference.
+pub struct BatchPlan {
+    pub(crate) summary: StepSummary,
+    pub(crate) num_blocks: u32,
+    pub(crate) block_size: u32,
+    pub(crate) uniform: wgpu::Buffer,
+    pub(crate) meta: wgpu::Buffer,
+    pub(crate) has_qq: bool,
+    pub(crate) has_mm: bool,
+    /// Split-K partials, created on the first split call of this step and reused by later layers.
+    pub(crate) partials: Mutex<Option<std::sync::Arc<wgpu::Buffer>>>,
+}
+
+impl BatchPlan {
+    /// Validates `input` against the cache geometry of `config` and uploads it.
+    pub fn new(ctx: &Context, config: &CacheConfig, input: &StepInput<'_>) -> Result<Self> {
+        let summary = input.validate(config.num_blocks, config.block_size)?;
+        let mut meta: Vec<i32> = Vec::new();
+        let mut u = StepUniform {
+            num_seqs: summary.num_seqs,
+            num_tokens_q: summary.num_tokens_q,
+            num_write: summary.num_write,
+            bt_stride: input.block_table_stride as u32,
+            ..Default::default()
+        };
+        let mut push = |xs: &[i32]| -> u32 {
+            let off = meta.len() as u32;
+            meta.extend_from_slice(xs);
+            off
+        };
+        u.off_slot = push(input.slot_mapping);
+        u.off_cu = push(input.cu_seqlens_q);
+        u.off_su = push(input.seqused_k);
+        u.off_bt = push(input.block_table);
+        if let Some(qq) = input.qq_bias {
+            let bits: Vec<i32> = qq.values.iter().map(|v| v.to_bits() as i32).collect();
+            u.off_qq = push(&bits);
+            u.qq_rows = qq.rows as u32;
+            u.qq_cols = qq.cols as u32;
+        }
+        if let Some(mm) = input.prefix_ranges {
+            u.off_mm = push(mm.ranges);
+            u.mm_per_seq = mm.ranges_per_seq as u32;
+        }
+        if meta.is_empty() {
+            meta.push(0);
+        }
+        let device = &ctx.device;
+        let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("quantkv/step_uniform"),
+            contents: bytemuck::bytes_of(&u),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let meta = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("quantkv/step_meta"),
+            contents: bytemuck::cast_slice(&meta),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+        Ok(Self {
+            summary,
+            num_blocks: config.num_blocks,
+            block_size: config.block_size,
+            uniform,
+            meta,
+            has_qq: input.qq_bias.is_some(),
+            has_mm: input.prefix_ranges.is_some(),
+            partials: Mutex::new(None),
+        })
+    }
+
+    /// What validation learned about the step.
+    pub fn summary(&self) -> StepSummary {
+        self.summary
+    }
+}
