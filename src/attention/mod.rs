@@ -52,6 +52,23 @@ pub struct AttentionParams<'a> {
     pub use_alibi_sqrt: bool,
     /// Split-K choice for decode batches.
     pub split: SplitK,
+    /// Upstream's `seq_threshold_3D`: when set, split-K is used only for batches of at most this
+    /// many sequences (on top of the decode-only rule).
+    pub seq_threshold_3d: Option<u32>,
+    /// Caller-provided split-K partial buffer (upstream's `softmax_segm_*`), `STORAGE` usage, at
+    /// least [`segment_buffer_bytes`] long; when `None`, the step's own pool is used.
+    pub segment_buffer: Option<&'a wgpu::Buffer>,
+}
+
+/// Bytes of split-K partials for `num_tokens` rows: per (token, q head, segment) the
+/// unnormalised accumulator (`head_size` f32) plus its running max and sum (2 f32).
+pub fn segment_buffer_bytes(
+    num_tokens: u32,
+    num_q_heads: u32,
+    segments: u32,
+    head_size: u32,
+) -> u64 {
+    num_tokens as u64 * num_q_heads as u64 * segments as u64 * (head_size as u64 + 2) * 4
 }
 
 impl Default for AttentionParams<'_> {
@@ -65,6 +82,8 @@ impl Default for AttentionParams<'_> {
             alibi_slopes: None,
             use_alibi_sqrt: false,
             split: SplitK::Auto,
+            seq_threshold_3d: None,
+            segment_buffer: None,
         }
     }
 }
@@ -170,14 +189,15 @@ pub struct LaunchPlan {
 /// long enough that each segment still streams several tiles.
 pub fn plan_split(
     split: SplitK,
-    max_seqlen_q: u32,
-    max_seqlen_k: u32,
+    seq_threshold_3d: Option<u32>,
+    summary: &crate::step::StepSummary,
     grid_2d: u32,
     tile: u32,
 ) -> u32 {
-    if max_seqlen_q > 1 {
+    if summary.max_seqlen_q > 1 || seq_threshold_3d.is_some_and(|t| summary.num_seqs > t) {
         return 1;
     }
+    let max_seqlen_k = summary.max_seqlen_k;
     match split {
         SplitK::Off => 1,
         SplitK::Segments(n) => n,
@@ -256,13 +276,7 @@ pub fn encode<B: QuantKvBackend + ?Sized>(
             format!("grid {gx} x {gy} exceeds the adapter's {max_dim} workgroups per dimension"),
         ));
     }
-    let segments = plan_split(
-        p.split,
-        sum.max_seqlen_q,
-        sum.max_seqlen_k,
-        gx * gy,
-        tiling.tile,
-    );
+    let segments = plan_split(p.split, p.seq_threshold_3d, &sum, gx * gy, tiling.tile);
 
     let mut lu = LayerUniform::for_cache(backend, cfg);
     lu.num_q_heads = hq;
@@ -313,16 +327,32 @@ pub fn encode<B: QuantKvBackend + ?Sized>(
         .pipelines
         .get(ctx, key, || attention_source(codec, d, features, tiling))?;
 
+    let pooled;
     let partials = if segments > 1 {
-        Some(partials_buffer(
-            ctx,
-            a.plan,
-            sum.num_tokens_q as u64 * hq as u64 * segments as u64 * (d as u64 + 2) * 4,
-        )?)
+        let need = segment_buffer_bytes(sum.num_tokens_q, hq, segments, d);
+        Some(match p.segment_buffer {
+            Some(b) => {
+                if b.size() < need || !b.usage().contains(wgpu::BufferUsages::STORAGE) {
+                    return Err(Error::InvalidBuffer {
+                        what: "segment_buffer",
+                        detail: format!(
+                            "{} bytes ({:?}); {segments} segments need {need} bytes with STORAGE usage",
+                            b.size(),
+                            b.usage()
+                        ),
+                    });
+                }
+                b
+            }
+            None => {
+                pooled = partials_buffer(ctx, a.plan, need)?;
+                &*pooled
+            }
+        })
     } else {
         None
     };
-    let target = partials.as_deref().unwrap_or(a.out.buffer);
+    let target = partials.unwrap_or(a.out.buffer);
     let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some("quantkv/attention"),
         layout: &compiled.layout,
@@ -368,7 +398,7 @@ pub fn encode<B: QuantKvBackend + ?Sized>(
                 bind(0, &a.plan.uniform),
                 bind(1, &lbuf),
                 bind(3, &abuf),
-                bind(4, &part),
+                bind(4, part),
                 bind(9, a.out.buffer),
             ],
         });

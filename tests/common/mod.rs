@@ -53,6 +53,12 @@ pub struct Extras {
     /// Prefix ranges per sequence as (start, end) pairs, inclusive.
     pub prefix_ranges: Option<Vec<Vec<(i32, i32)>>>,
     pub split: SplitK,
+    pub seq_threshold_3d: Option<u32>,
+    /// Size of a caller-provided split-K buffer (None: the step's pool).
+    pub segment_buffer_bytes: Option<u64>,
+    /// Overwrite, with NaN, every cached block that lies wholly before the sliding window of a
+    /// sequence's first query (rounded down to 32 keys): the kernel must never read them.
+    pub poison_outside_window: bool,
 }
 
 /// Everything a case produced.
@@ -148,6 +154,7 @@ pub fn run_case(ctx: &Context, seed: u64, shape: &Shape, ex: &Extras) -> Result<
             ranges_per_seq: v.first().map(|r| r.len()).unwrap_or(0),
         }),
     };
+    let seg_buf = ex.segment_buffer_bytes.map(|n| ctx.zeroed("segments", n));
     let params = AttentionParams {
         num_q_heads: shape.q_heads,
         softmax_scale: 1.0 / (d as f32).sqrt(),
@@ -157,6 +164,8 @@ pub fn run_case(ctx: &Context, seed: u64, shape: &Shape, ex: &Extras) -> Result<
         alibi_slopes: (ex.alibi || ex.alibi_sqrt).then_some(&slopes[..]),
         use_alibi_sqrt: ex.alibi_sqrt,
         split: ex.split,
+        seq_threshold_3d: ex.seq_threshold_3d,
+        segment_buffer: seg_buf.as_ref(),
     };
     let cfg = CacheConfig {
         num_layers: 1,
@@ -177,6 +186,7 @@ pub fn run_case(ctx: &Context, seed: u64, shape: &Shape, ex: &Extras) -> Result<
     let canary = vec![7.0; out_rows as usize * hq * d];
     let obuf = ctx.upload("out", &dt.encode(&canary));
     let mut enc = ctx.device.create_command_encoder(&Default::default());
+    let mut poisoned_rows = 0usize;
     let kv_shape = [n_write as u32, shape.kv_heads, shape.head_size];
     cache.reshape_and_cache(
         ctx,
@@ -186,6 +196,35 @@ pub fn run_case(ctx: &Context, seed: u64, shape: &Shape, ex: &Extras) -> Result<
         Tensor::new(&kbuf, dt, kv_shape),
         Tensor::new(&vbuf, dt, kv_shape),
     )?;
+    if ex.poison_outside_window {
+        let w = ex.window_left.expect("poison needs a window") as usize + 1;
+        ctx.queue.submit([std::mem::replace(
+            &mut enc,
+            ctx.device.create_command_encoder(&Default::default()),
+        )
+        .finish()]);
+        let row_bytes = d * dt.size() as usize;
+        let nan: Vec<u8> = match dt {
+            Dtype::F16 => 0x7E00u16.to_le_bytes().repeat(d),
+            Dtype::F32 => 0x7FC0_0000u32.to_le_bytes().repeat(d),
+        };
+        let block_rows = nan.repeat(bs * hkv);
+        for (s, &(ql, kv)) in shape.seqs.iter().enumerate() {
+            let first_qpos = (kv - ql) as usize;
+            let key_lo = (first_qpos + 1).saturating_sub(w) / 32 * 32;
+            for c in 0..key_lo / bs {
+                let b = block_table[s * stride + c] as u64;
+                let off = b * (bs * hkv * row_bytes) as u64;
+                ctx.queue.write_buffer(&cache.layer(0).k, off, &block_rows);
+                ctx.queue.write_buffer(&cache.layer(0).v, off, &block_rows);
+                poisoned_rows += bs;
+            }
+        }
+        eprintln!(
+            "poisoned {poisoned_rows} of {} cached tokens",
+            shape.seqs.iter().map(|s| s.1 as usize).sum::<usize>()
+        );
+    }
     let q_shape = [num_tokens as u32, shape.q_heads, shape.head_size];
     cache.unified_attention(
         ctx,
@@ -213,7 +252,7 @@ pub fn run_case(ctx: &Context, seed: u64, shape: &Shape, ex: &Extras) -> Result<
     let mut vc = vec![0.0; rows_total];
     reference::cache::write_rows(&mut kc, &keys, &slot_mapping, hkv, d);
     reference::cache::write_rows(&mut vc, &values, &slot_mapping, hkv, d);
-    if shape.mode == KvQuantMode::None {
+    if shape.mode == KvQuantMode::None && poisoned_rows == 0 {
         let gk = dt.decode(&ctx.read_buffer(&cache.layer(0).k)?);
         let gv = dt.decode(&ctx.read_buffer(&cache.layer(0).v)?);
         assert_eq!(gk, kc, "K pool layout differs from the CPU model");

@@ -1,0 +1,525 @@
+//! GPU benchmark: unified_attention and reshape_and_cache timed with timestamp queries (median
+//! of >= 50 runs after warm-up), rotating over separate layer pools so small shapes do not sit
+//! in L2, next to a copy kernel measured in the same run. Prints a table and writes JSON + CSV.
+//!
+//!   cargo bench --bench gpu -- [--quick] [--out DIR] [--shapes-json FILE] [--filter SUBSTR]
+//!
+//! `--shapes-json` writes the shapes for `benches/sdpa.py`, which times PyTorch SDPA on them in
+//! the same device command; `--sdpa FILE` reads its results back and adds the ratio columns.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use anyhow::Result;
+use quantkv::reference::rng::SplitMix64;
+use quantkv::*;
+
+#[derive(Clone, Debug)]
+struct Shape {
+    name: String,
+    b: u32,
+    lq: u32,
+    lkv: u32,
+    hq: u32,
+    hkv: u32,
+    d: u32,
+    mode: KvQuantMode,
+    split: SplitK,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Row {
+    name: String,
+    mode: String,
+    split: String,
+    us: f64,
+    bytes: f64,
+    gbs: f64,
+    frac_copy: f64,
+    f16_equiv_gbs: f64,
+    tflops: f64,
+    speedup_vs_f16: f64,
+    sdpa_us: f64,
+    vs_sdpa: f64,
+    sdpa_backend: String,
+}
+
+fn decode(name: &str, b: u32, lkv: u32, d: u32, split: SplitK) -> Shape {
+    Shape {
+        name: name.into(),
+        b,
+        lq: 1,
+        lkv,
+        hq: 32,
+        hkv: 8,
+        d,
+        mode: KvQuantMode::None,
+        split,
+    }
+}
+
+fn shapes(quick: bool) -> Vec<Shape> {
+    if quick {
+        return vec![
+            decode("decode_b1_l1k", 1, 1024, 128, SplitK::Auto),
+            decode("decode_b1_l1k", 1, 1024, 128, SplitK::Off),
+            Shape {
+                name: "prefill_256".into(),
+                lq: 256,
+                lkv: 256,
+                ..decode("", 1, 256, 64, SplitK::Auto)
+            },
+        ];
+    }
+    let mut v = Vec::new();
+    for &(b, l) in &[
+        (1u32, 1024u32),
+        (1, 4096),
+        (1, 32768),
+        (1, 131072),
+        (8, 8192),
+        (8, 32768),
+        (32, 4096),
+        (64, 2048),
+        (16, 32768),
+    ] {
+        let name = format!("decode_b{b}_l{}k", l / 1024);
+        v.push(decode(&name, b, l, 128, SplitK::Auto));
+        if b == 1 && l >= 32768 {
+            v.push(decode(&name, b, l, 128, SplitK::Off));
+        }
+    }
+    v.push(decode("decode_b1_l32k_d64", 1, 32768, 64, SplitK::Auto));
+    v.push(decode("decode_b1_l32k_d256", 1, 32768, 256, SplitK::Auto));
+    for l in [2048u32, 8192] {
+        v.push(Shape {
+            name: format!("prefill_causal_{}k", l / 1024),
+            lq: l,
+            lkv: l,
+            ..decode("", 1, l, 128, SplitK::Auto)
+        });
+    }
+    v.push(Shape {
+        name: "chunked_prefill_512_over_32k".into(),
+        lq: 512,
+        lkv: 32768,
+        ..decode("", 1, 32768, 128, SplitK::Auto)
+    });
+    v
+}
+
+fn copy_kernel_gbs(ctx: &Context, bytes: u64) -> Result<f64> {
+    const SRC: &str = "@group(0) @binding(0) var<storage, read> src: array<vec4<u32>>;\n@group(0) @binding(1) var<storage, read_write> dst: array<vec4<u32>>;\n@compute @workgroup_size(256) fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>) { let i = g.x + g.y * n.x * 256u; if (i < arrayLength(&src)) { dst[i] = src[i]; } }";
+    let module = ctx
+        .device
+        .create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("copy"),
+            source: wgpu::ShaderSource::Wgsl(SRC.into()),
+        });
+    let pipeline = ctx
+        .device
+        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("copy"),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+    let a = ctx.zeroed("copy_a", bytes);
+    let b = ctx.zeroed("copy_b", bytes);
+    let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &[
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: a.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: b.as_entire_binding(),
+            },
+        ],
+    });
+    let groups = (bytes / 16).div_ceil(256);
+    let maxd = ctx.limits().max_compute_workgroups_per_dimension as u64;
+    let y = groups.div_ceil(maxd);
+    let x = groups.div_ceil(y);
+    let us = time_runs(ctx, 5, 30, |enc| {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bg, &[]);
+        pass.dispatch_workgroups(x as u32, y as u32, 1);
+        Ok(())
+    })?;
+    Ok(2.0 * bytes as f64 / us / 1e3)
+}
+
+/// Median GPU microseconds of `record` over `runs` timed runs after `warmup` untimed ones.
+fn time_runs(
+    ctx: &Context,
+    warmup: u32,
+    runs: u32,
+    mut record: impl FnMut(&mut wgpu::CommandEncoder) -> Result<()>,
+) -> Result<f64> {
+    for _ in 0..warmup {
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        record(&mut enc)?;
+        ctx.queue.submit([enc.finish()]);
+    }
+    ctx.device.poll(wgpu::PollType::wait_indefinitely())?;
+    let mut us = Vec::new();
+    if GpuTimer::supported(ctx) {
+        let per = 10;
+        let mut timer = GpuTimer::new(ctx, per)?;
+        let mut done = 0;
+        while done < runs {
+            timer.reset();
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            for _ in 0..per.min(runs - done) {
+                timer.start(&mut enc)?;
+                record(&mut enc)?;
+                timer.end(&mut enc);
+                done += 1;
+            }
+            timer.resolve(&mut enc);
+            ctx.queue.submit([enc.finish()]);
+            us.extend(timer.read_us(ctx)?);
+        }
+    } else {
+        for _ in 0..runs {
+            let t = Instant::now();
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            record(&mut enc)?;
+            ctx.queue.submit([enc.finish()]);
+            ctx.device.poll(wgpu::PollType::wait_indefinitely())?;
+            us.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    us.sort_by(f64::total_cmp);
+    Ok(us[us.len() / 2])
+}
+
+fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row> {
+    let bs = 16u32;
+    let backend = ctx.backend(s.mode)?;
+    let blocks_per_seq = s.lkv.div_ceil(bs);
+    let num_blocks = s.b * blocks_per_seq + 1;
+    let row_bytes = backend.row_bytes(s.d, Dtype::F16);
+    let layer_bytes = 2 * num_blocks as u64 * bs as u64 * s.hkv as u64 * row_bytes;
+    // >= 8 pools while they are small; big pools exceed L2 anyway, so fewer suffice.
+    let layers = if layer_bytes < (256 << 20) {
+        8
+    } else {
+        (8u64 * (256 << 20) / layer_bytes).clamp(2, 8) as u32
+    };
+    let cfg = CacheConfig {
+        num_layers: layers,
+        num_blocks,
+        block_size: bs,
+        num_kv_heads: s.hkv,
+        head_size: s.d,
+        mode: s.mode,
+        dtype: Dtype::F16,
+    };
+    let cache = KvCache::new(ctx, &cfg)?;
+    let perm = rng.permutation(num_blocks as usize);
+    let block_table: Vec<i32> = perm[..(s.b * blocks_per_seq) as usize]
+        .iter()
+        .map(|&x| x as i32)
+        .collect();
+    let cu: Vec<i32> = (0..=s.b).map(|i| (i * s.lq) as i32).collect();
+    let used = vec![s.lkv as i32; s.b as usize];
+    let plan = BatchPlan::new(
+        ctx,
+        &cfg,
+        &StepInput {
+            cu_seqlens_q: &cu,
+            seqused_k: &used,
+            block_table: &block_table,
+            block_table_stride: blocks_per_seq as usize,
+            ..Default::default()
+        },
+    )?;
+    let tokens = s.b * s.lq;
+    let qn = (tokens * s.hq * s.d) as usize;
+    let q: Vec<f64> = (0..qn).map(|_| rng.normal()).collect();
+    let qb = ctx.upload("q", &Dtype::F16.encode(&q));
+    let ob = ctx.zeroed("out", qn as u64 * 2);
+    let params = AttentionParams {
+        num_q_heads: s.hq,
+        softmax_scale: 1.0 / (s.d as f32).sqrt(),
+        split: s.split,
+        ..Default::default()
+    };
+    let shape = [tokens, s.hq, s.d];
+    let mut i = 0;
+    let us = time_runs(ctx, 5, 50, |enc| {
+        let layer = cache.layer(i % layers as usize);
+        i += 1;
+        cache.unified_attention(
+            ctx,
+            enc,
+            &Attention {
+                plan: &plan,
+                layer,
+                q: Tensor::new(&qb, Dtype::F16, shape),
+                out: Tensor::new(&ob, Dtype::F16, shape),
+                params: &params,
+            },
+        )?;
+        Ok(())
+    })?;
+    let kv_bytes = 2.0
+        * s.b as f64
+        * s.lkv as f64
+        * s.hkv as f64
+        * (row_bytes as f64 + backend.scale_cache_bytes(1, 1) as f64);
+    let segs = quantkv::attention::plan_split(
+        s.split,
+        None,
+        &plan.summary(),
+        (tokens / (16 / (s.hq / s.hkv)).max(1) + s.b) * s.hkv,
+        32,
+    );
+    let partial_bytes = if segs > 1 {
+        2.0 * tokens as f64 * s.hq as f64 * segs as f64 * (s.d as f64 + 2.0) * 4.0
+    } else {
+        0.0
+    };
+    let bytes =
+        kv_bytes + (s.b * blocks_per_seq * 4) as f64 + 2.0 * qn as f64 * 2.0 + partial_bytes;
+    let f16_bytes = 2.0 * s.b as f64 * s.lkv as f64 * s.hkv as f64 * s.d as f64 * 2.0;
+    let flops = if s.lq > 1 {
+        let full = s.lq as f64 * (s.lkv - s.lq) as f64 + s.lq as f64 * s.lq as f64 / 2.0;
+        4.0 * s.b as f64 * s.hq as f64 * full * s.d as f64
+    } else {
+        4.0 * s.b as f64 * s.hq as f64 * s.lkv as f64 * s.d as f64
+    };
+    Ok(Row {
+        name: s.name.clone(),
+        mode: s.mode.id().into(),
+        split: match s.split {
+            SplitK::Auto => format!("auto({segs})"),
+            SplitK::Off => "off".into(),
+            SplitK::Segments(n) => format!("{n}"),
+        },
+        us,
+        bytes,
+        gbs: bytes / us / 1e3,
+        f16_equiv_gbs: f16_bytes / us / 1e3,
+        tflops: flops / us / 1e6,
+        ..Default::default()
+    })
+}
+
+fn bench_write(ctx: &Context, mode: KvQuantMode) -> Result<Row> {
+    let (tokens, hkv, d, bs) = (4096u32, 8u32, 128u32, 16u32);
+    let backend = ctx.backend(mode)?;
+    let num_blocks = tokens / bs + 1;
+    let cfg = CacheConfig {
+        num_layers: 8,
+        num_blocks,
+        block_size: bs,
+        num_kv_heads: hkv,
+        head_size: d,
+        mode,
+        dtype: Dtype::F16,
+    };
+    let cache = KvCache::new(ctx, &cfg)?;
+    let slots: Vec<i32> = (0..tokens as i32).collect();
+    let plan = BatchPlan::new(
+        ctx,
+        &cfg,
+        &StepInput {
+            slot_mapping: &slots,
+            ..Default::default()
+        },
+    )?;
+    let n = (tokens * hkv * d) as u64;
+    let kb = ctx.zeroed("k", n * 2);
+    let vb = ctx.zeroed("v", n * 2);
+    let shape = [tokens, hkv, d];
+    let mut i = 0;
+    let us = time_runs(ctx, 5, 50, |enc| {
+        cache.reshape_and_cache(
+            ctx,
+            enc,
+            &plan,
+            i % 8,
+            Tensor::new(&kb, Dtype::F16, shape),
+            Tensor::new(&vb, Dtype::F16, shape),
+        )?;
+        i += 1;
+        Ok(())
+    })?;
+    let bytes = 2.0 * n as f64 * 2.0
+        + 2.0
+            * tokens as f64
+            * hkv as f64
+            * (backend.row_bytes(d, Dtype::F16) + backend.scale_cache_bytes(1, 1)) as f64;
+    Ok(Row {
+        name: "reshape_and_cache_4096".into(),
+        mode: mode.id().into(),
+        split: "-".into(),
+        us,
+        bytes,
+        gbs: bytes / us / 1e3,
+        ..Default::default()
+    })
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |n: &str| args.iter().any(|a| a == n);
+    let opt = |n: &str| {
+        args.iter()
+            .position(|a| a == n)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let quick = flag("--quick");
+    let filter = opt("--filter");
+    let mut list = shapes(quick);
+    if let Some(f) = &filter {
+        list.retain(|s| s.name.contains(f.as_str()));
+    }
+    if let Some(path) = opt("--shapes-json") {
+        let mut js = String::from("[");
+        let mut seen = std::collections::HashSet::new();
+        for s in list.iter().filter(|s| seen.insert(s.name.clone())) {
+            let _ = write!(js, "{}{{\"name\":\"{}\",\"b\":{},\"lq\":{},\"lkv\":{},\"hq\":{},\"hkv\":{},\"d\":{},\"causal\":{}}}", if js.len() > 1 { "," } else { "" }, s.name, s.b, s.lq, s.lkv, s.hq, s.hkv, s.d, s.lq > 1);
+        }
+        js.push(']');
+        std::fs::write(&path, js)?;
+        println!("wrote {path}");
+        if flag("--shapes-only") {
+            return Ok(());
+        }
+    }
+    let ctx = Context::new()?;
+    println!("device: {}", ctx.adapter());
+    let copy = copy_kernel_gbs(&ctx, if quick { 16 << 20 } else { 1 << 30 })?;
+    println!("copy kernel: {copy:.1} GB/s");
+    let mut rng = SplitMix64::new(0xBE7C4);
+    let mut rows = Vec::new();
+    for s in &list {
+        match bench_attention(&ctx, s, &mut rng) {
+            Ok(r) => rows.push(r),
+            Err(e) => eprintln!("{}: {e}", s.name),
+        }
+        ctx.device.poll(wgpu::PollType::wait_indefinitely())?;
+    }
+    if filter.is_none() {
+        for mode in KvQuantMode::ALL.into_iter().filter(|m| m.is_supported()) {
+            rows.push(bench_write(&ctx, mode)?);
+        }
+    }
+    // Ratios: to the copy kernel, to f16 of the same shape, to SDPA when its results are given.
+    let sdpa: Vec<(String, f64, String)> = opt("--sdpa")
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .map(|t| parse_sdpa(&t))
+        .unwrap_or_default();
+    let f16_us: Vec<(String, String, f64)> = rows
+        .iter()
+        .filter(|r| r.mode == "none")
+        .map(|r| (r.name.clone(), r.split.clone(), r.us))
+        .collect();
+    for r in &mut rows {
+        r.frac_copy = r.gbs / copy;
+        if let Some((_, _, us)) = f16_us.iter().find(|(n, sp, _)| {
+            *n == r.name && sp.starts_with(&r.split[..r.split.find('(').unwrap_or(r.split.len())])
+        }) {
+            r.speedup_vs_f16 = us / r.us;
+        }
+        if let Some((_, us, be)) = sdpa.iter().find(|(n, _, _)| *n == r.name) {
+            r.sdpa_us = *us;
+            r.vs_sdpa = us / r.us;
+            r.sdpa_backend = be.clone();
+        }
+    }
+    let mut table = String::new();
+    let _ = writeln!(table, "| shape | mode | split | GPU us | MB read | GB/s | x copy | f16-eq GB/s | TFLOP/s | vs f16 | SDPA us | vs SDPA |");
+    let _ = writeln!(
+        table,
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in &rows {
+        let _ = writeln!(
+            table,
+            "| {} | {} | {} | {:.1} | {:.1} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2} | {} | {} |",
+            r.name,
+            r.mode,
+            r.split,
+            r.us,
+            r.bytes / 1e6,
+            r.gbs,
+            r.frac_copy,
+            r.f16_equiv_gbs,
+            r.tflops,
+            r.speedup_vs_f16,
+            if r.sdpa_us > 0.0 {
+                format!("{:.1} ({})", r.sdpa_us, r.sdpa_backend)
+            } else {
+                "-".into()
+            },
+            if r.vs_sdpa > 0.0 {
+                format!("{:.2}", r.vs_sdpa)
+            } else {
+                "-".into()
+            }
+        );
+    }
+    println!("{table}");
+    if let Some(dir) = opt("--out") {
+        std::fs::create_dir_all(&dir)?;
+        let mut csv = String::from("shape,mode,split,gpu_us,bytes,gbs,frac_copy,f16_equiv_gbs,tflops,speedup_vs_f16,sdpa_us,vs_sdpa,sdpa_backend\n");
+        let mut json = format!(
+            "{{\"device\":\"{}\",\"copy_gbs\":{copy:.1},\"rows\":[",
+            ctx.adapter().to_string().replace('"', "'")
+        );
+        for (i, r) in rows.iter().enumerate() {
+            let _ = writeln!(
+                csv,
+                "{},{},{},{:.2},{:.0},{:.1},{:.3},{:.1},{:.3},{:.3},{:.2},{:.3},{}",
+                r.name,
+                r.mode,
+                r.split,
+                r.us,
+                r.bytes,
+                r.gbs,
+                r.frac_copy,
+                r.f16_equiv_gbs,
+                r.tflops,
+                r.speedup_vs_f16,
+                r.sdpa_us,
+                r.vs_sdpa,
+                r.sdpa_backend
+            );
+            let _ = write!(json, "{}{{\"shape\":\"{}\",\"mode\":\"{}\",\"split\":\"{}\",\"gpu_us\":{:.2},\"bytes\":{:.0},\"gbs\":{:.1},\"frac_copy\":{:.3},\"f16_equiv_gbs\":{:.1},\"tflops\":{:.3},\"speedup_vs_f16\":{:.3},\"sdpa_us\":{:.2},\"vs_sdpa\":{:.3}}}", if i > 0 { "," } else { "" }, r.name, r.mode, r.split, r.us, r.bytes, r.gbs, r.frac_copy, r.f16_equiv_gbs, r.tflops, r.speedup_vs_f16, r.sdpa_us, r.vs_sdpa);
+        }
+        json.push_str("]}\n");
+        std::fs::write(format!("{dir}/bench.csv"), csv)?;
+        std::fs::write(format!("{dir}/bench.json"), json)?;
+        std::fs::write(format!("{dir}/bench.md"), &table)?;
+    }
+    Ok(())
+}
+
+/// Reads the `rows` of benches/sdpa.py's JSON without a JSON dependency: name, sdpa_us, backend.
+fn parse_sdpa(text: &str) -> Vec<(String, f64, String)> {
+    let field = |obj: &str, key: &str| -> Option<String> {
+        let i = obj.find(&format!("\"{key}\""))? + key.len() + 2;
+        let rest = obj[i..].trim_start().strip_prefix(':')?.trim_start();
+        let end = rest.find([',', '}']).unwrap_or(rest.len());
+        Some(rest[..end].trim().trim_matches('"').to_string())
+    };
+    text.split('{')
+        .filter_map(|obj| {
+            let name = field(obj, "name")?;
+            let us: f64 = field(obj, "sdpa_us")?.parse().ok()?;
+            Some((name, us, field(obj, "sdpa_backend").unwrap_or_default()))
+        })
+        .collect()
+}

@@ -1,0 +1,70 @@
+"""Same decode/prefill shapes as benches/gpu.rs, timed with PyTorch SDPA (fp16, contiguous K/V,
+enable_gqa=True) on the same GPU, in the same device command. Prints one JSON object per line.
+
+usage: python3 benches/sdpa.py SHAPES_JSON OUT_JSON
+SHAPES_JSON: [{"name":..., "b":B, "lq":Lq, "lkv":Lkv, "hq":32, "hkv":8, "d":128, "causal":bool}]
+"""
+import json, sys, statistics
+import torch
+import torch.nn.functional as F
+
+
+def backend_name(q, k, v, causal):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    for be, name in [(SDPBackend.FLASH_ATTENTION, "flash"), (SDPBackend.EFFICIENT_ATTENTION, "efficient"),
+                     (SDPBackend.CUDNN_ATTENTION, "cudnn"), (SDPBackend.MATH, "math")]:
+        try:
+            with sdpa_kernel([be]):
+                F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
+            return name
+        except Exception:
+            continue
+    return "unknown"
+
+
+def time_shape(s, runs=50, warmup=10):
+    b, lq, lkv, hq, hkv, d = s["b"], s["lq"], s["lkv"], s["hq"], s["hkv"], s["d"]
+    causal = s.get("causal", False) and lq > 1
+    pools = max(1, min(8, int(2e9 // max(1, b * lkv * hkv * d * 2 * 2))))
+    qs = [torch.randn(b, hq, lq, d, device="cuda", dtype=torch.float16) for _ in range(pools)]
+    ks = [torch.randn(b, hkv, lkv, d, device="cuda", dtype=torch.float16) for _ in range(pools)]
+    vs = [torch.randn(b, hkv, lkv, d, device="cuda", dtype=torch.float16) for _ in range(pools)]
+    if causal and lq != lkv:
+        # chunked prefill: causal aligned to the end; use an explicit bottom-right mask
+        from torch.nn.attention.bias import causal_lower_right
+        mask = causal_lower_right(lq, lkv)
+        fn = lambda i: F.scaled_dot_product_attention(qs[i], ks[i], vs[i], attn_mask=mask, enable_gqa=True)
+    else:
+        fn = lambda i: F.scaled_dot_product_attention(qs[i], ks[i], vs[i], is_causal=causal, enable_gqa=True)
+    for i in range(warmup):
+        fn(i % pools)
+    torch.cuda.synchronize()
+    times = []
+    for i in range(runs):
+        st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        st.record(); fn(i % pools); en.record()
+        torch.cuda.synchronize()
+        times.append(st.elapsed_time(en) * 1000.0)
+    us = statistics.median(times)
+    bytes_ = 2 * (b * hkv * lkv * d * 2) + 2 * (b * hq * lq * d * 2)
+    flops = 4 * b * hq * lq * lkv * d * (0.5 if causal else 1.0)
+    return {"name": s["name"], "sdpa_us": us, "sdpa_gbs": bytes_ / us / 1e3, "sdpa_tflops": flops / us / 1e6,
+            "sdpa_backend": backend_name(qs[0], ks[0], vs[0], causal)}
+
+
+def main():
+    shapes = json.load(open(sys.argv[1]))
+    out = []
+    for s in shapes:
+        try:
+            r = time_shape(s)
+        except Exception as e:  # out of memory on a small GPU, say
+            r = {"name": s["name"], "error": str(e)[:200]}
+        print(json.dumps(r), flush=True)
+        out.append(r)
+        torch.cuda.empty_cache()
+    json.dump({"torch": torch.__version__, "device": torch.cuda.get_device_name(), "rows": out}, open(sys.argv[2], "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
