@@ -108,6 +108,13 @@ fn shapes(quick: bool) -> Vec<Shape> {
     v
 }
 
+/// Timed runs per measurement (50; 3 in the smoke run).
+static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(50);
+
+fn runs() -> u32 {
+    RUNS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn copy_kernel_gbs(ctx: &Context, bytes: u64) -> Result<f64> {
     const SRC: &str = "@group(0) @binding(0) var<storage, read> src: array<vec4<u32>>;\n@group(0) @binding(1) var<storage, read_write> dst: array<vec4<u32>>;\n@compute @workgroup_size(256) fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>) { let i = g.x + g.y * n.x * 256u; if (i < arrayLength(&src)) { dst[i] = src[i]; } }";
     let module = ctx
@@ -146,7 +153,7 @@ fn copy_kernel_gbs(ctx: &Context, bytes: u64) -> Result<f64> {
     let maxd = ctx.limits().max_compute_workgroups_per_dimension as u64;
     let y = groups.div_ceil(maxd);
     let x = groups.div_ceil(y);
-    let us = time_runs(ctx, 5, 30, |enc| {
+    let us = time_runs(ctx, 5.min(runs()), runs(), |enc| {
         let mut pass = enc.begin_compute_pass(&Default::default());
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bg, &[]);
@@ -255,7 +262,7 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
     };
     let shape = [tokens, s.hq, s.d];
     let mut i = 0;
-    let us = time_runs(ctx, 5, 50, |enc| {
+    let us = time_runs(ctx, 5.min(runs()), runs(), |enc| {
         let layer = cache.layer(i % layers as usize);
         i += 1;
         cache.unified_attention(
@@ -342,7 +349,7 @@ fn bench_write(ctx: &Context, mode: KvQuantMode) -> Result<Row> {
     let vb = ctx.zeroed("v", n * 2);
     let shape = [tokens, hkv, d];
     let mut i = 0;
-    let us = time_runs(ctx, 5, 50, |enc| {
+    let us = time_runs(ctx, 5.min(runs()), runs(), |enc| {
         cache.reshape_and_cache(
             ctx,
             enc,
@@ -379,7 +386,13 @@ fn main() -> Result<()> {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    let quick = flag("--quick");
+    // `cargo test --all-targets` runs this binary without `--bench`: a smoke run of tiny shapes.
+    let smoke = !flag("--bench");
+    let quick = flag("--quick") || smoke;
+    RUNS.store(
+        if smoke { 3 } else { 50 },
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let filter = opt("--filter");
     let mut list = shapes(quick);
     if let Some(f) = &filter {
@@ -400,7 +413,18 @@ fn main() -> Result<()> {
     }
     let ctx = Context::new()?;
     println!("device: {}", ctx.adapter());
-    let copy = copy_kernel_gbs(&ctx, if quick { 16 << 20 } else { 1 << 30 })?;
+    let limit = ctx
+        .limits()
+        .max_storage_buffer_binding_size
+        .min(ctx.limits().max_buffer_size);
+    let copy = copy_kernel_gbs(
+        &ctx,
+        if quick {
+            16 << 20
+        } else {
+            (1u64 << 30).min(limit)
+        },
+    )?;
     println!("copy kernel: {copy:.1} GB/s");
     let mut rng = SplitMix64::new(0xBE7C4);
     let mut rows = Vec::new();
