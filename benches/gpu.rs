@@ -526,7 +526,6 @@ fn main() -> Result<()> {
         json.push_str("]}\n");
         std::fs::write(format!("{dir}/bench.csv"), csv)?;
         std::fs::write(format!("{dir}/bench.json"), json)?;
-        std::fs::write(format!("{dir}/bench.md"), &table)?;
     }
     Ok(())
 }

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (after `. .gl/setup.sh`): quickstart, the test suites including the
+# extended matrix, then the benchmark next to PyTorch SDPA, all in one device command.
+# Results go to $OUT (quickstart.txt, tests.txt, bench.{md,csv,json}, sdpa.json).
+set -u
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export CI=true
+bin() { ls .gpu-bin/"$1"-* 2>/dev/null | head -1 || true; }
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; date -u; } > "$OUT/device.txt" 2>&1
+[ "${SKIP_QUICKSTART:-0}" = 1 ] || { ./.gpu-bin/quickstart; ./.gpu-bin/quickstart --prompt 1000 --decode 3 --f32; } > "$OUT/quickstart.txt" 2>&1
+if [ "${SKIP_TESTS:-0}" != 1 ]; then
+  for t in attention_none attention_params validation registry allocator; do
+    b=$(bin $t); [ -n "$b" ] && timeout 300 "$b" --include-ignored 2>&1 | grep -E "^test |test result|panicked|poisoned" 
+  done > "$OUT/tests.txt"
+fi
+g=$(bin gpu)
+"$g" --bench --shapes-json /tmp/shapes.json --shapes-only ${BENCH_FILTER:+--filter $BENCH_FILTER} > /dev/null
+timeout 240 python3 benches/sdpa.py /tmp/shapes.json "$OUT/sdpa.json" > "$OUT/bench.txt" 2>&1
+timeout 300 "$g" --bench --sdpa "$OUT/sdpa.json" --out "$OUT" ${BENCH_FILTER:+--filter $BENCH_FILTER} >> "$OUT/bench.txt" 2>&1
+tail -5 "$OUT/bench.txt"
