@@ -12,8 +12,10 @@
 //           3 laux (sinks, alibi slopes), 4 q, 5 k_cache, 6 v_cache, 7 k_scale, 8 v_scale,
 //           9 out (model dtype; with IS_SPLIT: f32 partials acc [T,Hq,NS,D] then (M, L) [T,Hq,NS,2])
 // Overrides: HEAD_DIM, TILE (keys per tile), WG_SIZE, MAX_M (rows per workgroup),
-//            Q_SH_LEN = MAX_M*HEAD_DIM/4, KV_SH_LEN = TILE*HEAD_DIM/4, S_SH_LEN = MAX_M*TILE,
-//            ACC_N = ceil(MAX_M*HEAD_DIM/4 / WG_SIZE), feature flags.
+//            Q_SH_LEN = MAX_M*HEAD_DIM/4, KV_SH_LEN = TILE*(HEAD_DIM/4+1) (rows padded by one
+//            vec4 so threads reading different keys hit different banks), S_SH_LEN = MAX_M*TILE,
+//            ACC_N = ceil(MAX_M*HEAD_DIM/4 / WG_SIZE), feature flags. WG_SIZE is a multiple of
+//            MAX_M: the softmax gives each row WG_SIZE/MAX_M threads.
 // Dispatch: x = num_tokens_q / q_per_wg + num_seqs (q-blocks, found by binary search),
 //           y = num_kv_heads * head_chunks, z = num_segments.
 // A workgroup holds MAX_M rows = q_per_wg tokens x heads_per_wg q heads of ONE kv head, so each
@@ -74,6 +76,8 @@ var<workgroup> m_sh: array<f32, MAX_M>;
 var<workgroup> l_sh: array<f32, MAX_M>;
 var<workgroup> alpha_sh: array<f32, MAX_M>;
 var<workgroup> seen_sh: array<u32, MAX_M>;
+var<workgroup> mnew_sh: array<f32, MAX_M>;
+var<workgroup> red_sh: array<f32, WG_SIZE>;
 
 fn plan_workgroup(wid: vec3<u32>, nseg: u32) -> WgInfo {
     var r: WgInfo;
@@ -196,6 +200,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     let d4 = HEAD_DIM / 4u;
+    let ks = d4 + 1u; // padded K/V row stride in workgroup memory
     let hg = ly.heads_per_wg;
 
     // Prologue: Q rows into workgroup memory, softmax state.
@@ -236,7 +241,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             if (key < inf.kv_len) {
                 v = decode_k4(physical_row(inf.seq, key, inf.kv_head), e % d4);
             }
-            kv_sh[e] = v;
+            kv_sh[t * ks + e % d4] = v;
         }
         workgroupBarrier();
         // Scores: raw -> softcap -> mask -> ALiBi -> qq_bias.
@@ -256,7 +261,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
                 if (allowed) {
                     var dot_acc = 0.0;
                     for (var j = 0u; j < d4; j++) {
-                        dot_acc += dot(q_sh[m * d4 + j], kv_sh[t * d4 + j]);
+                        dot_acc += dot(q_sh[m * d4 + j], kv_sh[t * ks + j]);
                     }
                     s = dot_acc * ly.softmax_scale;
                     if (HAS_SOFTCAP) {
@@ -282,46 +287,65 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             s_sh[e] = s;
         }
         workgroupBarrier();
-        // Online softmax per row (MAX_M threads), while the others load the V tile.
-        if (tid < MAX_M) {
-            let base = tid * TILE;
-            var mx = NEG;
-            for (var t = 0u; t < TILE; t++) {
-                mx = max(mx, s_sh[base + t]);
-            }
-            if (mx > NEG_HALF) {
-                let m_new = max(m_sh[tid], mx);
-                let alpha = exp(m_sh[tid] - m_new);
-                var sum = 0.0;
-                for (var t = 0u; t < TILE; t++) {
-                    let sv = s_sh[base + t];
-                    var p = 0.0;
-                    if (sv > NEG_HALF) {
-                        p = exp(sv - m_new);
-                    }
-                    s_sh[base + t] = p;
-                    sum += p;
-                }
-                l_sh[tid] = l_sh[tid] * alpha + sum;
-                m_sh[tid] = m_new;
-                alpha_sh[tid] = alpha;
-                seen_sh[tid] = 1u;
-            } else {
-                for (var t = 0u; t < TILE; t++) {
-                    s_sh[base + t] = 0.0;
-                }
-                alpha_sh[tid] = 1.0;
-            }
+        // Online softmax, WG_SIZE/MAX_M threads per row: partial maxima, then the row leader
+        // folds them; V tile loads meanwhile (the scores no longer need K).
+        let rt = WG_SIZE / MAX_M;
+        let rm = tid / rt;
+        let rsub = tid % rt;
+        var part = NEG;
+        for (var t = rsub; t < TILE; t += rt) {
+            part = max(part, s_sh[rm * TILE + t]);
         }
+        red_sh[tid] = part;
         for (var e = tid; e < TILE * d4; e += WG_SIZE) {
-            let key = key0 + e / d4;
+            let t = e / d4;
+            let key = key0 + t;
             var v = vec4<f32>(0.0);
             if (key < inf.kv_len) {
                 v = decode_v4(physical_row(inf.seq, key, inf.kv_head), e % d4);
             }
-            kv_sh[e] = v;
+            kv_sh[t * ks + e % d4] = v;
         }
         workgroupBarrier();
+        if (rsub == 0u) {
+            var mx = NEG;
+            for (var r = 0u; r < rt; r++) {
+                mx = max(mx, red_sh[tid + r]);
+            }
+            if (mx > NEG_HALF) {
+                let m_new = max(m_sh[rm], mx);
+                alpha_sh[rm] = exp(m_sh[rm] - m_new);
+                mnew_sh[rm] = m_new;
+                seen_sh[rm] = 1u;
+            } else {
+                alpha_sh[rm] = 1.0;
+                mnew_sh[rm] = NEG;
+            }
+        }
+        workgroupBarrier();
+        let m_new = mnew_sh[rm];
+        var psum = 0.0;
+        for (var t = rsub; t < TILE; t += rt) {
+            let sv = s_sh[rm * TILE + t];
+            var p = 0.0;
+            if (m_new > NEG_HALF && sv > NEG_HALF) {
+                p = exp(sv - m_new);
+            }
+            s_sh[rm * TILE + t] = p;
+            psum += p;
+        }
+        red_sh[tid] = psum;
+        if (rsub == 0u && m_new > NEG_HALF) {
+            m_sh[rm] = m_new;
+        }
+        workgroupBarrier();
+        if (rsub == 0u) {
+            var sum = 0.0;
+            for (var r = 0u; r < rt; r++) {
+                sum += red_sh[tid + r];
+            }
+            l_sh[rm] = l_sh[rm] * alpha_sh[rm] + sum;
+        }
         // P·V into the thread's accumulators.
         for (var k = 0u; k < ACC_N; k++) {
             let e = tid + k * WG_SIZE;
@@ -330,7 +354,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
                 let j = e % d4;
                 var a = acc[k] * alpha_sh[m];
                 for (var t = 0u; t < TILE; t++) {
-                    a += s_sh[m * TILE + t] * kv_sh[t * d4 + j];
+                    a += s_sh[m * TILE + t] * kv_sh[t * ks + j];
                 }
                 acc[k] = a;
             }

@@ -256,14 +256,16 @@ pub fn encode<B: QuantKvBackend + ?Sized>(
         return Ok(());
     }
     let limits = ctx.limits();
-    let tiling = Tiling::for_attention(cfg.head_size, limits).ok_or(Error::UnsupportedHeadDim {
-        mode: cfg.mode,
-        got: cfg.head_size,
-        multiple_of: 16,
-        min: 32,
-        max: 256,
-    })?;
     let qpk = hq / cfg.num_kv_heads;
+    let rows = Tiling::rows_for(qpk, sum.max_seqlen_q);
+    let tiling =
+        Tiling::for_attention(cfg.head_size, limits, rows).ok_or(Error::UnsupportedHeadDim {
+            mode: cfg.mode,
+            got: cfg.head_size,
+            multiple_of: 16,
+            min: 32,
+            max: 256,
+        })?;
     let hg = qpk.min(tiling.max_m);
     let bq = (tiling.max_m / hg).max(1);
     let chunks = qpk.div_ceil(hg);
@@ -425,7 +427,7 @@ pub fn attention_source(
             ("WG_SIZE", tiling.wg_size as f64),
             ("MAX_M", tiling.max_m as f64),
             ("Q_SH_LEN", (tiling.max_m * d / 4) as f64),
-            ("KV_SH_LEN", (tiling.tile * d / 4) as f64),
+            ("KV_SH_LEN", (tiling.tile * (d / 4 + 1)) as f64),
             ("S_SH_LEN", (tiling.max_m * tiling.tile) as f64),
             (
                 "ACC_N",

@@ -137,26 +137,37 @@ impl Tiling {
     /// Workgroup memory the attention kernel needs with this tiling, in bytes.
     pub fn attention_smem(&self, head_dim: u32) -> u32 {
         let q = self.max_m * head_dim * 4;
-        let kv = self.tile * head_dim * 4;
+        let kv = self.tile * (head_dim + 4) * 4;
         let s = self.max_m * self.tile * 4;
-        q + kv + s + 4 * self.max_m * 4 + 64
+        q + kv + s + 5 * self.max_m * 4 + self.wg_size * 4 + 64
     }
 
-    /// The attention tiling for `head_dim` on a device with `limits`: 16 rows, the largest key
-    /// tile in {32, 16, 8} whose workgroup memory fits.
-    pub fn for_attention(head_dim: u32, limits: &wgpu::Limits) -> Option<Tiling> {
+    /// The attention tiling for `head_dim` on a device with `limits`, for workgroups of
+    /// `max_m` rows (a power of two <= 16): the largest key tile in {64, 32, 16, 8} whose
+    /// workgroup memory fits.
+    pub fn for_attention(head_dim: u32, limits: &wgpu::Limits, max_m: u32) -> Option<Tiling> {
         let wg_size = 128.min(limits.max_compute_invocations_per_workgroup);
-        for tile in [32, 16, 8] {
-            let t = Tiling {
+        if max_m == 0 || wg_size % max_m != 0 {
+            return None;
+        }
+        [64, 32, 16, 8]
+            .into_iter()
+            .map(|tile| Tiling {
                 wg_size,
                 tile,
-                max_m: 16,
-            };
-            if t.attention_smem(head_dim) <= limits.max_compute_workgroup_storage_size {
-                return Some(t);
-            }
+                max_m,
+            })
+            .find(|t| t.attention_smem(head_dim) <= limits.max_compute_workgroup_storage_size)
+    }
+
+    /// Rows per attention workgroup: all query heads of a KV head for decode batches (rounded
+    /// up to a power of two, at most 16), 16 otherwise.
+    pub fn rows_for(qpk: u32, max_seqlen_q: u32) -> u32 {
+        if max_seqlen_q <= 1 {
+            qpk.next_power_of_two().min(16)
+        } else {
+            16
         }
-        None
     }
 }
 

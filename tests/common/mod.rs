@@ -57,7 +57,7 @@ pub struct Extras {
     /// Size of a caller-provided split-K buffer (None: the step's pool).
     pub segment_buffer_bytes: Option<u64>,
     /// Overwrite, with NaN, every cached block that lies wholly before the sliding window of a
-    /// sequence's first query (rounded down to 32 keys): the kernel must never read them.
+    /// sequence's first query (rounded down to 64 keys, the largest tile): the kernel must never read them.
     pub poison_outside_window: bool,
 }
 
@@ -211,7 +211,7 @@ pub fn run_case(ctx: &Context, seed: u64, shape: &Shape, ex: &Extras) -> Result<
         let block_rows = nan.repeat(bs * hkv);
         for (s, &(ql, kv)) in shape.seqs.iter().enumerate() {
             let first_qpos = (kv - ql) as usize;
-            let key_lo = (first_qpos + 1).saturating_sub(w) / 32 * 32;
+            let key_lo = (first_qpos + 1).saturating_sub(w) / 64 * 64; // 64 = the largest key tile
             for c in 0..key_lo / bs {
                 let b = block_table[s * stride + c] as u64;
                 let off = b * (bs * hkv * row_bytes) as u64;
