@@ -229,6 +229,7 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
         head_size: s.d,
         mode: s.mode,
         dtype: Dtype::F16,
+        ..Default::default()
     };
     let cache = KvCache::new(ctx, &cfg)?;
     let perm = rng.permutation(num_blocks as usize);
@@ -333,6 +334,7 @@ fn bench_write(ctx: &Context, mode: KvQuantMode) -> Result<Row> {
         head_size: d,
         mode,
         dtype: Dtype::F16,
+        ..Default::default()
     };
     let cache = KvCache::new(ctx, &cfg)?;
     let slots: Vec<i32> = (0..tokens as i32).collect();

@@ -59,6 +59,7 @@ fn main() -> Result<()> {
         head_size: D,
         mode: KvQuantMode::None,
         dtype,
+        ..Default::default()
     };
     let cache = KvCache::new(&ctx, &cfg)?;
     let fp = cache.footprint();

@@ -8,7 +8,7 @@
 //! # fn main() -> Result<()> {
 //! let ctx = Context::new()?;
 //! let cfg = CacheConfig { num_layers: 1, num_blocks: 64, block_size: 16, num_kv_heads: 2,
-//!                         head_size: 64, mode: KvQuantMode::None, dtype: Dtype::F16 };
+//!                         head_size: 64, mode: KvQuantMode::None, dtype: Dtype::F16, ..Default::default() };
 //! let cache = KvCache::new(&ctx, &cfg)?;
 //! // One step: a 3-token prompt written to slots 0..3, then attention over it.
 //! let step = StepInput { slot_mapping: &[0, 1, 2], cu_seqlens_q: &[0, 3], seqused_k: &[3],

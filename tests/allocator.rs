@@ -14,6 +14,7 @@ fn cfg(num_blocks: u32) -> CacheConfig {
         head_size: 128,
         mode: KvQuantMode::None,
         dtype: Dtype::F16,
+        ..Default::default()
     }
 }
 

@@ -34,6 +34,7 @@ fn fixture() -> Option<Fixture> {
         head_size: D,
         mode: KvQuantMode::None,
         dtype: Dtype::F16,
+        ..Default::default()
     };
     let cache = KvCache::new(ctx, &cfg).unwrap();
     // Canary: every slot written with a distinct value.
@@ -487,6 +488,7 @@ fn config_rejections() {
             head_size: d,
             mode: KvQuantMode::None,
             dtype: Dtype::F16,
+            ..Default::default()
         };
         assert!(
             matches!(cfg.validate(), Err(Error::UnsupportedHeadDim { got, .. }) if got == d),
@@ -502,6 +504,7 @@ fn config_rejections() {
             head_size: d,
             mode: KvQuantMode::None,
             dtype: Dtype::F16,
+            ..Default::default()
         };
         cfg.validate().unwrap();
     }
@@ -513,6 +516,7 @@ fn config_rejections() {
         head_size: 64,
         mode: KvQuantMode::None,
         dtype: Dtype::F16,
+        ..Default::default()
     };
     assert!(matches!(
         cfg.validate(),
@@ -531,6 +535,7 @@ fn config_rejections() {
             head_size: 64,
             mode,
             dtype: Dtype::F16,
+            ..Default::default()
         };
         assert!(
             matches!(KvCache::new(ctx, &cfg), Err(Error::Unsupported { mode: m }) if m == mode)

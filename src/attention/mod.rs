@@ -280,7 +280,7 @@ pub fn encode<B: QuantKvBackend + ?Sized>(
     }
     let segments = plan_split(p.split, p.seq_threshold_3d, &sum, gx * gy, tiling.tile);
 
-    let mut lu = LayerUniform::for_cache(backend, cfg);
+    let mut lu = LayerUniform::for_layer(backend, a.layer);
     lu.num_q_heads = hq;
     lu.qpk = qpk;
     lu.heads_per_wg = hg;

@@ -10,8 +10,10 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::context::Context;
 use crate::error::{invalid, shape, Error, Result};
-use crate::modes::{Dtype, KvQuantMode, QuantKvBackend};
-use crate::pipeline::{storage_entry, uniform_entry, Kernel, PipelineKey, PipelineSource, Tiling};
+use crate::modes::{Dtype, Int8Rounding, KvQuantMode, QuantKvBackend, RowCodec};
+use crate::pipeline::{
+    storage_entry, uniform_entry, Features, Kernel, PipelineKey, PipelineSource, Tiling,
+};
 use crate::step::BatchPlan;
 
 /// Smallest supported head size.
@@ -38,6 +40,24 @@ pub struct CacheConfig {
     pub mode: KvQuantMode,
     /// Model dtype (Q, K/V inputs, output; the cache dtype of mode `none`).
     pub dtype: Dtype,
+    /// INT8 per-(token, head) rounding (`Truncate`, upstream's behaviour, by default).
+    pub int8_rounding: Int8Rounding,
+}
+
+impl Default for CacheConfig {
+    /// One layer of 64 blocks of 16 tokens, 8 KV heads of 128, mode `none`, f16.
+    fn default() -> Self {
+        Self {
+            num_layers: 1,
+            num_blocks: 64,
+            block_size: 16,
+            num_kv_heads: 8,
+            head_size: 128,
+            mode: KvQuantMode::None,
+            dtype: Dtype::F16,
+            int8_rounding: Int8Rounding::Truncate,
+        }
+    }
 }
 
 impl CacheConfig {
@@ -118,6 +138,23 @@ pub struct LayerKv {
     pub k_scale: wgpu::Buffer,
     /// V scale cache (a 16-byte dummy when the mode has none).
     pub v_scale: wgpu::Buffer,
+    /// Per-tensor scales (K, V) of per-tensor modes; (1, 1) until set.
+    pub tensor_scales: (f32, f32),
+}
+
+impl LayerKv {
+    /// The CPU codec parameters of this layer's K (`is_v = false`) or V rows.
+    pub fn row_codec(&self, is_v: bool) -> RowCodec {
+        RowCodec {
+            dtype: self.config.dtype,
+            tensor_scale: if is_v {
+                self.tensor_scales.1
+            } else {
+                self.tensor_scales.0
+            },
+            rounding: self.config.int8_rounding,
+        }
+    }
 }
 
 /// A model's KV cache: K and V pools (and scale caches) for every layer.
@@ -171,6 +208,7 @@ impl KvCache {
                 v: make("quantkv/v_pool", fp.pool_bytes),
                 k_scale: make("quantkv/k_scale", fp.scale_bytes),
                 v_scale: make("quantkv/v_scale", fp.scale_bytes),
+                tensor_scales: (1.0, 1.0),
             })
             .collect();
         Ok(Self {
@@ -198,6 +236,26 @@ impl KvCache {
     /// All layers.
     pub fn layers(&self) -> &[LayerKv] {
         &self.layers
+    }
+
+    /// Sets layer `layer`'s per-tensor scales (per-tensor modes; calibrated offline, e.g. with
+    /// [`crate::reference::quant::calibrate_scale`]). Both must be finite and > 0.
+    pub fn set_tensor_scales(&mut self, layer: usize, k_scale: f32, v_scale: f32) -> Result<()> {
+        for s in [k_scale, v_scale] {
+            if !(s.is_finite() && s > 0.0) {
+                return Err(invalid(
+                    "tensor scale",
+                    format!("{s} must be finite and > 0"),
+                ));
+            }
+        }
+        let n = self.layers.len();
+        let l = self
+            .layers
+            .get_mut(layer)
+            .ok_or_else(|| invalid("layer", format!("{layer} >= num_layers {n}")))?;
+        l.tensor_scales = (k_scale, v_scale);
+        Ok(())
     }
 }
 
@@ -311,7 +369,8 @@ pub(crate) struct LayerUniform {
 }
 
 impl LayerUniform {
-    pub(crate) fn for_cache(backend: &(impl QuantKvBackend + ?Sized), cfg: &CacheConfig) -> Self {
+    pub(crate) fn for_layer(backend: &(impl QuantKvBackend + ?Sized), layer: &LayerKv) -> Self {
+        let cfg = &layer.config;
         let row_words = (backend.row_bytes(cfg.head_size, cfg.dtype) / 4) as u32;
         Self {
             num_kv_heads: cfg.num_kv_heads,
@@ -321,8 +380,8 @@ impl LayerUniform {
             v_row_words: row_words,
             num_segments: 1,
             softmax_scale: 1.0,
-            k_tensor_scale: 1.0,
-            v_tensor_scale: 1.0,
+            k_tensor_scale: layer.tensor_scales.0,
+            v_tensor_scale: layer.tensor_scales.1,
             out_inv_scale: 1.0,
             ..Default::default()
         }
@@ -372,11 +431,6 @@ pub fn encode_write<B: QuantKvBackend + ?Sized>(
             format!("{} and {}", w.key.shape[0], w.value.shape[0]),
         ));
     }
-    if !backend.stores_rows_as_given() {
-        return Err(Error::Unsupported {
-            mode: backend.mode(),
-        });
-    }
     if n == 0 {
         return Ok(());
     }
@@ -385,17 +439,30 @@ pub fn encode_write<B: QuantKvBackend + ?Sized>(
         tile: 0,
         max_m: 0,
     };
+    let copy = backend.stores_rows_as_given();
+    let rne = cfg.int8_rounding == Int8Rounding::NearestEven;
     let key = PipelineKey {
-        kernel: Kernel::WriteCopy,
+        kernel: if copy {
+            Kernel::WriteCopy
+        } else {
+            Kernel::WriteRows
+        },
         k: cfg.mode,
         v: cfg.mode,
         head_dim: cfg.head_size,
         dtype: cfg.dtype,
-        features: Default::default(),
+        features: Features(if rne && !copy { Features::INT8_RNE } else { 0 }),
         tiling,
     };
-    let compiled = ctx.pipelines.get(ctx, key, || write_copy_source(tiling))?;
-    let lu = LayerUniform::for_cache(backend, cfg);
+    let compiled = if copy {
+        ctx.pipelines.get(ctx, key, || write_copy_source(tiling))?
+    } else {
+        let codec = backend.codec(cfg.dtype);
+        ctx.pipelines.get(ctx, key, || {
+            write_rows_source(codec, cfg.head_size, rne, tiling)
+        })?
+    };
+    let lu = LayerUniform::for_layer(backend, w.layer);
     let lbuf = ctx.intern(wgpu::BufferUsages::UNIFORM, bytemuck::bytes_of(&lu));
     let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some("quantkv/write"),
@@ -412,8 +479,12 @@ pub fn encode_write<B: QuantKvBackend + ?Sized>(
             bind(8, &w.layer.v_scale),
         ],
     });
-    let words = n as u64 * cfg.num_kv_heads as u64 * lu.k_row_words as u64;
-    let groups = words.div_ceil(tiling.wg_size as u64);
+    let groups = if copy {
+        let words = n as u64 * cfg.num_kv_heads as u64 * lu.k_row_words as u64;
+        words.div_ceil(tiling.wg_size as u64)
+    } else {
+        n as u64 * cfg.num_kv_heads as u64 * 2
+    };
     let (x, y) = grid_2d(groups, ctx.limits().max_compute_workgroups_per_dimension);
     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
         label: Some("quantkv/reshape_and_cache"),
@@ -443,6 +514,22 @@ pub fn write_copy_source(tiling: Tiling) -> PipelineSource<'static> {
             storage_entry(8, false),
         ],
     }
+}
+
+/// The quantizing write kernel's source (with the mode's encode contract), constants, layout.
+pub fn write_rows_source(
+    codec: crate::modes::Codec,
+    head_dim: u32,
+    int8_rne: bool,
+    tiling: Tiling,
+) -> PipelineSource<'static> {
+    let mut src = write_copy_source(tiling);
+    src.kernel = include_str!("../../shaders/attention/write_rows.wgsl");
+    src.codec = codec.encode;
+    src.constants.push(("HEAD_DIM", head_dim as f64));
+    src.constants
+        .push(("INT8_RNE", if int8_rne { 1.0 } else { 0.0 }));
+    src
 }
 
 /// A whole-buffer bind group entry.

@@ -1,6 +1,10 @@
 //! KV quant modes, the [`QuantKvBackend`] trait, and the registry: the only place that names
 //! every mode. A mode is one module here plus its WGSL files under `shaders/modes/<id>/`.
 
+mod fp8_per_tensor;
+mod fp8_per_token_head;
+mod int8_per_tensor;
+mod int8_per_token_head;
 mod none;
 
 use std::collections::HashMap;
@@ -123,11 +127,27 @@ impl Dtype {
     }
 }
 
-/// A mode's WGSL read contract (`decode_k4`, `decode_v4`), picked for the model dtype.
+/// A mode's WGSL contracts, picked for the model dtype.
 #[derive(Clone, Copy, Debug)]
 pub struct Codec {
-    /// WGSL source defining `decode_k4(row, j)` and `decode_v4(row, j)`.
+    /// Read contract: `decode_k4(row, j)` and `decode_v4(row, j)` (see `unified.wgsl`).
     pub decode: &'static str,
+    /// Write contract for `write_rows.wgsl` (`CODE_BITS`, `HAS_SCALE_CACHE`, `enc_stat`,
+    /// `enc_fold`, `enc_scale`, `enc_code`); `None` for modes that store rows as given.
+    pub encode: Option<&'static str>,
+}
+
+pub use crate::reference::quant::Int8Rounding;
+
+/// What the CPU codec of one row needs besides the values.
+#[derive(Clone, Copy, Debug)]
+pub struct RowCodec {
+    /// Model dtype (the storage of mode `none`).
+    pub dtype: Dtype,
+    /// Per-tensor scale of this side (K or V) for per-tensor modes.
+    pub tensor_scale: f32,
+    /// INT8 per-(token, head) rounding.
+    pub rounding: Int8Rounding,
 }
 
 /// One KV storage format: its metadata, its WGSL codec, and its two operations.
@@ -149,6 +169,18 @@ pub trait QuantKvBackend: Send + Sync + 'static {
     fn stores_rows_as_given(&self) -> bool {
         false
     }
+    /// Whether the mode reads one caller-given scale for K and one for V.
+    fn uses_tensor_scales(&self) -> bool {
+        false
+    }
+    /// CPU reference of the write path for one row: the stored bytes and the row's scale
+    /// (the tensor scale for per-tensor modes, 1 for `none`).
+    fn quantize_row(&self, x: &[f32], p: &RowCodec) -> (Vec<u8>, f32);
+    /// CPU reference of the read path for one row: the values the stored bytes and scale define.
+    fn dequantize_row(&self, bytes: &[u8], scale: f32, p: &RowCodec) -> Vec<f64>;
+    /// Each element's code as a position on its code axis (adjacent codes differ by one), for
+    /// the conformance rule of spec §7 level 1.
+    fn code_ordinals(&self, bytes: &[u8], p: &RowCodec) -> Vec<i32>;
     /// Storage elements per cached row (one token, one kv head).
     fn packed_head_size(&self, head_size: u32) -> u32 {
         head_size / self.packing_factor()
@@ -190,12 +222,11 @@ pub trait QuantKvBackend: Send + Sync + 'static {
 pub fn create(mode: KvQuantMode) -> Option<Arc<dyn QuantKvBackend>> {
     match mode {
         KvQuantMode::None => Some(Arc::new(none::NoneBackend)),
-        KvQuantMode::Fp8PerTensor
-        | KvQuantMode::Int8PerTokenHead
-        | KvQuantMode::Fp8PerTokenHead
-        | KvQuantMode::Int4PerTokenHead
-        | KvQuantMode::Int2PerTokenHead
-        | KvQuantMode::Int8PerTensor => None,
+        KvQuantMode::Fp8PerTensor => Some(Arc::new(fp8_per_tensor::Fp8PerTensor)),
+        KvQuantMode::Int8PerTokenHead => Some(Arc::new(int8_per_token_head::Int8PerTokenHead)),
+        KvQuantMode::Fp8PerTokenHead => Some(Arc::new(fp8_per_token_head::Fp8PerTokenHead)),
+        KvQuantMode::Int8PerTensor => Some(Arc::new(int8_per_tensor::Int8PerTensor)),
+        KvQuantMode::Int4PerTokenHead | KvQuantMode::Int2PerTokenHead => None,
     }
 }
 

@@ -22,6 +22,8 @@ pub enum Kernel {
     Attention,
     /// split-K reduce pass.
     Reduce,
+    /// reshape_and_cache for quantized modes.
+    WriteRows,
 }
 
 impl Kernel {
@@ -31,6 +33,7 @@ impl Kernel {
             Kernel::WriteCopy => "write_copy",
             Kernel::Attention => "unified",
             Kernel::Reduce => "reduce",
+            Kernel::WriteRows => "write_rows",
         }
     }
 }
@@ -54,6 +57,8 @@ impl Features {
     pub const MM_PREFIX: u32 = 32;
     /// split-K segment pass.
     pub const SPLIT: u32 = 64;
+    /// INT8 codes rounded half to even instead of truncated (write path).
+    pub const INT8_RNE: u32 = 128;
 
     /// Whether `bit` is set.
     pub fn has(self, bit: u32) -> bool {
@@ -63,7 +68,7 @@ impl Features {
 
 impl fmt::Display for Features {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const NAMES: [(u32, &str); 7] = [
+        const NAMES: [(u32, &str); 8] = [
             (Features::SOFTCAP, "softcap"),
             (Features::SINKS, "sinks"),
             (Features::ALIBI, "alibi"),
@@ -71,6 +76,7 @@ impl fmt::Display for Features {
             (Features::QQ_BIAS, "qq"),
             (Features::MM_PREFIX, "mm"),
             (Features::SPLIT, "split"),
+            (Features::INT8_RNE, "int8_rne"),
         ];
         let names: Vec<&str> = NAMES
             .iter()

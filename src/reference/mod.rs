@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod cache;
+pub mod quant;
 pub mod rng;
 
 pub use attention::unified_attention;
