@@ -3,7 +3,7 @@
 //! so Vulkan, Metal and DX12 shader compilation is checked even where those drivers are absent.
 
 use quantkv::attention::{attention_source, reduce_source};
-use quantkv::cache::write_copy_source;
+use quantkv::cache::{write_copy_source, write_rows_source};
 use quantkv::modes::{create, Dtype, KvQuantMode};
 use quantkv::pipeline::{full_source, Features, PipelineSource, Tiling};
 
@@ -106,16 +106,25 @@ fn every_variant_validates_and_translates() {
                 );
                 n += 2;
             }
-            check_variant(
-                "write_copy",
-                dtype,
-                &write_copy_source(Tiling {
-                    wg_size: 64,
-                    tile: 0,
-                    max_m: 0,
-                }),
-            );
+            let wt = Tiling {
+                wg_size: 64,
+                tile: 0,
+                max_m: 0,
+            };
+            check_variant("write_copy", dtype, &write_copy_source(wt));
             n += 1;
+            if codec.encode.is_some() {
+                for d in (32..=256).step_by(16) {
+                    for rne in [false, true] {
+                        check_variant(
+                            &format!("write_rows/{}/d{d}", mode.id()),
+                            dtype,
+                            &write_rows_source(codec, d, rne, wt),
+                        );
+                        n += 1;
+                    }
+                }
+            }
         }
     }
     eprintln!("{n} WGSL variants validated and translated to SPIR-V, MSL and HLSL");
