@@ -543,3 +543,31 @@ fn bad_parameters_get_typed_errors() {
         })
     ));
 }
+
+#[test]
+fn fp8_output_scale() {
+    check(
+        0x3D0,
+        MIXED,
+        8,
+        2,
+        64,
+        Extras {
+            output_scale: Some(0.01),
+            ..Default::default()
+        },
+    );
+    check(
+        0x3D1,
+        DECODE,
+        8,
+        2,
+        64,
+        Extras {
+            output_scale: Some(0.003),
+            split: SplitK::Segments(4),
+            sinks: true,
+            ..Default::default()
+        },
+    );
+}

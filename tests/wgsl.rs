@@ -66,7 +66,7 @@ fn check_variant(label: &str, dtype: Dtype, src: &PipelineSource<'_>) {
         .unwrap_or_else(|e| panic!("{label}: HLSL: {e}"));
 }
 
-const ALL_FEATURES: u32 = 127;
+const ALL_FEATURES: u32 = 127 | Features::OUT_FP8;
 
 #[test]
 fn every_variant_validates_and_translates() {
@@ -86,10 +86,17 @@ fn every_variant_validates_and_translates() {
                 let tiling = Tiling::for_attention(d, &limits, rows).expect("tiling fits 32 KiB");
                 // Every single feature, none and all; every combination at one head size.
                 let combos: Vec<u32> = if d == 64 {
-                    (0..=ALL_FEATURES).collect()
+                    (0..=127)
+                        .chain((0..=127).map(|f| f | Features::OUT_FP8))
+                        .collect()
                 } else {
                     let mut v: Vec<u32> = (0..7).map(|b| 1 << b).collect();
-                    v.extend([0, ALL_FEATURES, ALL_FEATURES & !Features::ALIBI]);
+                    v.extend([
+                        0,
+                        Features::OUT_FP8,
+                        ALL_FEATURES,
+                        ALL_FEATURES & !Features::ALIBI,
+                    ]);
                     v
                 };
                 for f in combos {
@@ -99,6 +106,12 @@ fn every_variant_validates_and_translates() {
                     n += 1;
                 }
                 check_variant("reduce", dtype, &reduce_source(d, Features(0)));
+                check_variant(
+                    "reduce+fp8",
+                    dtype,
+                    &reduce_source(d, Features(Features::SINKS | Features::OUT_FP8)),
+                );
+                n += 1;
                 check_variant(
                     "reduce+sinks",
                     dtype,

@@ -6,6 +6,7 @@
 //           IS_SPLIT), 9 out (model dtype)
 // Dispatch: x = num_tokens_q, y = num_q_heads.
 // #include "common/uniforms.wgsl"
+// #include "common/out.wgsl"
 
 override HEAD_DIM: u32 = 128u;
 override WG_SIZE: u32 = 64u;
@@ -20,16 +21,6 @@ const NEG_HALF: f32 = -0.5e30;
 @group(0) @binding(4) var<storage, read> part: array<f32>;
 @group(0) @binding(9) var<storage, read_write> out: array<u32>;
 
-fn out_store4(e: u32, v: vec4<f32>) {
-    let w = e / 4u * MODEL_WORDS4;
-    let words = model_pack4(v);
-    out[w] = words.x;
-    out[w + 1u] = words.y;
-    if (MODEL_WORDS4 == 4u) {
-        out[w + 2u] = words.z;
-        out[w + 3u] = words.w;
-    }
-}
 
 @compute @workgroup_size(WG_SIZE)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {

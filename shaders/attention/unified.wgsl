@@ -22,6 +22,7 @@
 // K/V tile is read once for all query heads that share it (GQA packing).
 // Scores use a finite sentinel NEG instead of -inf: WGSL may assume finite math.
 // #include "common/uniforms.wgsl"
+// #include "common/out.wgsl"
 
 override HEAD_DIM: u32 = 128u;
 override TILE: u32 = 32u;
@@ -154,16 +155,6 @@ fn q_load4(e: u32) -> vec4<f32> {
     return model_unpack4(words);
 }
 
-fn out_store4(e: u32, v: vec4<f32>) {
-    let w = e / 4u * MODEL_WORDS4;
-    let words = model_pack4(v);
-    out[w] = words.x;
-    out[w + 1u] = words.y;
-    if (MODEL_WORDS4 == 4u) {
-        out[w + 2u] = words.z;
-        out[w + 3u] = words.w;
-    }
-}
 
 // tanh without overflow for large |x|.
 fn stable_tanh(x: f32) -> f32 {

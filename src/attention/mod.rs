@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::cache::{bind, check_plan_matches, LayerKv, LayerUniform, Tensor};
 use crate::context::Context;
 use crate::error::{invalid, shape, Error, Result};
-use crate::modes::{Codec, QuantKvBackend};
+use crate::modes::{Codec, Dtype, QuantKvBackend};
 use crate::pipeline::{
     storage_entry, uniform_entry, Features, Kernel, PipelineKey, PipelineSource, Tiling,
 };
@@ -55,6 +55,9 @@ pub struct AttentionParams<'a> {
     /// Upstream's `seq_threshold_3D`: when set, split-K is used only for batches of at most this
     /// many sequences (on top of the decode-only rule).
     pub seq_threshold_3d: Option<u32>,
+    /// FP8 output (spec §6.4): when set, `out` is e4m3fn (`Dtype::Fp8E4m3`, four codes per
+    /// word) holding `clamp(o / output_scale, ±448)` rounded to nearest even.
+    pub output_scale: Option<f32>,
     /// Caller-provided split-K partial buffer (upstream's `softmax_segm_*`), `STORAGE` usage, at
     /// least [`segment_buffer_bytes`] long; when `None`, the step's own pool is used.
     pub segment_buffer: Option<&'a wgpu::Buffer>,
@@ -83,6 +86,7 @@ impl Default for AttentionParams<'_> {
             use_alibi_sqrt: false,
             split: SplitK::Auto,
             seq_threshold_3d: None,
+            output_scale: None,
             segment_buffer: None,
         }
     }
@@ -127,6 +131,14 @@ impl AttentionParams<'_> {
         if self.use_alibi_sqrt && self.alibi_slopes.is_none() {
             return Err(invalid("use_alibi_sqrt", "set without alibi_slopes"));
         }
+        if let Some(s) = self.output_scale {
+            if !(s.is_finite() && s > 0.0) {
+                return Err(invalid(
+                    "output_scale",
+                    format!("{s} must be finite and > 0"),
+                ));
+            }
+        }
         if let SplitK::Segments(n) = self.split {
             if !(2..=64).contains(&n) {
                 return Err(invalid("split", format!("segments {n} not in 2..=64")));
@@ -155,6 +167,9 @@ impl AttentionParams<'_> {
         }
         if plan.has_mm {
             f |= Features::MM_PREFIX;
+        }
+        if self.output_scale.is_some() {
+            f |= Features::OUT_FP8;
         }
         Features(f)
     }
@@ -245,7 +260,12 @@ pub fn encode<B: QuantKvBackend + ?Sized>(
     let hq = p.num_q_heads;
     let inner = [hq, cfg.head_size];
     a.q.check("q", cfg.dtype, sum.num_tokens_q, inner)?;
-    a.out.check("out", cfg.dtype, sum.num_tokens_q, inner)?;
+    let out_dtype = if p.output_scale.is_some() {
+        Dtype::Fp8E4m3
+    } else {
+        cfg.dtype
+    };
+    a.out.check("out", out_dtype, sum.num_tokens_q, inner)?;
     if a.q.buffer == a.out.buffer {
         return Err(Error::InvalidBuffer {
             what: "out",
@@ -294,6 +314,7 @@ pub fn encode<B: QuantKvBackend + ?Sized>(
     lu.num_segments = segments;
     lu.softmax_scale = p.softmax_scale;
     lu.softcap = p.softcap;
+    lu.out_inv_scale = p.output_scale.map(|s| 1.0 / s).unwrap_or(1.0);
     lu.seg_rows = sum.num_tokens_q;
     let mut aux: Vec<f32> = Vec::new();
     if let Some(s) = p.sinks {
@@ -382,7 +403,7 @@ pub fn encode<B: QuantKvBackend + ?Sized>(
     if let Some(part) = partials {
         let rkey = PipelineKey {
             kernel: Kernel::Reduce,
-            features: Features(features.0 & Features::SINKS),
+            features: Features(features.0 & (Features::SINKS | Features::OUT_FP8)),
             tiling: Tiling {
                 wg_size: 64,
                 tile: 0,
@@ -446,6 +467,7 @@ pub fn attention_source(
             ("HAS_QQ", flag(f, Features::QQ_BIAS)),
             ("HAS_MM", flag(f, Features::MM_PREFIX)),
             ("IS_SPLIT", flag(f, Features::SPLIT)),
+            ("OUT_FP8", flag(f, Features::OUT_FP8)),
         ],
         entries: attention_entries(),
     }
@@ -460,6 +482,7 @@ pub fn reduce_source(d: u32, f: Features) -> PipelineSource<'static> {
             ("HEAD_DIM", d as f64),
             ("WG_SIZE", 64.0),
             ("HAS_SINKS", flag(f, Features::SINKS)),
+            ("OUT_FP8", flag(f, Features::OUT_FP8)),
         ],
         entries: vec![
             uniform_entry(0),

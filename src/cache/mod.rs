@@ -73,6 +73,12 @@ impl CacheConfig {
                 max: MAX_HEAD_SIZE,
             });
         }
+        if self.dtype == Dtype::Fp8E4m3 {
+            return Err(invalid(
+                "dtype",
+                "fp8 is an attention output format, not a model dtype (use F16 or F32)",
+            ));
+        }
         if self.block_size == 0 || self.block_size > 1024 {
             return Err(invalid(
                 "block_size",

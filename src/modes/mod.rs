@@ -74,6 +74,9 @@ pub enum Dtype {
     F16,
     /// IEEE single.
     F32,
+    /// OCP e4m3fn codes, four per u32 word: an attention *output* format (`output_scale`),
+    /// never a model dtype.
+    Fp8E4m3,
 }
 
 impl Dtype {
@@ -82,6 +85,7 @@ impl Dtype {
         match self {
             Dtype::F16 => 2,
             Dtype::F32 => 4,
+            Dtype::Fp8E4m3 => 1,
         }
     }
 
@@ -90,6 +94,7 @@ impl Dtype {
         match self {
             Dtype::F16 => "f16",
             Dtype::F32 => "f32",
+            Dtype::Fp8E4m3 => "fp8e4m3",
         }
     }
 
@@ -98,6 +103,7 @@ impl Dtype {
         match self {
             Dtype::F16 => half::f16::from_f64(x).to_f64(),
             Dtype::F32 => x as f32 as f64,
+            Dtype::Fp8E4m3 => fp8_e4m3_decode(fp8_e4m3_encode(x as f32)) as f64,
         }
     }
 
@@ -109,6 +115,7 @@ impl Dtype {
                 .flat_map(|&x| half::f16::from_f64(x).to_le_bytes())
                 .collect(),
             Dtype::F32 => xs.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect(),
+            Dtype::Fp8E4m3 => xs.iter().map(|&x| fp8_e4m3_encode(x as f32)).collect(),
         }
     }
 
@@ -123,6 +130,7 @@ impl Dtype {
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
                 .collect(),
+            Dtype::Fp8E4m3 => bytes.iter().map(|&c| fp8_e4m3_decode(c) as f64).collect(),
         }
     }
 }
@@ -138,6 +146,7 @@ pub struct Codec {
 }
 
 pub use crate::reference::quant::Int8Rounding;
+use crate::reference::quant::{fp8_e4m3_decode, fp8_e4m3_encode};
 
 /// What the CPU codec of one row needs besides the values.
 #[derive(Clone, Copy, Debug)]

@@ -25,7 +25,10 @@ impl QuantKvBackend for NoneBackend {
         Codec {
             decode: match dtype {
                 Dtype::F16 => include_str!("../../shaders/modes/none/decode_f16.wgsl"),
-                Dtype::F32 => include_str!("../../shaders/modes/none/decode_f32.wgsl"),
+                // fp8 is never a model dtype (CacheConfig::validate rejects it)
+                Dtype::F32 | Dtype::Fp8E4m3 => {
+                    include_str!("../../shaders/modes/none/decode_f32.wgsl")
+                }
             },
             encode: None,
         }

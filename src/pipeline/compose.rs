@@ -14,6 +14,10 @@ pub const CORE_FILES: &[(&str, &str)] = &[
         include_str!("../../shaders/common/types_f16.wgsl"),
     ),
     (
+        "common/out.wgsl",
+        include_str!("../../shaders/common/out.wgsl"),
+    ),
+    (
         "common/pack.wgsl",
         include_str!("../../shaders/common/pack.wgsl"),
     ),

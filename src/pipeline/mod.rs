@@ -59,6 +59,8 @@ impl Features {
     pub const SPLIT: u32 = 64;
     /// INT8 codes rounded half to even instead of truncated (write path).
     pub const INT8_RNE: u32 = 128;
+    /// FP8 e4m3 output (`output_scale`).
+    pub const OUT_FP8: u32 = 256;
 
     /// Whether `bit` is set.
     pub fn has(self, bit: u32) -> bool {
@@ -68,7 +70,7 @@ impl Features {
 
 impl fmt::Display for Features {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const NAMES: [(u32, &str); 8] = [
+        const NAMES: [(u32, &str); 9] = [
             (Features::SOFTCAP, "softcap"),
             (Features::SINKS, "sinks"),
             (Features::ALIBI, "alibi"),
@@ -77,6 +79,7 @@ impl fmt::Display for Features {
             (Features::MM_PREFIX, "mm"),
             (Features::SPLIT, "split"),
             (Features::INT8_RNE, "int8_rne"),
+            (Features::OUT_FP8, "out_fp8"),
         ];
         let names: Vec<&str> = NAMES
             .iter()
@@ -239,6 +242,12 @@ pub fn full_source(kernel: &str, dtype: Dtype, codec: Option<&str>) -> Result<St
     let types = match dtype {
         Dtype::F16 => "// #include \"common/types_f16.wgsl\"\n",
         Dtype::F32 => "// #include \"common/types_f32.wgsl\"\n",
+        Dtype::Fp8E4m3 => {
+            return Err(Error::InvalidArgument {
+                what: "dtype",
+                detail: "fp8 is an output format, not a model dtype".into(),
+            })
+        }
     };
     let mut root = String::from(types);
     if let Some(c) = codec {

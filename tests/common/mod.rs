@@ -59,6 +59,8 @@ pub struct Extras {
     /// Overwrite, with NaN, every cached block that lies wholly before the sliding window of a
     /// sequence's first query (rounded down to 64 keys, the largest tile): the kernel must never read them.
     pub poison_outside_window: bool,
+    /// FP8 output with this output_scale.
+    pub output_scale: Option<f32>,
 }
 
 /// Everything a case produced.
@@ -66,6 +68,8 @@ pub struct CaseOut {
     pub gpu: Vec<f64>,
     pub cpu: Vec<f64>,
     pub label: String,
+    /// Set when the output is FP8 with this output_scale: `gpu` then holds the decoded codes.
+    pub fp8_scale: Option<f32>,
 }
 
 /// Builds a random batch, writes every sequence's K/V with one reshape_and_cache (with padding
@@ -166,6 +170,7 @@ pub fn run_case(ctx: &Context, seed: u64, shape: &Shape, ex: &Extras) -> Result<
         split: ex.split,
         seq_threshold_3d: ex.seq_threshold_3d,
         segment_buffer: seg_buf.as_ref(),
+        output_scale: ex.output_scale,
     };
     let cfg = CacheConfig {
         num_layers: 1,
@@ -191,7 +196,12 @@ pub fn run_case(ctx: &Context, seed: u64, shape: &Shape, ex: &Extras) -> Result<
     // One padding row past num_tokens: attention must leave it untouched.
     let out_rows = num_tokens as u32 + 1;
     let canary = vec![7.0; out_rows as usize * hq * d];
-    let obuf = ctx.upload("out", &dt.encode(&canary));
+    let odt = if ex.output_scale.is_some() {
+        Dtype::Fp8E4m3
+    } else {
+        dt
+    };
+    let obuf = ctx.upload("out", &odt.encode(&canary));
     let mut enc = ctx.device.create_command_encoder(&Default::default());
     let mut poisoned_rows = 0usize;
     let kv_shape = [n_write as u32, shape.kv_heads, shape.head_size];
@@ -253,12 +263,12 @@ pub fn run_case(ctx: &Context, seed: u64, shape: &Shape, ex: &Extras) -> Result<
             plan: &plan,
             layer: cache.layer(0),
             q: Tensor::new(&qbuf, dt, q_shape),
-            out: Tensor::new(&obuf, dt, [out_rows, shape.q_heads, shape.head_size]),
+            out: Tensor::new(&obuf, odt, [out_rows, shape.q_heads, shape.head_size]),
             params: &params,
         },
     )?;
     ctx.queue.submit([enc.finish()]);
-    let out_all = dt.decode(&ctx.read_buffer(&obuf)?);
+    let out_all = odt.decode(&ctx.read_buffer(&obuf)?);
     let tail = &out_all[num_tokens * hq * d..];
     assert!(
         tail.iter().all(|&x| x == 7.0),
@@ -305,15 +315,33 @@ pub fn run_case(ctx: &Context, seed: u64, shape: &Shape, ex: &Extras) -> Result<
         gpu,
         cpu,
         label: format!("seed {seed:#x} {shape:?} {ex:?}"),
+        fp8_scale: ex.output_scale,
     })
 }
 
 /// Spec §7 level 2: |gpu − ref| ≤ tol·(1+|ref|) per element (tol 2e-3 for f16, 1e-3 for f32)
 /// and cosine ≥ 0.99999. Reports the worst index.
 pub fn assert_close(out: &CaseOut, dtype: Dtype) {
+    if let Some(scale) = out.fp8_scale {
+        // FP8 output: within one e4m3 step of the reference's own quantization.
+        use quantkv::reference::quant::{fp8_e4m3_encode, fp8_ordinal};
+        for (i, (g, c)) in out.gpu.iter().zip(&out.cpu).enumerate() {
+            let got = fp8_ordinal(fp8_e4m3_encode(*g as f32));
+            let want = fp8_ordinal(fp8_e4m3_encode(
+                (c / scale as f64).clamp(-448.0, 448.0) as f32
+            ));
+            assert!(
+                (got - want).abs() <= 1,
+                "{}: fp8 output {i}: code {got} vs reference {want} ({g} vs {})",
+                out.label,
+                c / scale as f64
+            );
+        }
+        return;
+    }
     let tol = match dtype {
         Dtype::F16 => 2e-3,
-        Dtype::F32 => 1e-3,
+        _ => 1e-3,
     };
     assert_eq!(out.gpu.len(), out.cpu.len());
     let mut worst = (0usize, 0.0f64);
