@@ -61,6 +61,10 @@ pub struct Extras {
     pub poison_outside_window: bool,
     /// FP8 output with this output_scale.
     pub output_scale: Option<f32>,
+    /// Test data shaped like real keys (spec §11) instead of plain N(0, 1).
+    pub llm_like: bool,
+    /// INT8 per-(token, head) rounding.
+    pub rounding: quantkv::modes::Int8Rounding,
 }
 
 /// Everything a case produced.
@@ -70,6 +74,8 @@ pub struct CaseOut {
     pub label: String,
     /// Set when the output is FP8 with this output_scale: `gpu` then holds the decoded codes.
     pub fp8_scale: Option<f32>,
+    /// f64 attention on the ORIGINAL (unquantized) K/V: the format's error is `cpu` vs this.
+    pub cpu_orig: Vec<f64>,
 }
 
 /// Builds a random batch, writes every sequence's K/V with one reshape_and_cache (with padding
@@ -121,9 +127,49 @@ pub fn run_case(ctx: &Context, seed: u64, shape: &Shape, ex: &Extras) -> Result<
     let gen = |rng: &mut SplitMix64, n: usize| -> Vec<f64> {
         (0..n).map(|_| dt.round(rng.normal())).collect()
     };
-    let keys = gen(&mut rng, n_write * hkv * d);
-    let values = gen(&mut rng, n_write * hkv * d);
-    let q = gen(&mut rng, num_tokens * hq * d);
+    let mut keys = gen(&mut rng, n_write * hkv * d);
+    let mut values = gen(&mut rng, n_write * hkv * d);
+    let mut q = gen(&mut rng, num_tokens * hq * d);
+    if ex.llm_like {
+        // Spec §11: 4 key channels x10 and one x30 per kv head, one value channel x10, the
+        // first token of every sequence a x20 "sink" key, Q with the same channels x3.
+        let ch = |i: usize| (i * 37 + 5) % d;
+        let mut first_rows = Vec::new();
+        let mut t = 0;
+        for (s_i, &(_, kv)) in shape.seqs.iter().enumerate() {
+            let _ = s_i;
+            while slot_mapping[t] < 0 {
+                t += 1;
+            }
+            first_rows.push(t);
+            let mut left = kv;
+            while left > 0 {
+                if slot_mapping[t] >= 0 {
+                    left -= 1;
+                }
+                t += 1;
+            }
+        }
+        for r in 0..n_write * hkv {
+            let row = &mut keys[r * d..(r + 1) * d];
+            for i in 0..4 {
+                row[ch(i)] *= 10.0;
+            }
+            row[ch(4)] *= 30.0;
+            if first_rows.contains(&(r / hkv)) {
+                row.iter_mut().for_each(|x| *x *= 20.0);
+            }
+            values[r * d + ch(5)] *= 10.0;
+        }
+        for r in 0..num_tokens * hq {
+            for i in 0..5 {
+                q[r * d + ch(i)] *= 3.0;
+            }
+        }
+        for x in keys.iter_mut().chain(values.iter_mut()).chain(q.iter_mut()) {
+            *x = dt.round(*x);
+        }
+    }
     let sinks: Vec<f32> = (0..hq).map(|_| (rng.normal() * 2.0) as f32).collect();
     let slopes: Vec<f32> = (0..hq)
         .map(|h| 2f32.powf(-8.0 * (h + 1) as f32 / hq as f32))
@@ -180,6 +226,7 @@ pub fn run_case(ctx: &Context, seed: u64, shape: &Shape, ex: &Extras) -> Result<
         head_size: shape.head_size,
         mode: shape.mode,
         dtype: dt,
+        int8_rounding: ex.rounding,
         ..Default::default()
     };
     let mut cache = KvCache::new(ctx, &cfg)?;
@@ -311,11 +358,17 @@ pub fn run_case(ctx: &Context, seed: u64, shape: &Shape, ex: &Extras) -> Result<
         head_size: d,
     };
     let cpu = reference::unified_attention(&q, &kc, &vc, g, &step, &params);
+    let mut ko = vec![0.0; num_blocks * bs * hkv * d];
+    let mut vo = ko.clone();
+    reference::cache::write_rows(&mut ko, &keys, &slot_mapping, hkv, d);
+    reference::cache::write_rows(&mut vo, &values, &slot_mapping, hkv, d);
+    let cpu_orig = reference::unified_attention(&q, &ko, &vo, g, &step, &params);
     Ok(CaseOut {
         gpu,
         cpu,
         label: format!("seed {seed:#x} {shape:?} {ex:?}"),
         fp8_scale: ex.output_scale,
+        cpu_orig,
     })
 }
 
