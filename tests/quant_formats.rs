@@ -237,6 +237,8 @@ fn attention_over_non_finite_writes_is_finite_and_matches() {
         let (kc, vc) = check_layout(ctx, &cache, &vals, &vals, &slots).unwrap();
         // One decode query over all n keys; position p reads slot p (which holds token n-1-p:
         // order does not matter to attention, and the reference reads the same cache).
+        let blocks = cache.config().num_blocks as usize;
+        let table: Vec<i32> = (0..blocks as i32).collect();
         let step = StepInput {
             cu_seqlens_q: &[0, 1],
             seqused_k: &[n as i32],

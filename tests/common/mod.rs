@@ -227,7 +227,6 @@ pub fn run_case(ctx: &Context, seed: u64, shape: &Shape, ex: &Extras) -> Result<
         mode: shape.mode,
         dtype: dt,
         int8_rounding: ex.rounding,
-        ..Default::default()
     };
     let mut cache = KvCache::new(ctx, &cfg)?;
     let plan = BatchPlan::new(ctx, &cfg, &step)?;
@@ -451,8 +450,8 @@ pub fn shape(
     }
 }
 
-/// Spec §7 level 1 for layer 0 of `cache` after writing `keys`/`values` (`[tokens, kv_heads,
-/// head]`) at `slots`: every written row's scale within 2e-6 (relative) of the CPU quantizer's,
+/// Spec §7 level 1 for layer 0 of `cache` after writing `keys`/`values`
+/// (`[tokens, kv_heads, head]`) at `slots`: every written row's scale within 2e-6 (relative) of the CPU quantizer's,
 /// >= 99.9 % of codes identical and the rest one step away, untouched rows still zero. Returns
 /// the dequantized K and V caches the GPU actually holds.
 pub fn check_layout(
