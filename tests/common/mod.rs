@@ -451,9 +451,9 @@ pub fn shape(
 }
 
 /// Spec §7 level 1 for layer 0 of `cache` after writing `keys`/`values`
-/// (`[tokens, kv_heads, head]`) at `slots`: every written row's scale within 2e-6 (relative) of the CPU quantizer's,
-/// >= 99.9 % of codes identical and the rest one step away, untouched rows still zero. Returns
-/// the dequantized K and V caches the GPU actually holds.
+/// (`[tokens, kv_heads, head]`) at `slots`: every written row's scale within 2e-6 (relative)
+/// of the CPU quantizer's, at least 99.9 % of codes identical and the rest one step away,
+/// untouched rows still zero. Returns the dequantized K and V caches the GPU actually holds.
 pub fn check_layout(
     ctx: &Context,
     cache: &KvCache,
