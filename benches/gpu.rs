@@ -88,6 +88,17 @@ fn shapes(quick: bool) -> Vec<Shape> {
         if b == 1 && l >= 32768 {
             v.push(decode(&name, b, l, 128, SplitK::Off));
         }
+        if (b == 1 && l >= 32768) || (l == 32768 && b >= 8) {
+            for mode in KvQuantMode::ALL
+                .into_iter()
+                .filter(|m| m.is_supported() && *m != KvQuantMode::None)
+            {
+                v.push(Shape {
+                    mode,
+                    ..decode(&name, b, l, 128, SplitK::Auto)
+                });
+            }
+        }
     }
     v.push(decode("decode_b1_l32k_d64", 1, 32768, 64, SplitK::Auto));
     v.push(decode("decode_b1_l32k_d256", 1, 32768, 256, SplitK::Auto));
@@ -284,13 +295,8 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
         * s.lkv as f64
         * s.hkv as f64
         * (row_bytes as f64 + backend.scale_cache_bytes(1, 1) as f64);
-    let segs = quantkv::attention::plan_split(
-        s.split,
-        None,
-        &plan.summary(),
-        (tokens / (16 / (s.hq / s.hkv)).max(1) + s.b) * s.hkv,
-        32,
-    );
+    let segs =
+        quantkv::attention::launch_plan(ctx.limits(), &cfg, &plan.summary(), &params)?.segments;
     let partial_bytes = if segs > 1 {
         2.0 * tokens as f64 * s.hq as f64 * segs as f64 * (s.d as f64 + 2.0) * 4.0
     } else {

@@ -8,10 +8,10 @@ mkdir -p "$OUT"
 export CI=true
 bin() { ls .gpu-bin/"$1"-* 2>/dev/null | head -1 || true; }
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; date -u; } > "$OUT/device.txt" 2>&1
-[ "${SKIP_QUICKSTART:-0}" = 1 ] || { ./.gpu-bin/quickstart; ./.gpu-bin/quickstart --prompt 1000 --decode 3 --f32; } > "$OUT/quickstart.txt" 2>&1
+[ "${SKIP_QUICKSTART:-0}" = 1 ] || { ./.gpu-bin/quickstart; ./.gpu-bin/quickstart --prompt 1000 --decode 3 --f32; ./.gpu-bin/modes; } > "$OUT/quickstart.txt" 2>&1
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  for t in attention_none attention_params validation registry allocator; do
-    b=$(bin $t); [ -n "$b" ] && timeout 300 "$b" --include-ignored 2>&1 | grep -E "^test |test result|panicked|poisoned" 
+  for t in attention_none attention_params quant_formats validation registry allocator; do
+    b=$(bin $t); [ -n "$b" ] && timeout 300 "$b" --include-ignored 2>&1 | grep -E "^test |test result|panicked|poisoned|^\|" 
   done > "$OUT/tests.txt"
 fi
 g=$(bin gpu)

@@ -197,6 +197,56 @@ pub struct LaunchPlan {
     pub segments: u32,
     /// Workgroups of the main pass.
     pub grid: [u32; 3],
+    /// Workgroup geometry of the main pass.
+    pub tiling: Tiling,
+    /// Query heads per workgroup.
+    pub heads_per_wg: u32,
+    /// Query tokens per workgroup.
+    pub q_per_wg: u32,
+    /// Workgroups per kv head along y (ceil(qpk / heads_per_wg)).
+    pub head_chunks: u32,
+}
+
+/// How a call with these parameters will be launched on a device with `limits` (the same
+/// computation `unified_attention` does; public so benchmarks and callers can see it).
+pub fn launch_plan(
+    limits: &wgpu::Limits,
+    cfg: &crate::cache::CacheConfig,
+    sum: &crate::step::StepSummary,
+    p: &AttentionParams<'_>,
+) -> Result<LaunchPlan> {
+    p.validate(cfg.num_kv_heads)?;
+    let qpk = p.num_q_heads / cfg.num_kv_heads;
+    let rows = Tiling::rows_for(qpk, sum.max_seqlen_q);
+    let tiling =
+        Tiling::for_attention(cfg.head_size, limits, rows).ok_or(Error::UnsupportedHeadDim {
+            mode: cfg.mode,
+            got: cfg.head_size,
+            multiple_of: 16,
+            min: 32,
+            max: 256,
+        })?;
+    let hg = qpk.min(tiling.max_m);
+    let bq = (tiling.max_m / hg).max(1);
+    let chunks = qpk.div_ceil(hg);
+    let gx = sum.num_tokens_q / bq + sum.num_seqs;
+    let gy = cfg.num_kv_heads * chunks;
+    let max_dim = limits.max_compute_workgroups_per_dimension;
+    if gx > max_dim || gy > max_dim {
+        return Err(invalid(
+            "batch",
+            format!("grid {gx} x {gy} exceeds the adapter's {max_dim} workgroups per dimension"),
+        ));
+    }
+    let segments = plan_split(p.split, p.seq_threshold_3d, sum, gx * gy, tiling.tile);
+    Ok(LaunchPlan {
+        segments,
+        grid: [gx, gy, segments],
+        tiling,
+        heads_per_wg: hg,
+        q_per_wg: bq,
+        head_chunks: chunks,
+    })
 }
 
 /// Picks 2D vs split-K and the segment count (spec §10.5). Split-K applies to decode batches
@@ -275,30 +325,10 @@ pub fn encode<B: QuantKvBackend + ?Sized>(
     if sum.num_tokens_q == 0 {
         return Ok(());
     }
-    let limits = ctx.limits();
+    let lp = launch_plan(ctx.limits(), cfg, &sum, p)?;
+    let (tiling, segments, [gx, gy, _]) = (lp.tiling, lp.segments, lp.grid);
     let qpk = hq / cfg.num_kv_heads;
-    let rows = Tiling::rows_for(qpk, sum.max_seqlen_q);
-    let tiling =
-        Tiling::for_attention(cfg.head_size, limits, rows).ok_or(Error::UnsupportedHeadDim {
-            mode: cfg.mode,
-            got: cfg.head_size,
-            multiple_of: 16,
-            min: 32,
-            max: 256,
-        })?;
-    let hg = qpk.min(tiling.max_m);
-    let bq = (tiling.max_m / hg).max(1);
-    let chunks = qpk.div_ceil(hg);
-    let gx = sum.num_tokens_q / bq + sum.num_seqs;
-    let gy = cfg.num_kv_heads * chunks;
-    let max_dim = limits.max_compute_workgroups_per_dimension;
-    if gx > max_dim || gy > max_dim {
-        return Err(invalid(
-            "batch",
-            format!("grid {gx} x {gy} exceeds the adapter's {max_dim} workgroups per dimension"),
-        ));
-    }
-    let segments = plan_split(p.split, p.seq_threshold_3d, &sum, gx * gy, tiling.tile);
+    let (hg, bq, chunks) = (lp.heads_per_wg, lp.q_per_wg, lp.head_chunks);
 
     let mut lu = LayerUniform::for_layer(backend, a.layer);
     lu.num_q_heads = hq;
