@@ -335,7 +335,7 @@ fn split_k_auto_planner_choices() {
         "B=1 long context splits"
     );
     assert_eq!(
-        plan_split(SplitK::Auto, None, &decode(64, 2048), 512, 32),
+        plan_split(SplitK::Auto, None, &decode(64, 2048), 1024, 32),
         1,
         "a full grid does not split"
     );
@@ -410,7 +410,7 @@ fn bad_parameters_get_typed_errors() {
         Err(Error::InvalidArgument { what: "split", .. })
     ));
     assert!(matches!(
-        p(&|a| a.split = SplitK::Segments(65)),
+        p(&|a| a.split = SplitK::Segments(257)),
         Err(Error::InvalidArgument { what: "split", .. })
     ));
     p(&|_| ()).unwrap();

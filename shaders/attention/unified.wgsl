@@ -79,6 +79,7 @@ var<workgroup> alpha_sh: array<f32, MAX_M>;
 var<workgroup> seen_sh: array<u32, MAX_M>;
 var<workgroup> mnew_sh: array<f32, MAX_M>;
 var<workgroup> red_sh: array<f32, WG_SIZE>;
+var<workgroup> row_sh: array<u32, TILE>;
 
 fn plan_workgroup(wid: vec3<u32>, nseg: u32) -> WgInfo {
     var r: WgInfo;
@@ -224,13 +225,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     for (var tile = inf.tile_lo; tile < inf.tile_hi; tile++) {
         let key0 = tile * TILE;
         workgroupBarrier();
+        // Physical rows of the tile's keys: one block-table read per key, not per element.
+        for (var t = tid; t < TILE; t += WG_SIZE) {
+            let key = key0 + t;
+            var r = 0u;
+            if (key < inf.kv_len) {
+                r = physical_row(inf.seq, key, inf.kv_head);
+            }
+            row_sh[t] = r;
+        }
+        workgroupBarrier();
         // K tile, dequantized by the mode's contract.
         for (var e = tid; e < TILE * d4; e += WG_SIZE) {
             let t = e / d4;
             let key = key0 + t;
             var v = vec4<f32>(0.0);
             if (key < inf.kv_len) {
-                v = decode_k4(physical_row(inf.seq, key, inf.kv_head), e % d4);
+                v = decode_k4(row_sh[t], e % d4);
             }
             kv_sh[t * ks + e % d4] = v;
         }
@@ -293,7 +304,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             let key = key0 + t;
             var v = vec4<f32>(0.0);
             if (key < inf.kv_len) {
-                v = decode_v4(physical_row(inf.seq, key, inf.kv_head), e % d4);
+                v = decode_v4(row_sh[t], e % d4);
             }
             kv_sh[t * ks + e % d4] = v;
         }

@@ -10,6 +10,7 @@
 // Overrides: HEAD_DIM, WG_SIZE (power of two), INT8_RNE.
 // Dispatch: num_write * num_kv_heads * 2 workgroups, as an (x, y) grid.
 // #include "common/uniforms.wgsl"
+// #include "common/pack.wgsl"
 
 override HEAD_DIM: u32 = 128u;
 override WG_SIZE: u32 = 64u;
@@ -83,7 +84,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         workgroupBarrier();
     }
     let scale = enc_scale(red_sh[0], is_v);
-    let inv = 1.0 / scale;
+    let inv = div_rn(1.0, scale); // correctly rounded, as the CPU reference's f32 division
     let row = u32(slot) * kvh + h;
     let rw = ly.k_row_words;
     let per_word = 32u / CODE_BITS;

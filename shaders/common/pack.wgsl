@@ -48,3 +48,49 @@ fn e4m3_encode(x: f32) -> u32 {
     }
     return sign | min((e << 3u) + m3, 0x7Eu);
 }
+
+// a / b correctly rounded (round to nearest even), by integer long division of the
+// significands. WGSL's `/` may be off by 2.5 ULP (and `fma` need not be fused), which flips
+// truncated codes at integer boundaries (absmax * (1/(absmax/127)) = 126.99999 -> 126); the CPU
+// reference divides exactly, so the write kernels divide exactly too. Falls back to `/` for
+// zero/subnormal operands and quotients outside the normal range.
+fn div_rn(a: f32, b: f32) -> f32 {
+    let ab = bitcast<u32>(a);
+    let bb = bitcast<u32>(b);
+    let ea = i32((ab >> 23u) & 0xFFu);
+    let eb = i32((bb >> 23u) & 0xFFu);
+    if (ea == 0 || eb == 0 || ea == 255 || eb == 255) {
+        return a / b;
+    }
+    var ma = (ab & 0x7FFFFFu) | 0x800000u;
+    let mb = (bb & 0x7FFFFFu) | 0x800000u;
+    var e = ea - eb;
+    if (ma < mb) {
+        ma <<= 1u;
+        e -= 1;
+    }
+    var q = 0u;
+    var r = ma;
+    for (var i = 0; i < 25; i++) {
+        q <<= 1u;
+        if (r >= mb) {
+            r -= mb;
+            q |= 1u;
+        }
+        r <<= 1u;
+    }
+    let guard = q & 1u;
+    q >>= 1u;
+    if (guard == 1u && (r != 0u || (q & 1u) == 1u)) {
+        q += 1u;
+    }
+    if (q == 0x1000000u) {
+        q >>= 1u;
+        e += 1;
+    }
+    let be = e + 127;
+    if (be <= 0 || be >= 255) {
+        return a / b;
+    }
+    return bitcast<f32>(((ab ^ bb) & 0x80000000u) | (u32(be) << 23u) | (q & 0x7FFFFFu));
+}

@@ -26,7 +26,7 @@ pub enum SplitK {
     Auto,
     /// Never split.
     Off,
-    /// Always split decode batches into exactly this many segments (2..=64). With a fixed count
+    /// Always split decode batches into exactly this many segments (2..=256). With a fixed count
     /// the result is bitwise identical from run to run on one device.
     Segments(u32),
 }
@@ -140,8 +140,11 @@ impl AttentionParams<'_> {
             }
         }
         if let SplitK::Segments(n) = self.split {
-            if !(2..=64).contains(&n) {
-                return Err(invalid("split", format!("segments {n} not in 2..=64")));
+            if !(2..=MAX_SEGMENTS).contains(&n) {
+                return Err(invalid(
+                    "split",
+                    format!("segments {n} not in 2..={MAX_SEGMENTS}"),
+                ));
             }
         }
         Ok(())
@@ -238,7 +241,13 @@ pub fn launch_plan(
             format!("grid {gx} x {gy} exceeds the adapter's {max_dim} workgroups per dimension"),
         ));
     }
-    let segments = plan_split(p.split, p.seq_threshold_3d, sum, gx * gy, tiling.tile);
+    // Decode rows: one query token per sequence, so the real grid is num_seqs x gy.
+    let busy = if sum.max_seqlen_q <= 1 {
+        sum.num_seqs * gy
+    } else {
+        gx * gy
+    };
+    let segments = plan_split(p.split, p.seq_threshold_3d, sum, busy, tiling.tile);
     Ok(LaunchPlan {
         segments,
         grid: [gx, gy, segments],
@@ -248,6 +257,9 @@ pub fn launch_plan(
         head_chunks: chunks,
     })
 }
+
+/// Most split-K segments a call may use.
+pub const MAX_SEGMENTS: u32 = 256;
 
 /// Picks 2D vs split-K and the segment count (spec §10.5). Split-K applies to decode batches
 /// (every query length <= 1) whose 2D grid is too small to fill the GPU and whose contexts are
@@ -267,15 +279,18 @@ pub fn plan_split(
         SplitK::Off => 1,
         SplitK::Segments(n) => n,
         SplitK::Auto => {
-            const TARGET_WORKGROUPS: u32 = 256;
-            const MIN_TILES_PER_SEGMENT: u32 = 8;
+            // Decode streams the cache; what limits it is loads in flight, so aim for enough
+            // workgroups to keep every SM of a large GPU busy, while each segment still
+            // streams a few tiles so the reduce pass stays small.
+            const TARGET_WORKGROUPS: u32 = 1024;
+            const MIN_TILES_PER_SEGMENT: u32 = 4;
             if grid_2d >= TARGET_WORKGROUPS / 2 {
                 return 1;
             }
             let tiles = max_seqlen_k.div_ceil(tile);
             let by_work = (tiles / MIN_TILES_PER_SEGMENT).max(1);
             let by_grid = TARGET_WORKGROUPS.div_ceil(grid_2d.max(1));
-            let n = by_work.min(by_grid).min(64);
+            let n = by_work.min(by_grid).min(MAX_SEGMENTS);
             if n < 2 {
                 1
             } else {

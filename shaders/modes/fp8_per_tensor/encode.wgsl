@@ -23,5 +23,5 @@ fn enc_code(i: u32, scale: f32, inv: f32) -> u32 {
     if (inf_sh[i] != 0) {
         return select(0x7Eu, 0xFEu, inf_sh[i] < 0);
     }
-    return e4m3_encode(x_sh[i] / scale); // true division, then RNE with saturation
+    return e4m3_encode(div_rn(x_sh[i], scale)); // true division, then RNE with saturation
 }

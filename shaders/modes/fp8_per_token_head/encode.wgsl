@@ -15,7 +15,7 @@ fn enc_fold(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
 }
 
 fn enc_scale(stat: vec2<f32>, is_v: bool) -> f32 {
-    return max(stat.x / 448.0, 1e-6);
+    return max(div_rn(stat.x, 448.0), 1e-6);
 }
 
 // Code of element i of the row in x_sh / inf_sh (spec 10.7: +-Inf -> the extreme code).

@@ -23,6 +23,6 @@ fn enc_code(i: u32, scale: f32, inv: f32) -> u32 {
     if (inf_sh[i] != 0) {
         return u32(127 * inf_sh[i]) & 0xFFu;
     }
-    let c = i32(clamp(round(x_sh[i] / scale), -127.0, 127.0)); // round half to even (spec 10.1)
+    let c = i32(clamp(round(div_rn(x_sh[i], scale)), -127.0, 127.0)); // round half to even (spec 10.1)
     return u32(c) & 0xFFu;
 }
