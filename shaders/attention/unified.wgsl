@@ -38,8 +38,11 @@ override ALIBI_MODE: u32 = 0u; // 0 off, 1 linear, 2 sqrt
 override HAS_QQ: bool = false;
 override HAS_MM: bool = false;
 override IS_SPLIT: bool = false;
+// Diagnostics only (QUANTKV_DEBUG_SKIP): 1 skips K/V loads, 2 the q.k dots, 4 the P.V loop.
+override DEBUG_SKIP: u32 = 0u;
 
 const ACC_MAX: u32 = 16u;
+const LOAD_MAX: u32 = 16u; // the host picks tiles with TILE*HEAD_DIM/4 <= 16*WG_SIZE
 const NEG: f32 = -1.0e30;
 const NEG_HALF: f32 = -0.5e30;
 
@@ -193,6 +196,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let d4 = HEAD_DIM / 4u;
     let ks = d4 + 1u; // padded K/V row stride in workgroup memory
+    let loads = (TILE * d4 + WG_SIZE - 1u) / WG_SIZE; // vec4 loads per thread per tile
     let hg = ly.heads_per_wg;
 
     // Prologue: Q rows into workgroup memory, softmax state.
@@ -235,19 +239,31 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             row_sh[t] = r;
         }
         workgroupBarrier();
-        // K tile, dequantized by the mode's contract.
-        for (var e = tid; e < TILE * d4; e += WG_SIZE) {
+        // K tile, dequantized by the mode's contract. The trip count is a pipeline constant and
+        // every load is issued before any store, so the loads of a tile are in flight together.
+        var buf: array<vec4<f32>, LOAD_MAX>;
+        for (var k = 0u; k < loads; k++) {
+            let e = tid + k * WG_SIZE;
             let t = e / d4;
-            let key = key0 + t;
             var v = vec4<f32>(0.0);
-            if (key < inf.kv_len) {
+            if (e < TILE * d4 && key0 + t < inf.kv_len && (DEBUG_SKIP & 1u) == 0u) {
                 v = decode_k4(row_sh[t], e % d4);
             }
-            kv_sh[t * ks + e % d4] = v;
+            buf[k] = v;
+        }
+        for (var k = 0u; k < loads; k++) {
+            let e = tid + k * WG_SIZE;
+            if (e < TILE * d4) {
+                kv_sh[e / d4 * ks + e % d4] = buf[k];
+            }
         }
         workgroupBarrier();
         // Scores: raw -> softcap -> mask -> ALiBi -> qq_bias.
-        for (var e = tid; e < MAX_M * TILE; e += WG_SIZE) {
+        for (var k = 0u; k < (MAX_M * TILE + WG_SIZE - 1u) / WG_SIZE; k++) {
+            let e = tid + k * WG_SIZE;
+            if (e >= MAX_M * TILE) {
+                break;
+            }
             let m = e / TILE;
             let t = e % TILE;
             let qi = m / hg;
@@ -262,7 +278,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
                 }
                 if (allowed) {
                     var dot_acc = 0.0;
-                    for (var j = 0u; j < d4; j++) {
+                    for (var j = 0u; j < d4 * u32((DEBUG_SKIP & 2u) == 0u); j++) {
                         dot_acc += dot(q_sh[m * d4 + j], kv_sh[t * ks + j]);
                     }
                     s = dot_acc * ly.softmax_scale;
@@ -299,14 +315,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             part = max(part, s_sh[rm * TILE + t]);
         }
         red_sh[tid] = part;
-        for (var e = tid; e < TILE * d4; e += WG_SIZE) {
+        for (var k = 0u; k < loads; k++) {
+            let e = tid + k * WG_SIZE;
             let t = e / d4;
-            let key = key0 + t;
             var v = vec4<f32>(0.0);
-            if (key < inf.kv_len) {
+            if (e < TILE * d4 && key0 + t < inf.kv_len && (DEBUG_SKIP & 1u) == 0u) {
                 v = decode_v4(row_sh[t], e % d4);
             }
-            kv_sh[t * ks + e % d4] = v;
+            buf[k] = v;
+        }
+        for (var k = 0u; k < loads; k++) {
+            let e = tid + k * WG_SIZE;
+            if (e < TILE * d4) {
+                kv_sh[e / d4 * ks + e % d4] = buf[k];
+            }
         }
         workgroupBarrier();
         if (rsub == 0u) {
@@ -355,7 +377,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
                 let m = e / d4;
                 let j = e % d4;
                 var a = acc[k] * alpha_sh[m];
-                for (var t = 0u; t < TILE; t++) {
+                for (var t = 0u; t < TILE * u32((DEBUG_SKIP & 4u) == 0u); t++) {
                     a += s_sh[m * TILE + t] * kv_sh[t * ks + j];
                 }
                 acc[k] = a;

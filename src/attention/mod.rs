@@ -282,7 +282,7 @@ pub fn plan_split(
             // Decode streams the cache; what limits it is loads in flight, so aim for enough
             // workgroups to keep every SM of a large GPU busy, while each segment still
             // streams a few tiles so the reduce pass stays small.
-            const TARGET_WORKGROUPS: u32 = 1024;
+            const TARGET_WORKGROUPS: u32 = 512;
             const MIN_TILES_PER_SEGMENT: u32 = 4;
             if grid_2d >= TARGET_WORKGROUPS / 2 {
                 return 1;
@@ -450,7 +450,7 @@ pub fn encode<B: QuantKvBackend + ?Sized>(
             kernel: Kernel::Reduce,
             features: Features(features.0 & (Features::SINKS | Features::OUT_FP8)),
             tiling: Tiling {
-                wg_size: 64,
+                wg_size: reduce_wg(d),
                 tile: 0,
                 max_m: 0,
             },
@@ -513,6 +513,7 @@ pub fn attention_source(
             ("HAS_MM", flag(f, Features::MM_PREFIX)),
             ("IS_SPLIT", flag(f, Features::SPLIT)),
             ("OUT_FP8", flag(f, Features::OUT_FP8)),
+            ("DEBUG_SKIP", debug_skip() as f64),
         ],
         entries: attention_entries(),
     }
@@ -525,7 +526,7 @@ pub fn reduce_source(d: u32, f: Features) -> PipelineSource<'static> {
         codec: None,
         constants: vec![
             ("HEAD_DIM", d as f64),
-            ("WG_SIZE", 64.0),
+            ("WG_SIZE", reduce_wg(d) as f64),
             ("HAS_SINKS", flag(f, Features::SINKS)),
             ("OUT_FP8", flag(f, Features::OUT_FP8)),
         ],
@@ -537,6 +538,21 @@ pub fn reduce_source(d: u32, f: Features) -> PipelineSource<'static> {
             storage_entry(9, false),
         ],
     }
+}
+
+/// Diagnostics for kernel profiling: `QUANTKV_DEBUG_SKIP` (bits: 1 K/V loads, 2 q.k dots,
+/// 4 P.V) removes parts of the attention kernel so their cost shows in GPU time. Results are
+/// wrong while it is set; never set it outside profiling.
+fn debug_skip() -> u32 {
+    std::env::var("QUANTKV_DEBUG_SKIP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Reduce workgroup size (a power of two; head_size/4 <= 64 divides it into >= 2 slices).
+fn reduce_wg(_d: u32) -> u32 {
+    128
 }
 
 fn flag(f: Features, bit: u32) -> f64 {
