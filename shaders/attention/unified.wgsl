@@ -42,7 +42,6 @@ override IS_SPLIT: bool = false;
 override DEBUG_SKIP: u32 = 0u;
 
 const ACC_MAX: u32 = 16u;
-const LOAD_MAX: u32 = 16u; // the host picks tiles with TILE*HEAD_DIM/4 <= 16*WG_SIZE
 const NEG: f32 = -1.0e30;
 const NEG_HALF: f32 = -0.5e30;
 
@@ -239,9 +238,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             row_sh[t] = r;
         }
         workgroupBarrier();
-        // K tile, dequantized by the mode's contract. The trip count is a pipeline constant and
-        // every load is issued before any store, so the loads of a tile are in flight together.
-        var buf: array<vec4<f32>, LOAD_MAX>;
+        // K tile, dequantized by the mode's contract (the trip count is a pipeline constant).
         for (var k = 0u; k < loads; k++) {
             let e = tid + k * WG_SIZE;
             let t = e / d4;
@@ -249,12 +246,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             if (e < TILE * d4 && key0 + t < inf.kv_len && (DEBUG_SKIP & 1u) == 0u) {
                 v = decode_k4(row_sh[t], e % d4);
             }
-            buf[k] = v;
-        }
-        for (var k = 0u; k < loads; k++) {
-            let e = tid + k * WG_SIZE;
             if (e < TILE * d4) {
-                kv_sh[e / d4 * ks + e % d4] = buf[k];
+                kv_sh[e / d4 * ks + e % d4] = v;
             }
         }
         workgroupBarrier();
@@ -322,12 +315,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             if (e < TILE * d4 && key0 + t < inf.kv_len && (DEBUG_SKIP & 1u) == 0u) {
                 v = decode_v4(row_sh[t], e % d4);
             }
-            buf[k] = v;
-        }
-        for (var k = 0u; k < loads; k++) {
-            let e = tid + k * WG_SIZE;
             if (e < TILE * d4) {
-                kv_sh[e / d4 * ks + e % d4] = buf[k];
+                kv_sh[e / d4 * ks + e % d4] = v;
             }
         }
         workgroupBarrier();

@@ -166,10 +166,7 @@ impl Tiling {
                 tile,
                 max_m,
             })
-            .find(|t| {
-                t.attention_smem(head_dim) <= limits.max_compute_workgroup_storage_size
-                    && t.tile * head_dim / 4 <= 16 * t.wg_size
-            })
+            .find(|t| t.attention_smem(head_dim) <= limits.max_compute_workgroup_storage_size)
     }
 
     /// Rows per attention workgroup: all query heads of a KV head for decode batches (rounded
