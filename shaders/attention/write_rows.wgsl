@@ -2,8 +2,10 @@
 // (token, kv head, K|V) row: load the model-dtype row, clean non-finite values (spec §10.7: NaN
 // -> 0, ±Inf -> 0 with the sign kept for the mode's extreme code), reduce the mode's row
 // statistic, ask the mode for the scale, pack codes into u32 words, store words and scale.
-// The mode supplies (its encode.wgsl): CODE_BITS, HAS_SCALE_CACHE, enc_stat, enc_fold,
-// enc_scale, enc_code. Negative slots are padding: the workgroup writes nothing.
+// The mode supplies (its encode.wgsl): CODE_BITS, HAS_SCALE_CACHE, enc_transform (in place on
+// x_sh, all threads, may hold barriers: rotation modes rotate here), enc_init/enc_stat/enc_fold
+// (the row statistic), enc_params (scale, 1/scale, zero point, stored scale) and enc_code.
+// Negative slots are padding: the workgroup writes nothing.
 //
 // Bindings: 0 StepU, 1 LayerU, 2 meta (slot_mapping), 3 key_in, 4 value_in, 5 k_cache (rw),
 //           6 v_cache (rw), 7 k_scale (rw), 8 v_scale (rw)
@@ -59,7 +61,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     if (slot < 0) {
         return;
     }
-    var acc = enc_stat(0.0);
     for (var i = tid; i < HEAD_DIM; i += WG_SIZE) {
         let raw = in_load(is_v, (t * kvh + h) * HEAD_DIM + i);
         let b = bitcast<u32>(raw);
@@ -73,7 +74,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         }
         x_sh[i] = x;
         inf_sh[i] = inf;
-        acc = enc_fold(acc, enc_stat(x));
+    }
+    workgroupBarrier();
+    enc_transform(tid);
+    workgroupBarrier();
+    var acc = enc_init();
+    for (var i = tid; i < HEAD_DIM; i += WG_SIZE) {
+        acc = enc_fold(acc, enc_stat(x_sh[i]));
     }
     red_sh[tid] = acc;
     workgroupBarrier();
@@ -83,8 +90,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         }
         workgroupBarrier();
     }
-    let scale = enc_scale(red_sh[0], is_v);
-    let inv = div_rn(1.0, scale); // correctly rounded, as the CPU reference's f32 division
+    let params = enc_params(red_sh[0], is_v);
     let row = u32(slot) * kvh + h;
     let rw = ly.k_row_words;
     let per_word = 32u / CODE_BITS;
@@ -92,7 +98,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     for (var w = tid; w < rw; w += WG_SIZE) {
         var word = 0u;
         for (var k = 0u; k < per_word; k++) {
-            word |= (enc_code(w * per_word + k, scale, inv) & mask) << (k * CODE_BITS);
+            word |= (enc_code(w * per_word + k, params) & mask) << (k * CODE_BITS);
         }
         if (is_v) {
             v_cache[row * rw + w] = word;
@@ -102,9 +108,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     }
     if (HAS_SCALE_CACHE && tid == 0u) {
         if (is_v) {
-            v_scale[row] = scale;
+            v_scale[row] = params.w;
         } else {
-            k_scale[row] = scale;
+            k_scale[row] = params.w;
         }
     }
 }

@@ -1,10 +1,16 @@
 // modes/int8_per_token_head/encode.wgsl — write contract used by attention/write_rows.wgsl.
 // INT8 per-(token, head): four i8 codes per word, one f32 scale per row (absmax/127).
-// The core reduces enc_stat over the cleaned row with enc_fold, asks enc_scale for the row's
+// The core reduces enc_stat over the cleaned row with enc_fold, asks enc_params for the row's
 // scale, and packs 32/CODE_BITS codes per word from enc_code (element order: low bits first).
 // #include "common/pack.wgsl"
 const CODE_BITS: u32 = 8u;
 const HAS_SCALE_CACHE: bool = true;
+
+fn enc_transform(tid: u32) {}
+
+fn enc_init() -> vec2<f32> {
+    return vec2<f32>(0.0);
+}
 
 fn enc_stat(x: f32) -> vec2<f32> {
     return vec2<f32>(abs(x), 0.0);
@@ -14,16 +20,18 @@ fn enc_fold(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
     return max(a, b);
 }
 
-fn enc_scale(stat: vec2<f32>, is_v: bool) -> f32 {
-    return max(div_rn(stat.x, 127.0), 1e-6);
+// (scale, 1/scale, zero point, stored scale); divisions exact like the CPU reference.
+fn enc_params(stat: vec2<f32>, is_v: bool) -> vec4<f32> {
+    let scale = max(div_rn(stat.x, 127.0), 1e-6);
+    return vec4<f32>(scale, div_rn(1.0, scale), 0.0, scale);
 }
 
 // Code of element i of the row in x_sh / inf_sh (spec 10.7: +-Inf -> the extreme code).
-fn enc_code(i: u32, scale: f32, inv: f32) -> u32 {
+fn enc_code(i: u32, p: vec4<f32>) -> u32 {
     if (inf_sh[i] != 0) {
         return u32(127 * inf_sh[i]) & 0xFFu;
     }
-    let y = clamp(x_sh[i] * inv, -128.0, 127.0);
+    let y = clamp(x_sh[i] * p.y, -128.0, 127.0);
     var c: i32;
     if (INT8_RNE) {
         c = i32(clamp(round(y), -127.0, 127.0));
