@@ -8,7 +8,7 @@ use quantkv::modes::{create, Dtype, KvQuantMode};
 use quantkv::pipeline::{full_source, Features, PipelineSource, Tiling};
 
 fn check_variant(label: &str, dtype: Dtype, src: &PipelineSource<'_>) {
-    let text = full_source(src.kernel, dtype, src.codec).unwrap();
+    let text = full_source(src.kernel, dtype, &src.codec, src.includes).unwrap();
     let module = naga::front::wgsl::parse_str(&text)
         .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(&text)));
     let info = naga::valid::Validator::new(
@@ -105,17 +105,17 @@ fn every_variant_validates_and_translates() {
                     check_variant(&label, dtype, &attention_source(codec, d, f, tiling));
                     n += 1;
                 }
-                check_variant("reduce", dtype, &reduce_source(d, Features(0)));
+                check_variant("reduce", dtype, &reduce_source(codec, d, Features(0)));
                 check_variant(
                     "reduce+fp8",
                     dtype,
-                    &reduce_source(d, Features(Features::SINKS | Features::OUT_FP8)),
+                    &reduce_source(codec, d, Features(Features::SINKS | Features::OUT_FP8)),
                 );
                 n += 1;
                 check_variant(
                     "reduce+sinks",
                     dtype,
-                    &reduce_source(d, Features(Features::SINKS)),
+                    &reduce_source(codec, d, Features(Features::SINKS)),
                 );
                 n += 2;
             }

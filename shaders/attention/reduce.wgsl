@@ -28,6 +28,8 @@ const NS_MAX: u32 = 256u;
 var<workgroup> w_sh: array<f32, NS_MAX>;
 var<workgroup> red_sh: array<f32, WG_SIZE>;
 var<workgroup> acc_sh: array<vec4<f32>, WG_SIZE>;
+override Q_SH_LEN: u32 = 32u; // HEAD_DIM / 4: one output row, staged for the mode's transform
+var<workgroup> q_sh: array<vec4<f32>, Q_SH_LEN>;
 
 @compute @workgroup_size(WG_SIZE)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
@@ -96,15 +98,27 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     acc_sh[tid] = a;
     workgroupBarrier();
+    var v = vec4<f32>(0.0);
     if (slice == 0u) {
         var total = vec4<f32>(0.0);
         for (var s = 0u; s < slices; s++) {
             total += acc_sh[s * d4 + j];
         }
-        var v = vec4<f32>(0.0);
         if (any) {
             v = total / denom;
         }
+    }
+    if (HAS_TRANSFORM) {
+        // The mode's output transform (spec §5.4: round to the model dtype, then un-rotate).
+        if (slice == 0u) {
+            q_sh[j] = model_unpack4(model_pack4(v));
+        }
+        workgroupBarrier();
+        out_transform(tid, 1u);
+        workgroupBarrier();
+        v = q_sh[j];
+    }
+    if (slice == 0u) {
         out_store4((tok * ly.num_q_heads + head) * HEAD_DIM + 4u * j, v);
     }
 }

@@ -210,6 +210,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         }
         q_sh[e] = v;
     }
+    if (HAS_TRANSFORM) {
+        // The mode's query transform (a rotation), then rounding to the model dtype (spec §5.4).
+        workgroupBarrier();
+        q_transform(tid, MAX_M);
+        workgroupBarrier();
+        for (var e = tid; e < MAX_M * d4; e += WG_SIZE) {
+            q_sh[e] = model_unpack4(model_pack4(q_sh[e]));
+        }
+    }
     if (tid < MAX_M) {
         var m0 = NEG;
         let hh = tid % hg;
@@ -274,7 +283,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
                     for (var j = 0u; j < d4 * u32((DEBUG_SKIP & 2u) == 0u); j++) {
                         dot_acc += dot(q_sh[m * d4 + j], kv_sh[t * ks + j]);
                     }
-                    s = dot_acc * ly.softmax_scale;
+                    s = dot_acc * (ly.softmax_scale * transform_score_scale());
                     if (HAS_SOFTCAP) {
                         s = ly.softcap * stable_tanh(s / ly.softcap);
                     }
@@ -375,7 +384,37 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     }
     workgroupBarrier();
 
-    // Epilogue.
+    // Epilogue. With a transform (and no split: then the reduce pass applies it), rows are
+    // staged in q_sh, rounded to the model dtype, transformed back, then stored.
+    if (HAS_TRANSFORM && !IS_SPLIT) {
+        for (var k = 0u; k < ACC_N; k++) {
+            let e = tid + k * WG_SIZE;
+            if (e < MAX_M * d4) {
+                let m = e / d4;
+                var v = vec4<f32>(0.0);
+                if (seen_sh[m] != 0u) {
+                    v = acc[k] / l_sh[m];
+                }
+                q_sh[e] = model_unpack4(model_pack4(v));
+            }
+        }
+        workgroupBarrier();
+        out_transform(tid, MAX_M);
+        workgroupBarrier();
+        for (var k = 0u; k < ACC_N; k++) {
+            let e = tid + k * WG_SIZE;
+            if (e < MAX_M * d4) {
+                let m = e / d4;
+                let qi = m / hg;
+                let hh = m % hg;
+                if (qi < inf.rows_q && hh < inf.nheads) {
+                    let tok = inf.q_first + qi;
+                    out_store4((tok * ly.num_q_heads + inf.head0 + hh) * HEAD_DIM + 4u * (e % d4), q_sh[e]);
+                }
+            }
+        }
+        return;
+    }
     for (var k = 0u; k < ACC_N; k++) {
         let e = tid + k * WG_SIZE;
         if (e < MAX_M * d4) {

@@ -458,7 +458,7 @@ pub fn encode<B: QuantKvBackend + ?Sized>(
         };
         let reduce = ctx
             .pipelines
-            .get(ctx, rkey, || reduce_source(d, features))?;
+            .get(ctx, rkey, || reduce_source(codec, d, features))?;
         let rbg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("quantkv/reduce"),
             layout: &reduce.layout,
@@ -486,7 +486,8 @@ pub fn attention_source(
 ) -> PipelineSource<'static> {
     PipelineSource {
         kernel: include_str!("../../shaders/attention/unified.wgsl"),
-        codec: Some(codec.decode),
+        codec: vec![codec.decode, codec.transform_source()],
+        includes: codec.includes,
         constants: vec![
             ("HEAD_DIM", d as f64),
             ("TILE", tiling.tile as f64),
@@ -520,15 +521,17 @@ pub fn attention_source(
 }
 
 /// The split-K reduce kernel's source, constants and layout.
-pub fn reduce_source(d: u32, f: Features) -> PipelineSource<'static> {
+pub fn reduce_source(codec: Codec, d: u32, f: Features) -> PipelineSource<'static> {
     PipelineSource {
         kernel: include_str!("../../shaders/attention/reduce.wgsl"),
-        codec: None,
+        codec: vec![codec.transform_source()],
+        includes: codec.includes,
         constants: vec![
             ("HEAD_DIM", d as f64),
             ("WG_SIZE", reduce_wg(d) as f64),
             ("HAS_SINKS", flag(f, Features::SINKS)),
             ("OUT_FP8", flag(f, Features::OUT_FP8)),
+            ("Q_SH_LEN", (d / 4) as f64),
         ],
         entries: vec![
             uniform_entry(0),

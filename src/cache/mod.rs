@@ -506,7 +506,8 @@ pub fn encode_write<B: QuantKvBackend + ?Sized>(
 pub fn write_copy_source(tiling: Tiling) -> PipelineSource<'static> {
     PipelineSource {
         kernel: include_str!("../../shaders/attention/write_copy.wgsl"),
-        codec: None,
+        codec: vec![],
+        includes: &[],
         constants: vec![("WG_SIZE", tiling.wg_size as f64)],
         entries: vec![
             uniform_entry(0),
@@ -531,7 +532,8 @@ pub fn write_rows_source(
 ) -> PipelineSource<'static> {
     let mut src = write_copy_source(tiling);
     src.kernel = include_str!("../../shaders/attention/write_rows.wgsl");
-    src.codec = codec.encode;
+    src.codec = codec.encode.into_iter().collect();
+    src.includes = codec.includes;
     src.constants.push(("HEAD_DIM", head_dim as f64));
     src.constants
         .push(("INT8_RNE", if int8_rne { 1.0 } else { 0.0 }));

@@ -29,6 +29,8 @@ impl QuantKvBackend for Fp8PerTensor {
             encode: Some(include_str!(
                 "../../shaders/modes/fp8_per_tensor/encode.wgsl"
             )),
+            transform: None,
+            includes: &[],
         }
     }
     fn quantize_row(&self, x: &[f32], p: &RowCodec) -> (Vec<u8>, f32) {

@@ -29,6 +29,8 @@ impl QuantKvBackend for Fp8PerTokenHead {
             encode: Some(include_str!(
                 "../../shaders/modes/fp8_per_token_head/encode.wgsl"
             )),
+            transform: None,
+            includes: &[],
         }
     }
     fn quantize_row(&self, x: &[f32], _p: &RowCodec) -> (Vec<u8>, f32) {

@@ -29,6 +29,8 @@ impl QuantKvBackend for Int8PerTensor {
             encode: Some(include_str!(
                 "../../shaders/modes/int8_per_tensor/encode.wgsl"
             )),
+            transform: None,
+            includes: &[],
         }
     }
     fn quantize_row(&self, x: &[f32], p: &RowCodec) -> (Vec<u8>, f32) {

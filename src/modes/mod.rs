@@ -140,9 +140,23 @@ impl Dtype {
 pub struct Codec {
     /// Read contract: `decode_k4(row, j)` and `decode_v4(row, j)` (see `unified.wgsl`).
     pub decode: &'static str,
-    /// Write contract for `write_rows.wgsl` (`CODE_BITS`, `HAS_SCALE_CACHE`, `enc_stat`,
-    /// `enc_fold`, `enc_scale`, `enc_code`); `None` for modes that store rows as given.
+    /// Write contract for `write_rows.wgsl` (`CODE_BITS`, `HAS_SCALE_CACHE`, `enc_transform`,
+    /// `enc_init`, `enc_stat`, `enc_fold`, `enc_params`, `enc_code`); `None` for modes that
+    /// store rows as given.
     pub encode: Option<&'static str>,
+    /// Query/output transform contract (`HAS_TRANSFORM`, `q_transform`, `out_transform`,
+    /// `transform_score_scale`, see `common/no_transform.wgsl`); `None` = identity.
+    pub transform: Option<&'static str>,
+    /// Extra WGSL files the contracts include, as (path, source).
+    pub includes: &'static [(&'static str, &'static str)],
+}
+
+impl Codec {
+    /// The transform contract, the core's identity one when the mode has none.
+    pub fn transform_source(&self) -> &'static str {
+        self.transform
+            .unwrap_or(include_str!("../../shaders/common/no_transform.wgsl"))
+    }
 }
 
 pub use crate::reference::quant::Int8Rounding;

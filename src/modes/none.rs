@@ -31,6 +31,8 @@ impl QuantKvBackend for NoneBackend {
                 }
             },
             encode: None,
+            transform: None,
+            includes: &[],
         }
     }
     fn quantize_row(&self, x: &[f32], p: &RowCodec) -> (Vec<u8>, f32) {

@@ -38,17 +38,19 @@ pub enum ComposeError {
     Cycle(String),
 }
 
-/// Resolves includes in `root` (each file included once, in first-use order).
-pub fn compose(root: &str) -> Result<String, ComposeError> {
+/// Resolves includes in `root` (each file included once, in first-use order) from
+/// [`CORE_FILES`] and `extra`.
+pub fn compose(root: &str, extra: &[(&str, &str)]) -> Result<String, ComposeError> {
     let mut out = String::new();
     let mut done = HashSet::new();
     let mut stack = Vec::new();
-    expand(root, &mut out, &mut done, &mut stack)?;
+    expand(root, extra, &mut out, &mut done, &mut stack)?;
     Ok(out)
 }
 
 fn expand<'a>(
     src: &'a str,
+    extra: &[(&'a str, &'a str)],
     out: &mut String,
     done: &mut HashSet<&'a str>,
     stack: &mut Vec<&'a str>,
@@ -65,6 +67,7 @@ fn expand<'a>(
         };
         let (name, text) = CORE_FILES
             .iter()
+            .chain(extra.iter())
             .find(|(n, _)| *n == path)
             .ok_or_else(|| ComposeError::Unknown(path.to_string()))?;
         if stack.contains(name) {
@@ -74,7 +77,7 @@ fn expand<'a>(
             continue;
         }
         stack.push(*name);
-        expand(text, out, done, stack)?;
+        expand(text, extra, out, done, stack)?;
         stack.pop();
     }
     Ok(())
@@ -88,12 +91,13 @@ mod tests {
     fn includes_once_and_rejects_unknown() {
         let s = compose(
             "// #include \"common/uniforms.wgsl\"\n// #include \"common/uniforms.wgsl\"\nfn f() {}",
+            &[],
         )
         .unwrap();
         assert_eq!(s.matches("struct StepU").count(), 1);
         assert!(s.contains("fn f() {}"));
         assert!(matches!(
-            compose("// #include \"nope.wgsl\""),
+            compose("// #include \"nope.wgsl\"", &[]),
             Err(ComposeError::Unknown(_))
         ));
     }

@@ -200,8 +200,11 @@ pub struct PipelineCache {
 pub struct PipelineSource<'a> {
     /// Root WGSL source of the kernel (may `// #include` common files).
     pub kernel: &'static str,
-    /// Extra WGSL prepended after the model types file (the mode's codec).
-    pub codec: Option<&'a str>,
+    /// WGSL parts placed between the model types file and the kernel (the mode's contracts).
+    pub codec: Vec<&'a str>,
+    /// Files the parts may `// #include` besides the core ones (e.g. a mode family's shared
+    /// WGSL), as (path, source).
+    pub includes: &'static [(&'static str, &'static str)],
     /// Override constants.
     pub constants: Vec<(&'static str, f64)>,
     /// Bind group layout entries.
@@ -237,8 +240,13 @@ impl PipelineCache {
     }
 }
 
-/// Full WGSL text of a kernel variant: the model types file, the codec, then the kernel.
-pub fn full_source(kernel: &str, dtype: Dtype, codec: Option<&str>) -> Result<String> {
+/// Full WGSL text of a kernel variant: the model types file, the codec parts, then the kernel.
+pub fn full_source(
+    kernel: &str,
+    dtype: Dtype,
+    codec: &[&str],
+    includes: &[(&str, &str)],
+) -> Result<String> {
     let types = match dtype {
         Dtype::F16 => "// #include \"common/types_f16.wgsl\"\n",
         Dtype::F32 => "// #include \"common/types_f32.wgsl\"\n",
@@ -250,12 +258,12 @@ pub fn full_source(kernel: &str, dtype: Dtype, codec: Option<&str>) -> Result<St
         }
     };
     let mut root = String::from(types);
-    if let Some(c) = codec {
+    for c in codec {
         root.push_str(c);
         root.push('\n');
     }
     root.push_str(kernel);
-    compose(&root).map_err(|e| Error::ShaderCompile {
+    compose(&root, includes).map_err(|e| Error::ShaderCompile {
         label: "compose".into(),
         message: e.to_string(),
     })
@@ -263,7 +271,7 @@ pub fn full_source(kernel: &str, dtype: Dtype, codec: Option<&str>) -> Result<St
 
 fn build(ctx: &Context, key: &PipelineKey, src: PipelineSource<'_>) -> Result<Compiled> {
     let label = key.to_string();
-    let text = full_source(src.kernel, key.dtype, src.codec)?;
+    let text = full_source(src.kernel, key.dtype, &src.codec, src.includes)?;
     let device = &ctx.device;
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
