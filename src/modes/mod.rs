@@ -3,9 +3,12 @@
 
 mod fp8_per_tensor;
 mod fp8_per_token_head;
+mod int2_per_token_head;
+mod int4_per_token_head;
 mod int8_per_tensor;
 mod int8_per_token_head;
 mod none;
+mod rotation;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -204,6 +207,19 @@ pub trait QuantKvBackend: Send + Sync + 'static {
     /// Each element's code as a position on its code axis (adjacent codes differ by one), for
     /// the conformance rule of spec §7 level 1.
     fn code_ordinals(&self, bytes: &[u8], p: &RowCodec) -> Vec<i32>;
+    /// Relative tolerance of GPU-written scales vs the CPU quantizer (spec §7 level 1).
+    fn scale_tolerance(&self) -> f32 {
+        2e-6
+    }
+    /// CPU reference of the query transform for one row (rotation modes; before rounding to
+    /// the model dtype).
+    fn cpu_q_transform(&self, _q: &mut [f64]) {}
+    /// CPU reference of the output transform for one row (after rounding to the model dtype).
+    fn cpu_out_transform(&self, _o: &mut [f64]) {}
+    /// Factor applied to `softmax_scale` in the transformed basis.
+    fn score_scale(&self, _head_size: u32) -> f64 {
+        1.0
+    }
     /// Storage elements per cached row (one token, one kv head).
     fn packed_head_size(&self, head_size: u32) -> u32 {
         head_size / self.packing_factor()
@@ -249,7 +265,8 @@ pub fn create(mode: KvQuantMode) -> Option<Arc<dyn QuantKvBackend>> {
         KvQuantMode::Int8PerTokenHead => Some(Arc::new(int8_per_token_head::Int8PerTokenHead)),
         KvQuantMode::Fp8PerTokenHead => Some(Arc::new(fp8_per_token_head::Fp8PerTokenHead)),
         KvQuantMode::Int8PerTensor => Some(Arc::new(int8_per_tensor::Int8PerTensor)),
-        KvQuantMode::Int4PerTokenHead | KvQuantMode::Int2PerTokenHead => None,
+        KvQuantMode::Int4PerTokenHead => Some(Arc::new(int4_per_token_head::Int4PerTokenHead)),
+        KvQuantMode::Int2PerTokenHead => Some(Arc::new(int2_per_token_head::Int2PerTokenHead)),
     }
 }
 

@@ -164,3 +164,55 @@ pub fn calibrate_scale(values: &[f32], qmax: f32) -> f32 {
     let row: Vec<Clean> = values.iter().map(|&v| clean(v)).collect();
     (absmax(&row) / qmax).max(1e-6)
 }
+
+/// Round half away from zero, as `t >= 0 ? trunc(t + 0.5) : trunc(t - 0.5)` in f32.
+pub fn rha(t: f32) -> f32 {
+    if t >= 0.0 {
+        (t + 0.5).trunc()
+    } else {
+        (t - 0.5).trunc()
+    }
+}
+
+/// INT4 asymmetric quantization of an already rotated row (spec §3.4 step 2): 4-bit codes, the
+/// scale and the zero point.
+pub fn int4_asym(x: &[f32]) -> (Vec<u8>, f32, u8) {
+    let mn = x.iter().copied().fold(f32::INFINITY, f32::min);
+    let mx = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let scale = ((mx - mn) / 15.0).max(1e-6);
+    let zp = rha(-mn / scale).clamp(0.0, 15.0);
+    let inv = 1.0 / scale;
+    let q = x
+        .iter()
+        .map(|&v| rha(v * inv + zp).clamp(0.0, 15.0) as u8)
+        .collect();
+    (q, scale, zp as u8)
+}
+
+/// The Lloyd-Max centroids of a unit Gaussian, 4 levels.
+pub const INT2_CENTROIDS: [f32; 4] = [-1.5104, -0.4528, 0.4528, 1.5104];
+
+/// INT2 codebook indices of a rotated row (spec §3.5) and `norm = sqrt(Σx² + 1e-12)`.
+pub fn int2_codes(x: &[f32]) -> (Vec<u8>, f32) {
+    let ss: f32 = x.iter().map(|v| v * v).sum();
+    let norm = (ss + 1e-12).sqrt();
+    let inv_sigma = (x.len() as f32).sqrt() / norm;
+    let idx = x
+        .iter()
+        .map(|&v| {
+            let z = v * inv_sigma;
+            if z < 0.0 {
+                if z < -0.9816 {
+                    0
+                } else {
+                    1
+                }
+            } else if z < 0.9816 {
+                2
+            } else {
+                3
+            }
+        })
+        .collect();
+    (idx, norm)
+}

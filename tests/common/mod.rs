@@ -356,7 +356,18 @@ pub fn run_case(ctx: &Context, seed: u64, shape: &Shape, ex: &Extras) -> Result<
         num_kv_heads: hkv,
         head_size: d,
     };
-    let cpu = reference::unified_attention(&q, &kc, &vc, g, &step, &params);
+    // Rotation modes: the reference works in the rotated basis (spec §5.4, §6.5): Q rotated and
+    // rounded to the model dtype, the softmax scale adjusted, the output rounded and un-rotated.
+    let cpu = reference_on_codes(
+        ctx.backend(shape.mode)?.as_ref(),
+        dt,
+        &q,
+        &kc,
+        &vc,
+        g,
+        &step,
+        &params,
+    );
     let mut ko = vec![0.0; num_blocks * bs * hkv * d];
     let mut vo = ko.clone();
     reference::cache::write_rows(&mut ko, &keys, &slot_mapping, hkv, d);
@@ -502,7 +513,7 @@ pub fn check_layout(
                 };
                 let rel = ((got_scale - want_scale) / want_scale).abs();
                 assert!(
-                    rel <= 2e-6,
+                    rel <= backend.scale_tolerance(),
                     "{:?} row {r}: scale {got_scale} vs CPU {want_scale}",
                     cfg.mode
                 );
@@ -546,4 +557,38 @@ pub fn check_layout(
     }
     let v = result.pop().unwrap();
     Ok((result.pop().unwrap(), v))
+}
+
+/// The f64 reference on the codes a cache holds (`kc`/`vc` dequantized, in the mode's basis).
+/// Rotation modes work in the rotated basis (spec §5.4, §6.5): Q rotated and rounded to the
+/// model dtype, the softmax scale adjusted, the output rounded and un-rotated.
+#[allow(clippy::too_many_arguments)]
+pub fn reference_on_codes(
+    backend: &dyn QuantKvBackend,
+    dt: Dtype,
+    q: &[f64],
+    kc: &[f64],
+    vc: &[f64],
+    g: RefGeometry,
+    step: &StepInput<'_>,
+    params: &AttentionParams<'_>,
+) -> Vec<f64> {
+    let d = g.head_size;
+    let mut q_ref = q.to_vec();
+    for row in q_ref.chunks_mut(d) {
+        backend.cpu_q_transform(row);
+        row.iter_mut().for_each(|x| *x = dt.round(*x));
+    }
+    let params_ref = AttentionParams {
+        softmax_scale: (params.softmax_scale as f64 * backend.score_scale(d as u32)) as f32,
+        ..*params
+    };
+    let mut cpu = reference::unified_attention(&q_ref, kc, vc, g, step, &params_ref);
+    if backend.codec(dt).transform.is_some() {
+        for row in cpu.chunks_mut(d) {
+            row.iter_mut().for_each(|x| *x = dt.round(*x));
+            backend.cpu_out_transform(row);
+        }
+    }
+    cpu
 }

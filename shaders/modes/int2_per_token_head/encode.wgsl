@@ -1,0 +1,40 @@
+// modes/int2_per_token_head/encode.wgsl — write contract (spec §3.5, §10.2): rotate (WHT, no
+// signs), round to the model dtype, Gaussianise by sqrt(d)/norm, pick the Lloyd-Max code;
+// scale = norm / (sqrt(d) * b). Non-finite inputs were zeroed by the core (§10.7).
+// #include "modes/shared/hadamard_x.wgsl"
+// #include "common/pack.wgsl"
+const CODE_BITS: u32 = 2u;
+const HAS_SCALE_CACHE: bool = true;
+
+fn enc_transform(tid: u32) {
+    wht_x(tid);
+    round_x(tid);
+}
+
+fn enc_init() -> vec2<f32> {
+    return vec2<f32>(0.0);
+}
+
+// Sum of squares (any order: spec §3.5).
+fn enc_stat(x: f32) -> vec2<f32> {
+    return vec2<f32>(x * x, 0.0);
+}
+
+fn enc_fold(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
+    return a + b;
+}
+
+fn enc_params(stat: vec2<f32>, is_v: bool) -> vec4<f32> {
+    let norm = sqrt(stat.x + 1e-12);
+    let sqrt_d = sqrt(f32(HEAD_DIM));
+    let scale = div_rn(norm, sqrt_d * f32(rot_b()));
+    return vec4<f32>(scale, div_rn(sqrt_d, norm), 0.0, scale);
+}
+
+fn enc_code(i: u32, p: vec4<f32>) -> u32 {
+    let z = x_sh[i] * p.y;
+    if (z < 0.0) {
+        return select(1u, 0u, z < -0.9816);
+    }
+    return select(3u, 2u, z < 0.9816);
+}
