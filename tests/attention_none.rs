@@ -90,15 +90,23 @@ fn split_k_is_bitwise_deterministic() {
 }
 
 #[test]
-#[ignore = "extended matrix: every head size, both dtypes; run on demand"]
+#[ignore = "extended matrix: every head size, both dtypes, every mode; run on demand"]
 fn extended_head_sizes() {
-    for d in (32..=256).step_by(16) {
-        for (i, dt) in [Dtype::F16, Dtype::F32].into_iter().enumerate() {
-            check(
-                0x100 + d as u64 * 2 + i as u64,
-                shape(&[(9, 40), (1, 70)], 8, 2, d, dt),
-                Extras::default(),
-            );
+    // Every head size of spec §10.8, both dtypes, every mode (rotation modes: every block size b).
+    for mode in KvQuantMode::ALL {
+        for d in (32..=256).step_by(16) {
+            for (i, dt) in [Dtype::F16, Dtype::F32].into_iter().enumerate() {
+                let mut s = shape(&[(9, 40), (1, 70)], 8, 2, d, dt);
+                s.mode = mode;
+                check(0x100 + d as u64 * 2 + i as u64, s, Extras::default());
+                let split = Extras {
+                    split: SplitK::Segments(3),
+                    ..Default::default()
+                };
+                let mut s = shape(&[(1, 90)], 8, 2, d, dt);
+                s.mode = mode;
+                check(0x900 + d as u64, s, split);
+            }
         }
     }
 }

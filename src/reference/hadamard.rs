@@ -77,7 +77,7 @@ mod tests {
                 let blk = i / b * b;
                 let dense: f64 = (0..b)
                     .map(|j| {
-                        let h = if ((i - blk) & j).count_ones() % 2 == 0 {
+                        let h = if ((i - blk) & j).count_ones().is_multiple_of(2) {
                             1.0
                         } else {
                             -1.0
