@@ -111,7 +111,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if (HAS_TRANSFORM) {
         // The mode's output transform (spec §5.4: round to the model dtype, then un-rotate).
         if (slice == 0u) {
-            q_sh[j] = model_unpack4(model_pack4(v));
+            q_sh[j] = model_round4(v);
         }
         workgroupBarrier();
         out_transform(tid, 1u);

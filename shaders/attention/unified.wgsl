@@ -216,7 +216,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         q_transform(tid, MAX_M);
         workgroupBarrier();
         for (var e = tid; e < MAX_M * d4; e += WG_SIZE) {
-            q_sh[e] = model_unpack4(model_pack4(q_sh[e]));
+            q_sh[e] = model_round4(q_sh[e]);
         }
     }
     if (tid < MAX_M) {
@@ -395,7 +395,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
                 if (seen_sh[m] != 0u) {
                     v = acc[k] / l_sh[m];
                 }
-                q_sh[e] = model_unpack4(model_pack4(v));
+                q_sh[e] = model_round4(v);
             }
         }
         workgroupBarrier();

@@ -1,6 +1,10 @@
 // common/types_f32.wgsl — model dtype f32, one element per u32 word.
 const MODEL_WORDS4: u32 = 4u; // u32 words holding 4 model elements
 
+fn model_round4(v: vec4<f32>) -> vec4<f32> {
+    return v;
+}
+
 fn model_unpack4(w: vec4<u32>) -> vec4<f32> {
     return bitcast<vec4<f32>>(w);
 }

@@ -18,6 +18,6 @@ fn wht_x(tid: u32) {
 // Rounds the rotated row to the model dtype (spec §3.4 step 1), after a barrier-free pass.
 fn round_x(tid: u32) {
     for (var i = tid; i < HEAD_DIM; i += WG_SIZE) {
-        x_sh[i] = model_unpack4(model_pack4(vec4<f32>(x_sh[i], 0.0, 0.0, 0.0))).x;
+        x_sh[i] = model_round4(vec4<f32>(x_sh[i], 0.0, 0.0, 0.0)).x;
     }
 }
