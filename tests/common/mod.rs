@@ -250,6 +250,7 @@ pub fn run_case(ctx: &Context, seed: u64, shape: &Shape, ex: &Extras) -> Result<
     let obuf = ctx.upload("out", &odt.encode(&canary));
     let mut enc = ctx.device.create_command_encoder(&Default::default());
     let mut poisoned_rows = 0usize;
+    let mut pre_poison = None;
     let kv_shape = [n_write as u32, shape.kv_heads, shape.head_size];
     cache.reshape_and_cache(
         ctx,
@@ -266,6 +267,7 @@ pub fn run_case(ctx: &Context, seed: u64, shape: &Shape, ex: &Extras) -> Result<
             ctx.device.create_command_encoder(&Default::default()),
         )
         .finish()]);
+        pre_poison = Some(check_layout(ctx, &cache, &keys, &values, &slot_mapping)?);
         // Mode `none`: NaN values; modes with scale caches: NaN scales (codes have no NaN).
         let backend = ctx.backend(shape.mode)?;
         let plain = backend.stores_rows_as_given();
@@ -324,32 +326,10 @@ pub fn run_case(ctx: &Context, seed: u64, shape: &Shape, ex: &Extras) -> Result<
 
     // Spec §7 level 1: GPU-written codes and scales vs the CPU quantizer; then the reference
     // runs on the codes the GPU actually stored (level 2 is "attention on the same codes").
-    let (kc, vc) = if poisoned_rows == 0 {
-        check_layout(ctx, &cache, &keys, &values, &slot_mapping)?
-    } else {
-        let backend = ctx.backend(shape.mode)?;
-        let layer = cache.layer(0);
-        let mut kc = vec![0.0; num_blocks * bs * hkv * d];
-        let mut vc = kc.clone();
-        for (src, dst, is_v) in [(&keys, &mut kc, false), (&values, &mut vc, true)] {
-            let p = layer.row_codec(is_v);
-            for (t, &slot) in slot_mapping.iter().enumerate() {
-                for h in 0..hkv {
-                    if slot < 0 {
-                        continue;
-                    }
-                    let r = slot as usize * hkv + h;
-                    let x: Vec<f32> = src[(t * hkv + h) * d..(t * hkv + h + 1) * d]
-                        .iter()
-                        .map(|&v| v as f32)
-                        .collect();
-                    let (codes, scale) = backend.quantize_row(&x, &p);
-                    dst[r * d..(r + 1) * d]
-                        .copy_from_slice(&backend.dequantize_row(&codes, scale, &p));
-                }
-            }
-        }
-        (kc, vc)
+    // With poisoning, the cache was read back before the poison went in.
+    let (kc, vc) = match pre_poison {
+        Some(c) => c,
+        None => check_layout(ctx, &cache, &keys, &values, &slot_mapping)?,
     };
     let g = RefGeometry {
         block_size: bs,
