@@ -216,25 +216,16 @@ fn quality(ctx: &Context, mode: KvQuantMode) -> Result<(f64, f64, f64)> {
         num_kv_heads: hkv,
         head_size: d,
     };
-    // Rotation modes store K/V in the rotated basis: the reference rotates Q (rounded to the
-    // model dtype), scales the scores, and un-rotates the output, as the kernels do.
-    let mut q_rot = q.clone();
-    for row in q_rot.chunks_mut(d) {
-        backend.cpu_q_transform(row);
-        row.iter_mut().for_each(|x| *x = dt.round(*x));
-    }
-    let p_rot = AttentionParams {
-        softmax_scale: (params.softmax_scale as f64 * backend.score_scale(d as u32)) as f32,
-        ..params
-    };
-    let mut on_codes =
-        reference::unified_attention(&q_rot, &stored[0], &stored[1], g, &step, &p_rot);
-    if backend.codec(dt).transform.is_some() {
-        for row in on_codes.chunks_mut(d) {
-            row.iter_mut().for_each(|x| *x = dt.round(*x));
-            backend.cpu_out_transform(row);
-        }
-    }
+    let on_codes = reference::attention::attention_on_codes(
+        backend.as_ref(),
+        dt,
+        &q,
+        &stored[0],
+        &stored[1],
+        g,
+        &step,
+        &params,
+    );
     let on_orig = reference::unified_attention(&q, &ko, &vo, g, &step, &params);
     let max_abs = gpu
         .iter()

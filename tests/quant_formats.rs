@@ -284,7 +284,7 @@ fn attention_over_non_finite_writes_is_finite_and_matches() {
             num_kv_heads: 1,
             head_size: d as usize,
         };
-        let cpu = reference_on_codes(
+        let cpu = quantkv::reference::attention::attention_on_codes(
             ctx.backend(mode).unwrap().as_ref(),
             Dtype::F32,
             &q,
@@ -456,7 +456,16 @@ fn cpu_quality(mode: KvQuantMode, d: usize, llm: bool, rotate: bool) -> (f64, f6
     };
     let orig = quantkv::reference::unified_attention(&q, &keys, &values, g, &step, &params);
     let got = if rotate {
-        reference_on_codes(backend.as_ref(), dt, &q, &kc, &vc, g, &step, &params)
+        quantkv::reference::attention::attention_on_codes(
+            backend.as_ref(),
+            dt,
+            &q,
+            &kc,
+            &vc,
+            g,
+            &step,
+            &params,
+        )
     } else {
         quantkv::reference::unified_attention(&q, &kc, &vc, g, &step, &params)
     };

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use crate::cache::{bind, check_plan_matches, LayerKv, LayerUniform, Tensor};
+use crate::cache::{bind, check_layer, LayerKv, LayerUniform, Tensor};
 use crate::context::Context;
 use crate::error::{invalid, shape, Error, Result};
 use crate::modes::{Codec, Dtype, QuantKvBackend};
@@ -308,17 +308,7 @@ pub fn encode<B: QuantKvBackend + ?Sized>(
     a: &Attention<'_>,
 ) -> Result<()> {
     let cfg = &a.layer.config;
-    if cfg.mode != backend.mode() {
-        return Err(invalid(
-            "layer",
-            format!(
-                "cache mode {:?} used with backend {:?}",
-                cfg.mode,
-                backend.mode()
-            ),
-        ));
-    }
-    check_plan_matches(a.plan, cfg)?;
+    check_layer(backend.mode(), cfg, a.plan)?;
     let p = a.params;
     p.validate(cfg.num_kv_heads)?;
     let sum = a.plan.summary;

@@ -394,7 +394,15 @@ impl LayerUniform {
     }
 }
 
-pub(crate) fn check_plan_matches(plan: &BatchPlan, cfg: &CacheConfig) -> Result<()> {
+/// Checks that a layer of `cfg` belongs to the backend of `mode` and that `plan` was made for
+/// its cache geometry.
+pub(crate) fn check_layer(mode: KvQuantMode, cfg: &CacheConfig, plan: &BatchPlan) -> Result<()> {
+    if cfg.mode != mode {
+        return Err(invalid(
+            "layer",
+            format!("cache mode {:?} used with backend {mode:?}", cfg.mode),
+        ));
+    }
     if plan.num_blocks != cfg.num_blocks || plan.block_size != cfg.block_size {
         return Err(invalid(
             "plan",
@@ -415,17 +423,7 @@ pub fn encode_write<B: QuantKvBackend + ?Sized>(
     w: &CacheWrite<'_>,
 ) -> Result<()> {
     let cfg = &w.layer.config;
-    if cfg.mode != backend.mode() {
-        return Err(invalid(
-            "layer",
-            format!(
-                "cache mode {:?} used with backend {:?}",
-                cfg.mode,
-                backend.mode()
-            ),
-        ));
-    }
-    check_plan_matches(w.plan, cfg)?;
+    check_layer(backend.mode(), cfg, w.plan)?;
     let n = w.plan.summary.num_write;
     let inner = [cfg.num_kv_heads, cfg.head_size];
     w.key.check("key", cfg.dtype, n, inner)?;

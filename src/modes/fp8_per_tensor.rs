@@ -11,15 +11,6 @@ impl QuantKvBackend for Fp8PerTensor {
     fn mode(&self) -> KvQuantMode {
         KvQuantMode::Fp8PerTensor
     }
-    fn packing_factor(&self) -> u32 {
-        1
-    }
-    fn cache_elem_bytes(&self, _dtype: Dtype) -> u32 {
-        1
-    }
-    fn needs_scale_caches(&self) -> bool {
-        false
-    }
     fn uses_tensor_scales(&self) -> bool {
         true
     }

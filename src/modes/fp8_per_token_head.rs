@@ -11,17 +11,8 @@ impl QuantKvBackend for Fp8PerTokenHead {
     fn mode(&self) -> KvQuantMode {
         KvQuantMode::Fp8PerTokenHead
     }
-    fn packing_factor(&self) -> u32 {
-        1
-    }
-    fn cache_elem_bytes(&self, _dtype: Dtype) -> u32 {
-        1
-    }
     fn needs_scale_caches(&self) -> bool {
         true
-    }
-    fn uses_tensor_scales(&self) -> bool {
-        false
     }
     fn codec(&self, _dtype: Dtype) -> Codec {
         Codec {

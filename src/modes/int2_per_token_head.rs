@@ -16,9 +16,6 @@ impl QuantKvBackend for Int2PerTokenHead {
     fn packing_factor(&self) -> u32 {
         4
     }
-    fn cache_elem_bytes(&self, _dtype: Dtype) -> u32 {
-        1
-    }
     fn needs_scale_caches(&self) -> bool {
         true
     }

@@ -183,12 +183,19 @@ pub struct RowCodec {
 pub trait QuantKvBackend: Send + Sync + 'static {
     /// The mode.
     fn mode(&self) -> KvQuantMode;
-    /// Logical elements per storage element (1 none/int8/fp8, 2 int4, 4 int2).
-    fn packing_factor(&self) -> u32;
-    /// Bytes per storage element of the cache (the model dtype's size for `none`).
-    fn cache_elem_bytes(&self, dtype: Dtype) -> u32;
+    /// Logical elements per storage byte (1 none/int8/fp8, 2 int4, 4 int2).
+    fn packing_factor(&self) -> u32 {
+        1
+    }
+    /// Bytes per storage element of the cache (1 for the quantized modes; the model dtype's
+    /// size for `none`).
+    fn cache_elem_bytes(&self, _dtype: Dtype) -> u32 {
+        1
+    }
     /// Whether the mode stores one f32 scale per (block, slot, kv head) for K and for V.
-    fn needs_scale_caches(&self) -> bool;
+    fn needs_scale_caches(&self) -> bool {
+        false
+    }
     /// The mode's WGSL read contract for `dtype`.
     fn codec(&self, dtype: Dtype) -> Codec;
     /// Whether the mode's write path is a plain row copy (rows stored as given).

@@ -9,14 +9,8 @@ impl QuantKvBackend for NoneBackend {
     fn mode(&self) -> KvQuantMode {
         KvQuantMode::None
     }
-    fn packing_factor(&self) -> u32 {
-        1
-    }
     fn cache_elem_bytes(&self, dtype: Dtype) -> u32 {
         dtype.size()
-    }
-    fn needs_scale_caches(&self) -> bool {
-        false
     }
     fn stores_rows_as_given(&self) -> bool {
         true

@@ -1,6 +1,7 @@
 //! f64 reference of `unified_attention` (spec §6) on dequantized caches.
 
 use crate::attention::AttentionParams;
+use crate::modes::{Dtype, QuantKvBackend};
 use crate::step::StepInput;
 
 /// Geometry of the caches handed to [`unified_attention`].
@@ -138,4 +139,39 @@ fn physical_row(
         g.block_size,
         g.num_kv_heads,
     )
+}
+
+/// The reference on the codes a cache holds (spec §6.5): `k_cache`/`v_cache` are the stored rows
+/// dequantized by the mode's CPU codec (in the mode's basis). For rotation modes, Q is rotated
+/// and rounded to the model dtype, the softmax scale adjusted, and the output rounded to the
+/// model dtype and un-rotated, as the kernels do (spec §5.4).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_on_codes(
+    backend: &dyn QuantKvBackend,
+    dtype: Dtype,
+    q: &[f64],
+    k_cache: &[f64],
+    v_cache: &[f64],
+    g: RefGeometry,
+    step: &StepInput<'_>,
+    p: &AttentionParams<'_>,
+) -> Vec<f64> {
+    let d = g.head_size;
+    let mut q_ref = q.to_vec();
+    for row in q_ref.chunks_mut(d) {
+        backend.cpu_q_transform(row);
+        row.iter_mut().for_each(|x| *x = dtype.round(*x));
+    }
+    let p_ref = AttentionParams {
+        softmax_scale: (p.softmax_scale as f64 * backend.score_scale(d as u32)) as f32,
+        ..*p
+    };
+    let mut out = unified_attention(&q_ref, k_cache, v_cache, g, step, &p_ref);
+    if backend.codec(dtype).transform.is_some() {
+        for row in out.chunks_mut(d) {
+            row.iter_mut().for_each(|x| *x = dtype.round(*x));
+            backend.cpu_out_transform(row);
+        }
+    }
+    out
 }

@@ -338,7 +338,7 @@ pub fn run_case(ctx: &Context, seed: u64, shape: &Shape, ex: &Extras) -> Result<
     };
     // Rotation modes: the reference works in the rotated basis (spec §5.4, §6.5): Q rotated and
     // rounded to the model dtype, the softmax scale adjusted, the output rounded and un-rotated.
-    let cpu = reference_on_codes(
+    let cpu = quantkv::reference::attention::attention_on_codes(
         ctx.backend(shape.mode)?.as_ref(),
         dt,
         &q,
@@ -537,38 +537,4 @@ pub fn check_layout(
     }
     let v = result.pop().unwrap();
     Ok((result.pop().unwrap(), v))
-}
-
-/// The f64 reference on the codes a cache holds (`kc`/`vc` dequantized, in the mode's basis).
-/// Rotation modes work in the rotated basis (spec §5.4, §6.5): Q rotated and rounded to the
-/// model dtype, the softmax scale adjusted, the output rounded and un-rotated.
-#[allow(clippy::too_many_arguments)]
-pub fn reference_on_codes(
-    backend: &dyn QuantKvBackend,
-    dt: Dtype,
-    q: &[f64],
-    kc: &[f64],
-    vc: &[f64],
-    g: RefGeometry,
-    step: &StepInput<'_>,
-    params: &AttentionParams<'_>,
-) -> Vec<f64> {
-    let d = g.head_size;
-    let mut q_ref = q.to_vec();
-    for row in q_ref.chunks_mut(d) {
-        backend.cpu_q_transform(row);
-        row.iter_mut().for_each(|x| *x = dt.round(*x));
-    }
-    let params_ref = AttentionParams {
-        softmax_scale: (params.softmax_scale as f64 * backend.score_scale(d as u32)) as f32,
-        ..*params
-    };
-    let mut cpu = reference::unified_attention(&q_ref, kc, vc, g, step, &params_ref);
-    if backend.codec(dt).transform.is_some() {
-        for row in cpu.chunks_mut(d) {
-            row.iter_mut().for_each(|x| *x = dt.round(*x));
-            backend.cpu_out_transform(row);
-        }
-    }
-    cpu
 }
