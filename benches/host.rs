@@ -1,0 +1,107 @@
+//! Host-side cost (criterion): validating + uploading one model step's metadata
+//! (`BatchPlan::new`) and recording one layer's `unified_attention` call into an encoder (no
+//! submit), at B=1 L=1k and B=16 L=32k (Hq 32, Hkv 8, D 128, f16 cache, block 16).
+//!
+//!   cargo bench --bench host
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use quantkv::*;
+
+struct Setup<'a> {
+    ctx: &'a Context,
+    cfg: CacheConfig,
+    cache: KvCache,
+    cu: Vec<i32>,
+    used: Vec<i32>,
+    table: Vec<i32>,
+    stride: usize,
+    q: wgpu::Buffer,
+    out: wgpu::Buffer,
+    b: u32,
+}
+
+fn setup(ctx: &Context, b: u32, l: u32) -> Option<Setup<'_>> {
+    let stride = l.div_ceil(16) as usize;
+    // The pool's size does not change host cost; keep it within small adapters' binding limit
+    // (block-table entries may repeat).
+    let num_blocks = (b * stride as u32 + 1).min(1024);
+    let cfg = CacheConfig {
+        num_blocks,
+        num_kv_heads: 8,
+        head_size: 128,
+        ..Default::default()
+    };
+    let cache = KvCache::new(ctx, &cfg).ok()?;
+    let table: Vec<i32> = (0..b as usize * stride)
+        .map(|i| (i % num_blocks as usize) as i32)
+        .collect();
+    let q = ctx.zeroed("q", b as u64 * 32 * 128 * 2);
+    let out = ctx.zeroed("out", b as u64 * 32 * 128 * 2);
+    Some(Setup {
+        ctx,
+        cfg,
+        cache,
+        cu: (0..=b as i32).collect(),
+        used: vec![l as i32; b as usize],
+        table,
+        stride,
+        q,
+        out,
+        b,
+    })
+}
+
+fn bench(c: &mut Criterion) {
+    let Ok(ctx) = Context::new() else {
+        eprintln!("no adapter: host benchmarks skipped");
+        return;
+    };
+    for (b, l) in [(1u32, 1024u32), (16, 32768)] {
+        let Some(s) = setup(&ctx, b, l) else {
+            eprintln!("setup failed: host benchmarks skipped");
+            return;
+        };
+        let step = StepInput {
+            cu_seqlens_q: &s.cu,
+            seqused_k: &s.used,
+            block_table: &s.table,
+            block_table_stride: s.stride,
+            ..Default::default()
+        };
+        c.bench_function(&format!("batch_plan_b{b}_l{l}"), |bench| {
+            bench.iter(|| BatchPlan::new(s.ctx, &s.cfg, &step).unwrap())
+        });
+        let plan = BatchPlan::new(s.ctx, &s.cfg, &step).unwrap();
+        let params = AttentionParams {
+            num_q_heads: 32,
+            softmax_scale: 0.088,
+            ..Default::default()
+        };
+        let shape = [s.b, 32, 128];
+        let mut enc = s.ctx.device.create_command_encoder(&Default::default());
+        c.bench_function(&format!("encode_attention_b{b}_l{l}"), |bench| {
+            bench.iter(|| {
+                s.cache
+                    .unified_attention(
+                        s.ctx,
+                        &mut enc,
+                        &Attention {
+                            plan: &plan,
+                            layer: s.cache.layer(0),
+                            q: Tensor::new(&s.q, Dtype::F16, shape),
+                            out: Tensor::new(&s.out, Dtype::F16, shape),
+                            params: &params,
+                        },
+                    )
+                    .unwrap()
+            })
+        });
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(2)).warm_up_time(std::time::Duration::from_millis(500));
+    targets = bench
+}
+criterion_main!(benches);
