@@ -1,7 +1,7 @@
 //! Compute pipelines: keyed by everything that changes the generated code, built lazily on
-//! first use, cached in the [`Context`](crate::Context).
+//! first use, cached in the [`crate::Context`].
 
-mod compose;
+pub mod compose;
 
 pub use compose::{compose, ComposeError};
 
