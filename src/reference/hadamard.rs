@@ -1,7 +1,7 @@
 //! Walsh-Hadamard transforms of spec §4, in f32 and in the canonical butterfly order, so the
 //! CPU and the WGSL kernels produce identical bits.
 
-/// Sign table of spec Appendix A: bit i set <=> s[i] = -1 (512 entries).
+/// Sign table of spec Appendix A: bit i set <=> `s[i] = -1` (512 entries).
 pub const RHT_SIGN_WORDS: [u32; 16] = [
     0x9A8C_A6F2,
     0x7F7F_CA4E,
