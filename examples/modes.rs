@@ -60,7 +60,6 @@ fn quality(ctx: &Context, mode: KvQuantMode) -> Result<(f64, f64, f64)> {
     let (hq, hkv, d, bs) = (8usize, 2usize, 128usize, 16usize);
     let seqs = [(1usize, 300usize), (8, 120)];
     let mut rng = SplitMix64::new(0x11);
-    let ch = |i: usize| (i * 37 + 5) % d;
     let mut table = Vec::new();
     let stride = 300usize.div_ceil(bs);
     let mut next = 0;
@@ -85,27 +84,11 @@ fn quality(ctx: &Context, mode: KvQuantMode) -> Result<(f64, f64, f64)> {
     let dt = Dtype::F16;
     let mut keys: Vec<f64> = (0..n * hkv * d).map(|_| rng.normal()).collect();
     let mut values: Vec<f64> = (0..n * hkv * d).map(|_| rng.normal()).collect();
-    for r in 0..n * hkv {
-        for i in 0..4 {
-            keys[r * d + ch(i)] *= 10.0;
-        }
-        keys[r * d + ch(4)] *= 30.0;
-        values[r * d + ch(5)] *= 10.0;
-    }
-    let mut first = 0;
-    for &(_, kv) in &seqs {
-        for x in &mut keys[first * hkv * d..(first + 1) * hkv * d] {
-            *x *= 20.0; // the sink token
-        }
-        first += kv;
-    }
     let tokens: usize = seqs.iter().map(|s| s.0).sum();
     let mut q: Vec<f64> = (0..tokens * hq * d).map(|_| rng.normal()).collect();
-    for r in 0..tokens * hq {
-        for i in 0..5 {
-            q[r * d + ch(i)] *= 3.0;
-        }
-    }
+    // Spec §11: outlier channels, and the first token of each sequence as the sink.
+    let sinks = [0, seqs[0].1];
+    reference::data::shape_like_llm(&mut keys, &mut values, &mut q, d, hkv, &sinks);
     for x in keys.iter_mut().chain(values.iter_mut()).chain(q.iter_mut()) {
         *x = dt.round(*x);
     }

@@ -383,26 +383,11 @@ fn cpu_quality(mode: KvQuantMode, d: usize, llm: bool, rotate: bool) -> (f64, f6
     let (hq, hkv, kv, ql) = (8usize, 2usize, 256usize, 8usize);
     let dt = Dtype::F16;
     let mut rng = SplitMix64::new(0x5A + d as u64);
-    let ch = |i: usize| (i * 37 + 5) % d;
     let mut keys: Vec<f64> = (0..kv * hkv * d).map(|_| rng.normal()).collect();
     let mut values: Vec<f64> = (0..kv * hkv * d).map(|_| rng.normal()).collect();
     let mut q: Vec<f64> = (0..ql * hq * d).map(|_| rng.normal()).collect();
     if llm {
-        for r in 0..kv * hkv {
-            for i in 0..4 {
-                keys[r * d + ch(i)] *= 10.0;
-            }
-            keys[r * d + ch(4)] *= 30.0;
-            values[r * d + ch(5)] *= 10.0;
-            if r < hkv {
-                keys[r * d..(r + 1) * d].iter_mut().for_each(|x| *x *= 20.0);
-            }
-        }
-        for r in 0..ql * hq {
-            for i in 0..5 {
-                q[r * d + ch(i)] *= 3.0;
-            }
-        }
+        quantkv::reference::data::shape_like_llm(&mut keys, &mut values, &mut q, d, hkv, &[0]);
     }
     for x in keys.iter_mut().chain(values.iter_mut()).chain(q.iter_mut()) {
         *x = dt.round(*x);

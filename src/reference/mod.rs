@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod cache;
+pub mod data;
 pub mod hadamard;
 pub mod quant;
 pub mod rng;

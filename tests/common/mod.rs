@@ -133,11 +133,9 @@ pub fn run_case(ctx: &Context, seed: u64, shape: &Shape, ex: &Extras) -> Result<
     if ex.llm_like {
         // Spec §11: 4 key channels x10 and one x30 per kv head, one value channel x10, the
         // first token of every sequence a x20 "sink" key, Q with the same channels x3.
-        let ch = |i: usize| (i * 37 + 5) % d;
         let mut first_rows = Vec::new();
         let mut t = 0;
-        for (s_i, &(_, kv)) in shape.seqs.iter().enumerate() {
-            let _ = s_i;
+        for &(_, kv) in &shape.seqs {
             while slot_mapping[t] < 0 {
                 t += 1;
             }
@@ -150,22 +148,7 @@ pub fn run_case(ctx: &Context, seed: u64, shape: &Shape, ex: &Extras) -> Result<
                 t += 1;
             }
         }
-        for r in 0..n_write * hkv {
-            let row = &mut keys[r * d..(r + 1) * d];
-            for i in 0..4 {
-                row[ch(i)] *= 10.0;
-            }
-            row[ch(4)] *= 30.0;
-            if first_rows.contains(&(r / hkv)) {
-                row.iter_mut().for_each(|x| *x *= 20.0);
-            }
-            values[r * d + ch(5)] *= 10.0;
-        }
-        for r in 0..num_tokens * hq {
-            for i in 0..5 {
-                q[r * d + ch(i)] *= 3.0;
-            }
-        }
+        reference::data::shape_like_llm(&mut keys, &mut values, &mut q, d, hkv, &first_rows);
         for x in keys.iter_mut().chain(values.iter_mut()).chain(q.iter_mut()) {
             *x = dt.round(*x);
         }
