@@ -10,8 +10,9 @@ use crate::error::{Error, Result};
 use crate::modes::Registry;
 use crate::pipeline::PipelineCache;
 
-/// Interned constant buffers, keyed by (usage bits, contents).
-type InternMap = HashMap<(u32, Vec<u8>), Arc<wgpu::Buffer>>;
+/// Interned constant buffers: one map per usage, keyed by contents, so a hit (the common case,
+/// once per layer call) looks up a borrowed slice without allocating.
+type InternMap = HashMap<u32, HashMap<Vec<u8>, Arc<wgpu::Buffer>>>;
 
 /// What the adapter can do, as quantkv sees it.
 #[derive(Clone, Debug)]
@@ -177,9 +178,9 @@ impl Context {
     /// and usage. Per-layer constants (uniform parameters, sinks, slopes) come from here, so
     /// recording a call never rewrites a buffer that an earlier call in the same submit reads.
     pub(crate) fn intern(&self, usage: wgpu::BufferUsages, bytes: &[u8]) -> Arc<wgpu::Buffer> {
-        let key = (usage.bits(), bytes.to_vec());
-        let mut map = self.interned.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = map.get(&key) {
+        let mut maps = self.interned.lock().unwrap_or_else(|p| p.into_inner());
+        let map = maps.entry(usage.bits()).or_default();
+        if let Some(b) = map.get(bytes) {
             return b.clone();
         }
         // Bounded: a caller that keeps changing constants should not grow this forever. Buffers
@@ -197,7 +198,7 @@ impl Context {
                     usage,
                 }),
         );
-        map.insert(key, buf.clone());
+        map.insert(bytes.to_vec(), buf.clone());
         buf
     }
 
