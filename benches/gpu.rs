@@ -2,7 +2,8 @@
 //! of >= 50 runs after warm-up), rotating over separate layer pools so small shapes do not sit
 //! in L2, next to a copy kernel measured in the same run. Prints a table and writes JSON + CSV.
 //!
-//!   cargo bench --bench gpu -- [--quick] [--out DIR] [--shapes-json FILE] [--filter SUBSTR]
+//!   cargo bench --bench gpu -- [--quick] [--out DIR] [--shapes-json FILE] [--filter A,B,..]
+//!                               [--modes none,int4_per_token_head,..]
 //!
 //! `--shapes-json` writes the shapes for `benches/sdpa.py`, which times PyTorch SDPA on them in
 //! the same device command; `--sdpa FILE` reads its results back and adds the ratio columns.
@@ -25,12 +26,14 @@ struct Shape {
     d: u32,
     mode: KvQuantMode,
     split: SplitK,
+    path: AttentionPath,
 }
 
 #[derive(Debug, Default, Clone)]
 struct Row {
     name: String,
     mode: String,
+    kernel: String,
     split: String,
     us: f64,
     bytes: f64,
@@ -55,10 +58,11 @@ fn decode(name: &str, b: u32, lkv: u32, d: u32, split: SplitK) -> Shape {
         d,
         mode: KvQuantMode::None,
         split,
+        path: AttentionPath::Auto,
     }
 }
 
-fn shapes(quick: bool) -> Vec<Shape> {
+fn shapes(quick: bool, sweep: bool) -> Vec<Shape> {
     if quick {
         return vec![
             decode("decode_b1_l1k", 1, 1024, 128, SplitK::Auto),
@@ -87,6 +91,16 @@ fn shapes(quick: bool) -> Vec<Shape> {
         v.push(decode(&name, b, l, 128, SplitK::Auto));
         if b == 1 && l >= 32768 {
             v.push(decode(&name, b, l, 128, SplitK::Off));
+        }
+        // The unified kernel on the same decode shape: before/after of the decode kernel.
+        v.push(Shape {
+            path: AttentionPath::Unified,
+            ..decode(&name, b, l, 128, SplitK::Auto)
+        });
+        if sweep && (b == 1 || l == 32768) {
+            for n in [8u32, 16, 32, 64, 128, 256] {
+                v.push(decode(&name, b, l, 128, SplitK::Segments(n)));
+            }
         }
         if (b == 1 && l >= 32768) || (l == 32768 && b >= 8) {
             for mode in KvQuantMode::ALL
@@ -270,6 +284,7 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
         num_q_heads: s.hq,
         softmax_scale: 1.0 / (s.d as f32).sqrt(),
         split: s.split,
+        path: s.path,
         ..Default::default()
     };
     let shape = [tokens, s.hq, s.d];
@@ -295,8 +310,8 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
         * s.lkv as f64
         * s.hkv as f64
         * (row_bytes as f64 + backend.scale_cache_bytes(1, 1) as f64);
-    let segs =
-        quantkv::attention::launch_plan(ctx.limits(), &cfg, &plan.summary(), &params)?.segments;
+    let lp = quantkv::attention::launch_plan(ctx.limits(), &cfg, &plan.summary(), &params, false)?;
+    let segs = lp.segments;
     let partial_bytes = if segs > 1 {
         2.0 * tokens as f64 * s.hq as f64 * segs as f64 * (s.d as f64 + 2.0) * 4.0
     } else {
@@ -314,6 +329,7 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
     Ok(Row {
         name: s.name.clone(),
         mode: s.mode.id().into(),
+        kernel: lp.kernel.name().into(),
         split: match s.split {
             SplitK::Auto => format!("auto({segs})"),
             SplitK::Off => "off".into(),
@@ -377,6 +393,7 @@ fn bench_write(ctx: &Context, mode: KvQuantMode) -> Result<Row> {
     Ok(Row {
         name: "reshape_and_cache_4096".into(),
         mode: mode.id().into(),
+        kernel: "write".into(),
         split: "-".into(),
         us,
         bytes,
@@ -402,9 +419,14 @@ fn main() -> Result<()> {
         std::sync::atomic::Ordering::Relaxed,
     );
     let filter = opt("--filter");
-    let mut list = shapes(quick);
+    let mut list = shapes(quick, flag("--sweep"));
     if let Some(f) = &filter {
-        list.retain(|s| s.name.contains(f.as_str()));
+        let parts: Vec<&str> = f.split(',').collect();
+        list.retain(|s| parts.iter().any(|p| s.name.contains(p)));
+    }
+    if let Some(m) = opt("--modes") {
+        let ids: Vec<&str> = m.split(',').collect();
+        list.retain(|s| ids.contains(&s.mode.id()));
     }
     if let Some(path) = opt("--shapes-json") {
         let mut js = String::from("[");
@@ -456,12 +478,13 @@ fn main() -> Result<()> {
     let f16_us: Vec<(String, String, f64)> = rows
         .iter()
         .filter(|r| r.mode == "none")
-        .map(|r| (r.name.clone(), r.split.clone(), r.us))
+        .map(|r| (format!("{}/{}", r.name, r.kernel), r.split.clone(), r.us))
         .collect();
     for r in &mut rows {
         r.frac_copy = r.gbs / copy;
         if let Some((_, _, us)) = f16_us.iter().find(|(n, sp, _)| {
-            *n == r.name && sp.starts_with(&r.split[..r.split.find('(').unwrap_or(r.split.len())])
+            *n == format!("{}/{}", r.name, r.kernel)
+                && sp.starts_with(&r.split[..r.split.find('(').unwrap_or(r.split.len())])
         }) {
             r.speedup_vs_f16 = us / r.us;
         }
@@ -472,17 +495,18 @@ fn main() -> Result<()> {
         }
     }
     let mut table = String::new();
-    let _ = writeln!(table, "| shape | mode | split | GPU us | MB read | GB/s | x copy | f16-eq GB/s | TFLOP/s | vs f16 | SDPA us | vs SDPA |");
+    let _ = writeln!(table, "| shape | mode | kernel | split | GPU us | MB read | GB/s | x copy | f16-eq GB/s | TFLOP/s | vs f16 | SDPA us | vs SDPA |");
     let _ = writeln!(
         table,
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in &rows {
         let _ = writeln!(
             table,
-            "| {} | {} | {} | {:.1} | {:.1} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2} | {} | {} |",
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2} | {} | {} |",
             r.name,
             r.mode,
+            r.kernel,
             r.split,
             r.us,
             r.bytes / 1e6,
@@ -506,7 +530,7 @@ fn main() -> Result<()> {
     println!("{table}");
     if let Some(dir) = opt("--out") {
         std::fs::create_dir_all(&dir)?;
-        let mut csv = String::from("shape,mode,split,gpu_us,bytes,gbs,frac_copy,f16_equiv_gbs,tflops,speedup_vs_f16,sdpa_us,vs_sdpa,sdpa_backend\n");
+        let mut csv = String::from("shape,mode,kernel,split,gpu_us,bytes,gbs,frac_copy,f16_equiv_gbs,tflops,speedup_vs_f16,sdpa_us,vs_sdpa,sdpa_backend\n");
         let mut json = format!(
             "{{\"device\":\"{}\",\"copy_gbs\":{copy:.1},\"rows\":[",
             ctx.adapter().to_string().replace('"', "'")
@@ -514,9 +538,10 @@ fn main() -> Result<()> {
         for (i, r) in rows.iter().enumerate() {
             let _ = writeln!(
                 csv,
-                "{},{},{},{:.2},{:.0},{:.1},{:.3},{:.1},{:.3},{:.3},{:.2},{:.3},{}",
+                "{},{},{},{},{:.2},{:.0},{:.1},{:.3},{:.1},{:.3},{:.3},{:.2},{:.3},{}",
                 r.name,
                 r.mode,
+                r.kernel,
                 r.split,
                 r.us,
                 r.bytes,
@@ -529,7 +554,7 @@ fn main() -> Result<()> {
                 r.vs_sdpa,
                 r.sdpa_backend
             );
-            let _ = write!(json, "{}{{\"shape\":\"{}\",\"mode\":\"{}\",\"split\":\"{}\",\"gpu_us\":{:.2},\"bytes\":{:.0},\"gbs\":{:.1},\"frac_copy\":{:.3},\"f16_equiv_gbs\":{:.1},\"tflops\":{:.3},\"speedup_vs_f16\":{:.3},\"sdpa_us\":{:.2},\"vs_sdpa\":{:.3}}}", if i > 0 { "," } else { "" }, r.name, r.mode, r.split, r.us, r.bytes, r.gbs, r.frac_copy, r.f16_equiv_gbs, r.tflops, r.speedup_vs_f16, r.sdpa_us, r.vs_sdpa);
+            let _ = write!(json, "{}{{\"shape\":\"{}\",\"mode\":\"{}\",\"kernel\":\"{}\",\"split\":\"{}\",\"gpu_us\":{:.2},\"bytes\":{:.0},\"gbs\":{:.1},\"frac_copy\":{:.3},\"f16_equiv_gbs\":{:.1},\"tflops\":{:.3},\"speedup_vs_f16\":{:.3},\"sdpa_us\":{:.2},\"vs_sdpa\":{:.3}}}", if i > 0 { "," } else { "" }, r.name, r.mode, r.kernel, r.split, r.us, r.bytes, r.gbs, r.frac_copy, r.f16_equiv_gbs, r.tflops, r.speedup_vs_f16, r.sdpa_us, r.vs_sdpa);
         }
         json.push_str("]}\n");
         std::fs::write(format!("{dir}/bench.csv"), csv)?;

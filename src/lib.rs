@@ -40,7 +40,7 @@ pub mod reference;
 pub mod step;
 pub mod timing;
 
-pub use attention::{Attention, AttentionParams, SplitK};
+pub use attention::{Attention, AttentionParams, AttentionPath, SplitK};
 pub use cache::{CacheConfig, CacheFootprint, CacheWrite, KvCache, LayerKv, Tensor};
 pub use context::{AdapterSummary, Caps, Context};
 pub use error::{Error, Result};

@@ -55,9 +55,58 @@ fn both(seed: u64, ex: Extras) {
         64,
         Extras {
             split: SplitK::Off,
+            ..ex.clone()
+        },
+    );
+    // The same decode batch on the unified kernel (Auto takes the decode kernel).
+    check(
+        seed + 3,
+        DECODE,
+        8,
+        2,
+        64,
+        Extras {
+            split: SplitK::Segments(4),
+            path: AttentionPath::Unified,
             ..ex
         },
     );
+}
+
+#[test]
+fn decode_kernel_long_contexts_head_groups_and_odd_head_sizes() {
+    // Contexts of several key chunks (512 keys for 4 heads per kv head, 128 for 16), so the
+    // running maximum is rescaled across chunks; 2D, split-K, and the unified kernel on the
+    // same batch; 3 heads per kv head (a padded row), 32 per kv head (two workgroups per kv
+    // head), head size 80 (a partial eight-vec4 group, 6 P.V slices).
+    let long: &[(u32, u32)] = &[(1, 1300), (1, 513), (1, 2), (0, 40), (1, 700)];
+    let ex = Extras {
+        sinks: true,
+        alibi: true,
+        ..Default::default()
+    };
+    for (i, (hq, hkv, d)) in [(8u32, 2u32, 64u32), (6, 2, 80), (32, 1, 32)]
+        .into_iter()
+        .enumerate()
+    {
+        let seed = 0x3C0 + 8 * i as u64;
+        for (j, (split, path)) in [
+            (SplitK::Off, AttentionPath::Auto),
+            (SplitK::Segments(3), AttentionPath::Auto),
+            (SplitK::Off, AttentionPath::Unified),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let ex = Extras {
+                split,
+                path,
+                softcap: if j == 1 { 30.0 } else { 0.0 },
+                ..ex.clone()
+            };
+            check(seed + j as u64, long, hq, hkv, d, ex);
+        }
+    }
 }
 
 #[test]

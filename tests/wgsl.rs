@@ -2,7 +2,7 @@
 //! overrides resolved with the values wgpu would pass, and translated to SPIR-V, MSL and HLSL,
 //! so Vulkan, Metal and DX12 shader compilation is checked even where those drivers are absent.
 
-use quantkv::attention::{attention_source, reduce_source};
+use quantkv::attention::{attention_source, decode_source, reduce_source};
 use quantkv::cache::{write_copy_source, write_rows_source};
 use quantkv::modes::{create, Dtype, KvQuantMode};
 use quantkv::pipeline::{full_source, Features, PipelineSource, Tiling};
@@ -104,6 +104,19 @@ fn every_variant_validates_and_translates() {
                     let label = format!("{}/{}/d{d}/{f}", mode.id(), dtype.name());
                     check_variant(&label, dtype, &attention_source(codec, d, f, tiling));
                     n += 1;
+                    if !f.has(Features::MM_PREFIX) {
+                        // The decode kernel never sees prefix ranges (the unified one does).
+                        for m in [1, 4, 16] {
+                            // (16 heads at d 256 do not fit 32 KiB: the unified kernel runs.)
+                            let Some(dt) = Tiling::for_decode(d, &limits, m) else {
+                                assert!(m == 16 && d > 192, "decode tiling m{m} d{d} must fit");
+                                continue;
+                            };
+                            let label = format!("decode/{label}/m{m}");
+                            check_variant(&label, dtype, &decode_source(codec, d, f, dt));
+                            n += 1;
+                        }
+                    }
                 }
                 check_variant("reduce", dtype, &reduce_source(codec, d, Features(0)));
                 check_variant(

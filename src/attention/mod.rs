@@ -31,6 +31,17 @@ pub enum SplitK {
     Segments(u32),
 }
 
+/// Which attention kernel runs a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AttentionPath {
+    /// The decode kernel for batches whose every query length is <= 1 (and that carry no
+    /// prefix ranges), the unified kernel otherwise.
+    #[default]
+    Auto,
+    /// Always the unified kernel (for comparison and for testing it on decode batches).
+    Unified,
+}
+
 /// Per-call attention parameters (the per-step metadata lives in the [`BatchPlan`]).
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionParams<'a> {
@@ -61,6 +72,8 @@ pub struct AttentionParams<'a> {
     /// Caller-provided split-K partial buffer (upstream's `softmax_segm_*`), `STORAGE` usage, at
     /// least [`segment_buffer_bytes`] long; when `None`, the step's own pool is used.
     pub segment_buffer: Option<&'a wgpu::Buffer>,
+    /// Kernel choice; [`AttentionPath::Auto`] unless comparing kernels.
+    pub path: AttentionPath,
 }
 
 /// Bytes of split-K partials for `num_tokens` rows: per (token, q head, segment) the
@@ -88,6 +101,7 @@ impl Default for AttentionParams<'_> {
             seq_threshold_3d: None,
             output_scale: None,
             segment_buffer: None,
+            path: AttentionPath::Auto,
         }
     }
 }
@@ -196,11 +210,13 @@ pub struct Attention<'a> {
 /// The planner's choice for one call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LaunchPlan {
+    /// [`Kernel::Attention`] (unified) or [`Kernel::Decode`].
+    pub kernel: Kernel,
     /// Segments over the key axis (1 = the 2D path).
     pub segments: u32,
     /// Workgroups of the main pass.
     pub grid: [u32; 3],
-    /// Workgroup geometry of the main pass.
+    /// Workgroup geometry of the main pass (for the decode kernel, `tile` is the key chunk).
     pub tiling: Tiling,
     /// Query heads per workgroup.
     pub heads_per_wg: u32,
@@ -212,15 +228,49 @@ pub struct LaunchPlan {
 
 /// How a call with these parameters will be launched on a device with `limits` (the same
 /// computation `unified_attention` does; public so benchmarks and callers can see it).
+/// `prefix_ranges`: whether the step carries `mm_prefix_range` (those batches always take the
+/// unified kernel).
 pub fn launch_plan(
     limits: &wgpu::Limits,
     cfg: &crate::cache::CacheConfig,
     sum: &crate::step::StepSummary,
     p: &AttentionParams<'_>,
+    prefix_ranges: bool,
 ) -> Result<LaunchPlan> {
     p.validate(cfg.num_kv_heads)?;
     let qpk = p.num_q_heads / cfg.num_kv_heads;
     let rows = Tiling::rows_for(qpk, sum.max_seqlen_q);
+    let max_dim = limits.max_compute_workgroups_per_dimension;
+    let decode = if sum.max_seqlen_q <= 1 && !prefix_ranges && p.path == AttentionPath::Auto {
+        Tiling::for_decode(cfg.head_size, limits, rows)
+    } else {
+        None
+    };
+    if let Some(tiling) = decode {
+        let hg = qpk.min(tiling.max_m);
+        let chunks = qpk.div_ceil(hg);
+        let gy = cfg.num_kv_heads * chunks;
+        if sum.num_seqs > max_dim || gy > max_dim {
+            return Err(grid_error(sum.num_seqs, gy, max_dim));
+        }
+        // Segments of at least one chunk each.
+        let segments = plan_split(
+            p.split,
+            p.seq_threshold_3d,
+            sum,
+            sum.num_seqs * gy,
+            tiling.tile / MIN_TILES_PER_SEGMENT,
+        );
+        return Ok(LaunchPlan {
+            kernel: Kernel::Decode,
+            segments,
+            grid: [sum.num_seqs, gy, segments],
+            tiling,
+            heads_per_wg: hg,
+            q_per_wg: 1,
+            head_chunks: chunks,
+        });
+    }
     let tiling =
         Tiling::for_attention(cfg.head_size, limits, rows).ok_or(Error::UnsupportedHeadDim {
             mode: cfg.mode,
@@ -234,12 +284,8 @@ pub fn launch_plan(
     let chunks = qpk.div_ceil(hg);
     let gx = sum.num_tokens_q / bq + sum.num_seqs;
     let gy = cfg.num_kv_heads * chunks;
-    let max_dim = limits.max_compute_workgroups_per_dimension;
     if gx > max_dim || gy > max_dim {
-        return Err(invalid(
-            "batch",
-            format!("grid {gx} x {gy} exceeds the adapter's {max_dim} workgroups per dimension"),
-        ));
+        return Err(grid_error(gx, gy, max_dim));
     }
     // Decode rows: one query token per sequence, so the real grid is num_seqs x gy.
     let busy = if sum.max_seqlen_q <= 1 {
@@ -249,6 +295,7 @@ pub fn launch_plan(
     };
     let segments = plan_split(p.split, p.seq_threshold_3d, sum, busy, tiling.tile);
     Ok(LaunchPlan {
+        kernel: Kernel::Attention,
         segments,
         grid: [gx, gy, segments],
         tiling,
@@ -257,6 +304,16 @@ pub fn launch_plan(
         head_chunks: chunks,
     })
 }
+
+fn grid_error(gx: u32, gy: u32, max_dim: u32) -> Error {
+    invalid(
+        "batch",
+        format!("grid {gx} x {gy} exceeds the adapter's {max_dim} workgroups per dimension"),
+    )
+}
+
+/// The split planner's minimum tiles per segment (so the reduce pass stays small).
+const MIN_TILES_PER_SEGMENT: u32 = 4;
 
 /// Most split-K segments a call may use.
 pub const MAX_SEGMENTS: u32 = 256;
@@ -283,7 +340,6 @@ pub fn plan_split(
             // workgroups to keep every SM of a large GPU busy, while each segment still
             // streams a few tiles so the reduce pass stays small.
             const TARGET_WORKGROUPS: u32 = 512;
-            const MIN_TILES_PER_SEGMENT: u32 = 4;
             if grid_2d >= TARGET_WORKGROUPS / 2 {
                 return 1;
             }
@@ -330,7 +386,7 @@ pub fn encode<B: QuantKvBackend + ?Sized>(
     if sum.num_tokens_q == 0 {
         return Ok(());
     }
-    let lp = launch_plan(ctx.limits(), cfg, &sum, p)?;
+    let lp = launch_plan(ctx.limits(), cfg, &sum, p, a.plan.has_mm)?;
     let (tiling, segments, [gx, gy, _]) = (lp.tiling, lp.segments, lp.grid);
     let qpk = hq / cfg.num_kv_heads;
     let (hg, bq, chunks) = (lp.heads_per_wg, lp.q_per_wg, lp.head_chunks);
@@ -373,7 +429,7 @@ pub fn encode<B: QuantKvBackend + ?Sized>(
     let codec = backend.codec(cfg.dtype);
     let d = cfg.head_size;
     let key = PipelineKey {
-        kernel: Kernel::Attention,
+        kernel: lp.kernel,
         k: cfg.mode,
         v: cfg.mode,
         head_dim: d,
@@ -381,9 +437,10 @@ pub fn encode<B: QuantKvBackend + ?Sized>(
         features,
         tiling,
     };
-    let compiled = ctx
-        .pipelines
-        .get(ctx, key, || attention_source(codec, d, features, tiling))?;
+    let compiled = ctx.pipelines.get(ctx, key, || match lp.kernel {
+        Kernel::Decode => decode_source(codec, d, features, tiling),
+        _ => attention_source(codec, d, features, tiling),
+    })?;
 
     let pooled;
     let partials = if segments > 1 {
@@ -492,14 +549,7 @@ pub fn attention_source(
             ),
             ("HAS_SOFTCAP", flag(f, Features::SOFTCAP)),
             ("HAS_SINKS", flag(f, Features::SINKS)),
-            (
-                "ALIBI_MODE",
-                if f.has(Features::ALIBI_SQRT) {
-                    2.0
-                } else {
-                    flag(f, Features::ALIBI)
-                },
-            ),
+            ("ALIBI_MODE", alibi_mode(f)),
             ("HAS_QQ", flag(f, Features::QQ_BIAS)),
             ("HAS_MM", flag(f, Features::MM_PREFIX)),
             ("IS_SPLIT", flag(f, Features::SPLIT)),
@@ -507,6 +557,40 @@ pub fn attention_source(
             ("DEBUG_SKIP", debug_skip() as f64),
         ],
         entries: attention_entries(),
+    }
+}
+
+/// The decode kernel's source, override constants and layout for one variant (`tiling.tile` is
+/// the key chunk).
+pub fn decode_source(codec: Codec, d: u32, f: Features, tiling: Tiling) -> PipelineSource<'static> {
+    PipelineSource {
+        kernel: include_str!("../../shaders/attention/decode.wgsl"),
+        codec: vec![codec.decode, codec.transform_source()],
+        includes: codec.includes,
+        constants: vec![
+            ("HEAD_DIM", d as f64),
+            ("WG_SIZE", tiling.wg_size as f64),
+            ("MAX_M", tiling.max_m as f64),
+            ("CHUNK", tiling.tile as f64),
+            ("Q_SH_LEN", (tiling.max_m * d / 4) as f64),
+            ("S_SH_LEN", (tiling.max_m * tiling.tile) as f64),
+            ("RED_LEN", (tiling.max_m * tiling.wg_size) as f64),
+            ("HAS_SOFTCAP", flag(f, Features::SOFTCAP)),
+            ("HAS_SINKS", flag(f, Features::SINKS)),
+            ("ALIBI_MODE", alibi_mode(f)),
+            ("HAS_QQ", flag(f, Features::QQ_BIAS)),
+            ("IS_SPLIT", flag(f, Features::SPLIT)),
+            ("OUT_FP8", flag(f, Features::OUT_FP8)),
+        ],
+        entries: attention_entries(),
+    }
+}
+
+fn alibi_mode(f: Features) -> f64 {
+    if f.has(Features::ALIBI_SQRT) {
+        2.0
+    } else {
+        flag(f, Features::ALIBI)
     }
 }
 

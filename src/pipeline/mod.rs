@@ -22,6 +22,8 @@ pub enum Kernel {
     Attention,
     /// split-K reduce pass.
     Reduce,
+    /// unified_attention specialised for decode batches (every query length <= 1).
+    Decode,
     /// reshape_and_cache for quantized modes.
     WriteRows,
 }
@@ -33,6 +35,7 @@ impl Kernel {
             Kernel::WriteCopy => "write_copy",
             Kernel::Attention => "unified",
             Kernel::Reduce => "reduce",
+            Kernel::Decode => "decode",
             Kernel::WriteRows => "write_rows",
         }
     }
@@ -167,6 +170,46 @@ impl Tiling {
                 max_m,
             })
             .find(|t| t.attention_smem(head_dim) <= limits.max_compute_workgroup_storage_size)
+    }
+
+    /// Workgroup memory the decode kernel needs with this tiling (`tile` = keys per chunk).
+    pub fn decode_smem(&self, head_dim: u32) -> u32 {
+        let q = self.max_m * head_dim * 4;
+        let s = self.max_m * self.tile * 4;
+        let rows = self.tile * 4;
+        let red = self.max_m * self.wg_size * 4;
+        q + s + rows + red + 64
+    }
+
+    /// The decode kernel's tiling for `head_dim` on a device with `limits`, for `max_m` query
+    /// heads per workgroup (a power of two <= 16): 128 threads, and chunks of
+    /// `max(128, 2048 / max_m)` keys (fewer while the workgroup memory does not fit). `None`
+    /// when even one 128-key chunk does not fit: the caller uses the unified kernel then.
+    pub fn for_decode(head_dim: u32, limits: &wgpu::Limits, max_m: u32) -> Option<Tiling> {
+        let wg_size = 128;
+        if limits.max_compute_invocations_per_workgroup < wg_size
+            || limits.max_compute_workgroup_size_x < wg_size
+            || max_m == 0
+            || max_m > 16
+            || head_dim / 4 > wg_size
+        {
+            return None;
+        }
+        let mut tile = (2048 / max_m).max(wg_size);
+        loop {
+            let t = Tiling {
+                wg_size,
+                tile,
+                max_m,
+            };
+            if t.decode_smem(head_dim) <= limits.max_compute_workgroup_storage_size {
+                return Some(t);
+            }
+            if tile == wg_size {
+                return None;
+            }
+            tile /= 2;
+        }
     }
 
     /// Rows per attention workgroup: all query heads of a KV head for decode batches (rounded

@@ -65,6 +65,8 @@ pub struct Extras {
     pub llm_like: bool,
     /// INT8 per-(token, head) rounding.
     pub rounding: quantkv::modes::Int8Rounding,
+    /// Kernel choice (Auto takes the decode kernel for decode-only batches).
+    pub path: AttentionPath,
 }
 
 /// Everything a case produced.
@@ -200,6 +202,7 @@ pub fn run_case(ctx: &Context, seed: u64, shape: &Shape, ex: &Extras) -> Result<
         seq_threshold_3d: ex.seq_threshold_3d,
         segment_buffer: seg_buf.as_ref(),
         output_scale: ex.output_scale,
+        path: ex.path,
     };
     let cfg = CacheConfig {
         num_layers: 1,

@@ -1,0 +1,427 @@
+// attention/decode.wgsl — the decode-specialised attention kernel: every sequence of the batch
+// has at most one query token (the host picks this kernel only then), so a workgroup holds the
+// MAX_M query heads of ONE kv head for one token and streams that kv head's keys in chunks of
+// CHUNK keys. Same read contract as unified.wgsl (decode_k4 / decode_v4 of the mode), same
+// bindings, same split-K partial layout (the reduce pass is shared).
+//
+// Why a second kernel: a decode row has no query tile to amortise a K tile in workgroup memory
+// over, so unified.wgsl's per-tile structure (stage K, scores, fold the softmax, stage V, P.V:
+// six barriers per 64 keys) is latency-bound. Here
+//   * scores are one thread per key, K read straight from the cache with eight loads in flight
+//     per thread, q broadcast from workgroup memory;
+//   * the softmax max is folded once per CHUNK keys (512 for 4 heads per kv head), and the
+//     running maximum is kept per thread (every thread computes the same value), so it needs
+//     no workgroup state; the denominator is kept as per-thread partial sums, added once at
+//     the end;
+//   * P.V gives each thread one vec4 column of V and a slice of the chunk's keys: consecutive
+//     threads read consecutive words of one V row (coalesced), each thread accumulates every
+//     head's row, and the slices are added once at the end in a fixed order (deterministic).
+//
+// Bindings: as unified.wgsl (0 StepU, 1 LayerU, 2 meta, 3 laux, 4 q, 5 k_cache, 6 v_cache,
+//           7 k_scale, 8 v_scale, 9 out or split-K partials).
+// Overrides: HEAD_DIM, WG_SIZE, MAX_M (rows = q heads per workgroup, <= 16), CHUNK (keys per
+//            chunk, a multiple of WG_SIZE), Q_SH_LEN = MAX_M*HEAD_DIM/4, S_SH_LEN = MAX_M*CHUNK,
+//            RED_LEN = MAX_M*WG_SIZE, feature flags.
+// Dispatch: x = num_seqs, y = num_kv_heads * head_chunks, z = num_segments.
+// #include "common/uniforms.wgsl"
+// #include "common/out.wgsl"
+
+override HEAD_DIM: u32 = 128u;
+override WG_SIZE: u32 = 128u;
+override MAX_M: u32 = 4u;
+override CHUNK: u32 = 512u;
+override Q_SH_LEN: u32 = 128u;
+override S_SH_LEN: u32 = 2048u;
+override RED_LEN: u32 = 512u;
+override HAS_SOFTCAP: bool = false;
+override HAS_SINKS: bool = false;
+override ALIBI_MODE: u32 = 0u; // 0 off, 1 linear, 2 sqrt
+override HAS_QQ: bool = false;
+override IS_SPLIT: bool = false;
+
+const M_MAX: u32 = 16u;
+const NEG: f32 = -1.0e30;
+const NEG_HALF: f32 = -0.5e30;
+
+@group(0) @binding(0) var<uniform> st: StepU;
+@group(0) @binding(1) var<uniform> ly: LayerU;
+@group(0) @binding(2) var<storage, read> step_meta: array<i32>;
+@group(0) @binding(3) var<storage, read> laux: array<f32>;
+@group(0) @binding(4) var<storage, read> q: array<u32>;
+@group(0) @binding(5) var<storage, read> k_cache: array<u32>;
+@group(0) @binding(6) var<storage, read> v_cache: array<u32>;
+@group(0) @binding(7) var<storage, read> k_scale: array<f32>;
+@group(0) @binding(8) var<storage, read> v_scale: array<f32>;
+@group(0) @binding(9) var<storage, read_write> out: array<u32>;
+
+struct DecInfo {
+    valid: u32,
+    seq: u32,
+    tok: u32,       // the query's token row
+    ctx: u32,       // context_len = kv_len - 1
+    kv_len: u32,
+    head0: u32,     // first q head of this workgroup
+    nheads: u32,    // valid q heads in this workgroup
+    kv_head: u32,
+    key_lo: u32,    // this segment's keys: [key_lo, key_hi)
+    key_hi: u32,
+}
+
+var<workgroup> info: DecInfo;
+var<workgroup> q_sh: array<vec4<f32>, Q_SH_LEN>;
+var<workgroup> s_sh: array<f32, S_SH_LEN>;
+var<workgroup> row_sh: array<u32, CHUNK>;
+var<workgroup> red_sh: array<f32, RED_LEN>;
+
+fn plan_decode(wid: vec3<u32>, nseg: u32) -> DecInfo {
+    var r: DecInfo;
+    r.valid = 0u;
+    let s = wid.x;
+    if (s >= st.num_seqs) {
+        return r;
+    }
+    let cs = u32(step_meta[st.off_cu + s]);
+    if (u32(step_meta[st.off_cu + s + 1u]) == cs) {
+        return r; // no query token for this sequence in this step
+    }
+    let kv_len = u32(step_meta[st.off_su + s]);
+    let kvh = wid.y / ly.head_chunks;
+    let chunk = wid.y % ly.head_chunks;
+    r.seq = s;
+    r.tok = cs;
+    r.ctx = kv_len - 1u;
+    r.kv_len = kv_len;
+    r.kv_head = kvh;
+    r.head0 = kvh * ly.qpk + chunk * ly.heads_per_wg;
+    r.nheads = min(ly.heads_per_wg, ly.qpk - chunk * ly.heads_per_wg);
+    // The query (position kv_len - 1) sees every key before it, within the window.
+    var lo = 0u;
+    if (ly.window > 0u && kv_len > ly.window) {
+        lo = kv_len - ly.window;
+    }
+    var hi = kv_len;
+    if (IS_SPLIT) {
+        // Segments of whole 16-key groups, so neighbouring segments never share a sector.
+        let per = ((hi - lo + nseg - 1u) / nseg + 15u) & ~15u;
+        let a = min(hi, lo + wid.z * per);
+        hi = min(hi, a + per);
+        lo = a;
+    }
+    r.key_lo = lo;
+    r.key_hi = hi;
+    r.valid = 1u;
+    return r;
+}
+
+fn q_load4(e: u32) -> vec4<f32> {
+    let w = e / 4u * MODEL_WORDS4;
+    var words = vec4<u32>(q[w], q[w + 1u], 0u, 0u);
+    if (MODEL_WORDS4 == 4u) {
+        words.z = q[w + 2u];
+        words.w = q[w + 3u];
+    }
+    return model_unpack4(words);
+}
+
+// tanh without overflow for large |x|.
+fn stable_tanh(x: f32) -> f32 {
+    let t = exp(-2.0 * abs(x));
+    return sign(x) * (1.0 - t) / (1.0 + t);
+}
+
+// Adds q_sh row m (all MAX_M rows) dotted with elements 4j..4j+3 of a key, for eight
+// consecutive j, into s; the eight K loads are issued before any is used.
+fn dot8(s: ptr<function, array<f32, M_MAX>>, row: u32, j: u32) {
+    let d4 = HEAD_DIM / 4u;
+    let k0 = decode_k4(row, j);
+    let k1 = decode_k4(row, j + 1u);
+    let k2 = decode_k4(row, j + 2u);
+    let k3 = decode_k4(row, j + 3u);
+    let k4 = decode_k4(row, min(j + 4u, d4 - 1u));
+    let k5 = decode_k4(row, min(j + 5u, d4 - 1u));
+    let k6 = decode_k4(row, min(j + 6u, d4 - 1u));
+    let k7 = decode_k4(row, min(j + 7u, d4 - 1u));
+    let full = j + 8u <= d4;
+    for (var m = 0u; m < MAX_M; m++) {
+        let b = m * d4 + j;
+        var a = dot(q_sh[b], k0) + dot(q_sh[b + 1u], k1) + dot(q_sh[b + 2u], k2)
+            + dot(q_sh[b + 3u], k3);
+        if (full) {
+            a += dot(q_sh[b + 4u], k4) + dot(q_sh[b + 5u], k5) + dot(q_sh[b + 6u], k6)
+                + dot(q_sh[b + 7u], k7);
+        }
+        (*s)[m] += a;
+    }
+}
+
+// acc[m] += p[m][c'] * V[c'] (column col) for the eight keys c' = c, c + nsl, ... c + 7 nsl of
+// the chunk; the eight V loads are issued before any is used. Keys past n are clamped to a key
+// of the chunk (so the load stays in bounds) and weigh exactly 0.
+fn pv8(acc: ptr<function, array<vec4<f32>, M_MAX>>, c: u32, n: u32, nsl: u32, col: u32) {
+    let last = n - 1u;
+    let c1 = min(c + nsl, last);
+    let c2 = min(c + 2u * nsl, last);
+    let c3 = min(c + 3u * nsl, last);
+    let c4 = min(c + 4u * nsl, last);
+    let c5 = min(c + 5u * nsl, last);
+    let c6 = min(c + 6u * nsl, last);
+    let c7 = min(c + 7u * nsl, last);
+    let v0 = decode_v4(row_sh[c], col);
+    let v1 = decode_v4(row_sh[c1], col);
+    let v2 = decode_v4(row_sh[c2], col);
+    let v3 = decode_v4(row_sh[c3], col);
+    let v4 = decode_v4(row_sh[c4], col);
+    let v5 = decode_v4(row_sh[c5], col);
+    let v6 = decode_v4(row_sh[c6], col);
+    let v7 = decode_v4(row_sh[c7], col);
+    let z = vec4<f32>(0.0);
+    for (var m = 0u; m < MAX_M; m++) {
+        let b = m * CHUNK;
+        var a = s_sh[b + c] * v0;
+        a += select(z, s_sh[b + c1] * v1, c + nsl <= last);
+        a += select(z, s_sh[b + c2] * v2, c + 2u * nsl <= last);
+        a += select(z, s_sh[b + c3] * v3, c + 3u * nsl <= last);
+        a += select(z, s_sh[b + c4] * v4, c + 4u * nsl <= last);
+        a += select(z, s_sh[b + c5] * v5, c + 5u * nsl <= last);
+        a += select(z, s_sh[b + c6] * v6, c + 6u * nsl <= last);
+        a += select(z, s_sh[b + c7] * v7, c + 7u * nsl <= last);
+        (*acc)[m] += a;
+    }
+}
+
+fn physical_row(seq: u32, key: u32, kv_head: u32) -> u32 {
+    let block = u32(step_meta[st.off_bt + seq * st.bt_stride + key / ly.block_size]);
+    return (block * ly.block_size + key % ly.block_size) * ly.num_kv_heads + kv_head;
+}
+
+// Tree reduction (max) of red_sh[m * WG_SIZE + i] over i for every row m; the result lands in
+// red_sh[m * WG_SIZE]. Starts with a barrier (the caller has just written its partials).
+fn tree_max(tid: u32) {
+    for (var s = WG_SIZE / 2u; s > 0u; s >>= 1u) {
+        workgroupBarrier();
+        for (var e = tid; e < MAX_M * s; e += WG_SIZE) {
+            let i = (e / s) * WG_SIZE + e % s;
+            red_sh[i] = max(red_sh[i], red_sh[i + s]);
+        }
+    }
+    workgroupBarrier();
+}
+
+// Same, summing.
+fn tree_sum(tid: u32) {
+    for (var s = WG_SIZE / 2u; s > 0u; s >>= 1u) {
+        workgroupBarrier();
+        for (var e = tid; e < MAX_M * s; e += WG_SIZE) {
+            let i = (e / s) * WG_SIZE + e % s;
+            red_sh[i] = red_sh[i] + red_sh[i + s];
+        }
+    }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn main(@builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(local_invocation_index) tid: u32,
+        @builtin(num_workgroups) nwg: vec3<u32>) {
+    if (tid == 0u) {
+        info = plan_decode(wid, nwg.z);
+    }
+    let inf = workgroupUniformLoad(&info);
+    if (inf.valid == 0u) {
+        return;
+    }
+    let d4 = HEAD_DIM / 4u;
+    let nsl = WG_SIZE / d4;       // key slices of the P.V phase
+    let col = tid % d4;           // this thread's vec4 column of V
+    let slice = tid / d4;
+    let pv = slice < nsl;         // threads past nsl * d4 idle in P.V
+    let scale = ly.softmax_scale * transform_score_scale();
+
+    // Prologue: the query rows into workgroup memory (then the mode's transform).
+    for (var e = tid; e < MAX_M * d4; e += WG_SIZE) {
+        let m = e / d4;
+        var v = vec4<f32>(0.0);
+        if (m < inf.nheads) {
+            v = q_load4((inf.tok * ly.num_q_heads + inf.head0 + m) * HEAD_DIM + 4u * (e % d4));
+        }
+        q_sh[e] = v;
+    }
+    workgroupBarrier();
+    if (HAS_TRANSFORM) {
+        q_transform(tid, MAX_M);
+        workgroupBarrier();
+        for (var e = tid; e < MAX_M * d4; e += WG_SIZE) {
+            q_sh[e] = model_round4(q_sh[e]);
+        }
+        workgroupBarrier();
+    }
+
+    // Running state, identical in every thread: maximum per row; per-thread partial sums of
+    // the denominator and the P.V accumulators of this thread's column and key slice.
+    var m_run: array<f32, M_MAX>;
+    var l_part: array<f32, M_MAX>;
+    var acc: array<vec4<f32>, M_MAX>;
+    for (var m = 0u; m < MAX_M; m++) {
+        var m0 = NEG;
+        if (HAS_SINKS && !IS_SPLIT && m < inf.nheads) {
+            m0 = laux[ly.off_sinks + inf.head0 + m];
+        }
+        m_run[m] = m0;
+        l_part[m] = select(0.0, 1.0, tid == 0u); // exp(sink - m) with m = sink, counted once
+        acc[m] = vec4<f32>(0.0);
+    }
+
+    for (var key0 = inf.key_lo; key0 < inf.key_hi; key0 += CHUNK) {
+        let n = min(CHUNK, inf.key_hi - key0);
+        workgroupBarrier(); // the previous chunk's P.V is done with row_sh and s_sh
+        // Scores, one thread per key.
+        var tmax: array<f32, M_MAX>;
+        for (var m = 0u; m < MAX_M; m++) {
+            tmax[m] = NEG;
+        }
+        // Physical rows of the chunk's keys (row 0, always in bounds, past the end), all of this
+        // thread's block-table loads in flight at once; P.V reads them too.
+        for (var c = tid; c < CHUNK; c += WG_SIZE) {
+            var row = 0u;
+            if (c < n) {
+                row = physical_row(inf.seq, key0 + c, inf.kv_head);
+            }
+            row_sh[c] = row;
+        }
+        for (var c = tid; c < CHUNK; c += WG_SIZE) {
+            let key = key0 + c;
+            let row = row_sh[c];
+            var s: array<f32, M_MAX>;
+            for (var m = 0u; m < MAX_M; m++) {
+                s[m] = 0.0;
+            }
+            for (var j = 0u; j < d4; j += 8u) {
+                dot8(&s, row, j);
+            }
+            for (var m = 0u; m < MAX_M; m++) {
+                var x = s[m] * scale;
+                if (HAS_SOFTCAP) {
+                    x = ly.softcap * stable_tanh(x / ly.softcap);
+                }
+                let head = inf.head0 + m;
+                if (ALIBI_MODE == 1u) {
+                    x += laux[ly.off_alibi + head] * (f32(key) - f32(inf.ctx));
+                } else if (ALIBI_MODE == 2u) {
+                    x -= laux[ly.off_alibi + head] * sqrt(f32(inf.ctx - min(key, inf.ctx)));
+                }
+                if (HAS_QQ && key >= inf.ctx && key - inf.ctx < st.qq_cols) {
+                    x += bitcast<f32>(step_meta[st.off_qq + key - inf.ctx]);
+                }
+                if (c >= n || m >= inf.nheads) {
+                    x = NEG;
+                }
+                s_sh[m * CHUNK + c] = x;
+                tmax[m] = max(tmax[m], x);
+            }
+        }
+        for (var m = 0u; m < MAX_M; m++) {
+            red_sh[m * WG_SIZE + tid] = tmax[m];
+        }
+        tree_max(tid);
+        // New maxima (every thread the same), then p = exp(s - m) for this thread's keys.
+        var alpha: array<f32, M_MAX>;
+        for (var m = 0u; m < MAX_M; m++) {
+            let cm = red_sh[m * WG_SIZE];
+            alpha[m] = 1.0;
+            if (cm > NEG_HALF) {
+                let mn = max(m_run[m], cm);
+                alpha[m] = exp(m_run[m] - mn);
+                m_run[m] = mn;
+            }
+            l_part[m] *= alpha[m];
+        }
+        for (var c = tid; c < CHUNK; c += WG_SIZE) {
+            for (var m = 0u; m < MAX_M; m++) {
+                let x = s_sh[m * CHUNK + c];
+                var p = 0.0;
+                if (x > NEG_HALF) {
+                    p = exp(x - m_run[m]);
+                }
+                s_sh[m * CHUNK + c] = p;
+                l_part[m] += p;
+            }
+        }
+        workgroupBarrier();
+        // P.V: this thread's column, keys slice, slice + nsl, ... of the chunk.
+        if (pv) {
+            for (var m = 0u; m < MAX_M; m++) {
+                acc[m] *= alpha[m];
+            }
+            for (var c = slice; c < n; c += 8u * nsl) {
+                pv8(&acc, c, n, nsl, col);
+            }
+        }
+    }
+
+    // Epilogue: the denominators (one tree), then the key slices added in order into q_sh.
+    for (var m = 0u; m < MAX_M; m++) {
+        red_sh[m * WG_SIZE + tid] = l_part[m];
+    }
+    tree_sum(tid);
+    for (var sl = nsl - 1u; sl > 0u; sl--) {
+        if (slice == sl) {
+            for (var m = 0u; m < MAX_M; m++) {
+                var a = acc[m];
+                if (sl + 1u < nsl) {
+                    a += q_sh[m * d4 + col];
+                }
+                q_sh[m * d4 + col] = a;
+            }
+        }
+        workgroupBarrier();
+    }
+    let seen_any = inf.key_lo < inf.key_hi;
+    if (slice == 0u) {
+        for (var m = 0u; m < MAX_M; m++) {
+            var a = acc[m];
+            if (nsl > 1u) {
+                a += q_sh[m * d4 + col];
+            }
+            let l = red_sh[m * WG_SIZE];
+            if (IS_SPLIT) {
+                if (m < inf.nheads) {
+                    let slot = (inf.tok * ly.num_q_heads + inf.head0 + m) * ly.num_segments + wid.z;
+                    if (!seen_any) {
+                        a = vec4<f32>(0.0);
+                    }
+                    let b = slot * HEAD_DIM + 4u * col;
+                    out[b] = bitcast<u32>(a.x);
+                    out[b + 1u] = bitcast<u32>(a.y);
+                    out[b + 2u] = bitcast<u32>(a.z);
+                    out[b + 3u] = bitcast<u32>(a.w);
+                    if (col == 0u) {
+                        let sb = ly.seg_rows * ly.num_q_heads * ly.num_segments * HEAD_DIM + slot * 2u;
+                        out[sb] = bitcast<u32>(select(NEG, m_run[m], seen_any));
+                        out[sb + 1u] = bitcast<u32>(select(0.0, l, seen_any));
+                    }
+                }
+            } else {
+                var v = vec4<f32>(0.0);
+                if (seen_any) {
+                    v = a / l;
+                }
+                if (HAS_TRANSFORM) {
+                    q_sh[m * d4 + col] = model_round4(v);
+                } else if (m < inf.nheads) {
+                    out_store4((inf.tok * ly.num_q_heads + inf.head0 + m) * HEAD_DIM + 4u * col, v);
+                }
+            }
+        }
+    }
+    if (HAS_TRANSFORM && !IS_SPLIT) {
+        workgroupBarrier();
+        out_transform(tid, MAX_M);
+        workgroupBarrier();
+        for (var e = tid; e < MAX_M * d4; e += WG_SIZE) {
+            let m = e / d4;
+            if (m < inf.nheads) {
+                out_store4((inf.tok * ly.num_q_heads + inf.head0 + m) * HEAD_DIM + 4u * (e % d4), q_sh[e]);
+            }
+        }
+    }
+}
