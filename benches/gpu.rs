@@ -92,11 +92,13 @@ fn shapes(quick: bool, sweep: bool) -> Vec<Shape> {
         if b == 1 && l >= 32768 {
             v.push(decode(&name, b, l, 128, SplitK::Off));
         }
-        // The unified kernel on the same decode shape: before/after of the decode kernel.
-        v.push(Shape {
-            path: AttentionPath::Unified,
-            ..decode(&name, b, l, 128, SplitK::Auto)
-        });
+        // The unified kernel and the decode kernel's portable rung on the same decode shape.
+        for path in [AttentionPath::Unified, AttentionPath::DecodePortable] {
+            v.push(Shape {
+                path,
+                ..decode(&name, b, l, 128, SplitK::Auto)
+            });
+        }
         if sweep && (b == 1 || l == 32768) {
             for n in [8u32, 16, 32, 64, 128, 256] {
                 v.push(decode(&name, b, l, 128, SplitK::Segments(n)));
@@ -140,52 +142,66 @@ fn runs() -> u32 {
     RUNS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-fn copy_kernel_gbs(ctx: &Context, bytes: u64) -> Result<f64> {
-    const SRC: &str = "@group(0) @binding(0) var<storage, read> src: array<vec4<u32>>;\n@group(0) @binding(1) var<storage, read_write> dst: array<vec4<u32>>;\n@compute @workgroup_size(256) fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>) { let i = g.x + g.y * n.x * 256u; if (i < arrayLength(&src)) { dst[i] = src[i]; } }";
+/// Median GPU µs of a one-entry WGSL kernel over `bufs` (bindings 0..n, storage), dispatched
+/// as `groups` workgroups folded into x/y within the adapter's per-dimension limit.
+fn simple_kernel_us(ctx: &Context, src: &str, bufs: &[&wgpu::Buffer], groups: u64) -> Result<f64> {
     let module = ctx
         .device
         .create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("copy"),
-            source: wgpu::ShaderSource::Wgsl(SRC.into()),
+            label: Some("probe"),
+            source: wgpu::ShaderSource::Wgsl(src.into()),
         });
     let pipeline = ctx
         .device
         .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some("copy"),
+            label: Some("probe"),
             layout: None,
             module: &module,
             entry_point: Some("main"),
             compilation_options: Default::default(),
             cache: None,
         });
-    let a = ctx.zeroed("copy_a", bytes);
-    let b = ctx.zeroed("copy_b", bytes);
+    let entries: Vec<wgpu::BindGroupEntry> = bufs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| wgpu::BindGroupEntry {
+            binding: i as u32,
+            resource: b.as_entire_binding(),
+        })
+        .collect();
     let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: None,
         layout: &pipeline.get_bind_group_layout(0),
-        entries: &[
-            wgpu::BindGroupEntry {
-                binding: 0,
-                resource: a.as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 1,
-                resource: b.as_entire_binding(),
-            },
-        ],
+        entries: &entries,
     });
-    let groups = (bytes / 16).div_ceil(256);
     let maxd = ctx.limits().max_compute_workgroups_per_dimension as u64;
     let y = groups.div_ceil(maxd);
     let x = groups.div_ceil(y);
-    let us = time_runs(ctx, 5.min(runs()), runs(), |enc| {
+    time_runs(ctx, 5.min(runs()), runs(), |enc| {
         let mut pass = enc.begin_compute_pass(&Default::default());
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bg, &[]);
         pass.dispatch_workgroups(x as u32, y as u32, 1);
         Ok(())
-    })?;
+    })
+}
+
+/// GB/s (read + written) of a vec4 copy of `bytes`.
+fn copy_kernel_gbs(ctx: &Context, bytes: u64) -> Result<f64> {
+    const SRC: &str = "@group(0) @binding(0) var<storage, read> src: array<vec4<u32>>;\n@group(0) @binding(1) var<storage, read_write> dst: array<vec4<u32>>;\n@compute @workgroup_size(256) fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>) { let i = g.x + g.y * n.x * 256u; if (i < arrayLength(&src)) { dst[i] = src[i]; } }";
+    let a = ctx.zeroed("copy_a", bytes);
+    let b = ctx.zeroed("copy_b", bytes);
+    let us = simple_kernel_us(ctx, SRC, &[&a, &b], (bytes / 16).div_ceil(256))?;
     Ok(2.0 * bytes as f64 / us / 1e3)
+}
+
+/// f32 FMA throughput (TFLOP/s) of a kernel with eight independent FMA chains per thread: what
+/// the shader cores reach through this driver, next to the attention kernels' figures.
+fn fma_kernel_tflops(ctx: &Context, groups: u64) -> Result<f64> {
+    const SRC: &str = "@group(0) @binding(0) var<storage, read_write> dst: array<f32>;\n@compute @workgroup_size(256) fn main(@builtin(local_invocation_index) l: u32, @builtin(workgroup_id) w: vec3<u32>) { var a = array<f32, 8>(); for (var k = 0u; k < 8u; k++) { a[k] = f32(l + k) * 1e-3; } for (var i = 0u; i < 512u; i++) { a[0] = fma(a[0], 0.9999, 1e-4); a[1] = fma(a[1], 0.9999, 1e-4); a[2] = fma(a[2], 0.9999, 1e-4); a[3] = fma(a[3], 0.9999, 1e-4); a[4] = fma(a[4], 0.9999, 1e-4); a[5] = fma(a[5], 0.9999, 1e-4); a[6] = fma(a[6], 0.9999, 1e-4); a[7] = fma(a[7], 0.9999, 1e-4); } var s = 0.0; for (var k = 0u; k < 8u; k++) { s += a[k]; } if (s == 12345.0) { dst[(w.x + w.y) % 256u] = s; } }";
+    let d = ctx.zeroed("fma_out", 1024);
+    let us = simple_kernel_us(ctx, SRC, &[&d], groups)?;
+    Ok(groups as f64 * 256.0 * 512.0 * 8.0 * 2.0 / us / 1e6)
 }
 
 /// Median GPU microseconds of `record` over `runs` timed runs after `warmup` untimed ones.
@@ -310,7 +326,7 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
         * s.lkv as f64
         * s.hkv as f64
         * (row_bytes as f64 + backend.scale_cache_bytes(1, 1) as f64);
-    let lp = quantkv::attention::launch_plan(ctx.limits(), &cfg, &plan.summary(), &params, false)?;
+    let lp = quantkv::attention::launch_plan(ctx.caps(), &cfg, &plan.summary(), &params, false)?;
     let segs = lp.segments;
     let partial_bytes = if segs > 1 {
         2.0 * tokens as f64 * s.hq as f64 * segs as f64 * (s.d as f64 + 2.0) * 4.0
@@ -329,7 +345,11 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
     Ok(Row {
         name: s.name.clone(),
         mode: s.mode.id().into(),
-        kernel: lp.kernel.name().into(),
+        kernel: format!(
+            "{}{}",
+            lp.kernel.name(),
+            if lp.subgroups { "-sg" } else { "" }
+        ),
         split: match s.split {
             SplitK::Auto => format!("auto({segs})"),
             SplitK::Off => "off".into(),
@@ -456,6 +476,8 @@ fn main() -> Result<()> {
         },
     )?;
     println!("copy kernel: {copy:.1} GB/s");
+    let fma = fma_kernel_tflops(&ctx, if quick { 64 } else { 16384 })?;
+    println!("fma kernel: {fma:.2} TFLOP/s (f32)");
     let mut rng = SplitMix64::new(0xBE7C4);
     let mut rows = Vec::new();
     for s in &list {

@@ -55,6 +55,7 @@ fn both(seed: u64, ex: Extras) {
         64,
         Extras {
             split: SplitK::Off,
+            path: AttentionPath::DecodePortable,
             ..ex.clone()
         },
     );
@@ -76,7 +77,8 @@ fn both(seed: u64, ex: Extras) {
 #[test]
 fn decode_kernel_long_contexts_head_groups_and_odd_head_sizes() {
     // Contexts of several key chunks (512 keys for 4 heads per kv head, 128 for 16), so the
-    // running maximum is rescaled across chunks; 2D, split-K, and the unified kernel on the
+    // running maximum is rescaled across chunks; 2D and split-K on both rungs of the decode
+    // kernel (subgroups where the adapter has them, portable), and the unified kernel on the
     // same batch; 3 heads per kv head (a padded row), 32 per kv head (two workgroups per kv
     // head), head size 80 (a partial eight-vec4 group, 6 P.V slices).
     let long: &[(u32, u32)] = &[(1, 1300), (1, 513), (1, 2), (0, 40), (1, 700)];
@@ -93,6 +95,8 @@ fn decode_kernel_long_contexts_head_groups_and_odd_head_sizes() {
         for (j, (split, path)) in [
             (SplitK::Off, AttentionPath::Auto),
             (SplitK::Segments(3), AttentionPath::Auto),
+            (SplitK::Off, AttentionPath::DecodePortable),
+            (SplitK::Segments(3), AttentionPath::DecodePortable),
             (SplitK::Off, AttentionPath::Unified),
         ]
         .into_iter()
@@ -101,7 +105,7 @@ fn decode_kernel_long_contexts_head_groups_and_odd_head_sizes() {
             let ex = Extras {
                 split,
                 path,
-                softcap: if j == 1 { 30.0 } else { 0.0 },
+                softcap: if j % 2 == 1 { 30.0 } else { 0.0 },
                 ..ex.clone()
             };
             check(seed + j as u64, long, hq, hkv, d, ex);

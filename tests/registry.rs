@@ -59,3 +59,47 @@ fn pipelines_are_built_lazily_and_once() {
     assert_close(&again, s.dtype);
     assert_eq!(ctx.built_pipelines(), built, "a second call builds nothing");
 }
+
+#[test]
+fn decode_batches_pick_the_decode_kernel_and_its_rungs() {
+    let Some(_) = context() else { return };
+    let ctx = Context::new().unwrap();
+    let s = shape(&[(1, 40), (1, 9)], 8, 2, 64, Dtype::F16);
+    let sg = ctx.caps().subgroups && ctx.caps().subgroup_min_size >= 8;
+    // Labels: quantkv/<kernel>/<modes>/d<head>/<dtype>/<features>/<tiling>.
+    for (path, want) in [
+        (
+            AttentionPath::Auto,
+            if sg {
+                "quantkv/decode/none-none/d64/f16/sg/"
+            } else {
+                "quantkv/decode/none-none/d64/f16/base/"
+            },
+        ),
+        (
+            AttentionPath::DecodePortable,
+            "quantkv/decode/none-none/d64/f16/base/",
+        ),
+        (
+            AttentionPath::Unified,
+            "quantkv/unified/none-none/d64/f16/base/",
+        ),
+    ] {
+        let before = ctx.built_pipelines();
+        let ex = Extras {
+            path,
+            ..Default::default()
+        };
+        let out = run_case(&ctx, 0x53, &s, &ex).unwrap();
+        assert_close(&out, s.dtype);
+        let new: Vec<String> = ctx
+            .built_pipelines()
+            .into_iter()
+            .filter(|l| !before.contains(l) && !l.contains("write"))
+            .collect();
+        assert!(
+            new.len() == 1 && new[0].starts_with(want),
+            "{path:?}: expected one new {want}*, built {new:?}"
+        );
+    }
+}

@@ -7,16 +7,26 @@ use quantkv::cache::{write_copy_source, write_rows_source};
 use quantkv::modes::{create, Dtype, KvQuantMode};
 use quantkv::pipeline::{full_source, Features, PipelineSource, Tiling};
 
+/// Validates without subgroup capabilities: every variant but the decode kernel's subgroup
+/// rung must build on adapters without them.
 fn check_variant(label: &str, dtype: Dtype, src: &PipelineSource<'_>) {
+    use naga::valid::Capabilities as C;
+    let caps = C::all() - C::SUBGROUP - C::SUBGROUP_BARRIER - C::SUBGROUP_VERTEX_STAGE;
+    check_variant_with(label, dtype, src, caps)
+}
+
+fn check_variant_with(
+    label: &str,
+    dtype: Dtype,
+    src: &PipelineSource<'_>,
+    caps: naga::valid::Capabilities,
+) {
     let text = full_source(src.kernel, dtype, &src.codec, src.includes).unwrap();
     let module = naga::front::wgsl::parse_str(&text)
         .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(&text)));
-    let info = naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::all(),
-    )
-    .validate(&module)
-    .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(&text)));
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(&text)));
     let mut consts = naga::back::PipelineConstants::default();
     for (k, v) in &src.constants {
         consts.insert(k.to_string(), *v);
@@ -104,18 +114,31 @@ fn every_variant_validates_and_translates() {
                     let label = format!("{}/{}/d{d}/{f}", mode.id(), dtype.name());
                     check_variant(&label, dtype, &attention_source(codec, d, f, tiling));
                     n += 1;
-                    if !f.has(Features::MM_PREFIX) {
-                        // The decode kernel never sees prefix ranges (the unified one does).
-                        for m in [1, 4, 16] {
-                            // (16 heads at d 256 do not fit 32 KiB: the unified kernel runs.)
-                            let Some(dt) = Tiling::for_decode(d, &limits, m) else {
-                                assert!(m == 16 && d > 192, "decode tiling m{m} d{d} must fit");
-                                continue;
-                            };
-                            let label = format!("decode/{label}/m{m}");
-                            check_variant(&label, dtype, &decode_source(codec, d, f, dt));
-                            n += 1;
-                        }
+                }
+                // The decode kernel (never sees prefix ranges): each feature alone, none, all.
+                let no_mm = ALL_FEATURES & !Features::MM_PREFIX;
+                let singles = (0..9)
+                    .map(|b| 1u32 << b)
+                    .filter(|&b| b != Features::MM_PREFIX);
+                for f in singles.chain([0, no_mm, no_mm & !Features::ALIBI]) {
+                    let f = Features(f);
+                    let label = format!("decode/{}/{}/d{d}/{f}", mode.id(), dtype.name());
+                    for m in [1, 4, 16] {
+                        // (16 heads at d 256 do not fit 32 KiB: the unified kernel runs.)
+                        let Some(dt) = Tiling::for_decode(d, &limits, m) else {
+                            assert!(m == 16 && d > 192, "decode tiling m{m} d{d} must fit");
+                            continue;
+                        };
+                        let label = format!("{label}/m{m}");
+                        check_variant(&label, dtype, &decode_source(codec, d, f, dt));
+                        let sg = Features(f.0 | Features::SUBGROUPS);
+                        check_variant_with(
+                            &format!("{label}/sg"),
+                            dtype,
+                            &decode_source(codec, d, sg, dt),
+                            naga::valid::Capabilities::all(),
+                        );
+                        n += 2;
                     }
                 }
                 check_variant("reduce", dtype, &reduce_source(codec, d, Features(0)));

@@ -9,7 +9,7 @@
 // six barriers per 64 keys) is latency-bound. Here
 //   * scores are one thread per key, K read straight from the cache with eight loads in flight
 //     per thread, q broadcast from workgroup memory;
-//   * the softmax max is folded once per CHUNK keys (512 for 4 heads per kv head), and the
+//   * the softmax max is folded once per CHUNK keys (256 for 4 heads per kv head), and the
 //     running maximum is kept per thread (every thread computes the same value), so it needs
 //     no workgroup state; the denominator is kept as per-thread partial sums, added once at
 //     the end;
@@ -17,12 +17,21 @@
 //     threads read consecutive words of one V row (coalesced), each thread accumulates every
 //     head's row, and the slices are added once at the end in a fixed order (deterministic).
 //
+// Two entry files include this one: decode_entry.wgsl (portable) and decode_entry_sg.wgsl
+// (subgroup operations, for adapters whose subgroups hold at least 8 invocations). With
+// subgroups, each key's scores are computed by 8 lanes that each read an interleaved quarter
+// of the row (so a warp's load covers whole 32-byte sectors of 4 rows, not 4 bytes of 32
+// rows) and add their partial dots with three shuffles; the chunk maximum is one subgroupMax
+// and a fold over the subgroups instead of a workgroup-memory tree.
+//
 // Bindings: as unified.wgsl (0 StepU, 1 LayerU, 2 meta, 3 laux, 4 q, 5 k_cache, 6 v_cache,
 //           7 k_scale, 8 v_scale, 9 out or split-K partials).
 // Overrides: HEAD_DIM, WG_SIZE, MAX_M (rows = q heads per workgroup, <= 16), CHUNK (keys per
 //            chunk, a multiple of WG_SIZE), Q_SH_LEN = MAX_M*HEAD_DIM/4, S_SH_LEN = MAX_M*CHUNK,
 //            RED_LEN = MAX_M*WG_SIZE, feature flags.
 // Dispatch: x = num_seqs, y = num_kv_heads * head_chunks, z = num_segments.
+// The entry file provides HAS_SG, sg_sum8 (sum over the 8 lanes of a key group), sg_max
+// (maximum over the subgroup) and fills SgIds.
 // #include "common/uniforms.wgsl"
 // #include "common/out.wgsl"
 
@@ -38,8 +47,12 @@ override HAS_SINKS: bool = false;
 override ALIBI_MODE: u32 = 0u; // 0 off, 1 linear, 2 sqrt
 override HAS_QQ: bool = false;
 override IS_SPLIT: bool = false;
+// Diagnostics only (QUANTKV_DEBUG_SKIP): 1 skips the score loads and dots, 2 the P.V loop,
+// 4 the whole chunk loop. Results are wrong while set.
+override DEBUG_SKIP: u32 = 0u;
 
-const M_MAX: u32 = 16u;
+// M_MAX (= MAX_M, the size of the per-thread row arrays) is a const the host prepends, so
+// the arrays are exactly as long as the rows and live in registers.
 const NEG: f32 = -1.0e30;
 const NEG_HALF: f32 = -0.5e30;
 
@@ -53,6 +66,15 @@ const NEG_HALF: f32 = -0.5e30;
 @group(0) @binding(7) var<storage, read> k_scale: array<f32>;
 @group(0) @binding(8) var<storage, read> v_scale: array<f32>;
 @group(0) @binding(9) var<storage, read_write> out: array<u32>;
+
+// Where an invocation sits in its subgroup (decode_entry_sg.wgsl; zeros in the portable entry).
+struct SgIds {
+    lane: u32,   // lane within its 8-lane key group
+    group: u32,  // key group in the workgroup, 0 .. WG_SIZE / 8
+    sid: u32,    // subgroup index
+    first: bool, // first invocation of its subgroup
+    nsg: u32,    // subgroups in the workgroup
+}
 
 struct DecInfo {
     valid: u32,
@@ -158,6 +180,33 @@ fn dot8(s: ptr<function, array<f32, M_MAX>>, row: u32, j: u32) {
 // the chunk; the eight V loads are issued before any is used. Keys past n are clamped to a key
 // of the chunk (so the load stays in bounds) and weigh exactly 0.
 fn pv8(acc: ptr<function, array<vec4<f32>, M_MAX>>, c: u32, n: u32, nsl: u32, col: u32) {
+    if (c + 7u * nsl < n) {
+        // All eight keys inside the chunk: no clamping, no masking.
+        let v0 = decode_v4(row_sh[c], col);
+        let v1 = decode_v4(row_sh[c + nsl], col);
+        let v2 = decode_v4(row_sh[c + 2u * nsl], col);
+        let v3 = decode_v4(row_sh[c + 3u * nsl], col);
+        let v4 = decode_v4(row_sh[c + 4u * nsl], col);
+        let v5 = decode_v4(row_sh[c + 5u * nsl], col);
+        let v6 = decode_v4(row_sh[c + 6u * nsl], col);
+        let v7 = decode_v4(row_sh[c + 7u * nsl], col);
+        for (var m = 0u; m < MAX_M; m++) {
+            let b = m * CHUNK + c;
+            var a = (*acc)[m];
+            a = fma(vec4<f32>(s_sh[b]), v0, a);
+            a = fma(vec4<f32>(s_sh[b + nsl]), v1, a);
+            a = fma(vec4<f32>(s_sh[b + 2u * nsl]), v2, a);
+            a = fma(vec4<f32>(s_sh[b + 3u * nsl]), v3, a);
+            a = fma(vec4<f32>(s_sh[b + 4u * nsl]), v4, a);
+            a = fma(vec4<f32>(s_sh[b + 5u * nsl]), v5, a);
+            a = fma(vec4<f32>(s_sh[b + 6u * nsl]), v6, a);
+            a = fma(vec4<f32>(s_sh[b + 7u * nsl]), v7, a);
+            (*acc)[m] = a;
+        }
+        return;
+    }
+    // The chunk's tail: keys past n are clamped to key n - 1 (so the load stays in bounds)
+    // and weigh exactly 0 (a select, so even a non-finite value there cannot leak in).
     let last = n - 1u;
     let c1 = min(c + nsl, last);
     let c2 = min(c + 2u * nsl, last);
@@ -186,6 +235,61 @@ fn pv8(acc: ptr<function, array<vec4<f32>, M_MAX>>, c: u32, n: u32, nsl: u32, co
         a += select(z, s_sh[b + c6] * v6, c + 6u * nsl <= last);
         a += select(z, s_sh[b + c7] * v7, c + 7u * nsl <= last);
         (*acc)[m] += a;
+    }
+}
+
+// Raw q.k -> scaled, softcap, ALiBi, qq_bias; NEG for keys past the chunk and padding rows.
+fn finish_score(raw: f32, m: u32, key: u32, valid: bool, inf: DecInfo) -> f32 {
+    var x = raw * (ly.softmax_scale * transform_score_scale());
+    if (HAS_SOFTCAP) {
+        x = ly.softcap * stable_tanh(x / ly.softcap);
+    }
+    let head = inf.head0 + m;
+    if (ALIBI_MODE == 1u) {
+        x += laux[ly.off_alibi + head] * (f32(key) - f32(inf.ctx));
+    } else if (ALIBI_MODE == 2u) {
+        x -= laux[ly.off_alibi + head] * sqrt(f32(inf.ctx - min(key, inf.ctx)));
+    }
+    if (HAS_QQ && key >= inf.ctx && key - inf.ctx < st.qq_cols) {
+        x += bitcast<f32>(step_meta[st.off_qq + key - inf.ctx]);
+    }
+    if (!valid || m >= inf.nheads) {
+        x = NEG;
+    }
+    return x;
+}
+
+// Subgroup scores: this lane's part of q.k for keys at rows ra and rb, vec4 columns
+// j0 + lane + 8i (i < 4), added into sa / sb; the eight K loads are issued first.
+fn sg_dot2(sa: ptr<function, array<f32, M_MAX>>, sb: ptr<function, array<f32, M_MAX>>,
+           ra: u32, rb: u32, j0: u32, lane: u32) {
+    let d4 = HEAD_DIM / 4u;
+    let last = d4 - 1u;
+    let j0l = j0 + lane;
+    let i0 = min(j0l, last);
+    let i1 = min(j0l + 8u, last);
+    let i2 = min(j0l + 16u, last);
+    let i3 = min(j0l + 24u, last);
+    let a0 = decode_k4(ra, i0);
+    let a1 = decode_k4(ra, i1);
+    let a2 = decode_k4(ra, i2);
+    let a3 = decode_k4(ra, i3);
+    let b0 = decode_k4(rb, i0);
+    let b1 = decode_k4(rb, i1);
+    let b2 = decode_k4(rb, i2);
+    let b3 = decode_k4(rb, i3);
+    // Columns past the row (head sizes that are not a multiple of 32 elements) weigh 0.
+    let w0 = select(0.0, 1.0, j0l <= last);
+    let w1 = select(0.0, 1.0, j0l + 8u <= last);
+    let w2 = select(0.0, 1.0, j0l + 16u <= last);
+    let w3 = select(0.0, 1.0, j0l + 24u <= last);
+    for (var m = 0u; m < MAX_M; m++) {
+        let q0 = q_sh[m * d4 + i0] * w0;
+        let q1 = q_sh[m * d4 + i1] * w1;
+        let q2 = q_sh[m * d4 + i2] * w2;
+        let q3 = q_sh[m * d4 + i3] * w3;
+        (*sa)[m] += dot(q0, a0) + dot(q1, a1) + dot(q2, a2) + dot(q3, a3);
+        (*sb)[m] += dot(q0, b0) + dot(q1, b1) + dot(q2, b2) + dot(q3, b3);
     }
 }
 
@@ -219,10 +323,8 @@ fn tree_sum(tid: u32) {
     workgroupBarrier();
 }
 
-@compute @workgroup_size(WG_SIZE)
-fn main(@builtin(workgroup_id) wid: vec3<u32>,
-        @builtin(local_invocation_index) tid: u32,
-        @builtin(num_workgroups) nwg: vec3<u32>) {
+// The kernel body; the entry files call it.
+fn decode_main(wid: vec3<u32>, tid: u32, nwg: vec3<u32>, sg: SgIds) {
     if (tid == 0u) {
         info = plan_decode(wid, nwg.z);
     }
@@ -235,7 +337,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let col = tid % d4;           // this thread's vec4 column of V
     let slice = tid / d4;
     let pv = slice < nsl;         // threads past nsl * d4 idle in P.V
-    let scale = ly.softmax_scale * transform_score_scale();
 
     // Prologue: the query rows into workgroup memory (then the mode's transform).
     for (var e = tid; e < MAX_M * d4; e += WG_SIZE) {
@@ -271,7 +372,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         acc[m] = vec4<f32>(0.0);
     }
 
-    for (var key0 = inf.key_lo; key0 < inf.key_hi; key0 += CHUNK) {
+    for (var key0 = inf.key_lo; key0 < inf.key_hi && (DEBUG_SKIP & 4u) == 0u; key0 += CHUNK) {
         let n = min(CHUNK, inf.key_hi - key0);
         workgroupBarrier(); // the previous chunk's P.V is done with row_sh and s_sh
         // Scores, one thread per key.
@@ -288,45 +389,76 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             }
             row_sh[c] = row;
         }
-        for (var c = tid; c < CHUNK; c += WG_SIZE) {
+        if (HAS_SG) {
+            // Eight lanes per key, two keys per step; lane m % 8 finishes row m's scores.
+            workgroupBarrier(); // row_sh is read across threads
+            let ng = WG_SIZE / 8u;
+            let nr = min(CHUNK, (n + 2u * ng - 1u) / (2u * ng) * (2u * ng)); // uniform
+            for (var c = sg.group; c < nr; c += 2u * ng) {
+                let cb = c + ng;
+                var sa: array<f32, M_MAX>;
+                var sb: array<f32, M_MAX>;
+                for (var m = 0u; m < MAX_M; m++) {
+                    sa[m] = 0.0;
+                    sb[m] = 0.0;
+                }
+                let ra = row_sh[c];
+                let rb = row_sh[cb];
+                for (var j0 = 0u; j0 < d4 * u32((DEBUG_SKIP & 1u) == 0u); j0 += 32u) {
+                    sg_dot2(&sa, &sb, ra, rb, j0, sg.lane);
+                }
+                for (var m = 0u; m < MAX_M; m++) {
+                    let xa = sg_sum8(sa[m]);
+                    let xb = sg_sum8(sb[m]);
+                    if (m % 8u == sg.lane) {
+                        let fa = finish_score(xa, m, key0 + c, c < n, inf);
+                        let fb = finish_score(xb, m, key0 + cb, cb < n, inf);
+                        s_sh[m * CHUNK + c] = fa;
+                        s_sh[m * CHUNK + cb] = fb;
+                        tmax[m] = max(tmax[m], max(fa, fb));
+                    }
+                }
+            }
+        }
+        for (var c = tid; c < n && !HAS_SG; c += WG_SIZE) {
             let key = key0 + c;
             let row = row_sh[c];
             var s: array<f32, M_MAX>;
             for (var m = 0u; m < MAX_M; m++) {
                 s[m] = 0.0;
             }
-            for (var j = 0u; j < d4; j += 8u) {
+            for (var j = 0u; j < d4 * u32((DEBUG_SKIP & 1u) == 0u); j += 8u) {
                 dot8(&s, row, j);
             }
             for (var m = 0u; m < MAX_M; m++) {
-                var x = s[m] * scale;
-                if (HAS_SOFTCAP) {
-                    x = ly.softcap * stable_tanh(x / ly.softcap);
-                }
-                let head = inf.head0 + m;
-                if (ALIBI_MODE == 1u) {
-                    x += laux[ly.off_alibi + head] * (f32(key) - f32(inf.ctx));
-                } else if (ALIBI_MODE == 2u) {
-                    x -= laux[ly.off_alibi + head] * sqrt(f32(inf.ctx - min(key, inf.ctx)));
-                }
-                if (HAS_QQ && key >= inf.ctx && key - inf.ctx < st.qq_cols) {
-                    x += bitcast<f32>(step_meta[st.off_qq + key - inf.ctx]);
-                }
-                if (c >= n || m >= inf.nheads) {
-                    x = NEG;
-                }
+                let x = finish_score(s[m], m, key, c < n, inf);
                 s_sh[m * CHUNK + c] = x;
                 tmax[m] = max(tmax[m], x);
             }
         }
-        for (var m = 0u; m < MAX_M; m++) {
-            red_sh[m * WG_SIZE + tid] = tmax[m];
+        if (HAS_SG) {
+            for (var m = 0u; m < MAX_M; m++) {
+                let v = sg_max(tmax[m]);
+                if (sg.first) {
+                    red_sh[m * WG_SIZE + sg.sid] = v;
+                }
+            }
+            workgroupBarrier();
+        } else {
+            for (var m = 0u; m < MAX_M; m++) {
+                red_sh[m * WG_SIZE + tid] = tmax[m];
+            }
+            tree_max(tid);
         }
-        tree_max(tid);
         // New maxima (every thread the same), then p = exp(s - m) for this thread's keys.
         var alpha: array<f32, M_MAX>;
         for (var m = 0u; m < MAX_M; m++) {
-            let cm = red_sh[m * WG_SIZE];
+            var cm = red_sh[m * WG_SIZE];
+            if (HAS_SG) {
+                for (var i = 1u; i < sg.nsg; i++) {
+                    cm = max(cm, red_sh[m * WG_SIZE + i]);
+                }
+            }
             alpha[m] = 1.0;
             if (cm > NEG_HALF) {
                 let mn = max(m_run[m], cm);
@@ -335,7 +467,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             }
             l_part[m] *= alpha[m];
         }
-        for (var c = tid; c < CHUNK; c += WG_SIZE) {
+        for (var c = tid; c < n; c += WG_SIZE) {
             for (var m = 0u; m < MAX_M; m++) {
                 let x = s_sh[m * CHUNK + c];
                 var p = 0.0;
@@ -352,7 +484,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             for (var m = 0u; m < MAX_M; m++) {
                 acc[m] *= alpha[m];
             }
-            for (var c = slice; c < n; c += 8u * nsl) {
+            for (var c = slice; c < n * u32((DEBUG_SKIP & 2u) == 0u); c += 8u * nsl) {
                 pv8(&acc, c, n, nsl, col);
             }
         }

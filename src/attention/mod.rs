@@ -35,11 +35,15 @@ pub enum SplitK {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum AttentionPath {
     /// The decode kernel for batches whose every query length is <= 1 (and that carry no
-    /// prefix ranges), the unified kernel otherwise.
+    /// prefix ranges), with subgroup operations where the adapter's subgroups hold at least 8
+    /// invocations; the unified kernel otherwise.
     #[default]
     Auto,
     /// Always the unified kernel (for comparison and for testing it on decode batches).
     Unified,
+    /// Like `Auto`, but the decode kernel's portable rung (no subgroup operations) even where
+    /// the adapter has subgroups (for comparison and for testing that rung).
+    DecodePortable,
 }
 
 /// Per-call attention parameters (the per-step metadata lives in the [`BatchPlan`]).
@@ -212,6 +216,8 @@ pub struct Attention<'a> {
 pub struct LaunchPlan {
     /// [`Kernel::Attention`] (unified) or [`Kernel::Decode`].
     pub kernel: Kernel,
+    /// The decode kernel's subgroup rung.
+    pub subgroups: bool,
     /// Segments over the key axis (1 = the 2D path).
     pub segments: u32,
     /// Workgroups of the main pass.
@@ -226,22 +232,23 @@ pub struct LaunchPlan {
     pub head_chunks: u32,
 }
 
-/// How a call with these parameters will be launched on a device with `limits` (the same
+/// How a call with these parameters will be launched on a device with `caps` (the same
 /// computation `unified_attention` does; public so benchmarks and callers can see it).
 /// `prefix_ranges`: whether the step carries `mm_prefix_range` (those batches always take the
 /// unified kernel).
 pub fn launch_plan(
-    limits: &wgpu::Limits,
+    caps: &crate::context::Caps,
     cfg: &crate::cache::CacheConfig,
     sum: &crate::step::StepSummary,
     p: &AttentionParams<'_>,
     prefix_ranges: bool,
 ) -> Result<LaunchPlan> {
     p.validate(cfg.num_kv_heads)?;
+    let limits = &caps.limits;
     let qpk = p.num_q_heads / cfg.num_kv_heads;
     let rows = Tiling::rows_for(qpk, sum.max_seqlen_q);
     let max_dim = limits.max_compute_workgroups_per_dimension;
-    let decode = if sum.max_seqlen_q <= 1 && !prefix_ranges && p.path == AttentionPath::Auto {
+    let decode = if sum.max_seqlen_q <= 1 && !prefix_ranges && p.path != AttentionPath::Unified {
         Tiling::for_decode(cfg.head_size, limits, rows)
     } else {
         None
@@ -263,6 +270,9 @@ pub fn launch_plan(
         );
         return Ok(LaunchPlan {
             kernel: Kernel::Decode,
+            subgroups: p.path == AttentionPath::Auto
+                && caps.subgroups
+                && caps.subgroup_min_size >= 8,
             segments,
             grid: [sum.num_seqs, gy, segments],
             tiling,
@@ -296,6 +306,7 @@ pub fn launch_plan(
     let segments = plan_split(p.split, p.seq_threshold_3d, sum, busy, tiling.tile);
     Ok(LaunchPlan {
         kernel: Kernel::Attention,
+        subgroups: false,
         segments,
         grid: [gx, gy, segments],
         tiling,
@@ -386,7 +397,7 @@ pub fn encode<B: QuantKvBackend + ?Sized>(
     if sum.num_tokens_q == 0 {
         return Ok(());
     }
-    let lp = launch_plan(ctx.limits(), cfg, &sum, p, a.plan.has_mm)?;
+    let lp = launch_plan(ctx.caps(), cfg, &sum, p, a.plan.has_mm)?;
     let (tiling, segments, [gx, gy, _]) = (lp.tiling, lp.segments, lp.grid);
     let qpk = hq / cfg.num_kv_heads;
     let (hg, bq, chunks) = (lp.heads_per_wg, lp.q_per_wg, lp.head_chunks);
@@ -425,6 +436,9 @@ pub fn encode<B: QuantKvBackend + ?Sized>(
     let mut features = p.features(a.plan);
     if segments > 1 {
         features.0 |= Features::SPLIT;
+    }
+    if lp.subgroups {
+        features.0 |= Features::SUBGROUPS;
     }
     let codec = backend.codec(cfg.dtype);
     let d = cfg.head_size;
@@ -561,11 +575,19 @@ pub fn attention_source(
 }
 
 /// The decode kernel's source, override constants and layout for one variant (`tiling.tile` is
-/// the key chunk).
+/// the key chunk; `Features::SUBGROUPS` selects the subgroup entry).
 pub fn decode_source(codec: Codec, d: u32, f: Features, tiling: Tiling) -> PipelineSource<'static> {
     PipelineSource {
-        kernel: include_str!("../../shaders/attention/decode.wgsl"),
-        codec: vec![codec.decode, codec.transform_source()],
+        kernel: if f.has(Features::SUBGROUPS) {
+            include_str!("../../shaders/attention/decode_entry_sg.wgsl")
+        } else {
+            include_str!("../../shaders/attention/decode_entry.wgsl")
+        },
+        codec: vec![
+            codec.decode,
+            codec.transform_source(),
+            m_max_const(tiling.max_m),
+        ],
         includes: codec.includes,
         constants: vec![
             ("HEAD_DIM", d as f64),
@@ -581,8 +603,21 @@ pub fn decode_source(codec: Codec, d: u32, f: Features, tiling: Tiling) -> Pipel
             ("HAS_QQ", flag(f, Features::QQ_BIAS)),
             ("IS_SPLIT", flag(f, Features::SPLIT)),
             ("OUT_FP8", flag(f, Features::OUT_FP8)),
+            ("DEBUG_SKIP", debug_skip() as f64),
         ],
         entries: attention_entries(),
+    }
+}
+
+/// The decode kernel's per-thread row arrays are sized by a const (WGSL has no
+/// override-sized function arrays), one per row count the tiling can ask for.
+fn m_max_const(max_m: u32) -> &'static str {
+    match max_m {
+        1 => "const M_MAX: u32 = 1u;",
+        2 => "const M_MAX: u32 = 2u;",
+        4 => "const M_MAX: u32 = 4u;",
+        8 => "const M_MAX: u32 = 8u;",
+        _ => "const M_MAX: u32 = 16u;",
     }
 }
 

@@ -25,6 +25,10 @@ pub const CORE_FILES: &[(&str, &str)] = &[
         "common/types_f32.wgsl",
         include_str!("../../shaders/common/types_f32.wgsl"),
     ),
+    (
+        "attention/decode.wgsl",
+        include_str!("../../shaders/attention/decode.wgsl"),
+    ),
 ];
 
 /// Why composition failed.
