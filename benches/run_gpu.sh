@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (after `. .gl/setup.sh`): quickstart, the test suites including the
 # extended matrix, then the benchmark next to PyTorch SDPA, all in one device command.
-# Results go to $OUT (quickstart.txt, tests.txt, bench.{md,csv,json}, sdpa.json).
+# Results go to $OUT (device.txt, quickstart.txt, tests.txt, bench.{txt,csv,json,png}, sdpa.json).
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -18,4 +18,5 @@ g=$(bin gpu)
 "$g" --bench --shapes-json /tmp/shapes.json --shapes-only ${BENCH_FILTER:+--filter $BENCH_FILTER} ${BENCH_MODES:+--modes $BENCH_MODES} > /dev/null
 timeout 240 python3 benches/sdpa.py /tmp/shapes.json "$OUT/sdpa.json" > "$OUT/bench.txt" 2>&1
 timeout 400 "$g" --bench ${BENCH_ARGS:-} --sdpa "$OUT/sdpa.json" --out "$OUT" ${BENCH_FILTER:+--filter $BENCH_FILTER} ${BENCH_MODES:+--modes $BENCH_MODES} >> "$OUT/bench.txt" 2>&1
+python3 benches/chart.py "$OUT" >> "$OUT/bench.txt" 2>&1
 tail -5 "$OUT/bench.txt"

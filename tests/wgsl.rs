@@ -21,7 +21,7 @@ fn check_variant_with(
     src: &PipelineSource<'_>,
     caps: naga::valid::Capabilities,
 ) {
-    let text = full_source(src.kernel, dtype, &src.codec, src.includes).unwrap();
+    let text = full_source(src.kernel, dtype, &src.parts(), src.includes).unwrap();
     let module = naga::front::wgsl::parse_str(&text)
         .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(&text)));
     let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
@@ -74,6 +74,10 @@ fn check_variant_with(
     naga::back::hlsl::Writer::new(&mut hlsl, &hlsl_opts, &hlsl_pipe)
         .write(&module, &info, None)
         .unwrap_or_else(|e| panic!("{label}: HLSL: {e}"));
+}
+
+fn sg_f(f: Features) -> Features {
+    Features(f.0 | Features::SUBGROUPS)
 }
 
 const ALL_FEATURES: u32 = 127 | Features::OUT_FP8;
@@ -131,7 +135,7 @@ fn every_variant_validates_and_translates() {
                         };
                         let label = format!("{label}/m{m}");
                         check_variant(&label, dtype, &decode_source(codec, d, f, dt));
-                        let sg = Features(f.0 | Features::SUBGROUPS);
+                        let sg = sg_f(f);
                         check_variant_with(
                             &format!("{label}/sg"),
                             dtype,

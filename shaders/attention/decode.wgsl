@@ -26,46 +26,19 @@
 //
 // Bindings: as unified.wgsl (0 StepU, 1 LayerU, 2 meta, 3 laux, 4 q, 5 k_cache, 6 v_cache,
 //           7 k_scale, 8 v_scale, 9 out or split-K partials).
-// Overrides: HEAD_DIM, WG_SIZE, MAX_M (rows = q heads per workgroup, <= 16), CHUNK (keys per
-//            chunk, a multiple of WG_SIZE), Q_SH_LEN = MAX_M*HEAD_DIM/4, S_SH_LEN = MAX_M*CHUNK,
-//            RED_LEN = MAX_M*WG_SIZE, feature flags.
+// Overrides (besides decode_common.wgsl's): CHUNK (keys per chunk, a multiple of WG_SIZE),
+//            S_SH_LEN = MAX_M*CHUNK, RED_LEN = MAX_M*WG_SIZE.
 // Dispatch: x = num_seqs, y = num_kv_heads * head_chunks, z = num_segments.
 // The entry file provides HAS_SG, sg_sum8 (sum over the 8 lanes of a key group), sg_max
 // (maximum over the subgroup) and fills SgIds.
-// #include "common/uniforms.wgsl"
-// #include "common/out.wgsl"
+// #include "attention/decode_common.wgsl"
 
-override HEAD_DIM: u32 = 128u;
-override WG_SIZE: u32 = 128u;
-override MAX_M: u32 = 4u;
 override CHUNK: u32 = 512u;
-override Q_SH_LEN: u32 = 128u;
 override S_SH_LEN: u32 = 2048u;
 override RED_LEN: u32 = 512u;
-override HAS_SOFTCAP: bool = false;
-override HAS_SINKS: bool = false;
-override ALIBI_MODE: u32 = 0u; // 0 off, 1 linear, 2 sqrt
-override HAS_QQ: bool = false;
-override IS_SPLIT: bool = false;
 // Diagnostics only (QUANTKV_DEBUG_SKIP): 1 skips the score loads and dots, 2 the P.V loop,
 // 4 the whole chunk loop. Results are wrong while set.
 override DEBUG_SKIP: u32 = 0u;
-
-// M_MAX (= MAX_M, the size of the per-thread row arrays) is a const the host prepends, so
-// the arrays are exactly as long as the rows and live in registers.
-const NEG: f32 = -1.0e30;
-const NEG_HALF: f32 = -0.5e30;
-
-@group(0) @binding(0) var<uniform> st: StepU;
-@group(0) @binding(1) var<uniform> ly: LayerU;
-@group(0) @binding(2) var<storage, read> step_meta: array<i32>;
-@group(0) @binding(3) var<storage, read> laux: array<f32>;
-@group(0) @binding(4) var<storage, read> q: array<u32>;
-@group(0) @binding(5) var<storage, read> k_cache: array<u32>;
-@group(0) @binding(6) var<storage, read> v_cache: array<u32>;
-@group(0) @binding(7) var<storage, read> k_scale: array<f32>;
-@group(0) @binding(8) var<storage, read> v_scale: array<f32>;
-@group(0) @binding(9) var<storage, read_write> out: array<u32>;
 
 // Where an invocation sits in its subgroup (decode_entry_sg.wgsl; zeros in the portable entry).
 struct SgIds {
@@ -76,80 +49,9 @@ struct SgIds {
     nsg: u32,    // subgroups in the workgroup
 }
 
-struct DecInfo {
-    valid: u32,
-    seq: u32,
-    tok: u32,       // the query's token row
-    ctx: u32,       // context_len = kv_len - 1
-    kv_len: u32,
-    head0: u32,     // first q head of this workgroup
-    nheads: u32,    // valid q heads in this workgroup
-    kv_head: u32,
-    key_lo: u32,    // this segment's keys: [key_lo, key_hi)
-    key_hi: u32,
-}
-
-var<workgroup> info: DecInfo;
-var<workgroup> q_sh: array<vec4<f32>, Q_SH_LEN>;
 var<workgroup> s_sh: array<f32, S_SH_LEN>;
 var<workgroup> row_sh: array<u32, CHUNK>;
 var<workgroup> red_sh: array<f32, RED_LEN>;
-
-fn plan_decode(wid: vec3<u32>, nseg: u32) -> DecInfo {
-    var r: DecInfo;
-    r.valid = 0u;
-    let s = wid.x;
-    if (s >= st.num_seqs) {
-        return r;
-    }
-    let cs = u32(step_meta[st.off_cu + s]);
-    if (u32(step_meta[st.off_cu + s + 1u]) == cs) {
-        return r; // no query token for this sequence in this step
-    }
-    let kv_len = u32(step_meta[st.off_su + s]);
-    let kvh = wid.y / ly.head_chunks;
-    let chunk = wid.y % ly.head_chunks;
-    r.seq = s;
-    r.tok = cs;
-    r.ctx = kv_len - 1u;
-    r.kv_len = kv_len;
-    r.kv_head = kvh;
-    r.head0 = kvh * ly.qpk + chunk * ly.heads_per_wg;
-    r.nheads = min(ly.heads_per_wg, ly.qpk - chunk * ly.heads_per_wg);
-    // The query (position kv_len - 1) sees every key before it, within the window.
-    var lo = 0u;
-    if (ly.window > 0u && kv_len > ly.window) {
-        lo = kv_len - ly.window;
-    }
-    var hi = kv_len;
-    if (IS_SPLIT) {
-        // Segments of whole 16-key groups, so neighbouring segments never share a sector.
-        let per = ((hi - lo + nseg - 1u) / nseg + 15u) & ~15u;
-        let a = min(hi, lo + wid.z * per);
-        hi = min(hi, a + per);
-        lo = a;
-    }
-    r.key_lo = lo;
-    r.key_hi = hi;
-    r.valid = 1u;
-    return r;
-}
-
-fn q_load4(e: u32) -> vec4<f32> {
-    let w = e / 4u * MODEL_WORDS4;
-    var words = vec4<u32>(q[w], q[w + 1u], 0u, 0u);
-    if (MODEL_WORDS4 == 4u) {
-        words.z = q[w + 2u];
-        words.w = q[w + 3u];
-    }
-    return model_unpack4(words);
-}
-
-// tanh without overflow for large |x|.
-fn stable_tanh(x: f32) -> f32 {
-    let t = exp(-2.0 * abs(x));
-    return sign(x) * (1.0 - t) / (1.0 + t);
-}
 
 // Adds q_sh row m (all MAX_M rows) dotted with elements 4j..4j+3 of a key, for eight
 // consecutive j, into s; the eight K loads are issued before any is used.
@@ -238,27 +140,6 @@ fn pv8(acc: ptr<function, array<vec4<f32>, M_MAX>>, c: u32, n: u32, nsl: u32, co
     }
 }
 
-// Raw q.k -> scaled, softcap, ALiBi, qq_bias; NEG for keys past the chunk and padding rows.
-fn finish_score(raw: f32, m: u32, key: u32, valid: bool, inf: DecInfo) -> f32 {
-    var x = raw * (ly.softmax_scale * transform_score_scale());
-    if (HAS_SOFTCAP) {
-        x = ly.softcap * stable_tanh(x / ly.softcap);
-    }
-    let head = inf.head0 + m;
-    if (ALIBI_MODE == 1u) {
-        x += laux[ly.off_alibi + head] * (f32(key) - f32(inf.ctx));
-    } else if (ALIBI_MODE == 2u) {
-        x -= laux[ly.off_alibi + head] * sqrt(f32(inf.ctx - min(key, inf.ctx)));
-    }
-    if (HAS_QQ && key >= inf.ctx && key - inf.ctx < st.qq_cols) {
-        x += bitcast<f32>(step_meta[st.off_qq + key - inf.ctx]);
-    }
-    if (!valid || m >= inf.nheads) {
-        x = NEG;
-    }
-    return x;
-}
-
 // Subgroup scores: this lane's part of q.k for keys at rows ra and rb, vec4 columns
 // j0 + lane + 8i (i < 4), added into sa / sb; the eight K loads are issued first.
 fn sg_dot2(sa: ptr<function, array<f32, M_MAX>>, sb: ptr<function, array<f32, M_MAX>>,
@@ -291,11 +172,6 @@ fn sg_dot2(sa: ptr<function, array<f32, M_MAX>>, sb: ptr<function, array<f32, M_
         (*sa)[m] += dot(q0, a0) + dot(q1, a1) + dot(q2, a2) + dot(q3, a3);
         (*sb)[m] += dot(q0, b0) + dot(q1, b1) + dot(q2, b2) + dot(q3, b3);
     }
-}
-
-fn physical_row(seq: u32, key: u32, kv_head: u32) -> u32 {
-    let block = u32(step_meta[st.off_bt + seq * st.bt_stride + key / ly.block_size]);
-    return (block * ly.block_size + key % ly.block_size) * ly.num_kv_heads + kv_head;
 }
 
 // Tree reduction (max) of red_sh[m * WG_SIZE + i] over i for every row m; the result lands in
@@ -338,24 +214,7 @@ fn decode_main(wid: vec3<u32>, tid: u32, nwg: vec3<u32>, sg: SgIds) {
     let slice = tid / d4;
     let pv = slice < nsl;         // threads past nsl * d4 idle in P.V
 
-    // Prologue: the query rows into workgroup memory (then the mode's transform).
-    for (var e = tid; e < MAX_M * d4; e += WG_SIZE) {
-        let m = e / d4;
-        var v = vec4<f32>(0.0);
-        if (m < inf.nheads) {
-            v = q_load4((inf.tok * ly.num_q_heads + inf.head0 + m) * HEAD_DIM + 4u * (e % d4));
-        }
-        q_sh[e] = v;
-    }
-    workgroupBarrier();
-    if (HAS_TRANSFORM) {
-        q_transform(tid, MAX_M);
-        workgroupBarrier();
-        for (var e = tid; e < MAX_M * d4; e += WG_SIZE) {
-            q_sh[e] = model_round4(q_sh[e]);
-        }
-        workgroupBarrier();
-    }
+    load_q(tid, inf);
 
     // Running state, identical in every thread: maximum per row; per-thread partial sums of
     // the denominator and the P.V accumulators of this thread's column and key slice.
@@ -507,7 +366,6 @@ fn decode_main(wid: vec3<u32>, tid: u32, nwg: vec3<u32>, sg: SgIds) {
         }
         workgroupBarrier();
     }
-    let seen_any = inf.key_lo < inf.key_hi;
     if (slice == 0u) {
         for (var m = 0u; m < MAX_M; m++) {
             var a = acc[m];
@@ -515,45 +373,8 @@ fn decode_main(wid: vec3<u32>, tid: u32, nwg: vec3<u32>, sg: SgIds) {
                 a += q_sh[m * d4 + col];
             }
             let l = red_sh[m * WG_SIZE];
-            if (IS_SPLIT) {
-                if (m < inf.nheads) {
-                    let slot = (inf.tok * ly.num_q_heads + inf.head0 + m) * ly.num_segments + wid.z;
-                    if (!seen_any) {
-                        a = vec4<f32>(0.0);
-                    }
-                    let b = slot * HEAD_DIM + 4u * col;
-                    out[b] = bitcast<u32>(a.x);
-                    out[b + 1u] = bitcast<u32>(a.y);
-                    out[b + 2u] = bitcast<u32>(a.z);
-                    out[b + 3u] = bitcast<u32>(a.w);
-                    if (col == 0u) {
-                        let sb = ly.seg_rows * ly.num_q_heads * ly.num_segments * HEAD_DIM + slot * 2u;
-                        out[sb] = bitcast<u32>(select(NEG, m_run[m], seen_any));
-                        out[sb + 1u] = bitcast<u32>(select(0.0, l, seen_any));
-                    }
-                }
-            } else {
-                var v = vec4<f32>(0.0);
-                if (seen_any) {
-                    v = a / l;
-                }
-                if (HAS_TRANSFORM) {
-                    q_sh[m * d4 + col] = model_round4(v);
-                } else if (m < inf.nheads) {
-                    out_store4((inf.tok * ly.num_q_heads + inf.head0 + m) * HEAD_DIM + 4u * col, v);
-                }
-            }
+            store_row4(m, col, a, l, m_run[m], inf, wid.z);
         }
     }
-    if (HAS_TRANSFORM && !IS_SPLIT) {
-        workgroupBarrier();
-        out_transform(tid, MAX_M);
-        workgroupBarrier();
-        for (var e = tid; e < MAX_M * d4; e += WG_SIZE) {
-            let m = e / d4;
-            if (m < inf.nheads) {
-                out_store4((inf.tok * ly.num_q_heads + inf.head0 + m) * HEAD_DIM + 4u * (e % d4), q_sh[e]);
-            }
-        }
-    }
+    store_transformed(tid, inf);
 }

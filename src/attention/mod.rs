@@ -248,12 +248,13 @@ pub fn launch_plan(
     let qpk = p.num_q_heads / cfg.num_kv_heads;
     let rows = Tiling::rows_for(qpk, sum.max_seqlen_q);
     let max_dim = limits.max_compute_workgroups_per_dimension;
-    let decode = if sum.max_seqlen_q <= 1 && !prefix_ranges && p.path != AttentionPath::Unified {
+    let decode = sum.max_seqlen_q <= 1 && !prefix_ranges && p.path != AttentionPath::Unified;
+    let chunked = if decode {
         Tiling::for_decode(cfg.head_size, limits, rows)
     } else {
         None
     };
-    if let Some(tiling) = decode {
+    if let Some(tiling) = chunked {
         let hg = qpk.min(tiling.max_m);
         let chunks = qpk.div_ceil(hg);
         let gy = cfg.num_kv_heads * chunks;
@@ -270,7 +271,7 @@ pub fn launch_plan(
         );
         return Ok(LaunchPlan {
             kernel: Kernel::Decode,
-            subgroups: p.path == AttentionPath::Auto
+            subgroups: p.path != AttentionPath::DecodePortable
                 && caps.subgroups
                 && caps.subgroup_min_size >= 8,
             segments,
@@ -548,6 +549,7 @@ pub fn attention_source(
     PipelineSource {
         kernel: include_str!("../../shaders/attention/unified.wgsl"),
         codec: vec![codec.decode, codec.transform_source()],
+        prelude: String::new(),
         includes: codec.includes,
         constants: vec![
             ("HEAD_DIM", d as f64),
@@ -583,11 +585,8 @@ pub fn decode_source(codec: Codec, d: u32, f: Features, tiling: Tiling) -> Pipel
         } else {
             include_str!("../../shaders/attention/decode_entry.wgsl")
         },
-        codec: vec![
-            codec.decode,
-            codec.transform_source(),
-            m_max_const(tiling.max_m),
-        ],
+        codec: vec![codec.decode, codec.transform_source()],
+        prelude: format!("const M_MAX: u32 = {}u;\n", tiling.max_m),
         includes: codec.includes,
         constants: vec![
             ("HEAD_DIM", d as f64),
@@ -609,18 +608,6 @@ pub fn decode_source(codec: Codec, d: u32, f: Features, tiling: Tiling) -> Pipel
     }
 }
 
-/// The decode kernel's per-thread row arrays are sized by a const (WGSL has no
-/// override-sized function arrays), one per row count the tiling can ask for.
-fn m_max_const(max_m: u32) -> &'static str {
-    match max_m {
-        1 => "const M_MAX: u32 = 1u;",
-        2 => "const M_MAX: u32 = 2u;",
-        4 => "const M_MAX: u32 = 4u;",
-        8 => "const M_MAX: u32 = 8u;",
-        _ => "const M_MAX: u32 = 16u;",
-    }
-}
-
 fn alibi_mode(f: Features) -> f64 {
     if f.has(Features::ALIBI_SQRT) {
         2.0
@@ -634,6 +621,7 @@ pub fn reduce_source(codec: Codec, d: u32, f: Features) -> PipelineSource<'stati
     PipelineSource {
         kernel: include_str!("../../shaders/attention/reduce.wgsl"),
         codec: vec![codec.transform_source()],
+        prelude: String::new(),
         includes: codec.includes,
         constants: vec![
             ("HEAD_DIM", d as f64),

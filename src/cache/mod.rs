@@ -438,12 +438,12 @@ pub fn encode_write<B: QuantKvBackend + ?Sized>(
     if n == 0 {
         return Ok(());
     }
+    let copy = backend.stores_rows_as_given();
     let tiling = Tiling {
-        wg_size: 64,
+        wg_size: if copy { 256 } else { 64 },
         tile: 0,
         max_m: 0,
     };
-    let copy = backend.stores_rows_as_given();
     let rne = cfg.int8_rounding == Int8Rounding::NearestEven;
     let key = PipelineKey {
         kernel: if copy {
@@ -485,7 +485,8 @@ pub fn encode_write<B: QuantKvBackend + ?Sized>(
     });
     let groups = if copy {
         let words = n as u64 * cfg.num_kv_heads as u64 * lu.k_row_words as u64;
-        words.div_ceil(tiling.wg_size as u64)
+        debug_assert!(lu.k_row_words.is_multiple_of(4));
+        (words / 4).div_ceil(tiling.wg_size as u64)
     } else {
         n as u64 * cfg.num_kv_heads as u64 * 2
     };
@@ -505,6 +506,7 @@ pub fn write_copy_source(tiling: Tiling) -> PipelineSource<'static> {
     PipelineSource {
         kernel: include_str!("../../shaders/attention/write_copy.wgsl"),
         codec: vec![],
+        prelude: String::new(),
         includes: &[],
         constants: vec![("WG_SIZE", tiling.wg_size as f64)],
         entries: vec![

@@ -261,6 +261,9 @@ pub struct PipelineSource<'a> {
     pub kernel: &'static str,
     /// WGSL parts placed between the model types file and the kernel (the mode's contracts).
     pub codec: Vec<&'a str>,
+    /// Generated WGSL placed before the codec parts: `const` declarations a kernel needs as
+    /// array sizes (WGSL has no override-sized function-scope arrays). Empty for most kernels.
+    pub prelude: String,
     /// Files the parts may `// #include` besides the core ones (e.g. a mode family's shared
     /// WGSL), as (path, source).
     pub includes: &'static [(&'static str, &'static str)],
@@ -268,6 +271,18 @@ pub struct PipelineSource<'a> {
     pub constants: Vec<(&'static str, f64)>,
     /// Bind group layout entries.
     pub entries: Vec<wgpu::BindGroupLayoutEntry>,
+}
+
+impl PipelineSource<'_> {
+    /// The prelude then the codec parts, in the order [`full_source`] takes them.
+    pub fn parts(&self) -> Vec<&str> {
+        let mut v = Vec::with_capacity(self.codec.len() + 1);
+        if !self.prelude.is_empty() {
+            v.push(self.prelude.as_str());
+        }
+        v.extend(self.codec.iter().copied());
+        v
+    }
 }
 
 impl PipelineCache {
@@ -330,7 +345,7 @@ pub fn full_source(
 
 fn build(ctx: &Context, key: &PipelineKey, src: PipelineSource<'_>) -> Result<Compiled> {
     let label = key.to_string();
-    let text = full_source(src.kernel, key.dtype, &src.codec, src.includes)?;
+    let text = full_source(src.kernel, key.dtype, &src.parts(), src.includes)?;
     let device = &ctx.device;
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
