@@ -563,15 +563,12 @@ pub fn attention_source(
                 "ACC_N",
                 (tiling.max_m * d / 4).div_ceil(tiling.wg_size) as f64,
             ),
-            ("HAS_SOFTCAP", flag(f, Features::SOFTCAP)),
-            ("HAS_SINKS", flag(f, Features::SINKS)),
-            ("ALIBI_MODE", alibi_mode(f)),
-            ("HAS_QQ", flag(f, Features::QQ_BIAS)),
             ("HAS_MM", flag(f, Features::MM_PREFIX)),
-            ("IS_SPLIT", flag(f, Features::SPLIT)),
-            ("OUT_FP8", flag(f, Features::OUT_FP8)),
             ("DEBUG_SKIP", debug_skip() as f64),
-        ],
+        ]
+        .into_iter()
+        .chain(feature_constants(f))
+        .collect(),
         entries: attention_entries(),
     }
 }
@@ -596,24 +593,30 @@ pub fn decode_source(codec: Codec, d: u32, f: Features, tiling: Tiling) -> Pipel
             ("Q_SH_LEN", (tiling.max_m * d / 4) as f64),
             ("S_SH_LEN", (tiling.max_m * tiling.tile) as f64),
             ("RED_LEN", (tiling.max_m * tiling.wg_size) as f64),
-            ("HAS_SOFTCAP", flag(f, Features::SOFTCAP)),
-            ("HAS_SINKS", flag(f, Features::SINKS)),
-            ("ALIBI_MODE", alibi_mode(f)),
-            ("HAS_QQ", flag(f, Features::QQ_BIAS)),
-            ("IS_SPLIT", flag(f, Features::SPLIT)),
-            ("OUT_FP8", flag(f, Features::OUT_FP8)),
             ("DEBUG_SKIP", debug_skip() as f64),
-        ],
+        ]
+        .into_iter()
+        .chain(feature_constants(f))
+        .collect(),
         entries: attention_entries(),
     }
 }
 
-fn alibi_mode(f: Features) -> f64 {
-    if f.has(Features::ALIBI_SQRT) {
+/// The feature overrides both attention kernels declare (attn_common.wgsl).
+fn feature_constants(f: Features) -> [(&'static str, f64); 6] {
+    let alibi = if f.has(Features::ALIBI_SQRT) {
         2.0
     } else {
         flag(f, Features::ALIBI)
-    }
+    };
+    [
+        ("HAS_SOFTCAP", flag(f, Features::SOFTCAP)),
+        ("HAS_SINKS", flag(f, Features::SINKS)),
+        ("ALIBI_MODE", alibi),
+        ("HAS_QQ", flag(f, Features::QQ_BIAS)),
+        ("IS_SPLIT", flag(f, Features::SPLIT)),
+        ("OUT_FP8", flag(f, Features::OUT_FP8)),
+    ]
 }
 
 /// The split-K reduce kernel's source, constants and layout.
