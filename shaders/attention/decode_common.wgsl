@@ -2,10 +2,37 @@
 // workgroup's plan, the query prologue, score post-processing and the output / split-K partial
 // stores.
 //
-// Bindings and shared overrides: attn_common.wgsl (MAX_M = q heads per workgroup, <= 16;
-// Q_SH_LEN = MAX_M*HEAD_DIM/4). M_MAX (= MAX_M, the size of the per-thread row arrays) is a
-// const the host prepends, so the arrays are exactly as long as the rows.
-// #include "attention/attn_common.wgsl"
+// Bindings: as unified.wgsl (0 StepU, 1 LayerU, 2 meta, 3 laux, 4 q, 5 k_cache, 6 v_cache,
+//           7 k_scale, 8 v_scale, 9 out or split-K partials).
+// Overrides: HEAD_DIM, WG_SIZE, MAX_M (rows = q heads per workgroup, <= 16),
+//            Q_SH_LEN = MAX_M*HEAD_DIM/4, feature flags.
+// #include "common/uniforms.wgsl"
+// #include "common/out.wgsl"
+
+override HEAD_DIM: u32 = 128u;
+override WG_SIZE: u32 = 128u;
+override MAX_M: u32 = 4u;
+override Q_SH_LEN: u32 = 128u;
+override HAS_SOFTCAP: bool = false;
+override HAS_SINKS: bool = false;
+override ALIBI_MODE: u32 = 0u; // 0 off, 1 linear, 2 sqrt
+override HAS_QQ: bool = false;
+override IS_SPLIT: bool = false;
+// M_MAX (= MAX_M, the size of the per-thread row arrays) is a const the host prepends, so
+// the arrays are exactly as long as the rows and live in registers.
+const NEG: f32 = -1.0e30;
+const NEG_HALF: f32 = -0.5e30;
+
+@group(0) @binding(0) var<uniform> st: StepU;
+@group(0) @binding(1) var<uniform> ly: LayerU;
+@group(0) @binding(2) var<storage, read> step_meta: array<i32>;
+@group(0) @binding(3) var<storage, read> laux: array<f32>;
+@group(0) @binding(4) var<storage, read> q: array<u32>;
+@group(0) @binding(5) var<storage, read> k_cache: array<u32>;
+@group(0) @binding(6) var<storage, read> v_cache: array<u32>;
+@group(0) @binding(7) var<storage, read> k_scale: array<f32>;
+@group(0) @binding(8) var<storage, read> v_scale: array<f32>;
+@group(0) @binding(9) var<storage, read_write> out: array<u32>;
 
 struct DecInfo {
     valid: u32,
@@ -62,7 +89,21 @@ fn plan_decode(wid: vec3<u32>, nseg: u32) -> DecInfo {
     return r;
 }
 
+fn q_load4(e: u32) -> vec4<f32> {
+    let w = e / 4u * MODEL_WORDS4;
+    var words = vec4<u32>(q[w], q[w + 1u], 0u, 0u);
+    if (MODEL_WORDS4 == 4u) {
+        words.z = q[w + 2u];
+        words.w = q[w + 3u];
+    }
+    return model_unpack4(words);
+}
 
+// tanh without overflow for large |x|.
+fn stable_tanh(x: f32) -> f32 {
+    let t = exp(-2.0 * abs(x));
+    return sign(x) * (1.0 - t) / (1.0 + t);
+}
 
 // Raw q.k -> scaled, softcap, ALiBi, qq_bias; NEG for keys past the chunk and padding rows.
 fn finish_score(raw: f32, m: u32, key: u32, valid: bool, inf: DecInfo) -> f32 {
@@ -85,6 +126,10 @@ fn finish_score(raw: f32, m: u32, key: u32, valid: bool, inf: DecInfo) -> f32 {
     return x;
 }
 
+fn physical_row(seq: u32, key: u32, kv_head: u32) -> u32 {
+    let block = u32(step_meta[st.off_bt + seq * st.bt_stride + key / ly.block_size]);
+    return (block * ly.block_size + key % ly.block_size) * ly.num_kv_heads + kv_head;
+}
 
 
 // Prologue: the query rows into q_sh (then the mode's transform, rounded to the model dtype),

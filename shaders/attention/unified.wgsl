@@ -21,17 +21,40 @@
 // A workgroup holds MAX_M rows = q_per_wg tokens x heads_per_wg q heads of ONE kv head, so each
 // K/V tile is read once for all query heads that share it (GQA packing).
 // Scores use a finite sentinel NEG instead of -inf: WGSL may assume finite math.
-// #include "attention/attn_common.wgsl"
+// #include "common/uniforms.wgsl"
+// #include "common/out.wgsl"
 
+override HEAD_DIM: u32 = 128u;
 override TILE: u32 = 32u;
+override WG_SIZE: u32 = 128u;
+override MAX_M: u32 = 16u;
+override Q_SH_LEN: u32 = 512u;
 override KV_SH_LEN: u32 = 1024u;
 override S_SH_LEN: u32 = 512u;
 override ACC_N: u32 = 4u;
+override HAS_SOFTCAP: bool = false;
+override HAS_SINKS: bool = false;
+override ALIBI_MODE: u32 = 0u; // 0 off, 1 linear, 2 sqrt
+override HAS_QQ: bool = false;
 override HAS_MM: bool = false;
+override IS_SPLIT: bool = false;
 // Diagnostics only (QUANTKV_DEBUG_SKIP): 1 skips K/V loads, 2 the q.k dots, 4 the P.V loop.
 override DEBUG_SKIP: u32 = 0u;
 
 const ACC_MAX: u32 = 16u;
+const NEG: f32 = -1.0e30;
+const NEG_HALF: f32 = -0.5e30;
+
+@group(0) @binding(0) var<uniform> st: StepU;
+@group(0) @binding(1) var<uniform> ly: LayerU;
+@group(0) @binding(2) var<storage, read> step_meta: array<i32>;
+@group(0) @binding(3) var<storage, read> laux: array<f32>;
+@group(0) @binding(4) var<storage, read> q: array<u32>;
+@group(0) @binding(5) var<storage, read> k_cache: array<u32>;
+@group(0) @binding(6) var<storage, read> v_cache: array<u32>;
+@group(0) @binding(7) var<storage, read> k_scale: array<f32>;
+@group(0) @binding(8) var<storage, read> v_scale: array<f32>;
+@group(0) @binding(9) var<storage, read_write> out: array<u32>;
 
 struct WgInfo {
     valid: u32,
@@ -125,8 +148,22 @@ fn plan_workgroup(wid: vec3<u32>, nseg: u32) -> WgInfo {
     return r;
 }
 
+fn q_load4(e: u32) -> vec4<f32> {
+    let w = e / 4u * MODEL_WORDS4;
+    var words = vec4<u32>(q[w], q[w + 1u], 0u, 0u);
+    if (MODEL_WORDS4 == 4u) {
+        words.z = q[w + 2u];
+        words.w = q[w + 3u];
+    }
+    return model_unpack4(words);
+}
 
 
+// tanh without overflow for large |x|.
+fn stable_tanh(x: f32) -> f32 {
+    let t = exp(-2.0 * abs(x));
+    return sign(x) * (1.0 - t) / (1.0 + t);
+}
 
 fn in_prefix_ranges(seq: u32, qpos: u32, key: u32) -> bool {
     for (var r = 0u; r < st.mm_per_seq; r++) {
@@ -140,6 +177,10 @@ fn in_prefix_ranges(seq: u32, qpos: u32, key: u32) -> bool {
     return false;
 }
 
+fn physical_row(seq: u32, key: u32, kv_head: u32) -> u32 {
+    let block = u32(step_meta[st.off_bt + seq * st.bt_stride + key / ly.block_size]);
+    return (block * ly.block_size + key % ly.block_size) * ly.num_kv_heads + kv_head;
+}
 
 // One tile element (vec4 index e of TILE x HEAD_DIM/4) from the cache: the row is clamped into
 // the tile (row_sh holds row 0, always in bounds, for keys past kv_len), so the load itself

@@ -602,7 +602,7 @@ pub fn decode_source(codec: Codec, d: u32, f: Features, tiling: Tiling) -> Pipel
     }
 }
 
-/// The feature overrides both attention kernels declare (attn_common.wgsl).
+/// The feature overrides both attention kernels declare.
 fn feature_constants(f: Features) -> [(&'static str, f64); 6] {
     let alibi = if f.has(Features::ALIBI_SQRT) {
         2.0

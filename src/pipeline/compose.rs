@@ -26,10 +26,6 @@ pub const CORE_FILES: &[(&str, &str)] = &[
         include_str!("../../shaders/common/types_f32.wgsl"),
     ),
     (
-        "attention/attn_common.wgsl",
-        include_str!("../../shaders/attention/attn_common.wgsl"),
-    ),
-    (
         "attention/decode_common.wgsl",
         include_str!("../../shaders/attention/decode_common.wgsl"),
     ),

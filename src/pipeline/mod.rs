@@ -191,16 +191,21 @@ impl Tiling {
     /// when even one 128-key chunk does not fit: the caller uses the unified kernel then.
     pub fn for_decode(head_dim: u32, limits: &wgpu::Limits, max_m: u32) -> Option<Tiling> {
         // Diagnostics for tuning runs only: QUANTKV_DEBUG_DECODE_WG / _CHUNK override the
-        // geometry (powers of two; results stay correct).
-        let knob = |name: &str| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.parse::<u32>().ok())
-                .filter(|v| v.is_power_of_two())
-        };
-        let wg_size = knob("QUANTKV_DEBUG_DECODE_WG")
-            .unwrap_or(128)
-            .clamp(32, 1024);
+        // geometry (powers of two; results stay correct). Read once per process.
+        static KNOBS: std::sync::OnceLock<(Option<u32>, Option<u32>)> = std::sync::OnceLock::new();
+        let (wg_knob, chunk_knob) = *KNOBS.get_or_init(|| {
+            let knob = |name: &str| {
+                std::env::var(name)
+                    .ok()
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .filter(|v| v.is_power_of_two())
+            };
+            (
+                knob("QUANTKV_DEBUG_DECODE_WG"),
+                knob("QUANTKV_DEBUG_DECODE_CHUNK"),
+            )
+        });
+        let wg_size = wg_knob.unwrap_or(128).clamp(32, 1024);
         if limits.max_compute_invocations_per_workgroup < wg_size
             || limits.max_compute_workgroup_size_x < wg_size
             || max_m == 0
@@ -209,9 +214,7 @@ impl Tiling {
         {
             return None;
         }
-        let mut tile = knob("QUANTKV_DEBUG_DECODE_CHUNK")
-            .unwrap_or(1024 / max_m)
-            .max(wg_size);
+        let mut tile = chunk_knob.unwrap_or(1024 / max_m).max(wg_size);
         loop {
             let t = Tiling {
                 wg_size,
