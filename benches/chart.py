@@ -39,7 +39,7 @@ def main():
     series = {}
     for r in rows:
         L = ctx_of(r["shape"])
-        if L is None or not r["split"].startswith("auto") or r["kernel"] == "unified":
+        if L is None or not r["split"].startswith("auto") or "forced" in r["kernel"]:
             continue
         series.setdefault(r["mode"], []).append((L, float(r["gbs"])))
     for mode, pts in sorted(series.items()):
@@ -59,11 +59,13 @@ def main():
     # Right: f16 decode, speed as a fraction of SDPA (SDPA time / ours) per shape.
     f16 = [r for r in rows if r["mode"] == "none" and r["split"].startswith("auto")
            and float(r["vs_sdpa"] or 0) > 0 and r["shape"].startswith("decode")]
-    for kernel, color in (("unified", "tab:gray"), ("decode", "tab:blue"), ("decode-sg", "tab:green")):
-        pts = [r for r in f16 if r["kernel"] == kernel]
+    for label, pick, color in (
+            ("quantkv (AttentionPath::Auto)", lambda k: "forced" not in k, "tab:blue"),
+            ("unified kernel (forced)", lambda k: k.startswith("unified"), "tab:gray")):
+        pts = [r for r in f16 if pick(r["kernel"])]
         if pts:
             bx.scatter([r["shape"].replace("decode_", "") for r in pts],
-                       [float(r["vs_sdpa"]) for r in pts], label=kernel, color=color)
+                       [float(r["vs_sdpa"]) for r in pts], label=label, color=color)
     bx.axhline(1.0, color="k", linestyle="--", label="SDPA")
     bx.axhline(0.8, color="r", linestyle=":", label="target 0.8x")
     bx.set_yscale("log")

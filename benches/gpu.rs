@@ -92,8 +92,13 @@ fn shapes(quick: bool, sweep: bool) -> Vec<Shape> {
         if b == 1 && l >= 32768 {
             v.push(decode(&name, b, l, 128, SplitK::Off));
         }
-        // The unified kernel and the decode kernel's portable rung on the same decode shape.
-        for path in [AttentionPath::Unified, AttentionPath::DecodePortable] {
+        // The unified kernel and both rungs of the decode kernel on the same decode shape
+        // (one of the rungs repeats what Auto chose).
+        for path in [
+            AttentionPath::Unified,
+            AttentionPath::DecodePortable,
+            AttentionPath::DecodeSubgroups,
+        ] {
             v.push(Shape {
                 path,
                 ..decode(&name, b, l, 128, SplitK::Auto)
@@ -346,9 +351,14 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
         name: s.name.clone(),
         mode: s.mode.id().into(),
         kernel: format!(
-            "{}{}",
+            "{}{}{}",
             lp.kernel.name(),
-            if lp.subgroups { "-sg" } else { "" }
+            if lp.subgroups { "-sg" } else { "" },
+            if s.path == AttentionPath::Auto {
+                ""
+            } else {
+                " (forced)"
+            }
         ),
         split: match s.split {
             SplitK::Auto => format!("auto({segs})"),

@@ -44,6 +44,7 @@ fn both(seed: u64, ex: Extras) {
         64,
         Extras {
             split: SplitK::Segments(4),
+            path: AttentionPath::DecodeSubgroups,
             ..ex.clone()
         },
     );
@@ -59,7 +60,8 @@ fn both(seed: u64, ex: Extras) {
             ..ex.clone()
         },
     );
-    // The same decode batch on the unified kernel (Auto takes the decode kernel).
+    // The same decode batch on the unified kernel (Auto takes the decode kernel). Each rung
+    // is forced: these batches are far below SUBGROUP_RUNG_MIN_WORKGROUPS.
     check(
         seed + 3,
         DECODE,
@@ -93,9 +95,9 @@ fn decode_kernel_long_contexts_head_groups_and_odd_head_sizes() {
     {
         let seed = 0x3C0 + 8 * i as u64;
         for (j, (split, path)) in [
+            (SplitK::Off, AttentionPath::DecodeSubgroups),
+            (SplitK::Segments(3), AttentionPath::DecodeSubgroups),
             (SplitK::Off, AttentionPath::Auto),
-            (SplitK::Segments(3), AttentionPath::Auto),
-            (SplitK::Off, AttentionPath::DecodePortable),
             (SplitK::Segments(3), AttentionPath::DecodePortable),
             (SplitK::Off, AttentionPath::Unified),
         ]

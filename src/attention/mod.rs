@@ -35,16 +35,26 @@ pub enum SplitK {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum AttentionPath {
     /// The decode kernel for batches whose every query length is <= 1 (and that carry no
-    /// prefix ranges), with subgroup operations where the adapter's subgroups hold at least 8
-    /// invocations; the unified kernel otherwise.
+    /// prefix ranges); the unified kernel otherwise. The decode kernel takes its subgroup rung
+    /// where the adapter's subgroups hold at least 8 invocations and the launch fills the GPU
+    /// (at least [`SUBGROUP_RUNG_MIN_WORKGROUPS`] workgroups), its portable rung otherwise.
     #[default]
     Auto,
     /// Always the unified kernel (for comparison and for testing it on decode batches).
     Unified,
-    /// Like `Auto`, but the decode kernel's portable rung (no subgroup operations) even where
-    /// the adapter has subgroups (for comparison and for testing that rung).
+    /// The decode kernel's portable rung (no subgroup operations) for decode batches, even
+    /// where `Auto` would take the subgroup rung.
     DecodePortable,
+    /// The decode kernel's subgroup rung for decode batches whatever their size, where the
+    /// adapter has subgroups of at least 8 invocations (the portable rung elsewhere).
+    DecodeSubgroups,
 }
+
+/// Workgroups from which `AttentionPath::Auto` takes the decode kernel's subgroup rung.
+/// Measured on an H200 (BENCHMARKS.md): the subgroup rung is 1.2–1.3x faster from 512
+/// workgroups up (B=8 L=8k 209 vs 256 µs, B=64 L=2k 376 vs 471 µs), and about 12% slower
+/// below 256 (B=1 L=1k 45.2 vs 39.6 µs, B=1 L=4k 51.3 vs 45.9 µs).
+pub const SUBGROUP_RUNG_MIN_WORKGROUPS: u32 = 512;
 
 /// Per-call attention parameters (the per-step metadata lives in the [`BatchPlan`]).
 #[derive(Clone, Copy, Debug)]
@@ -271,9 +281,15 @@ pub fn launch_plan(
         );
         return Ok(LaunchPlan {
             kernel: Kernel::Decode,
-            subgroups: p.path != AttentionPath::DecodePortable
-                && caps.subgroups
-                && caps.subgroup_min_size >= 8,
+            subgroups: caps.subgroups
+                && caps.subgroup_min_size >= 8
+                && match p.path {
+                    AttentionPath::DecodeSubgroups => true,
+                    AttentionPath::Auto => {
+                        sum.num_seqs * gy * segments >= SUBGROUP_RUNG_MIN_WORKGROUPS
+                    }
+                    _ => false,
+                },
             segments,
             grid: [sum.num_seqs, gy, segments],
             tiling,
