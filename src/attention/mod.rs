@@ -568,11 +568,7 @@ pub fn attention_source(
         prelude: String::new(),
         includes: codec.includes,
         constants: vec![
-            ("HEAD_DIM", d as f64),
             ("TILE", tiling.tile as f64),
-            ("WG_SIZE", tiling.wg_size as f64),
-            ("MAX_M", tiling.max_m as f64),
-            ("Q_SH_LEN", (tiling.max_m * d / 4) as f64),
             ("KV_SH_LEN", (tiling.tile * (d / 4 + 1)) as f64),
             ("S_SH_LEN", (tiling.max_m * tiling.tile) as f64),
             (
@@ -583,7 +579,7 @@ pub fn attention_source(
             ("DEBUG_SKIP", debug_skip() as f64),
         ]
         .into_iter()
-        .chain(feature_constants(f))
+        .chain(shared_constants(d, f, tiling))
         .collect(),
         entries: attention_entries(),
     }
@@ -602,30 +598,30 @@ pub fn decode_source(codec: Codec, d: u32, f: Features, tiling: Tiling) -> Pipel
         prelude: format!("const M_MAX: u32 = {}u;\n", tiling.max_m),
         includes: codec.includes,
         constants: vec![
-            ("HEAD_DIM", d as f64),
-            ("WG_SIZE", tiling.wg_size as f64),
-            ("MAX_M", tiling.max_m as f64),
             ("CHUNK", tiling.tile as f64),
-            ("Q_SH_LEN", (tiling.max_m * d / 4) as f64),
             ("S_SH_LEN", (tiling.max_m * tiling.tile) as f64),
             ("RED_LEN", (tiling.max_m * tiling.wg_size) as f64),
             ("DEBUG_SKIP", debug_skip() as f64),
         ]
         .into_iter()
-        .chain(feature_constants(f))
+        .chain(shared_constants(d, f, tiling))
         .collect(),
         entries: attention_entries(),
     }
 }
 
-/// The feature overrides both attention kernels declare.
-fn feature_constants(f: Features) -> [(&'static str, f64); 6] {
+/// The geometry and feature overrides both attention kernels declare.
+fn shared_constants(d: u32, f: Features, tiling: Tiling) -> [(&'static str, f64); 10] {
     let alibi = if f.has(Features::ALIBI_SQRT) {
         2.0
     } else {
         flag(f, Features::ALIBI)
     };
     [
+        ("HEAD_DIM", d as f64),
+        ("WG_SIZE", tiling.wg_size as f64),
+        ("MAX_M", tiling.max_m as f64),
+        ("Q_SH_LEN", (tiling.max_m * d / 4) as f64),
         ("HAS_SOFTCAP", flag(f, Features::SOFTCAP)),
         ("HAS_SINKS", flag(f, Features::SINKS)),
         ("ALIBI_MODE", alibi),
