@@ -256,7 +256,7 @@ fn time_runs(
 
 fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row> {
     let bs = 16u32;
-    let backend = ctx.backend(s.mode)?;
+    let backend = quantkv::modes::backend(s.mode)?;
     let blocks_per_seq = s.lkv.div_ceil(bs);
     let num_blocks = s.b * blocks_per_seq + 1;
     let row_bytes = backend.row_bytes(s.d, Dtype::F16);
@@ -331,7 +331,7 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
         * s.lkv as f64
         * s.hkv as f64
         * (row_bytes as f64 + backend.scale_cache_bytes(1, 1) as f64);
-    let lp = quantkv::attention::launch_plan(ctx.caps(), &cfg, &plan.summary(), &params, false)?;
+    let lp = cache.launch_plan(ctx, &plan, &params)?;
     let segs = lp.segments;
     let partial_bytes = if segs > 1 {
         2.0 * tokens as f64 * s.hq as f64 * segs as f64 * (s.d as f64 + 2.0) * 4.0
@@ -376,7 +376,7 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
 
 fn bench_write(ctx: &Context, mode: KvQuantMode) -> Result<Row> {
     let (tokens, hkv, d, bs) = (4096u32, 8u32, 128u32, 16u32);
-    let backend = ctx.backend(mode)?;
+    let backend = quantkv::modes::backend(mode)?;
     let num_blocks = tokens / bs + 1;
     let cfg = CacheConfig {
         num_layers: 8,

@@ -29,7 +29,7 @@ fn main() -> Result<()> {
         head_size: 128,
         ..Default::default()
     };
-    let f16_bpt = quantkv::cache::footprint(
+    let f16_bpt = quantkv::footprint(
         quantkv::modes::create(KvQuantMode::None).unwrap().as_ref(),
         &model,
     )
@@ -37,12 +37,12 @@ fn main() -> Result<()> {
     println!("| mode | bytes/token (32 layers, K+V, scales incl.) | tokens in {budget_gib} GiB | gain vs f16 | cos vs f64 on originals | max abs err | kernel cos vs ref on codes |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for mode in KvQuantMode::ALL {
-        let Ok(backend) = ctx.backend(mode) else {
+        let Ok(backend) = quantkv::modes::backend(mode) else {
             println!("| {} | - | - | - | not built yet | | |", mode.id());
             continue;
         };
-        let bpt = quantkv::cache::footprint(backend.as_ref(), &CacheConfig { mode, ..model })
-            .bytes_per_token;
+        let bpt =
+            quantkv::footprint(backend.as_ref(), &CacheConfig { mode, ..model }).bytes_per_token;
         let tokens = budget_gib * (1u64 << 30) as f64 / bpt as f64;
         let (cos, max_abs, kcos) = quality(&ctx, mode)?;
         println!(
@@ -102,17 +102,12 @@ fn quality(ctx: &Context, mode: KvQuantMode) -> Result<(f64, f64, f64)> {
         ..Default::default()
     };
     let mut cache = KvCache::new(ctx, &cfg)?;
-    let backend = ctx.backend(mode)?;
+    let backend = quantkv::modes::backend(mode)?;
     if backend.uses_tensor_scales() {
         let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
-        let qmax = if mode == KvQuantMode::Int8PerTensor {
-            127.0
-        } else {
-            448.0
-        };
         let (ks, vs) = (
-            reference::quant::calibrate_scale(&f(&keys), qmax),
-            reference::quant::calibrate_scale(&f(&values), qmax),
+            backend.calibrate_tensor_scale(&f(&keys)),
+            backend.calibrate_tensor_scale(&f(&values)),
         );
         cache.set_tensor_scales(0, ks, vs)?;
     }
@@ -168,8 +163,8 @@ fn quality(ctx: &Context, mode: KvQuantMode) -> Result<(f64, f64, f64)> {
     let row_bytes = backend.row_bytes(d as u32, dt) as usize;
     let mut stored = Vec::new();
     for (pool, scales, is_v) in [
-        (&layer.k, &layer.k_scale, false),
-        (&layer.v, &layer.v_scale, true),
+        (layer.k(), layer.k_scale(), false),
+        (layer.v(), layer.v_scale(), true),
     ] {
         let p = layer.row_codec(is_v);
         let bytes = ctx.read_buffer(pool)?;

@@ -1,6 +1,6 @@
 //! The library's one error type.
 
-use crate::modes::KvQuantMode;
+use crate::types::KvQuantMode;
 
 /// Every error quantkv returns. Input problems are caught on the host, before anything is encoded.
 #[non_exhaustive]

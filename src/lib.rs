@@ -30,20 +30,43 @@
 
 #![warn(missing_docs)]
 
-pub mod attention;
-pub mod cache;
-pub mod context;
-pub mod error;
+// Layers, top to bottom; each module uses only the ones below it:
+//   cache, step            public API (KvCache resolves its mode once; BatchPlan per step)
+//   config                 CacheConfig and its footprint
+//   kernels                write, launch planning, attention kernels, reduce (mode-free)
+//   modes                  one file per mode: options, WGSL codec description, CPU codec
+//   gpu                    context, pipeline key/cache, WGSL composition, bindings, uniforms
+//   types, error           enums and number formats; the error type
+// `reference` (the f64 CPU reference) sits beside the stack and may use any of it.
+mod cache;
+mod config;
+mod error;
+mod gpu;
+mod kernels;
 pub mod modes;
-pub mod pipeline;
 pub mod reference;
-pub mod step;
-pub mod timing;
+mod step;
+mod types;
 
-pub use attention::{Attention, AttentionParams, AttentionPath, SplitK};
-pub use cache::{CacheConfig, CacheFootprint, CacheWrite, KvCache, LayerKv, Tensor};
-pub use context::{AdapterSummary, Caps, Context};
+pub use wgpu;
+
+pub use cache::{Attention, KvCache, LayerKv};
+pub use config::{
+    footprint, CacheConfig, CacheFootprint, HEAD_SIZE_MULTIPLE, MAX_HEAD_SIZE, MIN_HEAD_SIZE,
+};
 pub use error::{Error, Result};
-pub use modes::{Dtype, KvQuantMode, QuantKvBackend};
-pub use step::{BatchPlan, PrefixRanges, QqBias, StepInput, StepSummary};
-pub use timing::GpuTimer;
+pub use gpu::{AdapterSummary, Caps, Context, GpuTimer, Tensor};
+pub use kernels::{
+    plan_split, segment_buffer_bytes, AttentionParams, AttentionPath, LaunchPlan, SplitK,
+    StepSummary, MAX_SEGMENTS, SUBGROUP_RUNG_MIN_WORKGROUPS,
+};
+pub use modes::{Int8Rounding, ModeOptions, QuantKvBackend};
+pub use step::{BatchPlan, PrefixRanges, QqBias, StepInput};
+pub use types::{Dtype, KvQuantMode};
+
+/// Internals exposed for the crate's own benchmarks and tools (kernel names of a launch plan,
+/// WGSL of every variant). Not part of the stable API.
+#[doc(hidden)]
+pub mod internal {
+    pub use crate::gpu::{Kernel, Tiling};
+}

@@ -6,12 +6,14 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
 
-use crate::cache::CacheConfig;
-use crate::context::Context;
+use crate::config::CacheConfig;
 use crate::error::{invalid, shape, Result};
+use crate::gpu::uniforms::StepUniform;
+use crate::gpu::Context;
+use crate::kernels::StepGpu;
+pub use crate::kernels::StepSummary;
 
 /// qq_bias (spec §6.1 step 5): f32 `[rows, cols]` row-major; for query row i of a sequence and
 /// key `kr = key_pos - context_len` with `0 <= kr < cols`, `S += bias[i][kr]`. Shared by all
@@ -55,21 +57,6 @@ pub struct StepInput<'a> {
     pub qq_bias: Option<QqBias<'a>>,
     /// Optional bidirectional prefix ranges.
     pub prefix_ranges: Option<PrefixRanges<'a>>,
-}
-
-/// What validation learned about a step.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StepSummary {
-    /// Sequences.
-    pub num_seqs: u32,
-    /// Query tokens (`cu_seqlens_q[num_seqs]`).
-    pub num_tokens_q: u32,
-    /// Written tokens (`slot_mapping.len()`).
-    pub num_write: u32,
-    /// Longest query.
-    pub max_seqlen_q: u32,
-    /// Longest KV length.
-    pub max_seqlen_k: u32,
 }
 
 impl StepInput<'_> {
@@ -213,43 +200,16 @@ impl StepInput<'_> {
     }
 }
 
-/// GPU copy of the step uniform (`StepU` in `shaders/common/uniforms.wgsl`).
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable, Debug, Default)]
-pub(crate) struct StepUniform {
-    pub num_seqs: u32,
-    pub num_tokens_q: u32,
-    pub num_write: u32,
-    pub bt_stride: u32,
-    pub off_cu: u32,
-    pub off_su: u32,
-    pub off_bt: u32,
-    pub off_slot: u32,
-    pub off_qq: u32,
-    pub qq_rows: u32,
-    pub qq_cols: u32,
-    pub off_mm: u32,
-    pub mm_per_seq: u32,
-    pub pad: [u32; 3],
-}
-
 /// A validated, uploaded step. Create one per model step with [`BatchPlan::new`]; every layer's
 /// calls of that step take it by reference.
 pub struct BatchPlan {
-    pub(crate) summary: StepSummary,
-    pub(crate) num_blocks: u32,
-    pub(crate) block_size: u32,
-    pub(crate) uniform: wgpu::Buffer,
-    pub(crate) meta: wgpu::Buffer,
-    pub(crate) has_qq: bool,
-    pub(crate) has_mm: bool,
-    /// Split-K partials, created on the first split call of this step and reused by later layers.
-    pub(crate) partials: Mutex<Option<std::sync::Arc<wgpu::Buffer>>>,
+    pub(crate) gpu: StepGpu,
 }
 
 impl BatchPlan {
     /// Validates `input` against the cache geometry of `config` and uploads it.
     pub fn new(ctx: &Context, config: &CacheConfig, input: &StepInput<'_>) -> Result<Self> {
+        config.validate()?;
         let summary = input.validate(config.num_blocks, config.block_size)?;
         let mut meta: Vec<i32> = Vec::new();
         let mut u = StepUniform {
@@ -293,19 +253,21 @@ impl BatchPlan {
             usage: wgpu::BufferUsages::STORAGE,
         });
         Ok(Self {
-            summary,
-            num_blocks: config.num_blocks,
-            block_size: config.block_size,
-            uniform,
-            meta,
-            has_qq: input.qq_bias.is_some(),
-            has_mm: input.prefix_ranges.is_some(),
-            partials: Mutex::new(None),
+            gpu: StepGpu {
+                summary,
+                num_blocks: config.num_blocks,
+                block_size: config.block_size,
+                uniform,
+                meta,
+                has_qq: input.qq_bias.is_some(),
+                has_mm: input.prefix_ranges.is_some(),
+                partials: Mutex::new(None),
+            },
         })
     }
 
     /// What validation learned about the step.
     pub fn summary(&self) -> StepSummary {
-        self.summary
+        self.gpu.summary
     }
 }

@@ -1,30 +1,22 @@
 // common/pack.wgsl — number-format helpers shared by codecs and the FP8 output path:
-// four signed bytes of a word, and OCP e4m3fn encode/decode (no native fp8 type in WGSL).
+// e4m3fn codes to f16 by bit placement, OCP e4m3fn encode (no native fp8 type in WGSL) and
+// exact division.
 
-// Four i8 codes of a word, element 4j in bits 0..7.
-fn unpack_i8x4(w: u32) -> vec4<f32> {
-    return vec4<f32>(vec4<i32>(
-        bitcast<i32>(w << 24u) >> 24u,
-        bitcast<i32>(w << 16u) >> 24u,
-        bitcast<i32>(w << 8u) >> 24u,
-        bitcast<i32>(w) >> 24u,
-    ));
-}
+// Four e4m3fn codes of a word (element 4j in bits 0..7) as f32 values times 2^-8, by bit
+// placement alone: a code's exponent and mantissa bits (eeee mmm) placed at the top of an f16
+// (sign at bit 15, eeee mmm at bits 13..7) make the f16 whose value is the code's value times
+// 2^(7-15) = 2^-8, for normal and subnormal codes alike (e4m3 subnormals land on f16
+// subnormals, which unpack2x16float converts exactly). The read contract folds 2^8 into the
+// row scale (E4M3_RAW_SCALE). The NaN codes are never stored (spec §10.7).
+const E4M3_RAW_SCALE: f32 = 256.0;
 
-// e4m3fn code -> f32. Subnormals (exponent 0) are m * 2^-9.
-fn e4m3_decode(c: u32) -> f32 {
-    let s = select(1.0, -1.0, (c & 0x80u) != 0u);
-    let e = (c >> 3u) & 0xFu;
-    let m = f32(c & 7u);
-    if (e == 0u) {
-        return s * m * (1.0 / 512.0);
-    }
-    return s * (1.0 + m * 0.125) * exp2(f32(i32(e) - 7));
-}
-
-fn e4m3_decode4(w: u32) -> vec4<f32> {
-    return vec4<f32>(e4m3_decode(w & 0xFFu), e4m3_decode((w >> 8u) & 0xFFu),
-                     e4m3_decode((w >> 16u) & 0xFFu), e4m3_decode(w >> 24u));
+fn e4m3_raw4(w: u32) -> vec4<f32> {
+    // bytes 0 and 2 into the two halves of one word, bytes 1 and 3 into another
+    let even = ((w & 0x007F007Fu) << 7u) | ((w & 0x00800080u) << 8u);
+    let odd = ((w >> 1u) & 0x3F803F80u) | (w & 0x80008000u);
+    let a = unpack2x16float(even);
+    let b = unpack2x16float(odd);
+    return vec4<f32>(a.x, b.x, a.y, b.y);
 }
 
 // f32 (finite) -> e4m3fn code: round to nearest even, saturate to +-448, never the NaN codes.

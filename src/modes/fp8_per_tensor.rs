@@ -1,8 +1,8 @@
 //! Mode `fp8_per_tensor`: FP8 e4m3fn codes with one caller-given scale for K and one for V
 //! (spec §3.2, §5.2).
 
-use super::{Codec, Dtype, KvQuantMode, QuantKvBackend, RowCodec};
-use crate::reference::quant;
+use super::quant;
+use super::{Codec, Dtype, KvQuantMode, ModeOptions, QuantKvBackend, RowCodec};
 
 /// Backend of [`KvQuantMode::Fp8PerTensor`].
 pub struct Fp8PerTensor;
@@ -14,7 +14,10 @@ impl QuantKvBackend for Fp8PerTensor {
     fn uses_tensor_scales(&self) -> bool {
         true
     }
-    fn codec(&self, _dtype: Dtype) -> Codec {
+    fn calibrate_tensor_scale(&self, values: &[f32]) -> f32 {
+        quant::calibrate_scale(values, quant::FP8_MAX)
+    }
+    fn codec(&self, _dtype: Dtype, _options: &ModeOptions) -> Codec {
         Codec {
             decode: include_str!("../../shaders/modes/fp8_per_tensor/decode.wgsl"),
             encode: Some(include_str!(
@@ -22,6 +25,7 @@ impl QuantKvBackend for Fp8PerTensor {
             )),
             transform: None,
             includes: &[],
+            encode_constants: Vec::new(),
         }
     }
     fn quantize_row(&self, x: &[f32], p: &RowCodec) -> (Vec<u8>, f32) {

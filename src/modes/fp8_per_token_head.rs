@@ -1,8 +1,8 @@
 //! Mode `fp8_per_token_head`: FP8 e4m3fn codes with one f32 scale per (token, kv head),
 //! `absmax/448` (spec §3.3, §5.3).
 
-use super::{Codec, Dtype, KvQuantMode, QuantKvBackend, RowCodec};
-use crate::reference::quant;
+use super::quant;
+use super::{Codec, Dtype, KvQuantMode, ModeOptions, QuantKvBackend, RowCodec};
 
 /// Backend of [`KvQuantMode::Fp8PerTokenHead`].
 pub struct Fp8PerTokenHead;
@@ -14,7 +14,7 @@ impl QuantKvBackend for Fp8PerTokenHead {
     fn needs_scale_caches(&self) -> bool {
         true
     }
-    fn codec(&self, _dtype: Dtype) -> Codec {
+    fn codec(&self, _dtype: Dtype, _options: &ModeOptions) -> Codec {
         Codec {
             decode: include_str!("../../shaders/modes/fp8_per_token_head/decode.wgsl"),
             encode: Some(include_str!(
@@ -22,6 +22,7 @@ impl QuantKvBackend for Fp8PerTokenHead {
             )),
             transform: None,
             includes: &[],
+            encode_constants: Vec::new(),
         }
     }
     fn quantize_row(&self, x: &[f32], _p: &RowCodec) -> (Vec<u8>, f32) {

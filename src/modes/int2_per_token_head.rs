@@ -1,10 +1,10 @@
 //! Mode `int2_per_token_head`: plain Hadamard rotation, then a 4-level Lloyd-Max codebook for a
 //! unit Gaussian, with `norm / (sqrt(d)·b)` as the row scale (spec §3.5, §10.2).
 
+use super::hadamard::pow2_block;
+use super::quant::{int2_codes, INT2_CENTROIDS};
 use super::rotation;
-use super::{Codec, Dtype, KvQuantMode, QuantKvBackend, RowCodec};
-use crate::reference::hadamard::pow2_block;
-use crate::reference::quant::{int2_codes, INT2_CENTROIDS};
+use super::{Codec, Dtype, KvQuantMode, ModeOptions, QuantKvBackend, RowCodec};
 
 /// Backend of [`KvQuantMode::Int2PerTokenHead`].
 pub struct Int2PerTokenHead;
@@ -19,7 +19,7 @@ impl QuantKvBackend for Int2PerTokenHead {
     fn needs_scale_caches(&self) -> bool {
         true
     }
-    fn codec(&self, _dtype: Dtype) -> Codec {
+    fn codec(&self, _dtype: Dtype, _options: &ModeOptions) -> Codec {
         Codec {
             decode: include_str!("../../shaders/modes/int2_per_token_head/decode.wgsl"),
             encode: Some(include_str!(
@@ -29,6 +29,7 @@ impl QuantKvBackend for Int2PerTokenHead {
                 "../../shaders/modes/int2_per_token_head/transform.wgsl"
             )),
             includes: rotation::INCLUDES,
+            encode_constants: Vec::new(),
         }
     }
     fn quantize_row(&self, x: &[f32], p: &RowCodec) -> (Vec<u8>, f32) {

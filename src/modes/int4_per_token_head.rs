@@ -1,10 +1,10 @@
 //! Mode `int4_per_token_head`: randomized Hadamard rotation, then asymmetric INT4 with the
 //! 4-bit zero point hidden in the low mantissa bits of the f32 row scale (spec §3.4, §5.4).
 
+use super::hadamard::pow2_block;
+use super::quant::int4_asym;
 use super::rotation;
-use super::{Codec, Dtype, KvQuantMode, QuantKvBackend, RowCodec};
-use crate::reference::hadamard::pow2_block;
-use crate::reference::quant::int4_asym;
+use super::{Codec, Dtype, KvQuantMode, ModeOptions, QuantKvBackend, RowCodec};
 
 /// Backend of [`KvQuantMode::Int4PerTokenHead`].
 pub struct Int4PerTokenHead;
@@ -19,7 +19,7 @@ impl QuantKvBackend for Int4PerTokenHead {
     fn needs_scale_caches(&self) -> bool {
         true
     }
-    fn codec(&self, _dtype: Dtype) -> Codec {
+    fn codec(&self, _dtype: Dtype, _options: &ModeOptions) -> Codec {
         Codec {
             decode: include_str!("../../shaders/modes/int4_per_token_head/decode.wgsl"),
             encode: Some(include_str!(
@@ -29,6 +29,7 @@ impl QuantKvBackend for Int4PerTokenHead {
                 "../../shaders/modes/int4_per_token_head/transform.wgsl"
             )),
             includes: rotation::INCLUDES,
+            encode_constants: Vec::new(),
         }
     }
     fn quantize_row(&self, x: &[f32], p: &RowCodec) -> (Vec<u8>, f32) {

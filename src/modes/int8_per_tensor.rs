@@ -1,8 +1,8 @@
 //! Mode `int8_per_tensor`: INT8 codes with one caller-given scale for K and one for V,
 //! rounded half to even (spec §10.1).
 
-use super::{Codec, Dtype, KvQuantMode, QuantKvBackend, RowCodec};
-use crate::reference::quant;
+use super::quant;
+use super::{Codec, Dtype, KvQuantMode, ModeOptions, QuantKvBackend, RowCodec};
 
 /// Backend of [`KvQuantMode::Int8PerTensor`].
 pub struct Int8PerTensor;
@@ -14,7 +14,10 @@ impl QuantKvBackend for Int8PerTensor {
     fn uses_tensor_scales(&self) -> bool {
         true
     }
-    fn codec(&self, _dtype: Dtype) -> Codec {
+    fn calibrate_tensor_scale(&self, values: &[f32]) -> f32 {
+        quant::calibrate_scale(values, 127.0)
+    }
+    fn codec(&self, _dtype: Dtype, _options: &ModeOptions) -> Codec {
         Codec {
             decode: include_str!("../../shaders/modes/int8_per_tensor/decode.wgsl"),
             encode: Some(include_str!(
@@ -22,6 +25,7 @@ impl QuantKvBackend for Int8PerTensor {
             )),
             transform: None,
             includes: &[],
+            encode_constants: Vec::new(),
         }
     }
     fn quantize_row(&self, x: &[f32], p: &RowCodec) -> (Vec<u8>, f32) {

@@ -1,147 +1,49 @@
-//! KV quant modes, the [`QuantKvBackend`] trait, and the registry: the only place that names
-//! every mode. A mode is one module here plus its WGSL files under `shaders/modes/<id>/`.
+//! KV quant modes: the [`QuantKvBackend`] trait, the mode options, and the registry — the only
+//! place that names every mode. A mode is one file here (its options, its WGSL codec
+//! description and its CPU codec side by side) plus its WGSL folder `shaders/modes/<id>/`, plus
+//! one line in [`create`]. Nothing in this module calls up into the kernels or the cache: the
+//! kernels take a [`Codec`] description, and the cache resolves its mode once
+//! ([`Resolved`]).
+//!
+//! Dependencies: `types`, `error` and the shared CPU math of this folder (`quant`,
+//! `hadamard`); never `gpu`, `kernels`, `cache` or `step`.
 
 mod fp8_per_tensor;
 mod fp8_per_token_head;
+pub mod hadamard;
 mod int2_per_token_head;
 mod int4_per_token_head;
 mod int8_per_tensor;
 mod int8_per_token_head;
 mod none;
+pub mod quant;
 mod rotation;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::attention::{self, Attention};
-use crate::cache::{self, CacheWrite};
-use crate::context::Context;
 use crate::error::{Error, Result};
+pub use crate::types::{Dtype, KvQuantMode};
 
-/// Storage format of the KV cache (spec §1.1; stable numeric values).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
-#[repr(u32)]
-pub enum KvQuantMode {
-    /// Unquantized: the cache holds the model dtype (f16 or f32).
-    None = 0,
-    /// FP8 e4m3fn with one caller-given scale for K and one for V.
-    Fp8PerTensor = 1,
-    /// INT8 with one f32 scale per (token, kv head), truncating like upstream.
-    Int8PerTokenHead = 2,
-    /// FP8 e4m3fn with one f32 scale per (token, kv head).
-    Fp8PerTokenHead = 3,
-    /// INT4 asymmetric after a randomized Hadamard rotation, zero point in the scale's low bits.
-    Int4PerTokenHead = 4,
-    /// INT2 Lloyd-Max codebook after a Hadamard rotation.
-    Int2PerTokenHead = 5,
-    /// INT8 with one caller-given scale for K and one for V.
-    Int8PerTensor = 6,
-}
-
-impl KvQuantMode {
-    /// Every mode of the spec, in enum order.
-    pub const ALL: [KvQuantMode; 7] = [
-        KvQuantMode::None,
-        KvQuantMode::Fp8PerTensor,
-        KvQuantMode::Int8PerTokenHead,
-        KvQuantMode::Fp8PerTokenHead,
-        KvQuantMode::Int4PerTokenHead,
-        KvQuantMode::Int2PerTokenHead,
-        KvQuantMode::Int8PerTensor,
-    ];
-
-    /// Stable lowercase id, equal to the mode's file and folder names.
-    pub fn id(self) -> &'static str {
-        match self {
-            KvQuantMode::None => "none",
-            KvQuantMode::Fp8PerTensor => "fp8_per_tensor",
-            KvQuantMode::Int8PerTokenHead => "int8_per_token_head",
-            KvQuantMode::Fp8PerTokenHead => "fp8_per_token_head",
-            KvQuantMode::Int4PerTokenHead => "int4_per_token_head",
-            KvQuantMode::Int2PerTokenHead => "int2_per_token_head",
-            KvQuantMode::Int8PerTensor => "int8_per_tensor",
-        }
-    }
-
-    /// Whether this version implements the mode (the others answer [`Error::Unsupported`]).
-    pub fn is_supported(self) -> bool {
-        create(self).is_some()
-    }
-}
-
-/// Model dtype: Q, K/V inputs, output, and the cache of mode `none`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub enum Dtype {
-    /// IEEE half, two per u32 word (element 2i in the low half). Arithmetic stays f32, so this
-    /// needs no `SHADER_F16`.
-    F16,
-    /// IEEE single.
-    F32,
-    /// OCP e4m3fn codes, four per u32 word: an attention *output* format (`output_scale`),
-    /// never a model dtype.
-    Fp8E4m3,
-}
-
-impl Dtype {
-    /// Bytes per element.
-    pub fn size(self) -> u32 {
-        match self {
-            Dtype::F16 => 2,
-            Dtype::F32 => 4,
-            Dtype::Fp8E4m3 => 1,
-        }
-    }
-
-    /// Short name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Dtype::F16 => "f16",
-            Dtype::F32 => "f32",
-            Dtype::Fp8E4m3 => "fp8e4m3",
-        }
-    }
-
-    /// Rounds an f64 to this dtype and back (what storing it in a buffer does).
-    pub fn round(self, x: f64) -> f64 {
-        match self {
-            Dtype::F16 => half::f16::from_f64(x).to_f64(),
-            Dtype::F32 => x as f32 as f64,
-            Dtype::Fp8E4m3 => fp8_e4m3_decode(fp8_e4m3_encode(x as f32)) as f64,
-        }
-    }
-
-    /// Encodes values as bytes of this dtype.
-    pub fn encode(self, xs: &[f64]) -> Vec<u8> {
-        match self {
-            Dtype::F16 => xs
-                .iter()
-                .flat_map(|&x| half::f16::from_f64(x).to_le_bytes())
-                .collect(),
-            Dtype::F32 => xs.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect(),
-            Dtype::Fp8E4m3 => xs.iter().map(|&x| fp8_e4m3_encode(x as f32)).collect(),
-        }
-    }
-
-    /// Decodes bytes of this dtype.
-    pub fn decode(self, bytes: &[u8]) -> Vec<f64> {
-        match self {
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
-                .collect(),
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-                .collect(),
-            Dtype::Fp8E4m3 => bytes.iter().map(|&c| fp8_e4m3_decode(c) as f64).collect(),
-        }
-    }
-}
-
-/// A mode's WGSL contracts, picked for the model dtype.
-#[derive(Clone, Copy, Debug)]
+/// A mode's WGSL contracts, picked for the model dtype and the mode's options.
+///
+/// **Read contract v2** (`decode`; see `shaders/common/kv_read.wgsl`, which builds the core's
+/// loads on it): a mode gives the kernels raw code words and per-row terms, never dequantized
+/// floats per element, so the row scale costs one multiply per key, not per element:
+/// - `const K_EPW: u32` / `V_EPW`: elements per u32 word (1 f32, 2 f16, 4 for 8-bit codes,
+///   8 INT4, 16 INT2);
+/// - `const K_HAS_ZERO: bool` / `V_HAS_ZERO`: whether rows carry a zero point;
+/// - `fn k_raw4(w: vec4<u32>, sub: u32) -> vec4<f32>` / `v_raw4`: four elements from the
+///   words that hold them (for `EPW <= 4`, the `4/EPW` words of the group in `w.x..`; for
+///   `EPW > 4`, the one word `w.x` and the group's index `sub` inside it), converted by bit
+///   operations only;
+/// - `fn k_row_scale(row: u32) -> f32`, `fn k_row_zero(row: u32) -> f32` (and `v_`): the
+///   row's terms, so that `value = (raw - zero) * scale`.
+///
+/// The kernels then compute `q·k = scale·(q·raw − zero·Σq)` and fold the V scale into `p`.
+#[derive(Clone, Debug)]
 pub struct Codec {
-    /// Read contract: `decode_k4(row, j)` and `decode_v4(row, j)` (see `unified.wgsl`).
+    /// Read contract v2 (above).
     pub decode: &'static str,
     /// Write contract for `write_rows.wgsl` (`CODE_BITS`, `HAS_SCALE_CACHE`, `enc_transform`,
     /// `enc_init`, `enc_stat`, `enc_fold`, `enc_params`, `enc_code`); `None` for modes that
@@ -152,6 +54,9 @@ pub struct Codec {
     pub transform: Option<&'static str>,
     /// Extra WGSL files the contracts include, as (path, source).
     pub includes: &'static [(&'static str, &'static str)],
+    /// Override constants the mode's encode contract declares (its options, e.g. INT8
+    /// rounding), set on the write pipeline only.
+    pub encode_constants: Vec<(&'static str, f64)>,
 }
 
 impl Codec {
@@ -162,8 +67,24 @@ impl Codec {
     }
 }
 
-pub use crate::reference::quant::Int8Rounding;
-use crate::reference::quant::{fp8_e4m3_decode, fp8_e4m3_encode};
+pub use int8_per_token_head::Int8Rounding;
+
+/// The options of every mode, each field owned (read and validated) by the mode it names; the
+/// core passes this through untouched. Modes without options ignore it.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ModeOptions {
+    /// `int8_per_token_head`: how codes are rounded (spec §3.3).
+    pub int8_rounding: Int8Rounding,
+}
+
+impl ModeOptions {
+    /// Options with the INT8 per-(token, head) rounding set.
+    pub fn with_int8_rounding(mut self, r: Int8Rounding) -> Self {
+        self.int8_rounding = r;
+        self
+    }
+}
 
 /// What the CPU codec of one row needs besides the values.
 #[derive(Clone, Copy, Debug)]
@@ -172,14 +93,12 @@ pub struct RowCodec {
     pub dtype: Dtype,
     /// Per-tensor scale of this side (K or V) for per-tensor modes.
     pub tensor_scale: f32,
-    /// INT8 per-(token, head) rounding.
-    pub rounding: Int8Rounding,
+    /// The cache's mode options.
+    pub options: ModeOptions,
 }
 
-/// One KV storage format: its metadata, its WGSL codec, and its two operations.
-///
-/// `reshape_and_cache` and `unified_attention` default to the core kernels composed with the
-/// mode's codec; a mode overrides one only when it needs a kernel of its own.
+/// One KV storage format: its metadata, its options, its WGSL codec and its CPU codec. The
+/// core kernels run every mode from this description; a mode never runs GPU work itself.
 pub trait QuantKvBackend: Send + Sync + 'static {
     /// The mode.
     fn mode(&self) -> KvQuantMode;
@@ -196,8 +115,12 @@ pub trait QuantKvBackend: Send + Sync + 'static {
     fn needs_scale_caches(&self) -> bool {
         false
     }
-    /// The mode's WGSL read contract for `dtype`.
-    fn codec(&self, dtype: Dtype) -> Codec;
+    /// The mode's WGSL contracts for `dtype` and `options`.
+    fn codec(&self, dtype: Dtype, options: &ModeOptions) -> Codec;
+    /// The mode's options folded into bits for the pipeline key (0 for modes without options).
+    fn option_bits(&self, _options: &ModeOptions) -> u32 {
+        0
+    }
     /// Whether the mode's write path is a plain row copy (rows stored as given).
     fn stores_rows_as_given(&self) -> bool {
         false
@@ -205,6 +128,11 @@ pub trait QuantKvBackend: Send + Sync + 'static {
     /// Whether the mode reads one caller-given scale for K and one for V.
     fn uses_tensor_scales(&self) -> bool {
         false
+    }
+    /// A per-tensor scale calibrated from a batch of values (per-tensor modes: `absmax / qmax`
+    /// of their code range, at least 1e-6; 1 for the others).
+    fn calibrate_tensor_scale(&self, _values: &[f32]) -> f32 {
+        1.0
     }
     /// CPU reference of the write path for one row: the stored bytes and the row's scale
     /// (the tensor scale for per-tensor modes, 1 for `none`).
@@ -243,28 +171,16 @@ pub trait QuantKvBackend: Send + Sync + 'static {
             0
         }
     }
-    /// Writes K/V rows into their paged slots (spec §3), recording into `enc`.
-    fn reshape_and_cache(
-        &self,
-        ctx: &Context,
-        enc: &mut wgpu::CommandEncoder,
-        w: &CacheWrite<'_>,
-    ) -> Result<()> {
-        cache::encode_write(self, ctx, enc, w)
-    }
-    /// Paged attention over the cache (spec §5, §6), recording into `enc`.
-    fn unified_attention(
-        &self,
-        ctx: &Context,
-        enc: &mut wgpu::CommandEncoder,
-        a: &Attention<'_>,
-    ) -> Result<()> {
-        attention::encode(self, ctx, enc, a)
+    /// The WGSL and Rust files this mode owns, relative to the crate root (the contributor
+    /// recipe: adding a mode adds exactly these plus one registry line).
+    fn owned_files(&self) -> Vec<String> {
+        let id = self.mode().id();
+        vec![format!("src/modes/{id}.rs"), format!("shaders/modes/{id}/")]
     }
 }
 
 /// Creates a fresh backend of `mode`, or `None` when the mode is not built yet. Most callers
-/// want [`Context::backend`], which creates each backend once.
+/// want [`backend`], which creates each backend once per process. The one line per mode.
 pub fn create(mode: KvQuantMode) -> Option<Arc<dyn QuantKvBackend>> {
     match mode {
         KvQuantMode::None => Some(Arc::new(none::NoneBackend)),
@@ -277,42 +193,98 @@ pub fn create(mode: KvQuantMode) -> Option<Arc<dyn QuantKvBackend>> {
     }
 }
 
-/// One backend per mode, created on first request.
-#[derive(Default)]
-pub struct Registry {
-    map: Mutex<HashMap<KvQuantMode, Arc<dyn QuantKvBackend>>>,
+static REGISTRY: OnceLock<Mutex<HashMap<KvQuantMode, Arc<dyn QuantKvBackend>>>> = OnceLock::new();
+
+/// The backend of `mode`, created on first request (once per process; backends hold no GPU
+/// state, pipelines are built per context on first use); [`Error::Unsupported`] for modes not
+/// built yet.
+pub fn backend(mode: KvQuantMode) -> Result<Arc<dyn QuantKvBackend>> {
+    let mut map = REGISTRY
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(b) = map.get(&mode) {
+        return Ok(b.clone());
+    }
+    let b = create(mode).ok_or(Error::Unsupported { mode })?;
+    map.insert(mode, b.clone());
+    Ok(b)
 }
 
-impl Registry {
-    /// The backend of `mode`, created on first request.
-    pub fn get(&self, mode: KvQuantMode) -> Result<Arc<dyn QuantKvBackend>> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = map.get(&mode) {
-            return Ok(b.clone());
+impl KvQuantMode {
+    /// Whether this version implements the mode (the others answer [`Error::Unsupported`]).
+    pub fn is_supported(self) -> bool {
+        create(self).is_some()
+    }
+}
+
+/// A mode resolved once for one cache: the backend, the cache's options and model dtype, and
+/// the codec they select. The kernels take this; nothing looks the mode up again per call.
+#[derive(Clone)]
+pub struct Resolved {
+    backend: Arc<dyn QuantKvBackend>,
+    options: ModeOptions,
+    dtype: Dtype,
+    codec: Codec,
+    option_bits: u32,
+}
+
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolved")
+            .field("mode", &self.backend.mode())
+            .field("options", &self.options)
+            .field("dtype", &self.dtype)
+            .finish()
+    }
+}
+
+impl Resolved {
+    /// Resolves `mode` with `options` for model dtype `dtype`.
+    pub fn new(mode: KvQuantMode, options: ModeOptions, dtype: Dtype) -> Result<Self> {
+        let backend = backend(mode)?;
+        let codec = backend.codec(dtype, &options);
+        let option_bits = backend.option_bits(&options);
+        Ok(Self {
+            backend,
+            options,
+            dtype,
+            codec,
+            option_bits,
+        })
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> KvQuantMode {
+        self.backend.mode()
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &dyn QuantKvBackend {
+        self.backend.as_ref()
+    }
+
+    /// The options.
+    pub fn options(&self) -> &ModeOptions {
+        &self.options
+    }
+
+    /// The codec for the cache's dtype and options.
+    pub fn codec(&self) -> &Codec {
+        &self.codec
+    }
+
+    /// The options as pipeline-key bits.
+    pub fn option_bits(&self) -> u32 {
+        self.option_bits
+    }
+
+    /// The CPU codec parameters of one side with per-tensor scale `tensor_scale`.
+    pub fn row_codec(&self, tensor_scale: f32) -> RowCodec {
+        RowCodec {
+            dtype: self.dtype,
+            tensor_scale,
+            options: self.options,
         }
-        let b = create(mode).ok_or(Error::Unsupported { mode })?;
-        map.insert(mode, b.clone());
-        Ok(b)
-    }
-
-    /// Modes whose backend has been created so far.
-    pub fn created(&self) -> Vec<KvQuantMode> {
-        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let mut v: Vec<KvQuantMode> = map.keys().copied().collect();
-        v.sort();
-        v
-    }
-}
-
-impl Context {
-    /// The backend of `mode`, created on first request; [`Error::Unsupported`] for modes not
-    /// built yet.
-    pub fn backend(&self, mode: KvQuantMode) -> Result<Arc<dyn QuantKvBackend>> {
-        self.registry.get(mode)
-    }
-
-    /// Modes whose backend this context has created so far.
-    pub fn created_backends(&self) -> Vec<KvQuantMode> {
-        self.registry.created()
     }
 }

@@ -1,6 +1,6 @@
 //! Mode `none`: the cache holds the model dtype (f16 or f32) as given (spec §3.1, §5.1).
 
-use super::{Codec, Dtype, KvQuantMode, QuantKvBackend, RowCodec};
+use super::{Codec, Dtype, KvQuantMode, ModeOptions, QuantKvBackend, RowCodec};
 
 /// Backend of [`KvQuantMode::None`].
 pub struct NoneBackend;
@@ -15,7 +15,7 @@ impl QuantKvBackend for NoneBackend {
     fn stores_rows_as_given(&self) -> bool {
         true
     }
-    fn codec(&self, dtype: Dtype) -> Codec {
+    fn codec(&self, dtype: Dtype, _options: &ModeOptions) -> Codec {
         Codec {
             decode: match dtype {
                 Dtype::F16 => include_str!("../../shaders/modes/none/decode_f16.wgsl"),
@@ -27,6 +27,7 @@ impl QuantKvBackend for NoneBackend {
             encode: None,
             transform: None,
             includes: &[],
+            encode_constants: Vec::new(),
         }
     }
     fn quantize_row(&self, x: &[f32], p: &RowCodec) -> (Vec<u8>, f32) {

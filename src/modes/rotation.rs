@@ -1,9 +1,9 @@
 //! What the rotation modes (INT4, INT2) share: their WGSL include files and the CPU rotation
 //! of a row. Never core: only rotation modes use it.
 
-use crate::modes::Dtype;
-use crate::reference::hadamard::{pow2_block, rht_fwd, rht_sign, wht_blocks};
-use crate::reference::quant::clean;
+use super::hadamard::{pow2_block, rht_fwd, rht_sign, wht_blocks};
+use super::quant::clean;
+use super::Dtype;
 
 /// WGSL files the rotation modes' contracts include.
 pub const INCLUDES: &[(&str, &str)] = &[

@@ -1,7 +1,7 @@
 //! f64 reference of `unified_attention` (spec §6) on dequantized caches.
 
-use crate::attention::AttentionParams;
-use crate::modes::{Dtype, QuantKvBackend};
+use crate::kernels::AttentionParams;
+use crate::modes::{Dtype, ModeOptions, QuantKvBackend};
 use crate::step::StepInput;
 
 /// Geometry of the caches handed to [`unified_attention`].
@@ -167,7 +167,11 @@ pub fn attention_on_codes(
         ..*p
     };
     let mut out = unified_attention(&q_ref, k_cache, v_cache, g, step, &p_ref);
-    if backend.codec(dtype).transform.is_some() {
+    if backend
+        .codec(dtype, &ModeOptions::default())
+        .transform
+        .is_some()
+    {
         for row in out.chunks_mut(d) {
             row.iter_mut().for_each(|x| *x = dtype.round(*x));
             backend.cpu_out_transform(row);

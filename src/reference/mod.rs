@@ -4,8 +4,7 @@
 pub mod attention;
 pub mod cache;
 pub mod data;
-pub mod hadamard;
-pub mod quant;
 pub mod rng;
 
+pub use crate::modes::{hadamard, quant};
 pub use attention::unified_attention;

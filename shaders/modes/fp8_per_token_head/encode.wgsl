@@ -1,4 +1,4 @@
-// modes/fp8_per_token_head/encode.wgsl — write contract used by attention/write_rows.wgsl.
+// modes/fp8_per_token_head/encode.wgsl — write contract used by kernels/write_rows.wgsl.
 // FP8 e4m3fn per-(token, head): four codes per word, one f32 scale per row (absmax/448).
 // The core reduces enc_stat over the cleaned row with enc_fold, asks enc_params for the row's
 // scale, and packs 32/CODE_BITS codes per word from enc_code (element order: low bits first).

@@ -1,10 +1,31 @@
-// modes/int8_per_tensor/decode.wgsl — read contract. INT8 per-tensor: four i8 codes per word, one caller-given scale for K and one for V.
-// decode_k4(row, j) / decode_v4(row, j): elements 4j..4j+3 of cached row `row`, dequantized.
-// #include "common/pack.wgsl"
-fn decode_k4(row: u32, j: u32) -> vec4<f32> {
-    return unpack_i8x4(k_cache[row * ly.k_row_words + j]) * ly.k_tensor_scale;
+// modes/int8_per_tensor/decode.wgsl — read contract v2. INT8 per-tensor: four i8 codes per
+// word (element 4j in bits 0..7, unpacked with unpack4xI8), one caller-given scale for K and
+// one for V.
+const K_EPW: u32 = 4u;
+const V_EPW: u32 = 4u;
+const K_HAS_ZERO: bool = false;
+const V_HAS_ZERO: bool = false;
+
+fn k_raw4(w: vec4<u32>, sub: u32) -> vec4<f32> {
+    return vec4<f32>(unpack4xI8(w.x));
 }
 
-fn decode_v4(row: u32, j: u32) -> vec4<f32> {
-    return unpack_i8x4(v_cache[row * ly.v_row_words + j]) * ly.v_tensor_scale;
+fn v_raw4(w: vec4<u32>, sub: u32) -> vec4<f32> {
+    return vec4<f32>(unpack4xI8(w.x));
+}
+
+fn k_row_scale(row: u32) -> f32 {
+    return ly.k_tensor_scale;
+}
+
+fn v_row_scale(row: u32) -> f32 {
+    return ly.v_tensor_scale;
+}
+
+fn k_row_zero(row: u32) -> f32 {
+    return 0.0;
+}
+
+fn v_row_zero(row: u32) -> f32 {
+    return 0.0;
 }

@@ -1,4 +1,4 @@
-// modes/int8_per_tensor/encode.wgsl — write contract used by attention/write_rows.wgsl.
+// modes/int8_per_tensor/encode.wgsl — write contract used by kernels/write_rows.wgsl.
 // INT8 per-tensor: four i8 codes per word, one caller-given scale for K and one for V.
 // The core reduces enc_stat over the cleaned row with enc_fold, asks enc_params for the row's
 // scale, and packs 32/CODE_BITS codes per word from enc_code (element order: low bits first).

@@ -1,10 +1,31 @@
-// modes/int8_per_token_head/decode.wgsl — read contract. INT8 per-(token, head): four i8 codes per word, one f32 scale per row (absmax/127).
-// decode_k4(row, j) / decode_v4(row, j): elements 4j..4j+3 of cached row `row`, dequantized.
-// #include "common/pack.wgsl"
-fn decode_k4(row: u32, j: u32) -> vec4<f32> {
-    return unpack_i8x4(k_cache[row * ly.k_row_words + j]) * k_scale[row];
+// modes/int8_per_token_head/decode.wgsl — read contract v2. INT8 per-(token, head): four i8
+// codes per word (element 4j in bits 0..7, unpacked with unpack4xI8), one f32 scale per row
+// (absmax/127).
+const K_EPW: u32 = 4u;
+const V_EPW: u32 = 4u;
+const K_HAS_ZERO: bool = false;
+const V_HAS_ZERO: bool = false;
+
+fn k_raw4(w: vec4<u32>, sub: u32) -> vec4<f32> {
+    return vec4<f32>(unpack4xI8(w.x));
 }
 
-fn decode_v4(row: u32, j: u32) -> vec4<f32> {
-    return unpack_i8x4(v_cache[row * ly.v_row_words + j]) * v_scale[row];
+fn v_raw4(w: vec4<u32>, sub: u32) -> vec4<f32> {
+    return vec4<f32>(unpack4xI8(w.x));
+}
+
+fn k_row_scale(row: u32) -> f32 {
+    return k_scale[row];
+}
+
+fn v_row_scale(row: u32) -> f32 {
+    return v_scale[row];
+}
+
+fn k_row_zero(row: u32) -> f32 {
+    return 0.0;
+}
+
+fn v_row_zero(row: u32) -> f32 {
+    return 0.0;
 }

@@ -1,8 +1,11 @@
-// modes/int8_per_token_head/encode.wgsl — write contract used by attention/write_rows.wgsl.
+// modes/int8_per_token_head/encode.wgsl — write contract used by kernels/write_rows.wgsl.
 // INT8 per-(token, head): four i8 codes per word, one f32 scale per row (absmax/127).
 // The core reduces enc_stat over the cleaned row with enc_fold, asks enc_params for the row's
 // scale, and packs 32/CODE_BITS codes per word from enc_code (element order: low bits first).
 // #include "common/pack.wgsl"
+// The mode's option (Int8Rounding, spec §3.3): 0 half away from zero (the default, the
+// released vLLM kernel), 1 truncate (triton_quant_kv), 2 half to even.
+override INT8_ROUNDING: u32 = 0u;
 const CODE_BITS: u32 = 8u;
 const HAS_SCALE_CACHE: bool = true;
 
@@ -33,10 +36,13 @@ fn enc_code(i: u32, p: vec4<f32>) -> u32 {
     }
     let y = clamp(x_sh[i] * p.y, -128.0, 127.0);
     var c: i32;
-    if (INT8_RNE) {
-        c = i32(clamp(round(y), -127.0, 127.0));
+    if (INT8_ROUNDING == 2u) {
+        c = i32(clamp(round(y), -127.0, 127.0)); // WGSL round() ties to even
+    } else if (INT8_ROUNDING == 1u) {
+        c = i32(y); // truncation toward zero, as triton_quant_kv's store
     } else {
-        c = i32(y); // truncation toward zero, as upstream's Triton store
+        // half away from zero as t >= 0 ? trunc(t + 0.5) : trunc(t - 0.5), like the CPU rha
+        c = i32(clamp(trunc(select(y - 0.5, y + 0.5, y >= 0.0)), -128.0, 127.0));
     }
     return u32(c) & 0xFFu;
 }

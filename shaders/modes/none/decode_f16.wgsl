@@ -1,12 +1,30 @@
-// modes/none/decode_f16.wgsl — read contract of mode `none` with an f16 cache.
-// decode_k4(row, j) / decode_v4(row, j): elements 4j..4j+3 of cached row `row`
-// (row = (block * block_size + slot) * num_kv_heads + kv_head), as f32 values.
-fn decode_k4(row: u32, j: u32) -> vec4<f32> {
-    let w = row * ly.k_row_words + 2u * j;
-    return vec4<f32>(unpack2x16float(k_cache[w]), unpack2x16float(k_cache[w + 1u]));
+// modes/none/decode_f16.wgsl — read contract v2 of mode `none` with an f16 cache: two halves
+// per word (element 2i in the low half), no scale, no zero point.
+const K_EPW: u32 = 2u;
+const V_EPW: u32 = 2u;
+const K_HAS_ZERO: bool = false;
+const V_HAS_ZERO: bool = false;
+
+fn k_raw4(w: vec4<u32>, sub: u32) -> vec4<f32> {
+    return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
 }
 
-fn decode_v4(row: u32, j: u32) -> vec4<f32> {
-    let w = row * ly.v_row_words + 2u * j;
-    return vec4<f32>(unpack2x16float(v_cache[w]), unpack2x16float(v_cache[w + 1u]));
+fn v_raw4(w: vec4<u32>, sub: u32) -> vec4<f32> {
+    return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+}
+
+fn k_row_scale(row: u32) -> f32 {
+    return 1.0;
+}
+
+fn v_row_scale(row: u32) -> f32 {
+    return 1.0;
+}
+
+fn k_row_zero(row: u32) -> f32 {
+    return 0.0;
+}
+
+fn v_row_zero(row: u32) -> f32 {
+    return 0.0;
 }

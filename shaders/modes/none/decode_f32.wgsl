@@ -1,11 +1,30 @@
-// modes/none/decode_f32.wgsl — read contract of mode `none` with an f32 cache.
-// decode_k4(row, j) / decode_v4(row, j): elements 4j..4j+3 of cached row `row`.
-fn decode_k4(row: u32, j: u32) -> vec4<f32> {
-    let w = row * ly.k_row_words + 4u * j;
-    return bitcast<vec4<f32>>(vec4<u32>(k_cache[w], k_cache[w + 1u], k_cache[w + 2u], k_cache[w + 3u]));
+// modes/none/decode_f32.wgsl — read contract v2 of mode `none` with an f32 cache: one element
+// per word, no scale, no zero point.
+const K_EPW: u32 = 1u;
+const V_EPW: u32 = 1u;
+const K_HAS_ZERO: bool = false;
+const V_HAS_ZERO: bool = false;
+
+fn k_raw4(w: vec4<u32>, sub: u32) -> vec4<f32> {
+    return bitcast<vec4<f32>>(w);
 }
 
-fn decode_v4(row: u32, j: u32) -> vec4<f32> {
-    let w = row * ly.v_row_words + 4u * j;
-    return bitcast<vec4<f32>>(vec4<u32>(v_cache[w], v_cache[w + 1u], v_cache[w + 2u], v_cache[w + 3u]));
+fn v_raw4(w: vec4<u32>, sub: u32) -> vec4<f32> {
+    return bitcast<vec4<f32>>(w);
+}
+
+fn k_row_scale(row: u32) -> f32 {
+    return 1.0;
+}
+
+fn v_row_scale(row: u32) -> f32 {
+    return 1.0;
+}
+
+fn k_row_zero(row: u32) -> f32 {
+    return 0.0;
+}
+
+fn v_row_zero(row: u32) -> f32 {
+    return 0.0;
 }

@@ -1,0 +1,206 @@
+// kernels/decode_common.wgsl — the decode kernel's (decode.wgsl) plumbing: bindings, the
+// workgroup's plan, the query prologue, score post-processing and the output / split-K partial
+// stores.
+//
+// Bindings: as unified.wgsl (0 StepU, 1 LayerU, 2 meta, 3 laux, 4 q, 5 k_cache, 6 v_cache,
+//           7 k_scale, 8 v_scale, 9 out or split-K partials).
+// Overrides: HEAD_DIM, WG_SIZE, MAX_M (rows = q heads per workgroup, <= 16),
+//            Q_SH_LEN = MAX_M*HEAD_DIM/4, feature flags.
+// #include "common/uniforms.wgsl"
+// #include "common/out.wgsl"
+
+override HEAD_DIM: u32 = 128u;
+override WG_SIZE: u32 = 128u;
+override MAX_M: u32 = 4u;
+override Q_SH_LEN: u32 = 128u;
+override HAS_SOFTCAP: bool = false;
+override HAS_SINKS: bool = false;
+override ALIBI_MODE: u32 = 0u; // 0 off, 1 linear, 2 sqrt
+override HAS_QQ: bool = false;
+override IS_SPLIT: bool = false;
+// M_MAX (= MAX_M, the size of the per-thread row arrays) is a const the host prepends, so
+// the arrays are exactly as long as the rows and live in registers.
+const NEG: f32 = -1.0e30;
+const NEG_HALF: f32 = -0.5e30;
+
+@group(0) @binding(0) var<uniform> st: StepU;
+@group(0) @binding(1) var<uniform> ly: LayerU;
+@group(0) @binding(2) var<storage, read> step_meta: array<i32>;
+@group(0) @binding(3) var<storage, read> laux: array<f32>;
+@group(0) @binding(4) var<storage, read> q: array<u32>;
+@group(0) @binding(5) var<storage, read> k_cache: array<u32>;
+@group(0) @binding(6) var<storage, read> v_cache: array<u32>;
+@group(0) @binding(7) var<storage, read> k_scale: array<f32>;
+@group(0) @binding(8) var<storage, read> v_scale: array<f32>;
+@group(0) @binding(9) var<storage, read_write> out: array<u32>;
+
+struct DecInfo {
+    valid: u32,
+    seq: u32,
+    tok: u32,       // the query's token row
+    ctx: u32,       // context_len = kv_len - 1
+    kv_len: u32,
+    head0: u32,     // first q head of this workgroup
+    nheads: u32,    // valid q heads in this workgroup
+    kv_head: u32,
+    key_lo: u32,    // this segment's keys: [key_lo, key_hi)
+    key_hi: u32,
+}
+
+var<workgroup> info: DecInfo;
+var<workgroup> q_sh: array<vec4<f32>, Q_SH_LEN>;
+fn plan_decode(wid: vec3<u32>, nseg: u32) -> DecInfo {
+    var r: DecInfo;
+    r.valid = 0u;
+    let s = wid.x;
+    if (s >= st.num_seqs) {
+        return r;
+    }
+    let cs = u32(step_meta[st.off_cu + s]);
+    if (u32(step_meta[st.off_cu + s + 1u]) == cs) {
+        return r; // no query token for this sequence in this step
+    }
+    let kv_len = u32(step_meta[st.off_su + s]);
+    let kvh = wid.y / ly.head_chunks;
+    let chunk = wid.y % ly.head_chunks;
+    r.seq = s;
+    r.tok = cs;
+    r.ctx = kv_len - 1u;
+    r.kv_len = kv_len;
+    r.kv_head = kvh;
+    r.head0 = kvh * ly.qpk + chunk * ly.heads_per_wg;
+    r.nheads = min(ly.heads_per_wg, ly.qpk - chunk * ly.heads_per_wg);
+    // The query (position kv_len - 1) sees every key before it, within the window.
+    var lo = 0u;
+    if (ly.window > 0u && kv_len > ly.window) {
+        lo = kv_len - ly.window;
+    }
+    var hi = kv_len;
+    if (IS_SPLIT) {
+        // Segments of whole 16-key groups, so neighbouring segments never share a sector.
+        let per = ((hi - lo + nseg - 1u) / nseg + 15u) & ~15u;
+        let a = min(hi, lo + wid.z * per);
+        hi = min(hi, a + per);
+        lo = a;
+    }
+    r.key_lo = lo;
+    r.key_hi = hi;
+    r.valid = 1u;
+    return r;
+}
+
+fn q_load4(e: u32) -> vec4<f32> {
+    let w = e / 4u * MODEL_WORDS4;
+    var words = vec4<u32>(q[w], q[w + 1u], 0u, 0u);
+    if (MODEL_WORDS4 == 4u) {
+        words.z = q[w + 2u];
+        words.w = q[w + 3u];
+    }
+    return model_unpack4(words);
+}
+
+// tanh without overflow for large |x|.
+fn stable_tanh(x: f32) -> f32 {
+    let t = exp(-2.0 * abs(x));
+    return sign(x) * (1.0 - t) / (1.0 + t);
+}
+
+// Raw q.k -> scaled, softcap, ALiBi, qq_bias; NEG for keys past the chunk and padding rows.
+fn finish_score(raw: f32, m: u32, key: u32, valid: bool, inf: DecInfo) -> f32 {
+    var x = raw * (ly.softmax_scale * transform_score_scale());
+    if (HAS_SOFTCAP) {
+        x = ly.softcap * stable_tanh(x / ly.softcap);
+    }
+    let head = inf.head0 + m;
+    if (ALIBI_MODE == 1u) {
+        x += laux[ly.off_alibi + head] * (f32(key) - f32(inf.ctx));
+    } else if (ALIBI_MODE == 2u) {
+        x -= laux[ly.off_alibi + head] * sqrt(f32(inf.ctx - min(key, inf.ctx)));
+    }
+    if (HAS_QQ && key >= inf.ctx && key - inf.ctx < st.qq_cols) {
+        x += bitcast<f32>(step_meta[st.off_qq + key - inf.ctx]);
+    }
+    if (!valid || m >= inf.nheads) {
+        x = NEG;
+    }
+    return x;
+}
+
+fn physical_row(seq: u32, key: u32, kv_head: u32) -> u32 {
+    let block = u32(step_meta[st.off_bt + seq * st.bt_stride + key / ly.block_size]);
+    return (block * ly.block_size + key % ly.block_size) * ly.num_kv_heads + kv_head;
+}
+
+
+// Prologue: the query rows into q_sh (then the mode's transform, rounded to the model dtype),
+// all threads; ends with a barrier.
+fn load_q(tid: u32, inf: DecInfo) {
+    let d4 = HEAD_DIM / 4u;
+    for (var e = tid; e < MAX_M * d4; e += WG_SIZE) {
+        let m = e / d4;
+        var v = vec4<f32>(0.0);
+        if (m < inf.nheads) {
+            v = q_load4((inf.tok * ly.num_q_heads + inf.head0 + m) * HEAD_DIM + 4u * (e % d4));
+        }
+        q_sh[e] = v;
+    }
+    workgroupBarrier();
+    if (HAS_TRANSFORM) {
+        q_transform(tid, MAX_M);
+        workgroupBarrier();
+        for (var e = tid; e < MAX_M * d4; e += WG_SIZE) {
+            q_sh[e] = model_round4(q_sh[e]);
+        }
+        workgroupBarrier();
+    }
+}
+
+// Row m, vec4 column col of the finished segment: unnormalised accumulator a, denominator l,
+// running maximum mx. With IS_SPLIT the split-K partials; else the output (staged in q_sh for
+// store_transformed when the mode has a transform).
+fn store_row4(m: u32, col: u32, a: vec4<f32>, l: f32, mx: f32, inf: DecInfo, seg: u32) {
+    let seen = inf.key_lo < inf.key_hi;
+    if (IS_SPLIT) {
+        if (m < inf.nheads) {
+            let slot = (inf.tok * ly.num_q_heads + inf.head0 + m) * ly.num_segments + seg;
+            let v = select(vec4<f32>(0.0), a, seen);
+            let b = slot * HEAD_DIM + 4u * col;
+            out[b] = bitcast<u32>(v.x);
+            out[b + 1u] = bitcast<u32>(v.y);
+            out[b + 2u] = bitcast<u32>(v.z);
+            out[b + 3u] = bitcast<u32>(v.w);
+            if (col == 0u) {
+                let sb = ly.seg_rows * ly.num_q_heads * ly.num_segments * HEAD_DIM + slot * 2u;
+                out[sb] = bitcast<u32>(select(NEG, mx, seen));
+                out[sb + 1u] = bitcast<u32>(select(0.0, l, seen));
+            }
+        }
+        return;
+    }
+    var v = vec4<f32>(0.0);
+    if (seen) {
+        v = a / l;
+    }
+    if (HAS_TRANSFORM) {
+        q_sh[m * (HEAD_DIM / 4u) + col] = model_round4(v);
+    } else if (m < inf.nheads) {
+        out_store4((inf.tok * ly.num_q_heads + inf.head0 + m) * HEAD_DIM + 4u * col, v);
+    }
+}
+
+// With a transform (and no split: then the reduce pass applies it): the staged rows in q_sh
+// transformed back and stored, all threads.
+fn store_transformed(tid: u32, inf: DecInfo) {
+    if (HAS_TRANSFORM && !IS_SPLIT) {
+        workgroupBarrier();
+        out_transform(tid, MAX_M);
+        workgroupBarrier();
+        let d4 = HEAD_DIM / 4u;
+        for (var e = tid; e < MAX_M * d4; e += WG_SIZE) {
+            let m = e / d4;
+            if (m < inf.nheads) {
+                out_store4((inf.tok * ly.num_q_heads + inf.head0 + m) * HEAD_DIM + 4u * (e % d4), q_sh[e]);
+            }
+        }
+    }
+}

@@ -1,0 +1,489 @@
+// kernels/unified.wgsl — paged flash attention over a quantized (or plain) KV cache: varlen
+// batch, chunked causal prefill and decode in one dispatch, GQA/MQA/MHA, sliding window,
+// softcap, sinks, ALiBi, qq_bias, bidirectional prefix ranges, and (IS_SPLIT) one split-K
+// segment per z-workgroup. The core knows no mode: it reads the cache through the mode's read
+// contract v2 (src/modes/mod.rs `Codec`) via common/kv_read.wgsl's k_value4 / v_value4
+// (elements 4j..4j+3 of cached row `row` = (block*block_size + slot)*kv_heads + kv_head,
+// dequantized once per element as a tile is staged, then shared by every query row of the
+// workgroup), and on the model types file's model_unpack4/model_pack4/MODEL_WORDS4 for Q and
+// the output.
+//
+// Bindings: 0 StepU, 1 LayerU, 2 meta (cu_seqlens_q, seqused_k, block_table, qq_bias, mm ranges),
+//           3 laux (sinks, alibi slopes), 4 q, 5 k_cache, 6 v_cache, 7 k_scale, 8 v_scale,
+//           9 out (model dtype; with IS_SPLIT: f32 partials acc [T,Hq,NS,D] then (M, L) [T,Hq,NS,2])
+// Overrides: HEAD_DIM, TILE (keys per tile), WG_SIZE, MAX_M (rows per workgroup),
+//            Q_SH_LEN = MAX_M*HEAD_DIM/4, KV_SH_LEN = TILE*(HEAD_DIM/4+1) (rows padded by one
+//            vec4 so threads reading different keys hit different banks), S_SH_LEN = MAX_M*TILE,
+//            ACC_N = ceil(MAX_M*HEAD_DIM/4 / WG_SIZE), feature flags. WG_SIZE is a multiple of
+//            MAX_M: the softmax gives each row WG_SIZE/MAX_M threads.
+// Dispatch: x = num_tokens_q / q_per_wg + num_seqs (q-blocks, found by binary search),
+//           y = num_kv_heads * head_chunks, z = num_segments.
+// A workgroup holds MAX_M rows = q_per_wg tokens x heads_per_wg q heads of ONE kv head, so each
+// K/V tile is read once for all query heads that share it (GQA packing).
+// Scores use a finite sentinel NEG instead of -inf: WGSL may assume finite math.
+// #include "common/uniforms.wgsl"
+// #include "common/out.wgsl"
+// #include "common/kv_read.wgsl"
+
+override HEAD_DIM: u32 = 128u;
+override TILE: u32 = 32u;
+override WG_SIZE: u32 = 128u;
+override MAX_M: u32 = 16u;
+override Q_SH_LEN: u32 = 512u;
+override KV_SH_LEN: u32 = 1024u;
+override S_SH_LEN: u32 = 512u;
+override ACC_N: u32 = 4u;
+override HAS_SOFTCAP: bool = false;
+override HAS_SINKS: bool = false;
+override ALIBI_MODE: u32 = 0u; // 0 off, 1 linear, 2 sqrt
+override HAS_QQ: bool = false;
+override HAS_MM: bool = false;
+override IS_SPLIT: bool = false;
+// Diagnostics only (QUANTKV_DEBUG_SKIP): 1 skips K/V loads, 2 the q.k dots, 4 the P.V loop.
+override DEBUG_SKIP: u32 = 0u;
+
+const ACC_MAX: u32 = 16u;
+const NEG: f32 = -1.0e30;
+const NEG_HALF: f32 = -0.5e30;
+
+@group(0) @binding(0) var<uniform> st: StepU;
+@group(0) @binding(1) var<uniform> ly: LayerU;
+@group(0) @binding(2) var<storage, read> step_meta: array<i32>;
+@group(0) @binding(3) var<storage, read> laux: array<f32>;
+@group(0) @binding(4) var<storage, read> q: array<u32>;
+@group(0) @binding(5) var<storage, read> k_cache: array<u32>;
+@group(0) @binding(6) var<storage, read> v_cache: array<u32>;
+@group(0) @binding(7) var<storage, read> k_scale: array<f32>;
+@group(0) @binding(8) var<storage, read> v_scale: array<f32>;
+@group(0) @binding(9) var<storage, read_write> out: array<u32>;
+
+struct WgInfo {
+    valid: u32,
+    seq: u32,
+    q_first: u32,   // global token row of the block's first query
+    rows_q: u32,    // valid query tokens in this block
+    i0: u32,        // index of the first query within its sequence
+    ctx: u32,       // context_len = seqused_k - query_len
+    kv_len: u32,
+    head0: u32,     // first q head of this workgroup
+    nheads: u32,    // valid q heads in this workgroup
+    kv_head: u32,
+    tile_lo: u32,
+    tile_hi: u32,
+}
+
+var<workgroup> info: WgInfo;
+var<workgroup> q_sh: array<vec4<f32>, Q_SH_LEN>;
+var<workgroup> kv_sh: array<vec4<f32>, KV_SH_LEN>;
+var<workgroup> s_sh: array<f32, S_SH_LEN>;
+var<workgroup> m_sh: array<f32, MAX_M>;
+var<workgroup> l_sh: array<f32, MAX_M>;
+var<workgroup> alpha_sh: array<f32, MAX_M>;
+var<workgroup> seen_sh: array<u32, MAX_M>;
+var<workgroup> mnew_sh: array<f32, MAX_M>;
+var<workgroup> red_sh: array<f32, WG_SIZE>;
+var<workgroup> row_sh: array<u32, TILE>;
+
+fn plan_workgroup(wid: vec3<u32>, nseg: u32) -> WgInfo {
+    var r: WgInfo;
+    r.valid = 0u;
+    let bq = ly.q_per_wg;
+    var lo = 0u;
+    var hi = st.num_seqs;
+    while (lo < hi) {
+        let mid = (lo + hi) / 2u;
+        let v = u32(step_meta[st.off_cu + mid]) / bq + mid;
+        if (v <= wid.x) {
+            lo = mid + 1u;
+        } else {
+            hi = mid;
+        }
+    }
+    if (lo == 0u) {
+        return r;
+    }
+    let s = lo - 1u;
+    let cs = u32(step_meta[st.off_cu + s]);
+    let q_len = u32(step_meta[st.off_cu + s + 1u]) - cs;
+    let i0 = (wid.x - (cs / bq + s)) * bq;
+    if (i0 >= q_len) {
+        return r;
+    }
+    let rows_q = min(bq, q_len - i0);
+    let kv_len = u32(step_meta[st.off_su + s]);
+    let ctx = kv_len - q_len;
+    let kvh = wid.y / ly.head_chunks;
+    let chunk = wid.y % ly.head_chunks;
+    r.seq = s;
+    r.q_first = cs + i0;
+    r.rows_q = rows_q;
+    r.i0 = i0;
+    r.ctx = ctx;
+    r.kv_len = kv_len;
+    r.kv_head = kvh;
+    r.head0 = kvh * ly.qpk + chunk * ly.heads_per_wg;
+    r.nheads = min(ly.heads_per_wg, ly.qpk - chunk * ly.heads_per_wg);
+    // Keys this block may see: causal up to its last query, window from its first query.
+    var key_hi = ctx + i0 + rows_q;
+    var key_lo = 0u;
+    if (HAS_MM) {
+        key_hi = kv_len;
+    } else if (ly.window > 0u) {
+        let first_qpos = ctx + i0;
+        if (first_qpos + 1u > ly.window) {
+            key_lo = first_qpos + 1u - ly.window;
+        }
+    }
+    var t_lo = key_lo / TILE;
+    var t_hi = (key_hi + TILE - 1u) / TILE;
+    if (IS_SPLIT) {
+        let n = t_hi - t_lo;
+        let tps = (n + nseg - 1u) / nseg;
+        let seg_lo = min(t_hi, t_lo + wid.z * tps);
+        t_hi = min(t_hi, seg_lo + tps);
+        t_lo = seg_lo;
+    }
+    r.tile_lo = t_lo;
+    r.tile_hi = t_hi;
+    r.valid = 1u;
+    return r;
+}
+
+fn q_load4(e: u32) -> vec4<f32> {
+    let w = e / 4u * MODEL_WORDS4;
+    var words = vec4<u32>(q[w], q[w + 1u], 0u, 0u);
+    if (MODEL_WORDS4 == 4u) {
+        words.z = q[w + 2u];
+        words.w = q[w + 3u];
+    }
+    return model_unpack4(words);
+}
+
+
+// tanh without overflow for large |x|.
+fn stable_tanh(x: f32) -> f32 {
+    let t = exp(-2.0 * abs(x));
+    return sign(x) * (1.0 - t) / (1.0 + t);
+}
+
+fn in_prefix_ranges(seq: u32, qpos: u32, key: u32) -> bool {
+    for (var r = 0u; r < st.mm_per_seq; r++) {
+        let base = st.off_mm + (seq * st.mm_per_seq + r) * 2u;
+        let a = step_meta[base];
+        let b = step_meta[base + 1u];
+        if (a < b && a <= i32(qpos) && i32(qpos) <= b && a <= i32(key) && i32(key) <= b) {
+            return true;
+        }
+    }
+    return false;
+}
+
+fn physical_row(seq: u32, key: u32, kv_head: u32) -> u32 {
+    let block = u32(step_meta[st.off_bt + seq * st.bt_stride + key / ly.block_size]);
+    return (block * ly.block_size + key % ly.block_size) * ly.num_kv_heads + kv_head;
+}
+
+// One tile element (vec4 index e of TILE x HEAD_DIM/4) from the cache: the row is clamped into
+// the tile (row_sh holds row 0, always in bounds, for keys past kv_len), so the load itself
+// never needs a branch; kv_put discards what lies outside the tile or past kv_len.
+fn kv_get(e: u32, is_v: bool) -> vec4<f32> {
+    let d4 = HEAD_DIM / 4u;
+    let row = row_sh[min(e / d4, TILE - 1u)];
+    if (is_v) {
+        return v_value4(row, e % d4);
+    }
+    return k_value4(row, e % d4);
+}
+
+fn kv_put(e: u32, v: vec4<f32>, key0: u32, kv_len: u32) {
+    let d4 = HEAD_DIM / 4u;
+    if (e < TILE * d4) {
+        let ok = key0 + e / d4 < kv_len && (DEBUG_SKIP & 1u) == 0u;
+        kv_sh[e / d4 * (d4 + 1u) + e % d4] = select(vec4<f32>(0.0), v, ok);
+    }
+}
+
+// The K (or V) tile into kv_sh. Eight independent loads are issued before any of them is
+// stored, so each thread keeps eight in flight: drivers do not reliably unroll the loop, and a
+// load-store-load chain pays the full memory latency per element.
+fn load_tile(tid: u32, key0: u32, kv_len: u32, loads: u32, is_v: bool) {
+    for (var k = 0u; k < loads; k += 8u) {
+        let e0 = tid + k * WG_SIZE;
+        let e1 = e0 + WG_SIZE;
+        let e2 = e1 + WG_SIZE;
+        let e3 = e2 + WG_SIZE;
+        let e4 = e3 + WG_SIZE;
+        let e5 = e4 + WG_SIZE;
+        let e6 = e5 + WG_SIZE;
+        let e7 = e6 + WG_SIZE;
+        let a0 = kv_get(e0, is_v);
+        let a1 = kv_get(e1, is_v);
+        let a2 = kv_get(e2, is_v);
+        let a3 = kv_get(e3, is_v);
+        let a4 = kv_get(e4, is_v);
+        let a5 = kv_get(e5, is_v);
+        let a6 = kv_get(e6, is_v);
+        let a7 = kv_get(e7, is_v);
+        kv_put(e0, a0, key0, kv_len);
+        kv_put(e1, a1, key0, kv_len);
+        kv_put(e2, a2, key0, kv_len);
+        kv_put(e3, a3, key0, kv_len);
+        kv_put(e4, a4, key0, kv_len);
+        kv_put(e5, a5, key0, kv_len);
+        kv_put(e6, a6, key0, kv_len);
+        kv_put(e7, a7, key0, kv_len);
+    }
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn main(@builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(local_invocation_index) tid: u32,
+        @builtin(num_workgroups) nwg: vec3<u32>) {
+    if (tid == 0u) {
+        info = plan_workgroup(wid, nwg.z);
+    }
+    let inf = workgroupUniformLoad(&info);
+    if (inf.valid == 0u) {
+        return;
+    }
+    let d4 = HEAD_DIM / 4u;
+    let ks = d4 + 1u; // padded K/V row stride in workgroup memory
+    let loads = (TILE * d4 + WG_SIZE - 1u) / WG_SIZE; // vec4 loads per thread per tile
+    let hg = ly.heads_per_wg;
+
+    // Prologue: Q rows into workgroup memory, softmax state.
+    for (var e = tid; e < MAX_M * d4; e += WG_SIZE) {
+        let m = e / d4;
+        let qi = m / hg;
+        let hh = m % hg;
+        var v = vec4<f32>(0.0);
+        if (qi < inf.rows_q && hh < inf.nheads) {
+            let tok = inf.q_first + qi;
+            v = q_load4(((tok * ly.num_q_heads) + inf.head0 + hh) * HEAD_DIM + 4u * (e % d4));
+        }
+        q_sh[e] = v;
+    }
+    if (HAS_TRANSFORM) {
+        // The mode's query transform (a rotation), then rounding to the model dtype (spec §5.4).
+        workgroupBarrier();
+        q_transform(tid, MAX_M);
+        workgroupBarrier();
+        for (var e = tid; e < MAX_M * d4; e += WG_SIZE) {
+            q_sh[e] = model_round4(q_sh[e]);
+        }
+    }
+    if (tid < MAX_M) {
+        var m0 = NEG;
+        let hh = tid % hg;
+        if (HAS_SINKS && !IS_SPLIT && hh < inf.nheads) {
+            m0 = laux[ly.off_sinks + inf.head0 + hh];
+        }
+        m_sh[tid] = m0;
+        l_sh[tid] = 1.0;
+        seen_sh[tid] = 0u;
+    }
+    var acc: array<vec4<f32>, ACC_MAX>;
+    for (var k = 0u; k < ACC_N; k++) {
+        acc[k] = vec4<f32>(0.0);
+    }
+
+    for (var tile = inf.tile_lo; tile < inf.tile_hi; tile++) {
+        let key0 = tile * TILE;
+        workgroupBarrier();
+        // Physical rows of the tile's keys: one block-table read per key, not per element.
+        for (var t = tid; t < TILE; t += WG_SIZE) {
+            let key = key0 + t;
+            var r = 0u;
+            if (key < inf.kv_len) {
+                r = physical_row(inf.seq, key, inf.kv_head);
+            }
+            row_sh[t] = r;
+        }
+        workgroupBarrier();
+        // K tile, dequantized by the mode's contract.
+        load_tile(tid, key0, inf.kv_len, loads, false);
+        workgroupBarrier();
+        // Scores: raw -> softcap -> mask -> ALiBi -> qq_bias.
+        for (var k = 0u; k < (MAX_M * TILE + WG_SIZE - 1u) / WG_SIZE; k++) {
+            let e = tid + k * WG_SIZE;
+            if (e >= MAX_M * TILE) {
+                break;
+            }
+            let m = e / TILE;
+            let t = e % TILE;
+            let qi = m / hg;
+            let hh = m % hg;
+            let key = key0 + t;
+            var s = NEG;
+            if (qi < inf.rows_q && hh < inf.nheads && key < inf.kv_len) {
+                let qpos = inf.ctx + inf.i0 + qi;
+                var allowed = key <= qpos && (ly.window == 0u || qpos - key < ly.window);
+                if (HAS_MM && !allowed) {
+                    allowed = in_prefix_ranges(inf.seq, qpos, key);
+                }
+                if (allowed) {
+                    var dot_acc = 0.0;
+                    for (var j = 0u; j < d4 * u32((DEBUG_SKIP & 2u) == 0u); j++) {
+                        dot_acc += dot(q_sh[m * d4 + j], kv_sh[t * ks + j]);
+                    }
+                    s = dot_acc * (ly.softmax_scale * transform_score_scale());
+                    if (HAS_SOFTCAP) {
+                        s = ly.softcap * stable_tanh(s / ly.softcap);
+                    }
+                    let head = inf.head0 + hh;
+                    if (ALIBI_MODE == 1u) {
+                        s += laux[ly.off_alibi + head] * (f32(key) - f32(inf.ctx));
+                    } else if (ALIBI_MODE == 2u) {
+                        let rel = i32(key) - i32(qpos);
+                        if (rel <= 0) {
+                            s -= laux[ly.off_alibi + head] * sqrt(f32(-rel));
+                        }
+                    }
+                    if (HAS_QQ) {
+                        let kr = i32(key) - i32(inf.ctx);
+                        if (kr >= 0 && u32(kr) < st.qq_cols) {
+                            s += bitcast<f32>(step_meta[st.off_qq + (inf.i0 + qi) * st.qq_cols + u32(kr)]);
+                        }
+                    }
+                }
+            }
+            s_sh[e] = s;
+        }
+        workgroupBarrier();
+        // Online softmax, WG_SIZE/MAX_M threads per row: partial maxima, then the row leader
+        // folds them; V tile loads meanwhile (the scores no longer need K).
+        let rt = WG_SIZE / MAX_M;
+        let rm = tid / rt;
+        let rsub = tid % rt;
+        var part = NEG;
+        for (var t = rsub; t < TILE; t += rt) {
+            part = max(part, s_sh[rm * TILE + t]);
+        }
+        red_sh[tid] = part;
+        load_tile(tid, key0, inf.kv_len, loads, true);
+        workgroupBarrier();
+        if (rsub == 0u) {
+            var mx = NEG;
+            for (var r = 0u; r < rt; r++) {
+                mx = max(mx, red_sh[tid + r]);
+            }
+            if (mx > NEG_HALF) {
+                let m_new = max(m_sh[rm], mx);
+                alpha_sh[rm] = exp(m_sh[rm] - m_new);
+                mnew_sh[rm] = m_new;
+                seen_sh[rm] = 1u;
+            } else {
+                alpha_sh[rm] = 1.0;
+                mnew_sh[rm] = NEG;
+            }
+        }
+        workgroupBarrier();
+        let m_new = mnew_sh[rm];
+        var psum = 0.0;
+        for (var t = rsub; t < TILE; t += rt) {
+            let sv = s_sh[rm * TILE + t];
+            var p = 0.0;
+            if (m_new > NEG_HALF && sv > NEG_HALF) {
+                p = exp(sv - m_new);
+            }
+            s_sh[rm * TILE + t] = p;
+            psum += p;
+        }
+        red_sh[tid] = psum;
+        if (rsub == 0u && m_new > NEG_HALF) {
+            m_sh[rm] = m_new;
+        }
+        workgroupBarrier();
+        if (rsub == 0u) {
+            var sum = 0.0;
+            for (var r = 0u; r < rt; r++) {
+                sum += red_sh[tid + r];
+            }
+            l_sh[rm] = l_sh[rm] * alpha_sh[rm] + sum;
+        }
+        // P·V into the thread's accumulators.
+        for (var k = 0u; k < ACC_N; k++) {
+            let e = tid + k * WG_SIZE;
+            if (e < MAX_M * d4) {
+                let m = e / d4;
+                let j = e % d4;
+                var a = acc[k] * alpha_sh[m];
+                for (var t = 0u; t < TILE * u32((DEBUG_SKIP & 4u) == 0u); t++) {
+                    a += s_sh[m * TILE + t] * kv_sh[t * ks + j];
+                }
+                acc[k] = a;
+            }
+        }
+    }
+    workgroupBarrier();
+
+    // Epilogue. With a transform (and no split: then the reduce pass applies it), rows are
+    // staged in q_sh, rounded to the model dtype, transformed back, then stored.
+    if (HAS_TRANSFORM && !IS_SPLIT) {
+        for (var k = 0u; k < ACC_N; k++) {
+            let e = tid + k * WG_SIZE;
+            if (e < MAX_M * d4) {
+                let m = e / d4;
+                var v = vec4<f32>(0.0);
+                if (seen_sh[m] != 0u) {
+                    v = acc[k] / l_sh[m];
+                }
+                q_sh[e] = model_round4(v);
+            }
+        }
+        workgroupBarrier();
+        out_transform(tid, MAX_M);
+        workgroupBarrier();
+        for (var k = 0u; k < ACC_N; k++) {
+            let e = tid + k * WG_SIZE;
+            if (e < MAX_M * d4) {
+                let m = e / d4;
+                let qi = m / hg;
+                let hh = m % hg;
+                if (qi < inf.rows_q && hh < inf.nheads) {
+                    let tok = inf.q_first + qi;
+                    out_store4((tok * ly.num_q_heads + inf.head0 + hh) * HEAD_DIM + 4u * (e % d4), q_sh[e]);
+                }
+            }
+        }
+        return;
+    }
+    for (var k = 0u; k < ACC_N; k++) {
+        let e = tid + k * WG_SIZE;
+        if (e < MAX_M * d4) {
+            let m = e / d4;
+            let j = e % d4;
+            let qi = m / hg;
+            let hh = m % hg;
+            if (qi < inf.rows_q && hh < inf.nheads) {
+                let tok = inf.q_first + qi;
+                let head = inf.head0 + hh;
+                let seen = seen_sh[m] != 0u;
+                if (IS_SPLIT) {
+                    let ns = ly.num_segments;
+                    let slot = (tok * ly.num_q_heads + head) * ns + wid.z;
+                    var a = acc[k];
+                    if (!seen) {
+                        a = vec4<f32>(0.0);
+                    }
+                    let b = slot * HEAD_DIM + 4u * j;
+                    out[b] = bitcast<u32>(a.x);
+                    out[b + 1u] = bitcast<u32>(a.y);
+                    out[b + 2u] = bitcast<u32>(a.z);
+                    out[b + 3u] = bitcast<u32>(a.w);
+                    if (j == 0u) {
+                        let sb = ly.seg_rows * ly.num_q_heads * ns * HEAD_DIM + slot * 2u;
+                        out[sb] = bitcast<u32>(select(NEG, m_sh[m], seen));
+                        out[sb + 1u] = bitcast<u32>(select(0.0, l_sh[m], seen));
+                    }
+                } else {
+                    var v = vec4<f32>(0.0);
+                    if (seen) {
+                        v = acc[k] / l_sh[m];
+                    }
+                    out_store4((tok * ly.num_q_heads + head) * HEAD_DIM + 4u * j, v);
+                }
+            }
+        }
+    }
+}

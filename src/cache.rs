@@ -1,0 +1,279 @@
+//! The paged KV cache: allocation within the adapter's limits, and the two per-layer operations
+//! (`reshape_and_cache`, `unified_attention`) that hand a layer and a step to the kernels.
+//!
+//! Layout (spec §2.2): each layer's K and V pools are `[num_blocks, block_size, num_kv_heads,
+//! packed_head_size]`, row-major; cached row `r = (block * block_size + slot) * num_kv_heads +
+//! kv_head` starts at byte `r * row_bytes`. Scale caches, when the mode has them, hold one f32
+//! per row at index `r`. The mode is resolved once, when the cache is made.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::config::{footprint, CacheConfig, CacheFootprint};
+use crate::error::{invalid, Error, Result};
+use crate::gpu::{Context, Tensor};
+use crate::kernels::{self, AttentionParams, LaunchPlan, LayerRef};
+use crate::modes::{Resolved, RowCodec};
+use crate::step::BatchPlan;
+
+static NEXT_CACHE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// One layer's buffers. Read-only from outside: the pools are written only by the cache's own
+/// operations.
+pub struct LayerKv {
+    config: CacheConfig,
+    mode: Resolved,
+    cache_id: u64,
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    k_scale: wgpu::Buffer,
+    v_scale: wgpu::Buffer,
+    tensor_scales: (f32, f32),
+}
+
+impl LayerKv {
+    /// The cache configuration.
+    pub fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
+    /// K page pool (`array<u32>` words).
+    pub fn k(&self) -> &wgpu::Buffer {
+        &self.k
+    }
+
+    /// V page pool.
+    pub fn v(&self) -> &wgpu::Buffer {
+        &self.v
+    }
+
+    /// K scale cache (a 16-byte dummy when the mode has none).
+    pub fn k_scale(&self) -> &wgpu::Buffer {
+        &self.k_scale
+    }
+
+    /// V scale cache (a 16-byte dummy when the mode has none).
+    pub fn v_scale(&self) -> &wgpu::Buffer {
+        &self.v_scale
+    }
+
+    /// Per-tensor scales (K, V) of per-tensor modes; (1, 1) until set.
+    pub fn tensor_scales(&self) -> (f32, f32) {
+        self.tensor_scales
+    }
+
+    /// The CPU codec parameters of this layer's K (`is_v = false`) or V rows.
+    pub fn row_codec(&self, is_v: bool) -> RowCodec {
+        self.mode.row_codec(if is_v {
+            self.tensor_scales.1
+        } else {
+            self.tensor_scales.0
+        })
+    }
+
+    fn kernel_ref(&self) -> LayerRef<'_> {
+        LayerRef {
+            mode: &self.mode,
+            geometry: self.config.geometry(),
+            k: &self.k,
+            v: &self.v,
+            k_scale: &self.k_scale,
+            v_scale: &self.v_scale,
+            tensor_scales: self.tensor_scales,
+        }
+    }
+}
+
+/// Arguments of [`KvCache::unified_attention`].
+pub struct Attention<'a> {
+    /// The step.
+    pub plan: &'a BatchPlan,
+    /// The layer's cache (one of this cache's layers).
+    pub layer: &'a LayerKv,
+    /// `[>= num_tokens_q, num_q_heads, head_size]`, model dtype.
+    pub q: Tensor<'a>,
+    /// `[>= num_tokens_q, num_q_heads, head_size]`, model dtype; rows past `num_tokens_q` are
+    /// left untouched.
+    pub out: Tensor<'a>,
+    /// Parameters.
+    pub params: &'a AttentionParams<'a>,
+}
+
+/// A model's KV cache: K and V pools (and scale caches) for every layer.
+pub struct KvCache {
+    config: CacheConfig,
+    mode: Resolved,
+    id: u64,
+    footprint: CacheFootprint,
+    layers: Vec<LayerKv>,
+}
+
+impl KvCache {
+    /// Allocates the cache, zero-initialised. Rejects a config whose pools exceed the adapter's
+    /// storage-binding or buffer-size limit, naming the largest `num_blocks` that fits.
+    pub fn new(ctx: &Context, config: &CacheConfig) -> Result<Self> {
+        config.validate()?;
+        let mode = Resolved::new(config.mode, config.options, config.dtype)?;
+        let fp = footprint(mode.backend(), config);
+        let limits = ctx.limits();
+        let limit = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        let per_block_pool = fp.pool_bytes / config.num_blocks as u64;
+        let per_block_scale = fp.scale_bytes / config.num_blocks as u64;
+        for (what, bytes, per_block) in [
+            ("KV page pool", fp.pool_bytes, per_block_pool),
+            ("scale cache", fp.scale_bytes, per_block_scale),
+        ] {
+            if bytes > limit {
+                return Err(Error::BindingTooLarge {
+                    what,
+                    bytes,
+                    limit,
+                    max_num_blocks: (limit / per_block.max(1)).min(u32::MAX as u64) as u32,
+                });
+            }
+        }
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
+        let make = |label: &str, size: u64| {
+            ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: size.max(16),
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let id = NEXT_CACHE_ID.fetch_add(1, Ordering::Relaxed);
+        let layers = (0..config.num_layers)
+            .map(|_| LayerKv {
+                config: *config,
+                mode: mode.clone(),
+                cache_id: id,
+                k: make("quantkv/k_pool", fp.pool_bytes),
+                v: make("quantkv/v_pool", fp.pool_bytes),
+                k_scale: make("quantkv/k_scale", fp.scale_bytes),
+                v_scale: make("quantkv/v_scale", fp.scale_bytes),
+                tensor_scales: (1.0, 1.0),
+            })
+            .collect();
+        Ok(Self {
+            config: *config,
+            mode,
+            id,
+            footprint: fp,
+            layers,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
+    /// The resolved mode (backend, options, codec).
+    pub fn mode(&self) -> &Resolved {
+        &self.mode
+    }
+
+    /// Byte sizes.
+    pub fn footprint(&self) -> CacheFootprint {
+        self.footprint
+    }
+
+    /// Layer `i`'s buffers (panics when `i >= num_layers`; see [`KvCache::get_layer`]).
+    pub fn layer(&self, i: usize) -> &LayerKv {
+        &self.layers[i]
+    }
+
+    /// Layer `i`'s buffers, or an error naming the layer count.
+    pub fn get_layer(&self, i: usize) -> Result<&LayerKv> {
+        self.layers
+            .get(i)
+            .ok_or_else(|| invalid("layer", format!("{i} >= num_layers {}", self.layers.len())))
+    }
+
+    /// All layers.
+    pub fn layers(&self) -> &[LayerKv] {
+        &self.layers
+    }
+
+    /// Sets layer `layer`'s per-tensor scales (per-tensor modes; calibrated offline, e.g. with
+    /// [`crate::reference::quant::calibrate_scale`]). Both must be finite and > 0.
+    pub fn set_tensor_scales(&mut self, layer: usize, k_scale: f32, v_scale: f32) -> Result<()> {
+        for s in [k_scale, v_scale] {
+            if !(s.is_finite() && s > 0.0) {
+                return Err(invalid(
+                    "tensor scale",
+                    format!("{s} must be finite and > 0"),
+                ));
+            }
+        }
+        let n = self.layers.len();
+        let l = self
+            .layers
+            .get_mut(layer)
+            .ok_or_else(|| invalid("layer", format!("{layer} >= num_layers {n}")))?;
+        l.tensor_scales = (k_scale, v_scale);
+        Ok(())
+    }
+
+    /// Writes `key`/`value` rows of `plan`'s tokens into layer `layer` (spec §3), recording into
+    /// `enc`: `[num_write_tokens, num_kv_heads, head_size]` each, model dtype.
+    pub fn reshape_and_cache(
+        &self,
+        ctx: &Context,
+        enc: &mut wgpu::CommandEncoder,
+        plan: &BatchPlan,
+        layer: usize,
+        key: Tensor<'_>,
+        value: Tensor<'_>,
+    ) -> Result<()> {
+        let layer = self.get_layer(layer)?;
+        kernels::write::encode(ctx, enc, &layer.kernel_ref(), &plan.gpu, &key, &value)
+    }
+
+    /// Paged attention over `a.layer` (one of this cache's layers) for `a.plan`'s batch (spec
+    /// §5, §6), recording into `enc`.
+    pub fn unified_attention(
+        &self,
+        ctx: &Context,
+        enc: &mut wgpu::CommandEncoder,
+        a: &Attention<'_>,
+    ) -> Result<()> {
+        self.check_own(a.layer)?;
+        kernels::attention::encode(
+            ctx,
+            enc,
+            &a.layer.kernel_ref(),
+            &a.plan.gpu,
+            &a.q,
+            &a.out,
+            a.params,
+        )
+    }
+
+    /// How a call with `params` over `plan` will be launched on `ctx`'s device (the planning
+    /// `unified_attention` does; for benchmarks and callers who want to see it).
+    pub fn launch_plan(
+        &self,
+        ctx: &Context,
+        plan: &BatchPlan,
+        params: &AttentionParams<'_>,
+    ) -> Result<LaunchPlan> {
+        kernels::launch_plan(
+            ctx.caps(),
+            &self.config.geometry(),
+            &plan.gpu.summary,
+            params,
+            plan.gpu.has_mm,
+        )
+    }
+
+    fn check_own(&self, layer: &LayerKv) -> Result<()> {
+        if layer.cache_id != self.id {
+            return Err(invalid("layer", "belongs to another KvCache"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,295 @@
+//! Compute pipelines: keyed by everything that changes the generated code, built lazily on
+//! first use, cached in the [`crate::Context`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use super::compose::compose;
+use super::context::Context;
+use crate::error::{Error, Result};
+use crate::types::{Dtype, KvQuantMode};
+
+/// The core kernels.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Kernel {
+    /// reshape_and_cache for modes that store rows as given.
+    WriteCopy,
+    /// unified_attention (2D, or one split-K segment per z-workgroup with `Features::SPLIT`).
+    Attention,
+    /// split-K reduce pass.
+    Reduce,
+    /// unified_attention specialised for decode batches (every query length <= 1).
+    Decode,
+    /// reshape_and_cache for quantized modes.
+    WriteRows,
+}
+
+impl Kernel {
+    /// Name used in labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::WriteCopy => "write_copy",
+            Kernel::Attention => "unified",
+            Kernel::Reduce => "reduce",
+            Kernel::Decode => "decode",
+            Kernel::WriteRows => "write_rows",
+        }
+    }
+}
+
+/// Feature bits that select shader specialisations.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub struct Features(pub u32);
+
+impl Features {
+    /// tanh softcap.
+    pub const SOFTCAP: u32 = 1;
+    /// attention sinks.
+    pub const SINKS: u32 = 2;
+    /// linear ALiBi.
+    pub const ALIBI: u32 = 4;
+    /// sqrt ALiBi.
+    pub const ALIBI_SQRT: u32 = 8;
+    /// qq_bias.
+    pub const QQ_BIAS: u32 = 16;
+    /// multimodal prefix ranges.
+    pub const MM_PREFIX: u32 = 32;
+    /// split-K segment pass.
+    pub const SPLIT: u32 = 64;
+    /// FP8 e4m3 output (`output_scale`).
+    pub const OUT_FP8: u32 = 256;
+    /// Subgroup operations (decode kernel; adapters with subgroups of >= 8 invocations).
+    pub const SUBGROUPS: u32 = 512;
+
+    /// Whether `bit` is set.
+    pub fn has(self, bit: u32) -> bool {
+        self.0 & bit != 0
+    }
+}
+
+impl fmt::Display for Features {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const NAMES: [(u32, &str); 9] = [
+            (Features::SOFTCAP, "softcap"),
+            (Features::SINKS, "sinks"),
+            (Features::ALIBI, "alibi"),
+            (Features::ALIBI_SQRT, "alibi_sqrt"),
+            (Features::QQ_BIAS, "qq"),
+            (Features::MM_PREFIX, "mm"),
+            (Features::SPLIT, "split"),
+            (Features::OUT_FP8, "out_fp8"),
+            (Features::SUBGROUPS, "sg"),
+        ];
+        let names: Vec<&str> = NAMES
+            .iter()
+            .filter(|(b, _)| self.has(*b))
+            .map(|(_, n)| *n)
+            .collect();
+        if names.is_empty() {
+            write!(f, "base")
+        } else {
+            write!(f, "{}", names.join("+"))
+        }
+    }
+}
+
+/// Everything that changes the generated code of one pipeline.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct PipelineKey {
+    /// Which kernel.
+    pub kernel: Kernel,
+    /// K cache mode.
+    pub k: KvQuantMode,
+    /// V cache mode.
+    pub v: KvQuantMode,
+    /// The modes' options as bits (from the mode's `option_bits`; opaque here).
+    pub mode_options: u32,
+    /// Head size.
+    pub head_dim: u32,
+    /// Model dtype (Q, K/V inputs, output).
+    pub dtype: Dtype,
+    /// Specialisations.
+    pub features: Features,
+    /// Workgroup geometry.
+    pub tiling: Tiling,
+    /// Profiling knobs that change the generated code (`debug-knobs` feature; always 0
+    /// without it), so a knob-built pipeline never serves a normal call.
+    pub debug: u32,
+}
+
+impl fmt::Display for PipelineKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "quantkv/{}/{}-{}/o{}/d{}/{}/{}/t{}w{}m{}{}",
+            self.kernel.name(),
+            self.k.id(),
+            self.v.id(),
+            self.mode_options,
+            self.head_dim,
+            self.dtype.name(),
+            self.features,
+            self.tiling.tile,
+            self.tiling.wg_size,
+            self.tiling.max_m,
+            if self.debug != 0 {
+                format!("/debug{}", self.debug)
+            } else {
+                String::new()
+            }
+        )
+    }
+}
+
+/// Workgroup geometry a pipeline is built with; host dispatch math uses the same values.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Tiling {
+    /// Threads per workgroup.
+    pub wg_size: u32,
+    /// Keys per KV tile.
+    pub tile: u32,
+    /// Rows (query token x query head) per workgroup.
+    pub max_m: u32,
+}
+
+/// A built pipeline and the geometry it was built with.
+pub struct Compiled {
+    /// The pipeline.
+    pub pipeline: wgpu::ComputePipeline,
+    /// Its bind group layout (group 0).
+    pub layout: wgpu::BindGroupLayout,
+}
+
+/// Lazily filled pipeline cache.
+#[derive(Default)]
+pub struct PipelineCache {
+    map: RwLock<HashMap<PipelineKey, Arc<Compiled>>>,
+}
+
+/// What a caller hands the cache to build a missing pipeline.
+pub struct PipelineSource<'a> {
+    /// Root WGSL source of the kernel (may `// #include` common files).
+    pub kernel: &'static str,
+    /// WGSL parts placed between the model types file and the kernel (the mode's contracts).
+    pub codec: Vec<&'a str>,
+    /// Generated WGSL placed before the codec parts: `const` declarations a kernel needs as
+    /// array sizes (WGSL has no override-sized function-scope arrays). Empty for most kernels.
+    pub prelude: String,
+    /// Files the parts may `// #include` besides the core ones (e.g. a mode family's shared
+    /// WGSL), as (path, source).
+    pub includes: &'static [(&'static str, &'static str)],
+    /// Override constants.
+    pub constants: Vec<(&'static str, f64)>,
+    /// Bind group layout entries.
+    pub entries: Vec<wgpu::BindGroupLayoutEntry>,
+}
+
+impl PipelineSource<'_> {
+    /// The prelude then the codec parts, in the order [`full_source`] takes them.
+    pub fn parts(&self) -> Vec<&str> {
+        let mut v = Vec::with_capacity(self.codec.len() + 1);
+        if !self.prelude.is_empty() {
+            v.push(self.prelude.as_str());
+        }
+        v.extend(self.codec.iter().copied());
+        v
+    }
+}
+
+impl PipelineCache {
+    /// Labels of every pipeline built so far.
+    pub fn labels(&self) -> Vec<String> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<String> = map.keys().map(|k| k.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    /// Returns the pipeline for `key`, building it with `source()` the first time.
+    pub fn get<'a>(
+        &self,
+        ctx: &Context,
+        key: PipelineKey,
+        source: impl FnOnce() -> PipelineSource<'a>,
+    ) -> Result<Arc<Compiled>> {
+        if let Some(hit) = self.map.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(hit.clone());
+        }
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(hit) = map.get(&key) {
+            return Ok(hit.clone());
+        }
+        let built = Arc::new(build(ctx, &key, source())?);
+        map.insert(key, built.clone());
+        Ok(built)
+    }
+}
+
+/// Full WGSL text of a kernel variant: the model types file, the codec parts, then the kernel.
+pub fn full_source(
+    kernel: &str,
+    dtype: Dtype,
+    codec: &[&str],
+    includes: &[(&str, &str)],
+) -> Result<String> {
+    let types = match dtype {
+        Dtype::F16 => "// #include \"common/types_f16.wgsl\"\n",
+        Dtype::F32 => "// #include \"common/types_f32.wgsl\"\n",
+        Dtype::Fp8E4m3 => {
+            return Err(Error::InvalidArgument {
+                what: "dtype",
+                detail: "fp8 is an output format, not a model dtype".into(),
+            })
+        }
+    };
+    let mut root = String::from(types);
+    for c in codec {
+        root.push_str(c);
+        root.push('\n');
+    }
+    root.push_str(kernel);
+    compose(&root, includes).map_err(|e| Error::ShaderCompile {
+        label: "compose".into(),
+        message: e.to_string(),
+    })
+}
+
+fn build(ctx: &Context, key: &PipelineKey, src: PipelineSource<'_>) -> Result<Compiled> {
+    let label = key.to_string();
+    let text = full_source(src.kernel, key.dtype, &src.parts(), src.includes)?;
+    let device = &ctx.device;
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(&label),
+        source: wgpu::ShaderSource::Wgsl(text.into()),
+    });
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(&label),
+        entries: &src.entries,
+    });
+    let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(&label),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(&label),
+        layout: Some(&pl),
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants: &src.constants,
+            zero_initialize_workgroup_memory: false,
+        },
+        cache: None,
+    });
+    if let Some(err) = pollster::block_on(scope.pop()) {
+        return Err(Error::ShaderCompile {
+            label,
+            message: err.to_string(),
+        });
+    }
+    log::debug!("built pipeline {label}");
+    Ok(Compiled { pipeline, layout })
+}

@@ -1,0 +1,498 @@
+//! `unified_attention`: parameters, their validation, the 2D / split-K planner, and encoding.
+//!
+//! Semantics follow spec §6: for query row `i` of sequence `s` (absolute position
+//! `qpos = context_len + i`, `context_len = seqused_k - query_len`) and head `h` reading kv head
+//! `h / (num_q_heads / num_kv_heads)`, each key `k < seqused_k` gets the score
+//! `S = softmax_scale · q·k`, then `softcap·tanh(S/softcap)` when `softcap > 0`, then the mask
+//! (`k <= qpos` and, with a window, `qpos - k < W`, or both inside one prefix range), then ALiBi
+//! and qq_bias; the output is `Σ softmax(S)·v`, with sinks joining the denominator only.
+
+use std::sync::Arc;
+
+use super::plan::{launch_plan, AttentionPath, SplitK, MAX_SEGMENTS};
+use super::{check_step, debug_skip, layer_uniform, LayerRef, StepGpu};
+use crate::error::{invalid, shape, Error, Result};
+use crate::gpu::bind::{bind, storage_entry, uniform_entry};
+use crate::gpu::{Context, Features, Kernel, PipelineKey, PipelineSource, Tensor, Tiling};
+use crate::modes::Codec;
+use crate::types::Dtype;
+
+/// Per-call attention parameters (the per-step metadata lives in the [`BatchPlan`]).
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionParams<'a> {
+    /// Query heads; a multiple of the cache's kv heads.
+    pub num_q_heads: u32,
+    /// Multiplies `q·k` (usually `1/sqrt(head_size)`).
+    pub softmax_scale: f32,
+    /// `(left, right)`: a query sees itself and `left` earlier keys (`W = left + 1`); -1 =
+    /// unbounded. `right` is ignored (attention is causal).
+    pub window_size: (i32, i32),
+    /// `S = softcap · tanh(S / softcap)` when > 0 (applied before masking).
+    pub softcap: f32,
+    /// `[num_q_heads]` sink logits: each adds `exp(sink - M)` to its head's softmax denominator.
+    pub sinks: Option<&'a [f32]>,
+    /// `[num_q_heads]` ALiBi slopes: `S += slope·(key_pos - context_len)`, or with
+    /// `use_alibi_sqrt`, `S += slope·(rel <= 0 ? -sqrt(-rel) : 0)` with `rel = key_pos - qpos`.
+    pub alibi_slopes: Option<&'a [f32]>,
+    /// Selects the sqrt form of ALiBi.
+    pub use_alibi_sqrt: bool,
+    /// Split-K choice for decode batches.
+    pub split: SplitK,
+    /// Upstream's `seq_threshold_3D`: when set, split-K is used only for batches of at most this
+    /// many sequences (on top of the decode-only rule).
+    pub seq_threshold_3d: Option<u32>,
+    /// FP8 output (spec §6.4): when set, `out` is e4m3fn (`Dtype::Fp8E4m3`, four codes per
+    /// word) holding `clamp(o / output_scale, ±448)` rounded to nearest even.
+    pub output_scale: Option<f32>,
+    /// Caller-provided split-K partial buffer (upstream's `softmax_segm_*`), `STORAGE` usage, at
+    /// least [`segment_buffer_bytes`] long; when `None`, the step's own pool is used.
+    pub segment_buffer: Option<&'a wgpu::Buffer>,
+    /// Kernel choice; [`AttentionPath::Auto`] unless comparing kernels.
+    pub path: AttentionPath,
+}
+
+/// Bytes of split-K partials for `num_tokens` rows: per (token, q head, segment) the
+/// unnormalised accumulator (`head_size` f32) plus its running max and sum (2 f32).
+pub fn segment_buffer_bytes(
+    num_tokens: u32,
+    num_q_heads: u32,
+    segments: u32,
+    head_size: u32,
+) -> u64 {
+    num_tokens as u64 * num_q_heads as u64 * segments as u64 * (head_size as u64 + 2) * 4
+}
+
+impl Default for AttentionParams<'_> {
+    fn default() -> Self {
+        Self {
+            num_q_heads: 0,
+            softmax_scale: 1.0,
+            window_size: (-1, -1),
+            softcap: 0.0,
+            sinks: None,
+            alibi_slopes: None,
+            use_alibi_sqrt: false,
+            split: SplitK::Auto,
+            seq_threshold_3d: None,
+            output_scale: None,
+            segment_buffer: None,
+            path: AttentionPath::Auto,
+        }
+    }
+}
+
+impl AttentionParams<'_> {
+    /// Checks the parameters against `num_kv_heads`. Pure: no GPU needed.
+    pub fn validate(&self, num_kv_heads: u32) -> Result<()> {
+        let hq = self.num_q_heads;
+        if hq == 0 || num_kv_heads == 0 || !hq.is_multiple_of(num_kv_heads) {
+            return Err(invalid(
+                "num_q_heads",
+                format!("{hq} is not a positive multiple of num_kv_heads {num_kv_heads}"),
+            ));
+        }
+        if !self.softmax_scale.is_finite() {
+            return Err(invalid("softmax_scale", "must be finite"));
+        }
+        if !self.softcap.is_finite() || self.softcap < 0.0 {
+            return Err(invalid("softcap", "must be finite and >= 0 (0 = off)"));
+        }
+        if self.window_size.0 < -1 {
+            return Err(invalid(
+                "window_size",
+                format!("left {} must be >= -1", self.window_size.0),
+            ));
+        }
+        for (what, v) in [("sinks", self.sinks), ("alibi_slopes", self.alibi_slopes)] {
+            if let Some(v) = v {
+                if v.len() != hq as usize {
+                    return Err(shape(
+                        what,
+                        format!("{hq} values (num_q_heads)"),
+                        format!("{} values", v.len()),
+                    ));
+                }
+                if v.iter().any(|x| !x.is_finite()) {
+                    return Err(invalid(what, "values must be finite"));
+                }
+            }
+        }
+        if self.use_alibi_sqrt && self.alibi_slopes.is_none() {
+            return Err(invalid("use_alibi_sqrt", "set without alibi_slopes"));
+        }
+        if let Some(s) = self.output_scale {
+            if !(s.is_finite() && s > 0.0) {
+                return Err(invalid(
+                    "output_scale",
+                    format!("{s} must be finite and > 0"),
+                ));
+            }
+        }
+        if let SplitK::Segments(n) = self.split {
+            if !(2..=MAX_SEGMENTS).contains(&n) {
+                return Err(invalid(
+                    "split",
+                    format!("segments {n} not in 2..={MAX_SEGMENTS}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn features(&self, step: &StepGpu) -> Features {
+        let mut f = 0;
+        if self.softcap > 0.0 {
+            f |= Features::SOFTCAP;
+        }
+        if self.sinks.is_some() {
+            f |= Features::SINKS;
+        }
+        if self.alibi_slopes.is_some() {
+            f |= if self.use_alibi_sqrt {
+                Features::ALIBI_SQRT
+            } else {
+                Features::ALIBI
+            };
+        }
+        if step.has_qq {
+            f |= Features::QQ_BIAS;
+        }
+        if step.has_mm {
+            f |= Features::MM_PREFIX;
+        }
+        if self.output_scale.is_some() {
+            f |= Features::OUT_FP8;
+        }
+        Features(f)
+    }
+}
+
+/// Records `unified_attention` for one layer: validates the call, plans it, then records the
+/// attention kernel (and the split-K reduce).
+pub(crate) fn encode(
+    ctx: &Context,
+    enc: &mut wgpu::CommandEncoder,
+    layer: &LayerRef<'_>,
+    step: &StepGpu,
+    q: &Tensor<'_>,
+    out: &Tensor<'_>,
+    p: &AttentionParams<'_>,
+) -> Result<()> {
+    let g = &layer.geometry;
+    check_step(g, step)?;
+    p.validate(g.num_kv_heads)?;
+    let sum = step.summary;
+    let hq = p.num_q_heads;
+    let inner = [hq, g.head_size];
+    q.check("q", g.dtype, sum.num_tokens_q, inner)?;
+    let out_dtype = if p.output_scale.is_some() {
+        Dtype::Fp8E4m3
+    } else {
+        g.dtype
+    };
+    out.check("out", out_dtype, sum.num_tokens_q, inner)?;
+    if q.buffer == out.buffer {
+        return Err(Error::InvalidBuffer {
+            what: "out",
+            detail: "must not be the q buffer".into(),
+        });
+    }
+    if sum.num_tokens_q == 0 {
+        return Ok(());
+    }
+    let lp = launch_plan(ctx.caps(), g, &sum, p, step.has_mm)?;
+    let (tiling, segments, [gx, gy, _]) = (lp.tiling, lp.segments, lp.grid);
+    let qpk = hq / g.num_kv_heads;
+    let (hg, bq, chunks) = (lp.heads_per_wg, lp.q_per_wg, lp.head_chunks);
+
+    let mut lu = layer_uniform(layer);
+    lu.num_q_heads = hq;
+    lu.qpk = qpk;
+    lu.heads_per_wg = hg;
+    lu.q_per_wg = bq;
+    lu.head_chunks = chunks;
+    lu.window = if p.window_size.0 >= 0 {
+        p.window_size.0 as u32 + 1
+    } else {
+        0
+    };
+    lu.num_segments = segments;
+    lu.softmax_scale = p.softmax_scale;
+    lu.softcap = p.softcap;
+    lu.out_inv_scale = p.output_scale.map(|s| 1.0 / s).unwrap_or(1.0);
+    lu.seg_rows = sum.num_tokens_q;
+    let mut aux: Vec<f32> = Vec::new();
+    if let Some(s) = p.sinks {
+        lu.off_sinks = aux.len() as u32;
+        aux.extend_from_slice(s);
+    }
+    if let Some(s) = p.alibi_slopes {
+        lu.off_alibi = aux.len() as u32;
+        aux.extend_from_slice(s);
+    }
+    if aux.is_empty() {
+        aux.push(0.0);
+    }
+    let lbuf = ctx.intern(wgpu::BufferUsages::UNIFORM, bytemuck::bytes_of(&lu));
+    let abuf = ctx.intern(wgpu::BufferUsages::STORAGE, bytemuck::cast_slice(&aux));
+
+    let mut features = p.features(step);
+    if segments > 1 {
+        features.0 |= Features::SPLIT;
+    }
+    if lp.subgroups {
+        features.0 |= Features::SUBGROUPS;
+    }
+    let codec = layer.mode.codec();
+    let d = g.head_size;
+    let key = PipelineKey {
+        kernel: lp.kernel,
+        k: g.mode,
+        v: g.mode,
+        mode_options: layer.mode.option_bits(),
+        head_dim: d,
+        dtype: g.dtype,
+        features,
+        tiling,
+        debug: debug_skip(),
+    };
+    let compiled = ctx.pipelines.get(ctx, key, || match lp.kernel {
+        Kernel::Decode => decode_source(codec, d, features, tiling),
+        _ => attention_source(codec, d, features, tiling),
+    })?;
+
+    let pooled;
+    let partials = if segments > 1 {
+        let need = segment_buffer_bytes(sum.num_tokens_q, hq, segments, d);
+        Some(match p.segment_buffer {
+            Some(b) => {
+                if b.size() < need || !b.usage().contains(wgpu::BufferUsages::STORAGE) {
+                    return Err(Error::InvalidBuffer {
+                        what: "segment_buffer",
+                        detail: format!(
+                            "{} bytes ({:?}); {segments} segments need {need} bytes with STORAGE usage",
+                            b.size(),
+                            b.usage()
+                        ),
+                    });
+                }
+                b
+            }
+            None => {
+                pooled = partials_buffer(ctx, step, need)?;
+                &*pooled
+            }
+        })
+    } else {
+        None
+    };
+    let target = partials.unwrap_or(out.buffer);
+    let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("quantkv/attention"),
+        layout: &compiled.layout,
+        entries: &[
+            bind(0, &step.uniform),
+            bind(1, &lbuf),
+            bind(2, &step.meta),
+            bind(3, &abuf),
+            bind(4, q.buffer),
+            bind(5, layer.k),
+            bind(6, layer.v),
+            bind(7, layer.k_scale),
+            bind(8, layer.v_scale),
+            bind(9, target),
+        ],
+    });
+    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some("quantkv/unified_attention"),
+        timestamp_writes: None,
+    });
+    pass.set_pipeline(&compiled.pipeline);
+    pass.set_bind_group(0, &bg, &[]);
+    pass.dispatch_workgroups(gx, gy, segments);
+
+    if let Some(part) = partials {
+        let rkey = PipelineKey {
+            kernel: Kernel::Reduce,
+            features: Features(features.0 & (Features::SINKS | Features::OUT_FP8)),
+            tiling: Tiling {
+                wg_size: reduce_wg(d),
+                tile: 0,
+                max_m: 0,
+            },
+            debug: 0,
+            ..key
+        };
+        let reduce = ctx
+            .pipelines
+            .get(ctx, rkey, || reduce_source(codec, d, features))?;
+        let rbg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("quantkv/reduce"),
+            layout: &reduce.layout,
+            entries: &[
+                bind(0, &step.uniform),
+                bind(1, &lbuf),
+                bind(3, &abuf),
+                bind(4, part),
+                bind(9, out.buffer),
+            ],
+        });
+        pass.set_pipeline(&reduce.pipeline);
+        pass.set_bind_group(0, &rbg, &[]);
+        pass.dispatch_workgroups(sum.num_tokens_q, hq, 1);
+    }
+    Ok(())
+}
+
+/// The attention kernel's source, override constants and layout for one variant.
+pub fn attention_source(
+    codec: &Codec,
+    d: u32,
+    f: Features,
+    tiling: Tiling,
+) -> PipelineSource<'static> {
+    PipelineSource {
+        kernel: include_str!("../../shaders/kernels/unified.wgsl"),
+        codec: vec![codec.decode, codec.transform_source()],
+        prelude: String::new(),
+        includes: codec.includes,
+        constants: vec![
+            ("TILE", tiling.tile as f64),
+            ("KV_SH_LEN", (tiling.tile * (d / 4 + 1)) as f64),
+            ("S_SH_LEN", (tiling.max_m * tiling.tile) as f64),
+            (
+                "ACC_N",
+                (tiling.max_m * d / 4).div_ceil(tiling.wg_size) as f64,
+            ),
+            ("HAS_MM", flag(f, Features::MM_PREFIX)),
+            ("DEBUG_SKIP", debug_skip() as f64),
+        ]
+        .into_iter()
+        .chain(shared_constants(d, f, tiling))
+        .collect(),
+        entries: attention_entries(),
+    }
+}
+
+/// The decode kernel's source, override constants and layout for one variant (`tiling.tile` is
+/// the key chunk; `Features::SUBGROUPS` selects the subgroup entry).
+pub fn decode_source(
+    codec: &Codec,
+    d: u32,
+    f: Features,
+    tiling: Tiling,
+) -> PipelineSource<'static> {
+    PipelineSource {
+        kernel: if f.has(Features::SUBGROUPS) {
+            include_str!("../../shaders/kernels/decode_entry_sg.wgsl")
+        } else {
+            include_str!("../../shaders/kernels/decode_entry.wgsl")
+        },
+        codec: vec![codec.decode, codec.transform_source()],
+        prelude: format!("const M_MAX: u32 = {}u;\n", tiling.max_m),
+        includes: codec.includes,
+        constants: vec![
+            ("CHUNK", tiling.tile as f64),
+            ("S_SH_LEN", (tiling.max_m * tiling.tile) as f64),
+            ("RED_LEN", (tiling.max_m * tiling.wg_size) as f64),
+            ("DEBUG_SKIP", debug_skip() as f64),
+        ]
+        .into_iter()
+        .chain(shared_constants(d, f, tiling))
+        .collect(),
+        entries: attention_entries(),
+    }
+}
+
+/// The geometry and feature overrides both attention kernels declare.
+fn shared_constants(d: u32, f: Features, tiling: Tiling) -> [(&'static str, f64); 10] {
+    let alibi = if f.has(Features::ALIBI_SQRT) {
+        2.0
+    } else {
+        flag(f, Features::ALIBI)
+    };
+    [
+        ("HEAD_DIM", d as f64),
+        ("WG_SIZE", tiling.wg_size as f64),
+        ("MAX_M", tiling.max_m as f64),
+        ("Q_SH_LEN", (tiling.max_m * d / 4) as f64),
+        ("HAS_SOFTCAP", flag(f, Features::SOFTCAP)),
+        ("HAS_SINKS", flag(f, Features::SINKS)),
+        ("ALIBI_MODE", alibi),
+        ("HAS_QQ", flag(f, Features::QQ_BIAS)),
+        ("IS_SPLIT", flag(f, Features::SPLIT)),
+        ("OUT_FP8", flag(f, Features::OUT_FP8)),
+    ]
+}
+
+/// The split-K reduce kernel's source, constants and layout.
+pub fn reduce_source(codec: &Codec, d: u32, f: Features) -> PipelineSource<'static> {
+    PipelineSource {
+        kernel: include_str!("../../shaders/kernels/reduce.wgsl"),
+        codec: vec![codec.transform_source()],
+        prelude: String::new(),
+        includes: codec.includes,
+        constants: vec![
+            ("HEAD_DIM", d as f64),
+            ("WG_SIZE", reduce_wg(d) as f64),
+            ("HAS_SINKS", flag(f, Features::SINKS)),
+            ("OUT_FP8", flag(f, Features::OUT_FP8)),
+            ("Q_SH_LEN", (d / 4) as f64),
+        ],
+        entries: vec![
+            uniform_entry(0),
+            uniform_entry(1),
+            storage_entry(3, true),
+            storage_entry(4, true),
+            storage_entry(9, false),
+        ],
+    }
+}
+
+/// Reduce workgroup size (a power of two; head_size/4 <= 64 divides it into >= 2 slices).
+fn reduce_wg(_d: u32) -> u32 {
+    128
+}
+
+fn flag(f: Features, bit: u32) -> f64 {
+    if f.has(bit) {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+fn attention_entries() -> Vec<wgpu::BindGroupLayoutEntry> {
+    let mut e = vec![uniform_entry(0), uniform_entry(1)];
+    for b in 2..=8 {
+        e.push(storage_entry(b, true));
+    }
+    e.push(storage_entry(9, false));
+    e
+}
+
+/// The plan's split-K partial buffer, created on first use (and grown if a later layer needs
+/// more), so layers of one step share it instead of creating one per call.
+fn partials_buffer(ctx: &Context, step: &StepGpu, bytes: u64) -> Result<Arc<wgpu::Buffer>> {
+    let limit = ctx.limits().max_storage_buffer_binding_size;
+    if bytes > limit {
+        return Err(Error::InvalidBuffer {
+            what: "split-K partials",
+            detail: format!("{bytes} bytes exceed the binding limit {limit}; use fewer segments"),
+        });
+    }
+    let mut slot = step.partials.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(b) = slot.as_ref() {
+        if b.size() >= bytes {
+            return Ok(b.clone());
+        }
+    }
+    let b = Arc::new(ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("quantkv/split_partials"),
+        size: bytes.max(16),
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    }));
+    *slot = Some(b.clone());
+    Ok(b)
+}

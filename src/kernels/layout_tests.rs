@@ -1,0 +1,520 @@
+//! CPU-only shader checks, run as unit tests so they can reach the kernels' sources:
+//! - every distinct WGSL variant quantkv can build is parsed and validated by naga (once per
+//!   distinct composed text), its overrides resolved with the values wgpu would pass, and
+//!   translated to SPIR-V, MSL and HLSL (once per distinct text + constants), in parallel, so
+//!   Vulkan, Metal and DX12 shader compilation is checked even where those drivers are absent;
+//! - the host copies of the WGSL layout: uniform struct offsets and sizes, bind group binding
+//!   numbers, and each kernel's workgroup memory for every tiling the planner can pick, against
+//!   naga's module and the adapter limit.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+
+use super::attention::{attention_source, decode_source, reduce_source};
+use super::plan::{attention_smem, attention_tiling, decode_smem, decode_tiling};
+use super::write::{write_copy_source, write_rows_source};
+use crate::gpu::pipeline::full_source;
+use crate::gpu::uniforms::{LayerUniform, StepUniform};
+use crate::gpu::{Features, PipelineSource, Tiling};
+use crate::modes::{create, ModeOptions};
+use crate::types::{Dtype, KvQuantMode};
+
+use naga::valid::Capabilities as C;
+
+fn no_subgroups() -> C {
+    C::all() - C::SUBGROUP - C::SUBGROUP_BARRIER - C::SUBGROUP_VERTEX_STAGE
+}
+
+/// One variant to check: its composed text, override constants and validation capabilities.
+struct Variant {
+    label: String,
+    text: String,
+    constants: Vec<(&'static str, f64)>,
+    caps: C,
+}
+
+fn variant(label: String, dtype: Dtype, src: &PipelineSource<'_>, caps: C) -> Variant {
+    Variant {
+        label,
+        text: full_source(src.kernel, dtype, &src.parts(), src.includes).unwrap(),
+        constants: src.constants.clone(),
+        caps,
+    }
+}
+
+fn parse(label: &str, text: &str, caps: C) -> (naga::Module, naga::valid::ModuleInfo) {
+    let module = naga::front::wgsl::parse_str(text)
+        .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(text)));
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{label}: {}", e.emit_to_string(text)));
+    (module, info)
+}
+
+fn resolve(
+    label: &str,
+    module: &naga::Module,
+    info: &naga::valid::ModuleInfo,
+    constants: &[(&'static str, f64)],
+) -> (naga::Module, naga::valid::ModuleInfo) {
+    let mut consts = naga::back::PipelineConstants::default();
+    for (k, v) in constants {
+        consts.insert(k.to_string(), *v);
+    }
+    let (m, i) = naga::back::pipeline_constants::process_overrides(
+        module,
+        info,
+        Some((naga::ShaderStage::Compute, "main")),
+        &consts,
+    )
+    .unwrap_or_else(|e| panic!("{label}: overrides: {e}"));
+    (m.into_owned(), i.into_owned())
+}
+
+fn translate(label: &str, module: &naga::Module, info: &naga::valid::ModuleInfo) {
+    let stage = naga::ShaderStage::Compute;
+    naga::back::spv::write_vec(
+        module,
+        info,
+        &naga::back::spv::Options::default(),
+        Some(&naga::back::spv::PipelineOptions {
+            shader_stage: stage,
+            entry_point: "main".into(),
+        }),
+    )
+    .unwrap_or_else(|e| panic!("{label}: SPIR-V: {e}"));
+    let msl_opts = naga::back::msl::Options {
+        lang_version: (2, 4),
+        ..Default::default()
+    };
+    naga::back::msl::write_string(
+        module,
+        info,
+        &msl_opts,
+        &naga::back::msl::PipelineOptions {
+            entry_point: Some((stage, "main".into())),
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{label}: MSL: {e}"));
+    let mut hlsl = String::new();
+    let hlsl_opts = naga::back::hlsl::Options {
+        shader_model: naga::back::hlsl::ShaderModel::V6_0,
+        ..Default::default()
+    };
+    let hlsl_pipe = naga::back::hlsl::PipelineOptions {
+        entry_point: Some((stage, "main".into())),
+    };
+    naga::back::hlsl::Writer::new(&mut hlsl, &hlsl_opts, &hlsl_pipe)
+        .write(module, info, None)
+        .unwrap_or_else(|e| panic!("{label}: HLSL: {e}"));
+}
+
+/// Bytes of every `var<workgroup>` of a resolved module, each rounded to 16 as drivers lay
+/// them out.
+fn workgroup_bytes(module: &naga::Module) -> u32 {
+    module
+        .global_variables
+        .iter()
+        .filter(|(_, g)| g.space == naga::AddressSpace::WorkGroup)
+        .map(|(_, g)| {
+            module.types[g.ty]
+                .inner
+                .size(module.to_ctx())
+                .next_multiple_of(16)
+        })
+        .sum()
+}
+
+const ALL_FEATURES: u32 = 127 | Features::OUT_FP8;
+
+fn limits(smem: u32) -> wgpu::Limits {
+    wgpu::Limits {
+        max_compute_workgroup_storage_size: smem,
+        ..wgpu::Limits::default()
+    }
+}
+
+/// Every variant the suite covers. Full feature products only where they can differ: the core
+/// is mode-free, so every feature combination runs on one plain mode (`none`) and one rotated
+/// mode (`int4_per_token_head`); every mode and dtype gets each feature alone, none and all,
+/// at the head sizes that change the codec's word layout.
+fn variants() -> Vec<Variant> {
+    let limits = limits(32768);
+    let mut out = Vec::new();
+    let opts = ModeOptions::default();
+    for mode in KvQuantMode::ALL {
+        let backend = create(mode).expect("every mode is built");
+        for dtype in [Dtype::F16, Dtype::F32] {
+            let codec = backend.codec(dtype, &opts);
+            let full = dtype == Dtype::F16
+                && matches!(mode, KvQuantMode::None | KvQuantMode::Int4PerTokenHead);
+            let dims: Vec<u32> = if full {
+                (32..=256).step_by(16).collect()
+            } else {
+                vec![32, 48, 80, 128, 256]
+            };
+            for &d in &dims {
+                let rows = if d % 32 == 0 { 4 } else { 16 };
+                let tiling = attention_tiling(d, &limits, rows).expect("tiling fits 32 KiB");
+                let combos: Vec<u32> = if full && d == 64 {
+                    (0..=127)
+                        .chain((0..=127).map(|f| f | Features::OUT_FP8))
+                        .collect()
+                } else {
+                    let mut v: Vec<u32> = (0..7).map(|b| 1 << b).collect();
+                    v.extend([
+                        0,
+                        Features::OUT_FP8,
+                        ALL_FEATURES,
+                        ALL_FEATURES & !Features::ALIBI,
+                    ]);
+                    v
+                };
+                let base = format!("{}/{}/d{d}", mode.id(), dtype.name());
+                for f in combos {
+                    let f = Features(f);
+                    out.push(variant(
+                        format!("unified/{base}/{f}"),
+                        dtype,
+                        &attention_source(&codec, d, f, tiling),
+                        no_subgroups(),
+                    ));
+                }
+                // The decode kernel (never sees prefix ranges): each feature alone, none, all.
+                let no_mm = ALL_FEATURES & !Features::MM_PREFIX;
+                let singles = (0..9)
+                    .map(|b| 1u32 << b)
+                    .filter(|&b| b != Features::MM_PREFIX);
+                for f in singles.chain([0, no_mm, no_mm & !Features::ALIBI]) {
+                    for m in [1, 4, 16] {
+                        // (16 heads at d 256 do not fit 32 KiB: the unified kernel runs.)
+                        let Some(dt) = decode_tiling(d, &limits, m) else {
+                            assert!(m == 16 && d > 192, "decode tiling m{m} d{d} must fit");
+                            continue;
+                        };
+                        let f = Features(f);
+                        out.push(variant(
+                            format!("decode/{base}/{f}/m{m}"),
+                            dtype,
+                            &decode_source(&codec, d, f, dt),
+                            no_subgroups(),
+                        ));
+                        let sg = Features(f.0 | Features::SUBGROUPS);
+                        out.push(variant(
+                            format!("decode/{base}/{sg}/m{m}"),
+                            dtype,
+                            &decode_source(&codec, d, sg, dt),
+                            C::all(),
+                        ));
+                    }
+                }
+                for f in [0, Features::SINKS, Features::SINKS | Features::OUT_FP8] {
+                    out.push(variant(
+                        format!("reduce/{base}/{}", Features(f)),
+                        dtype,
+                        &reduce_source(&codec, d, Features(f)),
+                        no_subgroups(),
+                    ));
+                }
+            }
+            let wt = Tiling {
+                wg_size: 64,
+                tile: 0,
+                max_m: 0,
+            };
+            out.push(variant(
+                format!("write_copy/{}", dtype.name()),
+                dtype,
+                &write_copy_source(wt),
+                no_subgroups(),
+            ));
+            if codec.encode.is_some() {
+                for d in (32..=256).step_by(16) {
+                    out.push(variant(
+                        format!("write_rows/{}/{}/d{d}", mode.id(), dtype.name()),
+                        dtype,
+                        &write_rows_source(&codec, d, wt),
+                        no_subgroups(),
+                    ));
+                }
+            }
+        }
+    }
+    // The mode's own options reach its encode contract (INT8 rounding: every value).
+    let int8 = create(KvQuantMode::Int8PerTokenHead).unwrap();
+    for r in [
+        crate::Int8Rounding::HalfAwayFromZero,
+        crate::Int8Rounding::Truncate,
+        crate::Int8Rounding::NearestEven,
+    ] {
+        let codec = int8.codec(Dtype::F16, &opts.with_int8_rounding(r));
+        out.push(variant(
+            format!("write_rows/int8/{r:?}"),
+            Dtype::F16,
+            &write_rows_source(
+                &codec,
+                128,
+                Tiling {
+                    wg_size: 64,
+                    tile: 0,
+                    max_m: 0,
+                },
+            ),
+            no_subgroups(),
+        ));
+    }
+    out
+}
+
+#[test]
+fn every_variant_validates_and_translates() {
+    let all = variants();
+    // Distinct texts are parsed and validated once; distinct (text, constants) translated once.
+    let mut texts: Vec<(String, C)> = Vec::new();
+    let mut text_ids: HashMap<(String, u64), usize> = HashMap::new();
+    type Job = (usize, String, Vec<(&'static str, f64)>);
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut seen: HashSet<(usize, String)> = HashSet::new();
+    for v in all.iter() {
+        let id = *text_ids
+            .entry((v.text.clone(), v.caps.bits()))
+            .or_insert_with(|| {
+                texts.push((v.text.clone(), v.caps));
+                texts.len() - 1
+            });
+        let key = format!("{:?}", v.constants);
+        if seen.insert((id, key)) {
+            jobs.push((id, v.label.clone(), v.constants.clone()));
+        }
+    }
+    let parsed: Vec<_> = texts
+        .iter()
+        .map(|(t, caps)| parse("variant", t, *caps))
+        .collect();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let next = Mutex::new(0usize);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = {
+                    let mut n = next.lock().unwrap();
+                    let i = *n;
+                    *n += 1;
+                    i
+                };
+                let Some((id, label, consts)) = jobs.get(i) else {
+                    break;
+                };
+                let (m, info) = &parsed[*id];
+                let (m, info) = resolve(label, m, info, consts);
+                translate(label, &m, &info);
+            });
+        }
+    });
+    eprintln!(
+        "{} variants: {} distinct texts validated, {} distinct (text, constants) translated to SPIR-V, MSL and HLSL",
+        all.len(),
+        texts.len(),
+        jobs.len()
+    );
+}
+
+/// naga's offset and size of every member of struct `name` in `text`.
+fn wgsl_struct(text: &str, name: &str) -> (BTreeMap<String, u32>, u32) {
+    let module = naga::front::wgsl::parse_str(text).unwrap();
+    for (_, ty) in module.types.iter() {
+        if ty.name.as_deref() == Some(name) {
+            if let naga::TypeInner::Struct { members, span } = &ty.inner {
+                let offs = members
+                    .iter()
+                    .map(|m| (m.name.clone().unwrap(), m.offset))
+                    .collect();
+                return (offs, *span);
+            }
+        }
+    }
+    panic!("struct {name} not found");
+}
+
+macro_rules! check_fields {
+    ($ty:ty, $wgsl:expr, [$($f:ident),* $(,)?]) => {{
+        let (offs, span) = $wgsl;
+        assert_eq!(span as usize, std::mem::size_of::<$ty>(), "{} size", stringify!($ty));
+        let mut n = 0;
+        $(
+            assert_eq!(
+                offs[stringify!($f)] as usize,
+                std::mem::offset_of!($ty, $f),
+                "{}::{} offset", stringify!($ty), stringify!($f)
+            );
+            n += 1;
+        )*
+        n
+    }};
+}
+
+#[test]
+fn uniform_structs_match_the_wgsl_layout() {
+    let text = include_str!("../../shaders/common/uniforms.wgsl");
+    let step = wgsl_struct(text, "StepU");
+    let step_members = step.0.len();
+    let n = check_fields!(
+        StepUniform,
+        step,
+        [
+            num_seqs,
+            num_tokens_q,
+            num_write,
+            bt_stride,
+            off_cu,
+            off_su,
+            off_bt,
+            off_slot,
+            off_qq,
+            qq_rows,
+            qq_cols,
+            off_mm,
+            mm_per_seq
+        ]
+    );
+    // The WGSL pads with three named u32s; the host with one [u32; 3].
+    assert_eq!(n + 3, step_members, "StepU members");
+    let layer = wgsl_struct(text, "LayerU");
+    let layer_members = layer.0.len();
+    let n = check_fields!(
+        LayerUniform,
+        layer,
+        [
+            num_q_heads,
+            num_kv_heads,
+            qpk,
+            heads_per_wg,
+            q_per_wg,
+            head_chunks,
+            block_size,
+            num_blocks,
+            k_row_words,
+            v_row_words,
+            window,
+            num_segments,
+            softmax_scale,
+            softcap,
+            k_tensor_scale,
+            v_tensor_scale,
+            out_inv_scale,
+            off_sinks,
+            off_alibi,
+            seg_rows
+        ]
+    );
+    assert_eq!(n, layer_members, "LayerU members");
+}
+
+#[test]
+fn bind_group_layouts_match_the_wgsl_bindings() {
+    let codec = create(KvQuantMode::Int4PerTokenHead)
+        .unwrap()
+        .codec(Dtype::F16, &ModeOptions::default());
+    let lim = limits(32768);
+    let t = attention_tiling(128, &lim, 16).unwrap();
+    let dt = decode_tiling(128, &lim, 4).unwrap();
+    let wt = Tiling {
+        wg_size: 64,
+        tile: 0,
+        max_m: 0,
+    };
+    let f = Features(0);
+    for (label, src) in [
+        ("unified", attention_source(&codec, 128, f, t)),
+        ("decode", decode_source(&codec, 128, f, dt)),
+        (
+            "reduce",
+            reduce_source(&codec, 128, Features(Features::SINKS)),
+        ),
+        ("write_copy", write_copy_source(wt)),
+        ("write_rows", write_rows_source(&codec, 128, wt)),
+    ] {
+        let text = full_source(src.kernel, Dtype::F16, &src.parts(), src.includes).unwrap();
+        let module = naga::front::wgsl::parse_str(&text).unwrap();
+        let mut wgsl: Vec<(u32, bool)> = module
+            .global_variables
+            .iter()
+            .filter_map(|(_, g)| {
+                let b = g.binding.as_ref()?;
+                assert_eq!(b.group, 0, "{label}: group");
+                let writable = matches!(
+                    g.space,
+                    naga::AddressSpace::Storage { access } if access.contains(naga::StorageAccess::STORE)
+                );
+                Some((b.binding, writable))
+            })
+            .collect();
+        wgsl.sort();
+        let mut host: Vec<(u32, bool)> = src
+            .entries
+            .iter()
+            .map(|e| {
+                let w = matches!(
+                    e.ty,
+                    wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage { read_only: false },
+                        ..
+                    }
+                );
+                (e.binding, w)
+            })
+            .collect();
+        host.sort();
+        // The layout may declare bindings the kernel does not use (shared layouts); every
+        // binding the kernel uses must be declared with the same writability.
+        for b in &wgsl {
+            assert!(
+                host.contains(b),
+                "{label}: WGSL binding {b:?} not in the host layout {host:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn workgroup_memory_estimates_match_naga_for_every_tiling() {
+    let codec = create(KvQuantMode::None)
+        .unwrap()
+        .codec(Dtype::F16, &ModeOptions::default());
+    let mut checked = 0;
+    for smem in [16384, 32768, 49152] {
+        let lim = limits(smem);
+        for d in (32..=256).step_by(16) {
+            for rows in [1, 2, 4, 8, 16] {
+                if let Some(t) = attention_tiling(d, &lim, rows) {
+                    let src = attention_source(&codec, d, Features(0), t);
+                    let text =
+                        full_source(src.kernel, Dtype::F16, &src.parts(), src.includes).unwrap();
+                    let (m, i) = parse("unified", &text, no_subgroups());
+                    let (m, _) = resolve("unified", &m, &i, &src.constants);
+                    let actual = workgroup_bytes(&m);
+                    assert_eq!(attention_smem(&t, d), actual, "unified d{d} {t:?}");
+                    assert!(actual <= smem, "unified d{d} {t:?}: {actual} > {smem}");
+                    checked += 1;
+                }
+                if let Some(t) = decode_tiling(d, &lim, rows) {
+                    for f in [0, Features::SUBGROUPS] {
+                        let src = decode_source(&codec, d, Features(f), t);
+                        let text = full_source(src.kernel, Dtype::F16, &src.parts(), src.includes)
+                            .unwrap();
+                        let (m, i) = parse("decode", &text, C::all());
+                        let (m, _) = resolve("decode", &m, &i, &src.constants);
+                        let actual = workgroup_bytes(&m);
+                        assert_eq!(decode_smem(&t, d), actual, "decode d{d} {t:?}");
+                        assert!(actual <= smem, "decode d{d} {t:?}: {actual} > {smem}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 100, "{checked} tilings checked");
+}

@@ -1,0 +1,135 @@
+//! The core kernels: the write path (`reshape_and_cache`), launch planning (decode / unified
+//! rungs, split-K), the attention kernels and the split-K reduce. They take a resolved mode's
+//! [`Codec`](crate::modes::Codec) description and the buffers of one layer and one step; they
+//! never call back up into the cache or the step, and never name a mode.
+//!
+//! Dependencies: `modes` (the codec description), `gpu`, `types`, `error`.
+
+pub mod attention;
+pub mod plan;
+pub mod write;
+
+#[cfg(test)]
+mod layout_tests;
+
+use std::sync::{Arc, Mutex};
+
+use crate::modes::Resolved;
+use crate::types::{Dtype, KvQuantMode};
+
+pub use attention::{segment_buffer_bytes, AttentionParams};
+pub use plan::{
+    launch_plan, plan_split, AttentionPath, LaunchPlan, SplitK, MAX_SEGMENTS,
+    SUBGROUP_RUNG_MIN_WORKGROUPS,
+};
+
+/// The cache geometry the kernels and the planner need (a [`crate::CacheConfig`] seen from
+/// below).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Storage format (for error messages; the kernels read the codec, not the mode).
+    pub mode: KvQuantMode,
+    /// Physical blocks per pool.
+    pub num_blocks: u32,
+    /// Tokens per block.
+    pub block_size: u32,
+    /// KV heads.
+    pub num_kv_heads: u32,
+    /// Head size.
+    pub head_size: u32,
+    /// Model dtype.
+    pub dtype: Dtype,
+}
+
+/// What validation learned about a step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepSummary {
+    /// Sequences.
+    pub num_seqs: u32,
+    /// Query tokens (`cu_seqlens_q[num_seqs]`).
+    pub num_tokens_q: u32,
+    /// Written tokens (`slot_mapping.len()`).
+    pub num_write: u32,
+    /// Longest query.
+    pub max_seqlen_q: u32,
+    /// Longest KV length.
+    pub max_seqlen_k: u32,
+}
+
+/// The GPU side of one step's metadata (held by a [`crate::BatchPlan`]).
+pub(crate) struct StepGpu {
+    pub summary: StepSummary,
+    pub num_blocks: u32,
+    pub block_size: u32,
+    pub uniform: wgpu::Buffer,
+    pub meta: wgpu::Buffer,
+    pub has_qq: bool,
+    pub has_mm: bool,
+    /// Split-K partials, created on the first split call of this step and reused by later
+    /// layers.
+    pub partials: Mutex<Option<Arc<wgpu::Buffer>>>,
+}
+
+/// One layer of a cache as the kernels see it.
+pub(crate) struct LayerRef<'a> {
+    pub mode: &'a Resolved,
+    pub geometry: Geometry,
+    pub k: &'a wgpu::Buffer,
+    pub v: &'a wgpu::Buffer,
+    pub k_scale: &'a wgpu::Buffer,
+    pub v_scale: &'a wgpu::Buffer,
+    pub tensor_scales: (f32, f32),
+}
+
+/// Checks that `step` was made for the layer's cache geometry.
+pub(crate) fn check_step(g: &Geometry, step: &StepGpu) -> crate::Result<()> {
+    if step.num_blocks != g.num_blocks || step.block_size != g.block_size {
+        return Err(crate::error::invalid(
+            "plan",
+            format!(
+                "made for {} blocks of {}, cache has {} blocks of {}",
+                step.num_blocks, step.block_size, g.num_blocks, g.block_size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The layer uniform of `layer` with the per-call fields at their neutral values.
+pub(crate) fn layer_uniform(layer: &LayerRef<'_>) -> crate::gpu::uniforms::LayerUniform {
+    let g = &layer.geometry;
+    let row_words = (layer.mode.backend().row_bytes(g.head_size, g.dtype) / 4) as u32;
+    crate::gpu::uniforms::LayerUniform {
+        num_kv_heads: g.num_kv_heads,
+        block_size: g.block_size,
+        num_blocks: g.num_blocks,
+        k_row_words: row_words,
+        v_row_words: row_words,
+        num_segments: 1,
+        softmax_scale: 1.0,
+        k_tensor_scale: layer.tensor_scales.0,
+        v_tensor_scale: layer.tensor_scales.1,
+        out_inv_scale: 1.0,
+        ..Default::default()
+    }
+}
+
+/// Profiling knobs (cargo feature `debug-knobs`, off by default): `QUANTKV_DEBUG_SKIP` bits
+/// remove parts of the attention kernels so their cost shows in GPU time. Results are wrong
+/// while set, so the value is part of the pipeline key, and without the feature it is always 0.
+pub(crate) fn debug_skip() -> u32 {
+    #[cfg(feature = "debug-knobs")]
+    {
+        static SKIP: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+        *SKIP.get_or_init(|| {
+            std::env::var("QUANTKV_DEBUG_SKIP")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        })
+    }
+    #[cfg(not(feature = "debug-knobs"))]
+    {
+        0
+    }
+}

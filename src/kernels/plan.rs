@@ -1,0 +1,325 @@
+//! Launch planning: which attention kernel and rung runs a call, its workgroup geometry
+//! (sized from the adapter's limits, with workgroup-memory estimates checked against naga in
+//! tests), and the split-K segment count.
+
+use super::{AttentionParams, Geometry, StepSummary};
+use crate::error::{invalid, Error, Result};
+use crate::gpu::{Caps, Kernel, Tiling};
+
+/// How decode rows are split over the key axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SplitK {
+    /// The planner decides from the batch shape (spec §10.5).
+    #[default]
+    Auto,
+    /// Never split.
+    Off,
+    /// Always split decode batches into exactly this many segments (2..=256). With a fixed count
+    /// the result is bitwise identical from run to run on one device.
+    Segments(u32),
+}
+
+/// Which attention kernel runs a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AttentionPath {
+    /// The decode kernel for batches whose every query length is <= 1 (and that carry no
+    /// prefix ranges); the unified kernel otherwise. The decode kernel takes its subgroup rung
+    /// where the adapter's subgroups hold at least 8 invocations and the launch fills the GPU
+    /// (at least [`SUBGROUP_RUNG_MIN_WORKGROUPS`] workgroups), its portable rung otherwise.
+    #[default]
+    Auto,
+    /// Always the unified kernel (for comparison and for testing it on decode batches).
+    Unified,
+    /// The decode kernel's portable rung (no subgroup operations) for decode batches, even
+    /// where `Auto` would take the subgroup rung.
+    DecodePortable,
+    /// The decode kernel's subgroup rung for decode batches whatever their size, where the
+    /// adapter has subgroups of at least 8 invocations (the portable rung elsewhere).
+    DecodeSubgroups,
+}
+
+/// Workgroups from which `AttentionPath::Auto` takes the decode kernel's subgroup rung.
+/// Measured on an H200 (BENCHMARKS.md): the subgroup rung is 1.2–1.3x faster from 512
+/// workgroups up (B=8 L=8k 209 vs 256 µs, B=64 L=2k 376 vs 471 µs), and about 12% slower
+/// below 256 (B=1 L=1k 45.2 vs 39.6 µs, B=1 L=4k 51.3 vs 45.9 µs).
+pub const SUBGROUP_RUNG_MIN_WORKGROUPS: u32 = 512;
+
+/// The planner's choice for one call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchPlan {
+    /// [`Kernel::Attention`] (unified) or [`Kernel::Decode`].
+    pub kernel: Kernel,
+    /// The decode kernel's subgroup rung.
+    pub subgroups: bool,
+    /// Segments over the key axis (1 = the 2D path).
+    pub segments: u32,
+    /// Workgroups of the main pass.
+    pub grid: [u32; 3],
+    /// Workgroup geometry of the main pass (for the decode kernel, `tile` is the key chunk).
+    pub tiling: Tiling,
+    /// Query heads per workgroup.
+    pub heads_per_wg: u32,
+    /// Query tokens per workgroup.
+    pub q_per_wg: u32,
+    /// Workgroups per kv head along y (ceil(qpk / heads_per_wg)).
+    pub head_chunks: u32,
+}
+
+/// How a call with these parameters will be launched on a device with `caps` (the same
+/// computation `unified_attention` does; public so benchmarks and callers can see it).
+/// `prefix_ranges`: whether the step carries `mm_prefix_range` (those batches always take the
+/// unified kernel).
+pub fn launch_plan(
+    caps: &Caps,
+    g: &Geometry,
+    sum: &StepSummary,
+    p: &AttentionParams<'_>,
+    prefix_ranges: bool,
+) -> Result<LaunchPlan> {
+    p.validate(g.num_kv_heads)?;
+    let limits = &caps.limits;
+    let qpk = p.num_q_heads / g.num_kv_heads;
+    let rows = rows_for(qpk, sum.max_seqlen_q);
+    let max_dim = limits.max_compute_workgroups_per_dimension;
+    let decode = sum.max_seqlen_q <= 1 && !prefix_ranges && p.path != AttentionPath::Unified;
+    let chunked = if decode {
+        decode_tiling(g.head_size, limits, rows)
+    } else {
+        None
+    };
+    if let Some(tiling) = chunked {
+        let hg = qpk.min(tiling.max_m);
+        let chunks = qpk.div_ceil(hg);
+        let gy = g.num_kv_heads * chunks;
+        if sum.num_seqs > max_dim || gy > max_dim {
+            return Err(grid_error(sum.num_seqs, gy, max_dim));
+        }
+        // Segments of at least one chunk each.
+        let segments = plan_split(
+            p.split,
+            p.seq_threshold_3d,
+            sum,
+            sum.num_seqs * gy,
+            tiling.tile / MIN_TILES_PER_SEGMENT,
+        );
+        return Ok(LaunchPlan {
+            kernel: Kernel::Decode,
+            subgroups: caps.subgroups
+                && caps.subgroup_min_size >= 8
+                && match p.path {
+                    AttentionPath::DecodeSubgroups => true,
+                    AttentionPath::Auto => {
+                        sum.num_seqs * gy * segments >= SUBGROUP_RUNG_MIN_WORKGROUPS
+                    }
+                    _ => false,
+                },
+            segments,
+            grid: [sum.num_seqs, gy, segments],
+            tiling,
+            heads_per_wg: hg,
+            q_per_wg: 1,
+            head_chunks: chunks,
+        });
+    }
+    let tiling = attention_tiling(g.head_size, limits, rows).ok_or(Error::UnsupportedHeadDim {
+        mode: g.mode,
+        got: g.head_size,
+        multiple_of: 16,
+        min: 32,
+        max: 256,
+    })?;
+    let hg = qpk.min(tiling.max_m);
+    let bq = (tiling.max_m / hg).max(1);
+    let chunks = qpk.div_ceil(hg);
+    let gx = sum.num_tokens_q / bq + sum.num_seqs;
+    let gy = g.num_kv_heads * chunks;
+    if gx > max_dim || gy > max_dim {
+        return Err(grid_error(gx, gy, max_dim));
+    }
+    // Decode rows: one query token per sequence, so the real grid is num_seqs x gy.
+    let busy = if sum.max_seqlen_q <= 1 {
+        sum.num_seqs * gy
+    } else {
+        gx * gy
+    };
+    let segments = plan_split(p.split, p.seq_threshold_3d, sum, busy, tiling.tile);
+    Ok(LaunchPlan {
+        kernel: Kernel::Attention,
+        subgroups: false,
+        segments,
+        grid: [gx, gy, segments],
+        tiling,
+        heads_per_wg: hg,
+        q_per_wg: bq,
+        head_chunks: chunks,
+    })
+}
+
+fn grid_error(gx: u32, gy: u32, max_dim: u32) -> Error {
+    invalid(
+        "batch",
+        format!("grid {gx} x {gy} exceeds the adapter's {max_dim} workgroups per dimension"),
+    )
+}
+
+/// The split planner's minimum tiles per segment (so the reduce pass stays small).
+const MIN_TILES_PER_SEGMENT: u32 = 4;
+
+/// Most split-K segments a call may use.
+pub const MAX_SEGMENTS: u32 = 256;
+
+/// Picks 2D vs split-K and the segment count (spec §10.5). Split-K applies to decode batches
+/// (every query length <= 1) whose 2D grid is too small to fill the GPU and whose contexts are
+/// long enough that each segment still streams several tiles.
+pub fn plan_split(
+    split: SplitK,
+    seq_threshold_3d: Option<u32>,
+    summary: &StepSummary,
+    grid_2d: u32,
+    tile: u32,
+) -> u32 {
+    if summary.max_seqlen_q > 1 || seq_threshold_3d.is_some_and(|t| summary.num_seqs > t) {
+        return 1;
+    }
+    let max_seqlen_k = summary.max_seqlen_k;
+    match split {
+        SplitK::Off => 1,
+        SplitK::Segments(n) => n,
+        SplitK::Auto => {
+            // Decode streams the cache; what limits it is loads in flight, so aim for enough
+            // workgroups to keep every SM of a large GPU busy, while each segment still
+            // streams a few tiles so the reduce pass stays small.
+            const TARGET_WORKGROUPS: u32 = 512;
+            if grid_2d >= TARGET_WORKGROUPS / 2 {
+                return 1;
+            }
+            let tiles = max_seqlen_k.div_ceil(tile);
+            let by_work = (tiles / MIN_TILES_PER_SEGMENT).max(1);
+            let by_grid = TARGET_WORKGROUPS.div_ceil(grid_2d.max(1));
+            let n = by_work.min(by_grid).min(MAX_SEGMENTS);
+            if n < 2 {
+                1
+            } else {
+                n
+            }
+        }
+    }
+}
+
+/// Workgroup memory the attention kernel needs with this tiling, in bytes.
+pub fn attention_smem(t: &Tiling, head_dim: u32) -> u32 {
+    // One term per `var<workgroup>` of unified.wgsl, each rounded to 16 bytes as drivers
+    // lay them out; a test checks this against naga's module for every tiling.
+    let info = r16(12 * 4);
+    let q = r16(t.max_m * head_dim * 4);
+    let kv = r16(t.tile * (head_dim / 4 + 1) * 16);
+    let s = r16(t.max_m * t.tile * 4);
+    let rows = 5 * r16(t.max_m * 4); // m_sh, l_sh, alpha_sh, seen_sh, mnew_sh
+    let red = r16(t.wg_size * 4);
+    let row_sh = r16(t.tile * 4);
+    info + q + kv + s + rows + red + row_sh
+}
+
+/// The attention tiling for `head_dim` on a device with `limits`, for workgroups of
+/// `max_m` rows (a power of two <= 16): the largest key tile in {64, 32, 16, 8} whose
+/// workgroup memory fits.
+pub fn attention_tiling(head_dim: u32, limits: &wgpu::Limits, max_m: u32) -> Option<Tiling> {
+    let wg_size = 128.min(limits.max_compute_invocations_per_workgroup);
+    if max_m == 0 || wg_size % max_m != 0 {
+        return None;
+    }
+    [64, 32, 16, 8]
+        .into_iter()
+        .map(|tile| Tiling {
+            wg_size,
+            tile,
+            max_m,
+        })
+        .find(|t| attention_smem(t, head_dim) <= limits.max_compute_workgroup_storage_size)
+}
+
+/// Workgroup memory the decode kernel needs with this tiling (`tile` = keys per chunk).
+pub fn decode_smem(t: &Tiling, head_dim: u32) -> u32 {
+    // One term per `var<workgroup>` of decode_common.wgsl and decode.wgsl, each rounded
+    // to 16 bytes; a test checks this against naga's module for every tiling.
+    let info = r16(10 * 4);
+    let q = r16(t.max_m * head_dim * 4);
+    let s = r16(t.max_m * t.tile * 4);
+    let rows = r16(t.tile * 4);
+    let red = r16(t.max_m * t.wg_size * 4);
+    let qsum = r16(t.max_m * 4);
+    info + q + s + rows + red + qsum
+}
+
+/// The decode kernel's tiling for `head_dim` on a device with `limits`, for `max_m` query
+/// heads per workgroup (a power of two <= 16): 128 threads, and chunks of
+/// `max(128, 1024 / max_m)` keys (measured on an H200: 256-key chunks for 4 heads ran
+/// B=8 L=32k 1.5x faster than 512, 2.5x faster than 1024) (fewer while the workgroup memory does not fit). `None`
+/// when even one 128-key chunk does not fit: the caller uses the unified kernel then.
+pub fn decode_tiling(head_dim: u32, limits: &wgpu::Limits, max_m: u32) -> Option<Tiling> {
+    let (wg_knob, chunk_knob) = decode_knobs();
+    let wg_size = wg_knob.unwrap_or(128).clamp(32, 1024);
+    if limits.max_compute_invocations_per_workgroup < wg_size
+        || limits.max_compute_workgroup_size_x < wg_size
+        || max_m == 0
+        || max_m > 16
+        || head_dim / 4 > wg_size
+    {
+        return None;
+    }
+    let mut tile = chunk_knob.unwrap_or(1024 / max_m).max(wg_size);
+    loop {
+        let t = Tiling {
+            wg_size,
+            tile,
+            max_m,
+        };
+        if decode_smem(&t, head_dim) <= limits.max_compute_workgroup_storage_size {
+            return Some(t);
+        }
+        if tile == wg_size {
+            return None;
+        }
+        tile /= 2;
+    }
+}
+
+/// Rows per attention workgroup: all query heads of a KV head for decode batches (rounded
+/// up to a power of two, at most 16), 16 otherwise.
+pub fn rows_for(qpk: u32, max_seqlen_q: u32) -> u32 {
+    if max_seqlen_q <= 1 {
+        qpk.next_power_of_two().min(16)
+    } else {
+        16
+    }
+}
+
+/// Tuning knobs (cargo feature `debug-knobs` only): `QUANTKV_DEBUG_DECODE_WG` / `_CHUNK`
+/// override the decode geometry (powers of two; results stay correct, and the geometry is in
+/// the pipeline key). Read once per process.
+fn decode_knobs() -> (Option<u32>, Option<u32>) {
+    #[cfg(feature = "debug-knobs")]
+    {
+        static KNOBS: std::sync::OnceLock<(Option<u32>, Option<u32>)> = std::sync::OnceLock::new();
+        *KNOBS.get_or_init(|| {
+            let knob = |name: &str| {
+                std::env::var(name)
+                    .ok()
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .filter(|v| v.is_power_of_two())
+            };
+            (
+                knob("QUANTKV_DEBUG_DECODE_WG"),
+                knob("QUANTKV_DEBUG_DECODE_CHUNK"),
+            )
+        })
+    }
+    #[cfg(not(feature = "debug-knobs"))]
+    {
+        (None, None)
+    }
+}
+
+fn r16(x: u32) -> u32 {
+    x.next_multiple_of(16)
+}

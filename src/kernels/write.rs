@@ -1,0 +1,132 @@
+//! `reshape_and_cache`: K/V rows into their paged slots (spec §3). Modes that store rows as
+//! given take a 16-byte row copy; the others take `write_rows.wgsl` with the mode's encode
+//! contract (and its option constants, which only the mode's WGSL names).
+
+use super::{check_step, layer_uniform, LayerRef, StepGpu};
+use crate::error::{shape, Result};
+use crate::gpu::bind::{bind, grid_2d, storage_entry, uniform_entry};
+use crate::gpu::{Context, Features, Kernel, PipelineKey, PipelineSource, Tensor, Tiling};
+use crate::modes::Codec;
+
+/// Records `reshape_and_cache` for one layer: validates, then records the core write kernel
+/// (a row copy, or the quantizing kernel with the mode's encode contract).
+pub(crate) fn encode(
+    ctx: &Context,
+    enc: &mut wgpu::CommandEncoder,
+    layer: &LayerRef<'_>,
+    step: &StepGpu,
+    key: &Tensor<'_>,
+    value: &Tensor<'_>,
+) -> Result<()> {
+    let cfg = &layer.geometry;
+    check_step(cfg, step)?;
+    let n = step.summary.num_write;
+    let inner = [cfg.num_kv_heads, cfg.head_size];
+    key.check("key", cfg.dtype, n, inner)?;
+    value.check("value", cfg.dtype, n, inner)?;
+    if key.shape[0] != n || value.shape[0] != n {
+        return Err(shape(
+            "key/value",
+            format!("{n} rows (slot_mapping length)"),
+            format!("{} and {}", key.shape[0], value.shape[0]),
+        ));
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let copy = layer.mode.backend().stores_rows_as_given();
+    let tiling = Tiling {
+        wg_size: if copy { 256 } else { 64 },
+        tile: 0,
+        max_m: 0,
+    };
+    let codec = layer.mode.codec();
+    let pkey = PipelineKey {
+        kernel: if copy {
+            Kernel::WriteCopy
+        } else {
+            Kernel::WriteRows
+        },
+        k: cfg.mode,
+        v: cfg.mode,
+        mode_options: if copy { 0 } else { layer.mode.option_bits() },
+        head_dim: cfg.head_size,
+        dtype: cfg.dtype,
+        features: Features::default(),
+        tiling,
+        debug: 0,
+    };
+    let compiled = if copy {
+        ctx.pipelines.get(ctx, pkey, || write_copy_source(tiling))?
+    } else {
+        ctx.pipelines.get(ctx, pkey, || {
+            write_rows_source(codec, cfg.head_size, tiling)
+        })?
+    };
+    let lu = layer_uniform(layer);
+    let lbuf = ctx.intern(wgpu::BufferUsages::UNIFORM, bytemuck::bytes_of(&lu));
+    let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("quantkv/write"),
+        layout: &compiled.layout,
+        entries: &[
+            bind(0, &step.uniform),
+            bind(1, &lbuf),
+            bind(2, &step.meta),
+            bind(3, key.buffer),
+            bind(4, value.buffer),
+            bind(5, layer.k),
+            bind(6, layer.v),
+            bind(7, layer.k_scale),
+            bind(8, layer.v_scale),
+        ],
+    });
+    let groups = if copy {
+        let words = n as u64 * cfg.num_kv_heads as u64 * lu.k_row_words as u64;
+        debug_assert!(lu.k_row_words.is_multiple_of(4));
+        (words / 4).div_ceil(tiling.wg_size as u64)
+    } else {
+        n as u64 * cfg.num_kv_heads as u64 * 2
+    };
+    let (x, y) = grid_2d(groups, ctx.limits().max_compute_workgroups_per_dimension);
+    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some("quantkv/reshape_and_cache"),
+        timestamp_writes: None,
+    });
+    pass.set_pipeline(&compiled.pipeline);
+    pass.set_bind_group(0, &bg, &[]);
+    pass.dispatch_workgroups(x, y, 1);
+    Ok(())
+}
+
+/// The row-copy write kernel's source, constants and layout.
+pub fn write_copy_source(tiling: Tiling) -> PipelineSource<'static> {
+    PipelineSource {
+        kernel: include_str!("../../shaders/kernels/write_copy.wgsl"),
+        codec: vec![],
+        prelude: String::new(),
+        includes: &[],
+        constants: vec![("WG_SIZE", tiling.wg_size as f64)],
+        entries: vec![
+            uniform_entry(0),
+            uniform_entry(1),
+            storage_entry(2, true),
+            storage_entry(3, true),
+            storage_entry(4, true),
+            storage_entry(5, false),
+            storage_entry(6, false),
+            storage_entry(7, false),
+            storage_entry(8, false),
+        ],
+    }
+}
+
+/// The quantizing write kernel's source (with the mode's encode contract), constants, layout.
+pub fn write_rows_source(codec: &Codec, head_dim: u32, tiling: Tiling) -> PipelineSource<'static> {
+    let mut src = write_copy_source(tiling);
+    src.kernel = include_str!("../../shaders/kernels/write_rows.wgsl");
+    src.codec = codec.encode.into_iter().collect();
+    src.includes = codec.includes;
+    src.constants.push(("HEAD_DIM", head_dim as f64));
+    src.constants.extend(codec.encode_constants.iter().copied());
+    src
+}

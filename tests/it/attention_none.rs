@@ -1,0 +1,125 @@
+//! Mode `none`: randomized paged attention vs the f64 reference (spec §7 level 2) and the
+//! write path's layout (level 1), for prefill, decode and mixed batches.
+
+use crate::common::*;
+use quantkv::*;
+
+fn check(seed: u64, s: Shape, ex: Extras) {
+    let Some(ctx) = context() else { return };
+    let out = run_case(ctx, seed, &s, &ex).unwrap_or_else(|e| panic!("seed {seed:#x}: {e}"));
+    assert_close(&out, s.dtype);
+}
+
+#[test]
+fn prefill_only_gqa4_d64() {
+    check(
+        0x11,
+        shape(&[(37, 37), (20, 20)], 8, 2, 64, Dtype::F16),
+        Extras::default(),
+    );
+}
+
+#[test]
+fn decode_only_gqa8_d128() {
+    check(
+        0x12,
+        shape(&[(1, 45), (1, 130), (1, 1), (1, 17)], 8, 1, 128, Dtype::F16),
+        Extras::default(),
+    );
+}
+
+#[test]
+fn mixed_batch_mha_d80() {
+    // chunked prefill (context + new tokens), a fresh prompt and decode rows in one dispatch
+    check(
+        0x13,
+        shape(
+            &[(13, 70), (1, 33), (24, 24), (1, 100)],
+            4,
+            4,
+            80,
+            Dtype::F16,
+        ),
+        Extras::default(),
+    );
+}
+
+#[test]
+fn mixed_batch_f32_cache_block32() {
+    let mut s = shape(&[(5, 50), (1, 77), (9, 9)], 8, 2, 64, Dtype::F32);
+    s.block_size = 32;
+    check(0x14, s, Extras::default());
+}
+
+#[test]
+fn mqa_prefill_lengths_off_block_boundaries_d128_f32() {
+    check(
+        0x15,
+        shape(&[(17, 31), (3, 3)], 4, 1, 128, Dtype::F32),
+        Extras::default(),
+    );
+}
+
+#[test]
+fn split_k_forced_matches_reference() {
+    let ex = Extras {
+        split: SplitK::Segments(4),
+        ..Default::default()
+    };
+    check(
+        0x16,
+        shape(&[(1, 150), (1, 9), (1, 64)], 8, 2, 64, Dtype::F16),
+        ex,
+    );
+}
+
+#[test]
+fn split_k_is_bitwise_deterministic() {
+    let Some(ctx) = context() else { return };
+    let s = shape(&[(1, 200), (1, 40)], 8, 2, 64, Dtype::F16);
+    let ex = Extras {
+        split: SplitK::Segments(8),
+        ..Default::default()
+    };
+    let a = run_case(ctx, 0x17, &s, &ex).unwrap();
+    let b = run_case(ctx, 0x17, &s, &ex).unwrap();
+    assert_eq!(a.gpu, b.gpu);
+    assert_close(&a, s.dtype);
+}
+
+#[test]
+#[ignore = "extended matrix: every head size, both dtypes, every mode; run on demand"]
+fn extended_head_sizes() {
+    // Every head size of spec §10.8, both dtypes, every mode (rotation modes: every block size b).
+    for mode in KvQuantMode::ALL {
+        for d in (32..=256).step_by(16) {
+            for (i, dt) in [Dtype::F16, Dtype::F32].into_iter().enumerate() {
+                let mut s = shape(&[(9, 40), (1, 70)], 8, 2, d, dt);
+                s.mode = mode;
+                check(0x100 + d as u64 * 2 + i as u64, s, Extras::default());
+                let split = Extras {
+                    split: SplitK::Segments(3),
+                    ..Default::default()
+                };
+                let mut s = shape(&[(1, 90)], 8, 2, d, dt);
+                s.mode = mode;
+                check(0x900 + d as u64, s, split);
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "extended matrix: long contexts and all GQA ratios"]
+fn extended_long_contexts() {
+    for (i, &(hq, hkv)) in [(8u32, 8u32), (8, 2), (8, 1), (32, 8), (64, 2)]
+        .iter()
+        .enumerate()
+    {
+        check(
+            0x200 + i as u64,
+            shape(&[(1, 3000), (64, 1500), (1, 777)], hq, hkv, 128, Dtype::F16),
+            Extras::default(),
+        );
+    }
+}

@@ -1,0 +1,654 @@
+//! Every attention parameter of the core, alone and in the combinations real models use, on
+//! prefill, decode and mixed batches, with and without split-K, vs the f64 reference.
+//!
+//! The core is mode-free (modes enter only through the read contract), so the quick suite runs
+//! each test on one plain mode (`none`) and one rotated mode with a zero point
+//! (`int4_per_token_head`, which exercises every term of the contract). The `#[ignore]`d
+//! `extended_every_parameter_on_every_mode` reruns every test here on every mode.
+
+use std::cell::RefCell;
+
+use crate::common::*;
+use quantkv::*;
+
+thread_local! {
+    /// The modes `check` runs: the quick pair, or every mode inside the extended test.
+    static MODES: RefCell<Vec<KvQuantMode>> =
+        RefCell::new(vec![KvQuantMode::None, KvQuantMode::Int4PerTokenHead]);
+}
+
+fn modes() -> Vec<KvQuantMode> {
+    MODES.with(|m| m.borrow().clone())
+}
+
+#[test]
+#[ignore = "extended matrix: every attention parameter x every mode; run on the GPU machine"]
+fn extended_every_parameter_on_every_mode() {
+    MODES.with(|m| *m.borrow_mut() = KvQuantMode::ALL.to_vec());
+    decode_kernel_long_contexts_head_groups_and_odd_head_sizes();
+    sliding_window();
+    softcap();
+    sinks();
+    alibi_linear();
+    alibi_sqrt();
+    qq_bias();
+    prefix_ranges_bidirectional();
+    gpt_oss_sinks_and_window();
+    gemma_softcap_and_window();
+    everything_at_once();
+    window_visits_only_blocks_near_the_window();
+    fp8_output_scale();
+}
+
+/// Mixed batch: a chunked prefill over context, a fresh prompt, and two decode rows.
+const MIXED: &[(u32, u32)] = &[(12, 90), (20, 20), (1, 75), (1, 33)];
+/// Decode batch.
+const DECODE: &[(u32, u32)] = &[(1, 150), (1, 40), (1, 97)];
+
+fn check(seed: u64, seqs: &[(u32, u32)], hq: u32, hkv: u32, d: u32, ex: Extras) {
+    let Some(ctx) = context() else { return };
+    for mode in modes() {
+        let b = quantkv::modes::backend(mode).unwrap();
+        if ex.poison_outside_window && !(b.stores_rows_as_given() || b.needs_scale_caches()) {
+            continue; // per-tensor codes have no NaN to poison with; the core is the same
+        }
+        let mut s = shape(seqs, hq, hkv, d, Dtype::F16);
+        s.mode = mode;
+        let out =
+            run_case(ctx, seed, &s, &ex).unwrap_or_else(|e| panic!("{mode:?} seed {seed:#x}: {e}"));
+        assert_close(&out, s.dtype);
+    }
+}
+
+fn both(seed: u64, ex: Extras) {
+    check(seed, MIXED, 8, 2, 64, ex.clone());
+    check(
+        seed + 1,
+        DECODE,
+        8,
+        2,
+        64,
+        Extras {
+            split: SplitK::Segments(4),
+            path: AttentionPath::DecodeSubgroups,
+            ..ex.clone()
+        },
+    );
+    check(
+        seed + 2,
+        DECODE,
+        8,
+        2,
+        64,
+        Extras {
+            split: SplitK::Off,
+            path: AttentionPath::DecodePortable,
+            ..ex.clone()
+        },
+    );
+    // The same decode batch on the unified kernel (Auto takes the decode kernel). Each rung
+    // is forced: these batches are far below SUBGROUP_RUNG_MIN_WORKGROUPS.
+    check(
+        seed + 3,
+        DECODE,
+        8,
+        2,
+        64,
+        Extras {
+            split: SplitK::Segments(4),
+            path: AttentionPath::Unified,
+            ..ex
+        },
+    );
+}
+
+#[test]
+fn decode_kernel_long_contexts_head_groups_and_odd_head_sizes() {
+    // Contexts of several key chunks (512 keys for 4 heads per kv head, 128 for 16), so the
+    // running maximum is rescaled across chunks; 2D and split-K on both rungs of the decode
+    // kernel (subgroups where the adapter has them, portable), and the unified kernel on the
+    // same batch; 3 heads per kv head (a padded row), 32 per kv head (two workgroups per kv
+    // head), head size 80 (a partial eight-vec4 group, 6 P.V slices).
+    let long: &[(u32, u32)] = &[(1, 1300), (1, 513), (1, 2), (0, 40), (1, 700)];
+    let ex = Extras {
+        sinks: true,
+        alibi: true,
+        ..Default::default()
+    };
+    for (i, (hq, hkv, d)) in [(8u32, 2u32, 64u32), (6, 2, 80), (32, 1, 32)]
+        .into_iter()
+        .enumerate()
+    {
+        let seed = 0x3C0 + 8 * i as u64;
+        for (j, (split, path)) in [
+            (SplitK::Off, AttentionPath::DecodeSubgroups),
+            (SplitK::Segments(3), AttentionPath::DecodeSubgroups),
+            (SplitK::Off, AttentionPath::Auto),
+            (SplitK::Segments(3), AttentionPath::DecodePortable),
+            (SplitK::Off, AttentionPath::Unified),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let ex = Extras {
+                split,
+                path,
+                softcap: if j % 2 == 1 { 30.0 } else { 0.0 },
+                ..ex.clone()
+            };
+            check(seed + j as u64, long, hq, hkv, d, ex);
+        }
+    }
+}
+
+#[test]
+fn sliding_window() {
+    both(
+        0x300,
+        Extras {
+            window_left: Some(19),
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn softcap() {
+    both(
+        0x310,
+        Extras {
+            softcap: 0.7,
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn sinks() {
+    both(
+        0x320,
+        Extras {
+            sinks: true,
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn alibi_linear() {
+    both(
+        0x330,
+        Extras {
+            alibi: true,
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn alibi_sqrt() {
+    both(
+        0x340,
+        Extras {
+            alibi_sqrt: true,
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn qq_bias() {
+    // Columns both shorter and longer than the query chunks.
+    check(
+        0x350,
+        MIXED,
+        8,
+        2,
+        64,
+        Extras {
+            qq_bias: Some(7),
+            ..Default::default()
+        },
+    );
+    check(
+        0x351,
+        MIXED,
+        4,
+        4,
+        80,
+        Extras {
+            qq_bias: Some(24),
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn prefix_ranges_bidirectional() {
+    // Per sequence: a real range inside the new tokens, one in the context, one padding range.
+    let ranges = vec![
+        vec![(80, 85), (3, 9), (5, 5)],
+        vec![(2, 12), (15, 14), (0, -1)],
+        vec![(10, 20), (0, 0), (0, 0)],
+        vec![(1, 2), (7, 7), (0, 0)],
+    ];
+    check(
+        0x360,
+        MIXED,
+        8,
+        2,
+        64,
+        Extras {
+            prefix_ranges: Some(ranges.clone()),
+            ..Default::default()
+        },
+    );
+    check(
+        0x361,
+        MIXED,
+        8,
+        2,
+        64,
+        Extras {
+            prefix_ranges: Some(ranges),
+            window_left: Some(5),
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn gpt_oss_sinks_and_window() {
+    both(
+        0x370,
+        Extras {
+            sinks: true,
+            window_left: Some(31),
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn gemma_softcap_and_window() {
+    both(
+        0x380,
+        Extras {
+            softcap: 1.5,
+            window_left: Some(40),
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn everything_at_once() {
+    check(
+        0x390,
+        MIXED,
+        8,
+        1,
+        128,
+        Extras {
+            softcap: 2.0,
+            sinks: true,
+            alibi_sqrt: true,
+            window_left: Some(25),
+            qq_bias: Some(16),
+            ..Default::default()
+        },
+    );
+    check(
+        0x391,
+        DECODE,
+        8,
+        1,
+        128,
+        Extras {
+            softcap: 2.0,
+            sinks: true,
+            alibi: true,
+            window_left: Some(25),
+            split: SplitK::Segments(8),
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn window_visits_only_blocks_near_the_window() {
+    // ~96% of the cache is NaN-poisoned; any read of a poisoned block would turn outputs NaN.
+    let long: &[(u32, u32)] = &[(1, 2000), (1, 1500), (16, 1200)];
+    let ex = Extras {
+        window_left: Some(63),
+        poison_outside_window: true,
+        ..Default::default()
+    };
+    check(
+        0x3A0,
+        long,
+        8,
+        2,
+        64,
+        Extras {
+            split: SplitK::Off,
+            ..ex.clone()
+        },
+    );
+    check(
+        0x3A1,
+        &long[..2],
+        8,
+        2,
+        64,
+        Extras {
+            split: SplitK::Segments(4),
+            ..ex.clone()
+        },
+    );
+    check(0x3A2, long, 8, 2, 64, Extras { sinks: true, ..ex });
+}
+
+#[test]
+fn split_k_upstream_overrides() {
+    // seq_threshold_3d below the batch size: the 2D path runs; caller-given segment buffers work.
+    check(
+        0x3B0,
+        DECODE,
+        8,
+        2,
+        64,
+        Extras {
+            split: SplitK::Segments(4),
+            seq_threshold_3d: Some(2),
+            ..Default::default()
+        },
+    );
+    let bytes = quantkv::segment_buffer_bytes(3, 8, 4, 64);
+    check(
+        0x3B1,
+        DECODE,
+        8,
+        2,
+        64,
+        Extras {
+            split: SplitK::Segments(4),
+            seq_threshold_3d: Some(8),
+            segment_buffer_bytes: Some(bytes),
+            ..Default::default()
+        },
+    );
+    // Auto planner on a long, small decode batch picks split-K and still matches.
+    check(
+        0x3B2,
+        &[(1, 1800)],
+        8,
+        2,
+        64,
+        Extras {
+            split: SplitK::Auto,
+            ..Default::default()
+        },
+    );
+}
+
+#[test]
+fn split_k_auto_planner_choices() {
+    use quantkv::plan_split;
+    let decode = |seqs: u32, k: u32| StepSummary {
+        num_seqs: seqs,
+        num_tokens_q: seqs,
+        num_write: 0,
+        max_seqlen_q: 1,
+        max_seqlen_k: k,
+    };
+    let prefill = StepSummary {
+        max_seqlen_q: 7,
+        ..decode(1, 4096)
+    };
+    assert_eq!(
+        plan_split(SplitK::Auto, None, &prefill, 8, 32),
+        1,
+        "never for prefill rows"
+    );
+    assert!(
+        plan_split(SplitK::Auto, None, &decode(1, 131072), 8, 32) >= 16,
+        "B=1 long context splits"
+    );
+    assert_eq!(
+        plan_split(SplitK::Auto, None, &decode(64, 2048), 1024, 32),
+        1,
+        "a full grid does not split"
+    );
+    assert_eq!(
+        plan_split(SplitK::Auto, None, &decode(1, 64), 8, 32),
+        1,
+        "short contexts do not split"
+    );
+    assert_eq!(
+        plan_split(SplitK::Segments(16), Some(4), &decode(8, 4096), 64, 32),
+        1,
+        "threshold"
+    );
+    assert_eq!(
+        plan_split(SplitK::Segments(16), Some(8), &decode(8, 4096), 64, 32),
+        16
+    );
+}
+
+#[test]
+fn bad_parameters_get_typed_errors() {
+    let hq = 8;
+    let p = |f: &dyn Fn(&mut AttentionParams<'static>)| {
+        let mut a = AttentionParams {
+            num_q_heads: hq,
+            softmax_scale: 0.1,
+            ..Default::default()
+        };
+        f(&mut a);
+        a.validate(2)
+    };
+    static SHORT: [f32; 3] = [0.0; 3];
+    static NAN: [f32; 8] = [f32::NAN; 8];
+    assert!(matches!(
+        p(&|a| a.sinks = Some(&SHORT)),
+        Err(Error::ShapeMismatch { what: "sinks", .. })
+    ));
+    assert!(matches!(
+        p(&|a| a.alibi_slopes = Some(&SHORT)),
+        Err(Error::ShapeMismatch {
+            what: "alibi_slopes",
+            ..
+        })
+    ));
+    assert!(matches!(
+        p(&|a| a.sinks = Some(&NAN)),
+        Err(Error::InvalidArgument { what: "sinks", .. })
+    ));
+    assert!(matches!(
+        p(&|a| a.softcap = -1.0),
+        Err(Error::InvalidArgument {
+            what: "softcap",
+            ..
+        })
+    ));
+    assert!(matches!(
+        p(&|a| a.window_size = (-2, 0)),
+        Err(Error::InvalidArgument {
+            what: "window_size",
+            ..
+        })
+    ));
+    assert!(matches!(
+        p(&|a| a.use_alibi_sqrt = true),
+        Err(Error::InvalidArgument {
+            what: "use_alibi_sqrt",
+            ..
+        })
+    ));
+    assert!(matches!(
+        p(&|a| a.split = SplitK::Segments(1)),
+        Err(Error::InvalidArgument { what: "split", .. })
+    ));
+    assert!(matches!(
+        p(&|a| a.split = SplitK::Segments(257)),
+        Err(Error::InvalidArgument { what: "split", .. })
+    ));
+    p(&|_| ()).unwrap();
+
+    // Step-level parameters.
+    let bt = [0, 1, 2, 3];
+    let base = StepInput {
+        cu_seqlens_q: &[0, 5, 6],
+        seqused_k: &[20, 30],
+        block_table: &bt,
+        block_table_stride: 2,
+        ..Default::default()
+    };
+    let qq = [0.0f32; 4 * 3];
+    let e = StepInput {
+        qq_bias: Some(QqBias {
+            values: &qq,
+            rows: 4,
+            cols: 3,
+        }),
+        ..base
+    }
+    .validate(4, 16);
+    assert!(
+        matches!(
+            e,
+            Err(Error::InvalidArgument {
+                what: "qq_bias",
+                ..
+            })
+        ),
+        "qq_bias rows < longest query: {e:?}"
+    );
+    let e = StepInput {
+        qq_bias: Some(QqBias {
+            values: &qq,
+            rows: 5,
+            cols: 3,
+        }),
+        ..base
+    }
+    .validate(4, 16);
+    assert!(matches!(
+        e,
+        Err(Error::ShapeMismatch {
+            what: "qq_bias",
+            ..
+        })
+    ));
+    let mm_bad = [0, 25, 3, 4];
+    let e = StepInput {
+        prefix_ranges: Some(PrefixRanges {
+            ranges: &mm_bad,
+            ranges_per_seq: 1,
+        }),
+        ..base
+    }
+    .validate(4, 16);
+    assert!(
+        matches!(
+            e,
+            Err(Error::InvalidArgument {
+                what: "prefix_ranges",
+                ..
+            })
+        ),
+        "range past seqused_k: {e:?}"
+    );
+    let mm_neg = [-1, 3, 3, 4];
+    let e = StepInput {
+        prefix_ranges: Some(PrefixRanges {
+            ranges: &mm_neg,
+            ranges_per_seq: 1,
+        }),
+        ..base
+    }
+    .validate(4, 16);
+    assert!(matches!(
+        e,
+        Err(Error::InvalidArgument {
+            what: "prefix_ranges",
+            ..
+        })
+    ));
+    let mm_pad = [40, 2, 99, 99, 3, 4, -5, -9];
+    StepInput {
+        prefix_ranges: Some(PrefixRanges {
+            ranges: &mm_pad,
+            ranges_per_seq: 2,
+        }),
+        ..base
+    }
+    .validate(4, 16)
+    .expect("padding ranges (start >= end) are valid");
+    let e = StepInput {
+        prefix_ranges: Some(PrefixRanges {
+            ranges: &mm_pad[..6],
+            ranges_per_seq: 2,
+        }),
+        ..base
+    }
+    .validate(4, 16);
+    assert!(matches!(
+        e,
+        Err(Error::ShapeMismatch {
+            what: "prefix_ranges",
+            ..
+        })
+    ));
+
+    // A caller-given segment buffer that is too small.
+    let Some(ctx) = context() else { return };
+    let s = shape(DECODE, 8, 2, 64, Dtype::F16);
+    let small = quantkv::segment_buffer_bytes(3, 8, 4, 64) - 4;
+    let e = run_case(
+        ctx,
+        0x3C0,
+        &s,
+        &Extras {
+            split: SplitK::Segments(4),
+            segment_buffer_bytes: Some(small),
+            ..Default::default()
+        },
+    );
+    assert!(matches!(
+        e,
+        Err(Error::InvalidBuffer {
+            what: "segment_buffer",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn fp8_output_scale() {
+    check(
+        0x3D0,
+        MIXED,
+        8,
+        2,
+        64,
+        Extras {
+            output_scale: Some(0.01),
+            ..Default::default()
+        },
+    );
+    check(
+        0x3D1,
+        DECODE,
+        8,
+        2,
+        64,
+        Extras {
+            output_scale: Some(0.003),
+            split: SplitK::Segments(4),
+            sinks: true,
+            ..Default::default()
+        },
+    );
+}
