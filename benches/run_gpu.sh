@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs on the GPU machine (after `. .gl/setup.sh`): quickstart, the test suites including the
+# Runs on the GPU machine (after `bash tools/gpu/prepare.sh` here and `. .gl/setup.sh` there): quickstart, the test suites including the
 # extended matrix, then the benchmark next to PyTorch SDPA, all in one device command.
 # Results go to $OUT (device.txt, quickstart.txt, tests.txt, bench.{txt,csv,json,png}, sdpa.json).
 set -u
@@ -10,8 +10,10 @@ bin() { ls .gpu-bin/"$1"-* 2>/dev/null | head -1 || true; }
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; date -u; } > "$OUT/device.txt" 2>&1
 [ "${SKIP_QUICKSTART:-0}" = 1 ] || { ./.gpu-bin/quickstart; ./.gpu-bin/quickstart --prompt 1000 --decode 3 --f32; ./.gpu-bin/modes; } > "$OUT/quickstart.txt" 2>&1
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  for t in attention_none attention_params quant_formats validation registry allocator; do
-    b=$(bin $t); [ -n "$b" ] && timeout 300 "$b" --include-ignored 2>&1 | grep -E "^test |test result|panicked|poisoned|^\|" 
+  # The one integration-test binary (quick suite + the #[ignore]d extended matrix), then the
+  # unit tests (naga translation and layout checks).
+  for t in it quantkv; do
+    b=$(bin $t); [ -n "$b" ] && timeout ${TEST_TIMEOUT:-420} "$b" --include-ignored --test-threads ${TEST_THREADS:-4} 2>&1 | grep -E "^test |test result|panicked|poisoned|^\|"
   done > "$OUT/tests.txt"
 fi
 g=$(bin gpu)
