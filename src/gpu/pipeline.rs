@@ -260,10 +260,21 @@ fn build(ctx: &Context, key: &PipelineKey, src: PipelineSource<'_>) -> Result<Co
     let text = full_source(src.kernel, key.dtype, &src.parts(), src.includes)?;
     let device = &ctx.device;
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+    let desc = wgpu::ShaderModuleDescriptor {
         label: Some(&label),
         source: wgpu::ShaderSource::Wgsl(text.into()),
-    });
+    };
+    let module = if ctx.checked_shaders() {
+        device.create_shader_module(desc)
+    } else {
+        // SAFETY: the kernels are our own WGSL, and every index, loop bound and divisor they use
+        // comes from values the host validated before encoding (README, "Why the shaders run
+        // unchecked"): block-table entries in [0, num_blocks) for every column a sequence needs,
+        // slots < num_blocks * block_size, tensors at least as long as their shapes, block_size
+        // and head_chunks > 0, loops bounded by uniform counts. Keys past a sequence read row
+        // 0, which always exists.
+        unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+    };
     let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some(&label),
         entries: &src.entries,

@@ -153,3 +153,40 @@ fn decode_batches_pick_the_decode_kernel_and_its_rungs() {
         );
     }
 }
+
+/// The suite runs with wgpu's shader runtime checks off (the default); this runs every kernel
+/// once on a context built with them on, so the checked build stays valid too: write_copy and
+/// the unified kernel (mixed batch, mode none), write_rows with a transform, the decode kernel's
+/// portable rung, its subgroup rung (where the adapter has one) and the split-K reduce (int4).
+#[test]
+fn checked_shaders_smoke_every_kernel() {
+    let Some(_) = context() else { return };
+    let ctx = Context::new().unwrap().with_checked_shaders(true);
+    assert!(ctx.checked_shaders());
+    let mixed = shape(&[(5, 40), (1, 23)], 8, 2, 64, Dtype::F16);
+    let out = run_case(&ctx, 0xC0, &mixed, &Extras::default()).unwrap();
+    assert_close(&out, mixed.dtype);
+    let mut dec = shape(&[(1, 70), (1, 33)], 8, 2, 64, Dtype::F16);
+    dec.mode = KvQuantMode::Int4PerTokenHead;
+    for path in [
+        AttentionPath::DecodePortable,
+        AttentionPath::DecodeSubgroups,
+    ] {
+        let ex = Extras {
+            split: SplitK::Segments(3),
+            path,
+            ..Default::default()
+        };
+        let out = run_case(&ctx, 0xC1, &dec, &ex).unwrap();
+        assert_close(&out, dec.dtype);
+    }
+    let built = ctx.built_pipelines();
+    for k in ["write_copy", "write_rows", "unified", "decode", "reduce"] {
+        assert!(
+            built
+                .iter()
+                .any(|l| l.starts_with(&format!("quantkv/{k}/"))),
+            "{k} ran checked: {built:?}"
+        );
+    }
+}
