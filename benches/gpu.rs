@@ -311,7 +311,7 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
     let shape = [tokens, s.hq, s.d];
     let mut i = 0;
     let us = time_runs(ctx, 5.min(runs()), runs(), |enc| {
-        let layer = cache.layer(i % layers as usize);
+        let layer = cache.layer(i % layers as usize)?;
         i += 1;
         cache.unified_attention(
             ctx,

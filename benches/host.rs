@@ -87,7 +87,7 @@ fn bench(c: &mut Criterion) {
                         &mut enc,
                         &Attention {
                             plan: &plan,
-                            layer: s.cache.layer(0),
+                            layer: s.cache.layer(0).unwrap(),
                             q: Tensor::new(&s.q, Dtype::F16, shape),
                             out: Tensor::new(&s.out, Dtype::F16, shape),
                             params: &params,

@@ -149,7 +149,7 @@ fn quality(ctx: &Context, mode: KvQuantMode) -> Result<(f64, f64, f64)> {
         &mut enc,
         &Attention {
             plan: &plan,
-            layer: cache.layer(0),
+            layer: cache.layer(0)?,
             q: Tensor::new(&qb, dt, qs),
             out: Tensor::new(&ob, dt, qs),
             params: &params,
@@ -158,7 +158,7 @@ fn quality(ctx: &Context, mode: KvQuantMode) -> Result<(f64, f64, f64)> {
     ctx.queue.submit([enc.finish()]);
     let gpu = dt.decode(&ctx.read_buffer(&ob)?);
     // The cache as stored on the GPU, dequantized on the CPU, and the original values.
-    let layer = cache.layer(0);
+    let layer = cache.layer(0)?;
     let rows = cfg.rows() as usize;
     let row_bytes = backend.row_bytes(d as u32, dt) as usize;
     let mut stored = Vec::new();

@@ -147,7 +147,7 @@ fn main() -> Result<()> {
             &mut enc,
             &Attention {
                 plan: &plan,
-                layer: cache.layer(0),
+                layer: cache.layer(0)?,
                 q: Tensor::new(&qb, dtype, qs),
                 out: Tensor::new(&ob, dtype, qs),
                 params: &params,

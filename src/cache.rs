@@ -109,9 +109,17 @@ pub struct KvCache {
 
 impl KvCache {
     /// Allocates the cache, zero-initialised. Rejects a config whose pools exceed the adapter's
-    /// storage-binding or buffer-size limit, naming the largest `num_blocks` that fits.
+    /// storage-binding or buffer-size limit, naming the largest `num_blocks` that fits
+    /// ([`Error::BindingTooLarge`]); returns [`Error::OutOfMemory`] when the device cannot hold
+    /// it (nothing half-built is kept: every buffer created so far is dropped) and
+    /// [`Error::DeviceLost`] on a lost device.
+    ///
+    /// Sizing from free memory: wgpu does not report free device memory portably, so either
+    /// take a budget the app knows (e.g. a fraction of the adapter's memory from the platform)
+    /// and divide by [`CacheFootprint::bytes_per_token`], or let [`KvCache::new_largest`] try.
     pub fn new(ctx: &Context, config: &CacheConfig) -> Result<Self> {
         config.validate()?;
+        ctx.alive()?;
         let mode = Resolved::new(config.mode, config.options, config.dtype)?;
         let fp = footprint(mode.backend(), config);
         let limits = ctx.limits();
@@ -136,27 +144,32 @@ impl KvCache {
         let usage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_SRC
             | wgpu::BufferUsages::COPY_DST;
-        let make = |label: &str, size: u64| {
-            ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size: size.max(16),
-                usage,
-                mapped_at_creation: false,
+        let make = |label: &'static str, size: u64| {
+            let size = size.max(16);
+            ctx.guarded(label, size, || {
+                ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size,
+                    usage,
+                    mapped_at_creation: false,
+                })
             })
         };
         let id = NEXT_CACHE_ID.fetch_add(1, Ordering::Relaxed);
-        let layers = (0..config.num_layers)
-            .map(|_| LayerKv {
+        let mut layers = Vec::with_capacity(config.num_layers as usize);
+        for _ in 0..config.num_layers {
+            // On an error, the layers built so far drop here (their buffers are freed).
+            layers.push(LayerKv {
                 config: *config,
                 mode: mode.clone(),
                 cache_id: id,
-                k: make("quantkv/k_pool", fp.pool_bytes),
-                v: make("quantkv/v_pool", fp.pool_bytes),
-                k_scale: make("quantkv/k_scale", fp.scale_bytes),
-                v_scale: make("quantkv/v_scale", fp.scale_bytes),
+                k: make("KV page pool (K)", fp.pool_bytes)?,
+                v: make("KV page pool (V)", fp.pool_bytes)?,
+                k_scale: make("scale cache (K)", fp.scale_bytes)?,
+                v_scale: make("scale cache (V)", fp.scale_bytes)?,
                 tensor_scales: (1.0, 1.0),
-            })
-            .collect();
+            });
+        }
         Ok(Self {
             config: *config,
             mode,
@@ -164,6 +177,49 @@ impl KvCache {
             footprint: fp,
             layers,
         })
+    }
+
+    /// Allocates the largest cache of `config`'s shape with at most `config.num_blocks` blocks
+    /// that the adapter's limits and the device's memory admit (halving on
+    /// [`Error::OutOfMemory`] or [`Error::BindingTooLarge`], then searching between the last
+    /// failure and success), at least `min_blocks`. The returned cache's `config().num_blocks`
+    /// says what fit; other errors are returned as they are.
+    pub fn new_largest(ctx: &Context, config: &CacheConfig, min_blocks: u32) -> Result<Self> {
+        let min_blocks = min_blocks.max(1);
+        let with = |n: u32| CacheConfig {
+            num_blocks: n,
+            ..*config
+        };
+        // Whether `n` blocks fit (each trial cache is dropped before the next is tried).
+        let fits = |n: u32| -> Result<bool> {
+            match KvCache::new(ctx, &with(n)) {
+                Ok(_) => Ok(true),
+                Err(Error::OutOfMemory { .. }) | Err(Error::BindingTooLarge { .. }) => Ok(false),
+                Err(e) => Err(e),
+            }
+        };
+        let mut hi = config.num_blocks.max(min_blocks); // largest size not known to fail
+        let mut n = hi;
+        let mut lo = loop {
+            if fits(n)? {
+                break n;
+            }
+            hi = n - 1;
+            if n == min_blocks {
+                // Even the minimum does not fit: return its error.
+                return KvCache::new(ctx, &with(min_blocks));
+            }
+            n = (n / 2).max(min_blocks);
+        };
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if fits(mid)? {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        KvCache::new(ctx, &with(lo))
     }
 
     /// The configuration.
@@ -181,13 +237,8 @@ impl KvCache {
         self.footprint
     }
 
-    /// Layer `i`'s buffers (panics when `i >= num_layers`; see [`KvCache::get_layer`]).
-    pub fn layer(&self, i: usize) -> &LayerKv {
-        &self.layers[i]
-    }
-
     /// Layer `i`'s buffers, or an error naming the layer count.
-    pub fn get_layer(&self, i: usize) -> Result<&LayerKv> {
+    pub fn layer(&self, i: usize) -> Result<&LayerKv> {
         self.layers
             .get(i)
             .ok_or_else(|| invalid("layer", format!("{i} >= num_layers {}", self.layers.len())))
@@ -229,7 +280,7 @@ impl KvCache {
         key: Tensor<'_>,
         value: Tensor<'_>,
     ) -> Result<()> {
-        let layer = self.get_layer(layer)?;
+        let layer = self.layer(layer)?;
         kernels::write::encode(ctx, enc, &layer.kernel_ref(), &plan.gpu, &key, &value)
     }
 

@@ -10,6 +10,10 @@ use crate::types::{Dtype, KvQuantMode};
 pub const MIN_HEAD_SIZE: u32 = 32;
 /// Largest supported head size (spec §10.8).
 pub const MAX_HEAD_SIZE: u32 = 256;
+/// Most layers a cache may have.
+pub const MAX_LAYERS: u32 = 4096;
+/// Most KV heads a cache may have.
+pub const MAX_KV_HEADS: u32 = 1024;
 /// Head sizes must be multiples of this (so every packed row is whole u32 words).
 pub const HEAD_SIZE_MULTIPLE: u32 = 16;
 
@@ -81,6 +85,27 @@ impl CacheConfig {
                 "num_layers, num_blocks and num_kv_heads must be positive",
             ));
         }
+        if self.num_layers > MAX_LAYERS || self.num_kv_heads > MAX_KV_HEADS {
+            return Err(invalid(
+                "cache config",
+                format!(
+                    "num_layers {} (max {MAX_LAYERS}) or num_kv_heads {} (max {MAX_KV_HEADS}) too large",
+                    self.num_layers, self.num_kv_heads
+                ),
+            ));
+        }
+        // Slots are i32 in slot_mapping and block tables; cached rows are u32 indices in the
+        // kernels.
+        let slots = self.num_blocks as u64 * self.block_size as u64;
+        if slots > i32::MAX as u64 || self.rows() > u32::MAX as u64 {
+            return Err(invalid(
+                "num_blocks",
+                format!(
+                    "{} blocks of {} tokens x {} kv heads: slots must fit i32 and rows u32",
+                    self.num_blocks, self.block_size, self.num_kv_heads
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -127,14 +152,18 @@ pub fn footprint(backend: &dyn QuantKvBackend, config: &CacheConfig) -> CacheFoo
     let row_bytes = backend.row_bytes(config.head_size, config.dtype);
     let slots = config.num_blocks as u64 * config.block_size as u64;
     let scale_row = backend.scale_cache_bytes(1, 1);
-    let per_token_layer = 2 * config.num_kv_heads as u64 * (row_bytes + scale_row);
-    let pool_bytes = config.rows() * row_bytes;
+    // Saturating: a config too large to express in u64 bytes reports u64::MAX, which no
+    // adapter limit admits (KvCache::new rejects it), never a wrapped small size.
+    let per_token_layer = (2 * config.num_kv_heads as u64).saturating_mul(row_bytes + scale_row);
+    let pool_bytes = config.rows().saturating_mul(row_bytes);
     let scale_bytes = backend.scale_cache_bytes(slots, config.num_kv_heads);
     CacheFootprint {
         row_bytes,
-        bytes_per_token: per_token_layer * config.num_layers as u64,
+        bytes_per_token: per_token_layer.saturating_mul(config.num_layers as u64),
         pool_bytes,
         scale_bytes,
-        total_bytes: 2 * (pool_bytes + scale_bytes) * config.num_layers as u64,
+        total_bytes: pool_bytes
+            .saturating_add(scale_bytes)
+            .saturating_mul(2 * config.num_layers as u64),
     }
 }

@@ -84,6 +84,40 @@ pub enum Error {
     /// Reading a buffer back from the GPU failed.
     #[error("GPU readback failed: {0}")]
     Readback(String),
+    /// The device could not allocate a resource. Nothing half-built is kept.
+    #[error("out of device memory creating {what} ({bytes} bytes)")]
+    OutOfMemory {
+        /// What was being created.
+        what: &'static str,
+        /// Bytes asked for.
+        bytes: u64,
+    },
+    /// The device is lost (GPU reset, driver crash, `Device::destroy`). Recover by creating a
+    /// new `Context` and cache (and reloading what the app keeps on the host).
+    #[error("the GPU device is lost: {0}")]
+    DeviceLost(String),
+    /// A buffer handed to quantkv belongs to another device than the context's.
+    #[error("buffer {what} belongs to another device than this context's")]
+    ForeignBuffer {
+        /// Which argument.
+        what: &'static str,
+    },
+    /// Two arguments that must be distinct buffers are the same buffer.
+    #[error("buffers {a} and {b} must not be the same buffer")]
+    Aliased {
+        /// One argument.
+        a: &'static str,
+        /// The other.
+        b: &'static str,
+    },
+    /// wgpu rejected an operation quantkv issued (a bug, or a misuse not caught on the host).
+    #[error("wgpu rejected {what}: {message}")]
+    Gpu {
+        /// What was being done.
+        what: &'static str,
+        /// wgpu's message.
+        message: String,
+    },
 }
 
 /// Result alias with [`Error`].

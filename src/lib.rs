@@ -21,7 +21,7 @@
 //! let rows = Tensor::new(&kv, Dtype::F16, [3, 2, 64]);
 //! cache.reshape_and_cache(&ctx, &mut enc, &plan, 0, rows, rows)?;
 //! let params = AttentionParams { num_q_heads: 8, softmax_scale: 0.125, ..Default::default() };
-//! cache.unified_attention(&ctx, &mut enc, &Attention { plan: &plan, layer: cache.layer(0),
+//! cache.unified_attention(&ctx, &mut enc, &Attention { plan: &plan, layer: cache.layer(0)?,
 //!     q: Tensor::new(&q, Dtype::F16, [3, 8, 64]), out: Tensor::new(&out, Dtype::F16, [3, 8, 64]),
 //!     params: &params })?;
 //! ctx.queue.submit([enc.finish()]);

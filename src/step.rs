@@ -6,8 +6,6 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use wgpu::util::DeviceExt;
-
 use crate::config::CacheConfig;
 use crate::error::{invalid, shape, Result};
 use crate::gpu::uniforms::StepUniform;
@@ -104,17 +102,27 @@ impl StepInput<'_> {
             ));
         }
         let stride = self.block_table_stride;
-        if self.block_table.len() != num_seqs * stride {
+        if num_seqs.checked_mul(stride) != Some(self.block_table.len()) {
             return Err(shape(
                 "block_table",
-                format!("{num_seqs} x {stride} = {} entries", num_seqs * stride),
+                format!("{num_seqs} x {stride} entries"),
                 format!("{} entries", self.block_table.len()),
+            ));
+        }
+        if stride > u32::MAX as usize || self.block_table.len() > i32::MAX as usize {
+            return Err(invalid(
+                "block_table",
+                format!(
+                    "stride {stride} or {} entries too large",
+                    self.block_table.len()
+                ),
             ));
         }
         let mut max_q = 0;
         let mut max_k = 0;
         for s in 0..num_seqs {
-            let q_len = cu[s + 1] - cu[s];
+            // i64: differences of caller i32 values cannot overflow.
+            let q_len = cu[s + 1] as i64 - cu[s] as i64;
             if q_len < 0 {
                 return Err(invalid(
                     "cu_seqlens_q",
@@ -125,7 +133,7 @@ impl StepInput<'_> {
                     ),
                 ));
             }
-            let kv = self.seqused_k[s];
+            let kv = self.seqused_k[s] as i64;
             if kv < q_len {
                 return Err(invalid(
                     "seqused_k",
@@ -150,14 +158,25 @@ impl StepInput<'_> {
             }
             max_q = max_q.max(q_len as u32);
             max_k = max_k.max(kv as u32);
+            if cu[s + 1] < 0 {
+                return Err(invalid(
+                    "cu_seqlens_q",
+                    format!("negative entry {}", cu[s + 1]),
+                ));
+            }
         }
         if let Some(qq) = self.qq_bias {
-            if qq.values.len() != qq.rows * qq.cols {
+            if qq.rows.checked_mul(qq.cols) != Some(qq.values.len())
+                || qq.values.len() > i32::MAX as usize
+            {
                 return Err(shape(
                     "qq_bias",
                     format!("{} x {} values", qq.rows, qq.cols),
                     format!("{} values", qq.values.len()),
                 ));
+            }
+            if qq.values.iter().any(|v| !v.is_finite()) {
+                return Err(invalid("qq_bias", "values must be finite"));
             }
             if qq.rows < max_q as usize {
                 return Err(invalid(
@@ -167,7 +186,10 @@ impl StepInput<'_> {
             }
         }
         if let Some(mm) = self.prefix_ranges {
-            if mm.ranges.len() != num_seqs * mm.ranges_per_seq * 2 {
+            let want = num_seqs
+                .checked_mul(mm.ranges_per_seq)
+                .and_then(|n| n.checked_mul(2));
+            if want != Some(mm.ranges.len()) || mm.ranges.len() > i32::MAX as usize {
                 return Err(shape(
                     "prefix_ranges",
                     format!("{num_seqs} x {} x 2 values", mm.ranges_per_seq),
@@ -241,17 +263,16 @@ impl BatchPlan {
         if meta.is_empty() {
             meta.push(0);
         }
-        let device = &ctx.device;
-        let uniform = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("quantkv/step_uniform"),
-            contents: bytemuck::bytes_of(&u),
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
-        let meta = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("quantkv/step_meta"),
-            contents: bytemuck::cast_slice(&meta),
-            usage: wgpu::BufferUsages::STORAGE,
-        });
+        let uniform = ctx.buffer_with(
+            "step uniform",
+            bytemuck::bytes_of(&u),
+            wgpu::BufferUsages::UNIFORM,
+        )?;
+        let meta = ctx.buffer_with(
+            "step metadata",
+            bytemuck::cast_slice(&meta),
+            wgpu::BufferUsages::STORAGE,
+        )?;
         Ok(Self {
             gpu: StepGpu {
                 summary,

@@ -258,7 +258,7 @@ fn decode_main(wid: vec3<u32>, tid: u32, nwg: vec3<u32>, sg: SgIds) {
     for (var m = 0u; m < MAX_M; m++) {
         var m0 = NEG;
         if (HAS_SINKS && !IS_SPLIT && m < inf.nheads) {
-            m0 = laux[ly.off_sinks + inf.head0 + m];
+            m0 = real_score(laux[ly.off_sinks + inf.head0 + m]);
         }
         m_run[m] = m0;
         l_part[m] = select(0.0, 1.0, tid == 0u); // exp(sink - m) with m = sink, counted once
@@ -362,7 +362,7 @@ fn decode_main(wid: vec3<u32>, tid: u32, nwg: vec3<u32>, sg: SgIds) {
             alpha[m] = 1.0;
             if (cm > NEG_HALF) {
                 let mn = max(m_run[m], cm);
-                alpha[m] = exp(m_run[m] - mn);
+                alpha[m] = exp_diff(m_run[m], mn);
                 m_run[m] = mn;
             }
             l_part[m] *= alpha[m];
@@ -380,7 +380,7 @@ fn decode_main(wid: vec3<u32>, tid: u32, nwg: vec3<u32>, sg: SgIds) {
                 let x = s_sh[m * CHUNK + c];
                 var p = 0.0;
                 if (x > NEG_HALF) {
-                    p = exp(x - m_run[m]);
+                    p = exp_diff(x, m_run[m]);
                 }
                 s_sh[m * CHUNK + c] = p * vs;
                 l_part[m] += p;

@@ -8,6 +8,7 @@
 //            Q_SH_LEN = MAX_M*HEAD_DIM/4, feature flags.
 // #include "common/uniforms.wgsl"
 // #include "common/out.wgsl"
+// #include "common/softmax.wgsl"
 
 override HEAD_DIM: u32 = 128u;
 override WG_SIZE: u32 = 128u;
@@ -20,8 +21,6 @@ override HAS_QQ: bool = false;
 override IS_SPLIT: bool = false;
 // M_MAX (= MAX_M, the size of the per-thread row arrays) is a const the host prepends, so
 // the arrays are exactly as long as the rows and live in registers.
-const NEG: f32 = -1.0e30;
-const NEG_HALF: f32 = -0.5e30;
 
 @group(0) @binding(0) var<uniform> st: StepU;
 @group(0) @binding(1) var<uniform> ly: LayerU;
@@ -120,6 +119,7 @@ fn finish_score(raw: f32, m: u32, key: u32, valid: bool, inf: DecInfo) -> f32 {
     if (HAS_QQ && key >= inf.ctx && key - inf.ctx < st.qq_cols) {
         x += bitcast<f32>(step_meta[st.off_qq + key - inf.ctx]);
     }
+    x = real_score(x);
     if (!valid || m >= inf.nheads) {
         x = NEG;
     }

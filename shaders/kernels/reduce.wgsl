@@ -10,13 +10,12 @@
 // Dispatch: x = num_tokens_q, y = num_q_heads.
 // #include "common/uniforms.wgsl"
 // #include "common/out.wgsl"
+// #include "common/softmax.wgsl"
 
 override HEAD_DIM: u32 = 128u;
 override WG_SIZE: u32 = 128u;
 override HAS_SINKS: bool = false;
 
-const NEG: f32 = -1.0e30;
-const NEG_HALF: f32 = -0.5e30;
 const NS_MAX: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> st: StepU;
@@ -59,7 +58,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var gmax = seg_max;
     var sink = NEG;
     if (HAS_SINKS) {
-        sink = laux[ly.off_sinks + head];
+        sink = real_score(laux[ly.off_sinks + head]);
         gmax = max(gmax, sink);
     }
     workgroupBarrier();
@@ -69,7 +68,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let mg = part[stats + (first + g) * 2u];
         var w = 0.0;
         if (mg > NEG_HALF) {
-            w = exp(mg - gmax);
+            w = exp_diff(mg, gmax);
             sum += part[stats + (first + g) * 2u + 1u] * w;
         }
         w_sh[g] = w;
@@ -84,7 +83,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     var denom = red_sh[0];
     if (HAS_SINKS) {
-        denom += exp(sink - gmax);
+        denom += exp_diff(sink, gmax);
     }
     // Thread (slice, j): output group j, segments slice, slice + slices, ...
     let d4 = HEAD_DIM / 4u;

@@ -20,10 +20,12 @@
 //           y = num_kv_heads * head_chunks, z = num_segments.
 // A workgroup holds MAX_M rows = q_per_wg tokens x heads_per_wg q heads of ONE kv head, so each
 // K/V tile is read once for all query heads that share it (GQA packing).
-// Scores use a finite sentinel NEG instead of -inf: WGSL may assume finite math.
+// Scores use the finite sentinel NEG of common/softmax.wgsl (WGSL may assume finite math);
+// real scores are clamped above it, and exponentials of differences are guarded.
 // #include "common/uniforms.wgsl"
 // #include "common/out.wgsl"
 // #include "common/kv_read.wgsl"
+// #include "common/softmax.wgsl"
 
 override HEAD_DIM: u32 = 128u;
 override TILE: u32 = 32u;
@@ -43,8 +45,6 @@ override IS_SPLIT: bool = false;
 override DEBUG_SKIP: u32 = 0u;
 
 const ACC_MAX: u32 = 16u;
-const NEG: f32 = -1.0e30;
-const NEG_HALF: f32 = -0.5e30;
 
 @group(0) @binding(0) var<uniform> st: StepU;
 @group(0) @binding(1) var<uniform> ly: LayerU;
@@ -276,7 +276,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         var m0 = NEG;
         let hh = tid % hg;
         if (HAS_SINKS && !IS_SPLIT && hh < inf.nheads) {
-            m0 = laux[ly.off_sinks + inf.head0 + hh];
+            m0 = real_score(laux[ly.off_sinks + inf.head0 + hh]);
         }
         m_sh[tid] = m0;
         l_sh[tid] = 1.0;
@@ -345,6 +345,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
                             s += bitcast<f32>(step_meta[st.off_qq + (inf.i0 + qi) * st.qq_cols + u32(kr)]);
                         }
                     }
+                    s = real_score(s);
                 }
             }
             s_sh[e] = s;
@@ -369,7 +370,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             }
             if (mx > NEG_HALF) {
                 let m_new = max(m_sh[rm], mx);
-                alpha_sh[rm] = exp(m_sh[rm] - m_new);
+                alpha_sh[rm] = exp_diff(m_sh[rm], m_new);
                 mnew_sh[rm] = m_new;
                 seen_sh[rm] = 1u;
             } else {
@@ -384,7 +385,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             let sv = s_sh[rm * TILE + t];
             var p = 0.0;
             if (m_new > NEG_HALF && sv > NEG_HALF) {
-                p = exp(sv - m_new);
+                p = exp_diff(sv, m_new);
             }
             s_sh[rm * TILE + t] = p;
             psum += p;
@@ -409,7 +410,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
                 let j = e % d4;
                 var a = acc[k] * alpha_sh[m];
                 for (var t = 0u; t < TILE * u32((DEBUG_SKIP & 4u) == 0u); t++) {
-                    a += s_sh[m * TILE + t] * kv_sh[t * ks + j];
+                    // A masked key (p = 0) adds exactly 0, even where its V is not finite.
+                    let pt = s_sh[m * TILE + t];
+                    a += select(vec4<f32>(0.0), pt * kv_sh[t * ks + j], pt != 0.0);
                 }
                 acc[k] = a;
             }

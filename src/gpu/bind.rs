@@ -37,6 +37,20 @@ pub fn bind(binding: u32, buffer: &wgpu::Buffer) -> wgpu::BindGroupEntry<'_> {
     }
 }
 
+/// A bind group entry of any resource.
+pub fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEntry<'_> {
+    wgpu::BindGroupEntry { binding, resource }
+}
+
+/// The first `bytes` of `buffer` (rounded up to 4) as a binding.
+pub fn exact(buffer: &wgpu::Buffer, bytes: u64) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer,
+        offset: 0,
+        size: std::num::NonZeroU64::new(bytes.max(4).next_multiple_of(4)),
+    })
+}
+
 /// Splits `groups` workgroups into an (x, y) grid within the per-dimension limit.
 pub fn grid_2d(groups: u64, max_dim: u32) -> (u32, u32) {
     let max_dim = max_dim.max(1) as u64;

@@ -22,6 +22,10 @@ pub const CORE_FILES: &[(&str, &str)] = &[
         include_str!("../../shaders/common/pack.wgsl"),
     ),
     (
+        "common/softmax.wgsl",
+        include_str!("../../shaders/common/softmax.wgsl"),
+    ),
+    (
         "common/kv_read.wgsl",
         include_str!("../../shaders/common/kv_read.wgsl"),
     ),

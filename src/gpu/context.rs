@@ -2,12 +2,22 @@
 //! filled caches (pipelines, interned constant buffers) that live as long as it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-
-use wgpu::util::DeviceExt;
 
 use super::pipeline::PipelineCache;
 use crate::error::{Error, Result};
+
+/// A caller's device-lost hook ([`Context::on_device_lost`]).
+type LostHook = Box<dyn Fn(wgpu::DeviceLostReason, &str) + Send>;
+
+/// Device-loss state shared with the device-lost callback.
+#[derive(Default)]
+struct LostState {
+    lost: AtomicBool,
+    message: Mutex<String>,
+    hooks: Mutex<Vec<LostHook>>,
+}
 
 /// Interned constant buffers: one map per usage, keyed by contents, so a hit (the common case,
 /// once per layer call) looks up a borrowed slice without allocating.
@@ -66,6 +76,7 @@ pub struct Context {
     pub(crate) pipelines: PipelineCache,
     interned: Mutex<InternMap>,
     checked_shaders: bool,
+    lost: Arc<LostState>,
 }
 
 /// Features quantkv enables when the adapter has them.
@@ -86,9 +97,8 @@ impl Context {
 
     /// Async form of [`Context::new`].
     pub async fn new_async() -> Result<Self> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter = match wgpu::util::initialize_adapter_from_env(&instance, None).await {
+        let instance = Self::instance();
+        let adapter = match wgpu::util::initialize_adapter_from_env(instance, None).await {
             Ok(a) => a,
             Err(_) => instance
                 .request_adapter(&wgpu::RequestAdapterOptions {
@@ -102,6 +112,18 @@ impl Context {
                 .map_err(|e| Error::NoAdapter(e.to_string()))?,
         };
         Self::from_adapter(&adapter).await
+    }
+
+    /// The one wgpu instance every [`Context::new`] of this process uses. Devices of one instance
+    /// can tell each other's buffers apart (a buffer of another context is then rejected with
+    /// [`Error::ForeignBuffer`]); resources of separate instances carry ids wgpu cannot tell
+    /// apart, so an app that creates its own instance should build its contexts on it
+    /// ([`Context::from_adapter`] / [`Context::from_device`]) and never mix instances.
+    pub fn instance() -> &'static wgpu::Instance {
+        static INSTANCE: std::sync::OnceLock<wgpu::Instance> = std::sync::OnceLock::new();
+        INSTANCE.get_or_init(|| {
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+        })
     }
 
     /// Creates a device on `adapter` with its real limits and the optional features quantkv uses.
@@ -124,6 +146,10 @@ impl Context {
 
     /// Wraps a device and queue the caller already owns (a desktop app's renderer, say).
     /// Capabilities are read from what that device enabled.
+    ///
+    /// quantkv installs the device's lost callback (wgpu keeps one per device), which replaces
+    /// one the caller set before; register yours with [`Context::on_device_lost`] instead, and
+    /// it is called from quantkv's.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
         let info = device.adapter_info();
         let features = device.features();
@@ -142,6 +168,16 @@ impl Context {
             driver_info: info.driver_info.clone(),
             device_type: info.device_type,
         };
+        let lost = Arc::new(LostState::default());
+        let state = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            state.lost.store(true, Ordering::Release);
+            *state.message.lock().unwrap_or_else(|p| p.into_inner()) =
+                format!("{reason:?}: {message}");
+            for hook in state.hooks.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                hook(reason, &message);
+            }
+        });
         Self {
             device,
             queue,
@@ -150,7 +186,110 @@ impl Context {
             pipelines: PipelineCache::default(),
             interned: Mutex::new(HashMap::new()),
             checked_shaders: false,
+            lost,
         }
+    }
+
+    /// Adds a hook called when the device is lost (after quantkv marks the context lost). Every
+    /// later quantkv call on this context returns [`Error::DeviceLost`]; recovery is a new
+    /// `Context`, a new cache, and reloading what the app keeps.
+    pub fn on_device_lost(&self, hook: impl Fn(wgpu::DeviceLostReason, &str) + Send + 'static) {
+        self.lost
+            .hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(hook));
+    }
+
+    /// Whether the device is lost. Polls the device once, so a loss wgpu has noticed but not
+    /// yet reported (e.g. after `Device::destroy`) is seen.
+    pub fn is_lost(&self) -> bool {
+        if !self.lost.lost.load(Ordering::Acquire) {
+            let _ = self.device.poll(wgpu::PollType::Poll);
+        }
+        self.lost.lost.load(Ordering::Acquire)
+    }
+
+    /// `Err(DeviceLost)` once the device is known to be lost (no polling: cheap enough for
+    /// every entry point).
+    pub(crate) fn alive(&self) -> Result<()> {
+        if self.lost.lost.load(Ordering::Acquire) {
+            return Err(self.lost_error());
+        }
+        Ok(())
+    }
+
+    fn lost_error(&self) -> Error {
+        Error::DeviceLost(
+            self.lost
+                .message
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+
+    /// Runs `f` (resource creation) under out-of-memory and validation error scopes and turns
+    /// what they catch into typed errors: [`Error::OutOfMemory`] (`what`, `bytes`),
+    /// [`Error::DeviceLost`], [`Error::ForeignBuffer`] for a resource of another device, and
+    /// [`Error::Gpu`] otherwise. The value `f` built is dropped on error.
+    pub(crate) fn guarded<T>(
+        &self,
+        what: &'static str,
+        bytes: u64,
+        f: impl FnOnce() -> T,
+    ) -> Result<T> {
+        self.alive()?;
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        // A resource of another wgpu instance can make wgpu panic instead of reporting a
+        // validation error; both mean the same to the caller.
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        let verr = pollster::block_on(val.pop());
+        let oerr = pollster::block_on(oom.pop());
+        let built = match built {
+            Ok(b) => b,
+            Err(_) => return Err(Error::ForeignBuffer { what }),
+        };
+        if oerr.is_none() && verr.is_none() {
+            return Ok(built);
+        }
+        drop(built);
+        if self.is_lost() {
+            return Err(self.lost_error());
+        }
+        if oerr.is_some() {
+            return Err(Error::OutOfMemory { what, bytes });
+        }
+        let message = verr.map(|e| e.to_string()).unwrap_or_default();
+        if message.contains("doesn't match") {
+            return Err(Error::ForeignBuffer { what });
+        }
+        Err(Error::Gpu { what, message })
+    }
+
+    /// Creates a buffer holding `bytes` (padded to `max(16, len)` rounded up to 16), under
+    /// [`Context::guarded`]; never panics (wgpu's `create_buffer_init` does when the device is
+    /// lost).
+    pub(crate) fn buffer_with(
+        &self,
+        label: &'static str,
+        bytes: &[u8],
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer> {
+        let size = (bytes.len() as u64).max(16).next_multiple_of(16);
+        let buf = self.guarded(label, size, || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage: usage | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })?;
+        self.queue.write_buffer(&buf, 0, bytes);
+        // write_buffer copies to a staging area now; a validation error there (a lost device)
+        // shows on the next guarded call.
+        Ok(buf)
     }
 
     /// Builds every pipeline of this context with wgpu's shader runtime checks on (bounds
@@ -161,7 +300,16 @@ impl Context {
     /// drops pipelines built so far).
     pub fn with_checked_shaders(mut self, checked: bool) -> Self {
         self.checked_shaders = checked;
-        self.pipelines = PipelineCache::default();
+        self.pipelines = PipelineCache::with_cap(self.pipelines.cap());
+        self
+    }
+
+    /// Keeps at most `cap` compiled pipelines, dropping the least recently used past it
+    /// (default [`DEFAULT_PIPELINE_CAP`](super::pipeline::DEFAULT_PIPELINE_CAP)); a dropped
+    /// variant is compiled again when next needed. Call before the first kernel runs (it drops
+    /// pipelines built so far).
+    pub fn with_pipeline_cap(mut self, cap: usize) -> Self {
+        self.pipelines = PipelineCache::with_cap(cap);
         self
     }
 
@@ -194,50 +342,59 @@ impl Context {
     /// A read-only GPU buffer holding `bytes`, shared by every caller asking for the same bytes
     /// and usage. Per-layer constants (uniform parameters, sinks, slopes) come from here, so
     /// recording a call never rewrites a buffer that an earlier call in the same submit reads.
-    pub(crate) fn intern(&self, usage: wgpu::BufferUsages, bytes: &[u8]) -> Arc<wgpu::Buffer> {
+    pub(crate) fn intern(
+        &self,
+        usage: wgpu::BufferUsages,
+        bytes: &[u8],
+    ) -> Result<Arc<wgpu::Buffer>> {
         let mut maps = self.interned.lock().unwrap_or_else(|p| p.into_inner());
         let map = maps.entry(usage.bits()).or_default();
         if let Some(b) = map.get(bytes) {
-            return b.clone();
+            return Ok(b.clone());
         }
         // Bounded: a caller that keeps changing constants should not grow this forever. Buffers
         // still referenced by recorded commands stay alive through wgpu's own refcounting.
         if map.len() >= 4096 {
             map.clear();
         }
-        let mut contents = bytes.to_vec();
-        contents.resize(contents.len().max(16).next_multiple_of(16), 0);
-        let buf = Arc::new(
-            self.device
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("quantkv/interned"),
-                    contents: &contents,
-                    usage,
-                }),
-        );
+        let buf = Arc::new(self.buffer_with("quantkv/interned", bytes, usage)?);
         map.insert(bytes.to_vec(), buf.clone());
-        buf
+        Ok(buf)
     }
 
     /// Reads a buffer back to the host (it must have `COPY_SRC` usage). Blocks until done.
     pub fn read_buffer(&self, buffer: &wgpu::Buffer) -> Result<Vec<u8>> {
+        self.alive()?;
+        if !buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
+            return Err(Error::InvalidBuffer {
+                what: "read_buffer",
+                detail: format!("needs COPY_SRC usage, has {:?}", buffer.usage()),
+            });
+        }
         let size = buffer.size();
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("quantkv/readback"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut enc = self.device.create_command_encoder(&Default::default());
-        enc.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
-        self.queue.submit([enc.finish()]);
+        let staging = self.guarded("readback buffer", size, || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("quantkv/readback"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })?;
+        let cmd = self.guarded("readback copy", size, || {
+            let mut enc = self.device.create_command_encoder(&Default::default());
+            enc.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
+            enc.finish()
+        })?;
+        self.guarded("readback submit", size, || self.queue.submit([cmd]))?;
         let (tx, rx) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
         });
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Readback(e.to_string()))?;
+        let polled = self.device.poll(wgpu::PollType::wait_indefinitely());
+        if self.is_lost() {
+            return Err(self.lost_error());
+        }
+        polled.map_err(|e| Error::Readback(e.to_string()))?;
         rx.recv()
             .map_err(|e| Error::Readback(e.to_string()))?
             .map_err(|e| Error::Readback(e.to_string()))?;
@@ -249,29 +406,43 @@ impl Context {
         Ok(data)
     }
 
-    /// Creates a storage buffer initialised with `bytes` (usable as K/V input, Q or output).
-    pub fn upload(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
-        let mut contents = bytes.to_vec();
-        contents.resize(contents.len().max(4).next_multiple_of(4), 0);
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+    /// Creates a storage buffer initialised with `bytes` (usable as K/V input, Q or output),
+    /// with `STORAGE | COPY_SRC | COPY_DST` usage, size rounded up to 4 bytes. Typed errors:
+    /// [`Error::OutOfMemory`], [`Error::DeviceLost`].
+    pub fn try_upload(&self, label: &'static str, bytes: &[u8]) -> Result<wgpu::Buffer> {
+        let size = (bytes.len() as u64).max(4).next_multiple_of(4);
+        let buf = self.try_zeroed(label, size)?;
+        let mut padded = bytes.to_vec();
+        padded.resize(size as usize, 0);
+        self.queue.write_buffer(&buf, 0, &padded);
+        Ok(buf)
+    }
+
+    /// Creates a zeroed storage buffer of `size` bytes (rounded up to 4; usable as attention
+    /// output). Typed errors: [`Error::OutOfMemory`], [`Error::DeviceLost`].
+    pub fn try_zeroed(&self, label: &'static str, size: u64) -> Result<wgpu::Buffer> {
+        let size = size.max(4).next_multiple_of(4);
+        self.guarded(label, size, || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
-                contents: &contents,
+                size,
                 usage: wgpu::BufferUsages::STORAGE
                     | wgpu::BufferUsages::COPY_SRC
                     | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
             })
+        })
     }
 
-    /// Creates a zeroed storage buffer of `size` bytes (usable as attention output).
-    pub fn zeroed(&self, label: &str, size: u64) -> wgpu::Buffer {
-        self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size: size.max(4).next_multiple_of(4),
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        })
+    /// [`Context::try_upload`] for tests and examples: panics on an error.
+    pub fn upload(&self, label: &'static str, bytes: &[u8]) -> wgpu::Buffer {
+        self.try_upload(label, bytes)
+            .unwrap_or_else(|e| panic!("upload {label}: {e}"))
+    }
+
+    /// [`Context::try_zeroed`] for tests and examples: panics on an error.
+    pub fn zeroed(&self, label: &'static str, size: u64) -> wgpu::Buffer {
+        self.try_zeroed(label, size)
+            .unwrap_or_else(|e| panic!("zeroed {label}: {e}"))
     }
 }

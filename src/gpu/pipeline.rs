@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::compose::compose;
@@ -162,9 +163,29 @@ pub struct Compiled {
 }
 
 /// Lazily filled pipeline cache.
-#[derive(Default)]
 pub struct PipelineCache {
-    map: RwLock<HashMap<PipelineKey, Arc<Compiled>>>,
+    map: RwLock<HashMap<PipelineKey, Entry>>,
+    /// Most pipelines kept; the least recently used is dropped past it (pipelines still
+    /// referenced by recorded work stay alive through their `Arc`).
+    cap: usize,
+    clock: AtomicU64,
+}
+
+struct Entry {
+    compiled: Arc<Compiled>,
+    last_used: AtomicU64,
+}
+
+/// Default cap on the pipelines one context keeps ([`crate::Context::with_pipeline_cap`]).
+/// Variants per cache configuration are bounded (kernel × feature bits × rung × split ×
+/// head-group tiling: a few dozen in practice), so this is reached only by apps that cycle
+/// through many configurations.
+pub const DEFAULT_PIPELINE_CAP: usize = 256;
+
+impl Default for PipelineCache {
+    fn default() -> Self {
+        Self::with_cap(DEFAULT_PIPELINE_CAP)
+    }
 }
 
 /// What a caller hands the cache to build a missing pipeline.
@@ -198,7 +219,21 @@ impl PipelineSource<'_> {
 }
 
 impl PipelineCache {
-    /// Labels of every pipeline built so far.
+    /// An empty cache keeping at most `cap` pipelines (at least 1).
+    pub fn with_cap(cap: usize) -> Self {
+        Self {
+            map: RwLock::new(HashMap::new()),
+            cap: cap.max(1),
+            clock: AtomicU64::new(0),
+        }
+    }
+
+    /// The cap.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// Labels of every pipeline the cache holds.
     pub fn labels(&self) -> Vec<String> {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
         let mut v: Vec<String> = map.keys().map(|k| k.to_string()).collect();
@@ -213,15 +248,37 @@ impl PipelineCache {
         key: PipelineKey,
         source: impl FnOnce() -> PipelineSource<'a>,
     ) -> Result<Arc<Compiled>> {
+        let now = self.clock.fetch_add(1, Ordering::Relaxed);
         if let Some(hit) = self.map.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return Ok(hit.clone());
+            hit.last_used.store(now, Ordering::Relaxed);
+            return Ok(hit.compiled.clone());
         }
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         if let Some(hit) = map.get(&key) {
-            return Ok(hit.clone());
+            hit.last_used.store(now, Ordering::Relaxed);
+            return Ok(hit.compiled.clone());
         }
         let built = Arc::new(build(ctx, &key, source())?);
-        map.insert(key, built.clone());
+        while map.len() >= self.cap {
+            let oldest = map
+                .iter()
+                .min_by_key(|(_, e)| e.last_used.load(Ordering::Relaxed))
+                .map(|(k, _)| *k);
+            match oldest {
+                Some(k) => {
+                    log::info!("quantkv: pipeline cache full ({}), dropping {k}", self.cap);
+                    map.remove(&k);
+                }
+                None => break,
+            }
+        }
+        map.insert(
+            key,
+            Entry {
+                compiled: built.clone(),
+                last_used: AtomicU64::new(now),
+            },
+        );
         Ok(built)
     }
 }
@@ -301,6 +358,6 @@ fn build(ctx: &Context, key: &PipelineKey, src: PipelineSource<'_>) -> Result<Co
             message: err.to_string(),
         });
     }
-    log::debug!("built pipeline {label}");
+    log::info!("quantkv: compiled pipeline {label}");
     Ok(Compiled { pipeline, layout })
 }

@@ -29,13 +29,34 @@ impl<'a> Tensor<'a> {
         self.shape.iter().map(|&s| s as u64).product::<u64>() * self.dtype.size() as u64
     }
 
-    /// Checks dtype, the inner two dims, at least `min_rows` rows, buffer size and usage.
+    /// Bytes of the first `rows` rows, rounded up to 4 (what a call binds: storage bindings
+    /// are whole u32 words).
+    pub fn binding_bytes(&self, rows: u32) -> u64 {
+        (rows as u64 * self.shape[1] as u64 * self.shape[2] as u64 * self.dtype.size() as u64)
+            .max(4)
+            .next_multiple_of(4)
+    }
+
+    /// The binding of the first `rows` rows: exactly the bytes the call reads or writes, never
+    /// the whole buffer (so a larger buffer, e.g. one holding many layers, binds fine).
+    pub fn binding(&self, rows: u32) -> wgpu::BindingResource<'a> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: self.buffer,
+            offset: 0,
+            size: std::num::NonZeroU64::new(self.binding_bytes(rows)),
+        })
+    }
+
+    /// Checks dtype, the inner two dims, at least `min_rows` rows, the buffer's size and usage,
+    /// and that the bytes a call binds (`binding_bytes(min_rows)`) fit the buffer and the
+    /// adapter's storage-binding limit.
     pub fn check(
         &self,
         what: &'static str,
         dtype: Dtype,
         min_rows: u32,
         inner: [u32; 2],
+        limits: &wgpu::Limits,
     ) -> Result<()> {
         if self.dtype != dtype {
             return Err(Error::InvalidArgument {
@@ -53,14 +74,24 @@ impl<'a> Tensor<'a> {
                 format!("{:?}", self.shape),
             ));
         }
-        if self.buffer.size() < self.bytes() {
+        let need = self.binding_bytes(min_rows).max(self.bytes());
+        if self.buffer.size() < need {
             return Err(Error::InvalidBuffer {
                 what,
                 detail: format!(
-                    "{} bytes, shape {:?} needs {}",
+                    "{} bytes, shape {:?} needs {need} (whole u32 words)",
                     self.buffer.size(),
                     self.shape,
-                    self.bytes()
+                ),
+            });
+        }
+        let bound = self.binding_bytes(min_rows);
+        if bound > limits.max_storage_buffer_binding_size {
+            return Err(Error::InvalidBuffer {
+                what,
+                detail: format!(
+                    "the call binds {bound} bytes, over the adapter's storage-binding limit {}",
+                    limits.max_storage_buffer_binding_size
                 ),
             });
         }
@@ -72,4 +103,16 @@ impl<'a> Tensor<'a> {
         }
         Ok(())
     }
+}
+
+/// Rejects any two of `bufs` that are the same buffer ([`Error::Aliased`]).
+pub fn distinct(bufs: &[(&'static str, &wgpu::Buffer)]) -> Result<()> {
+    for (i, (a, x)) in bufs.iter().enumerate() {
+        for (b, y) in &bufs[i + 1..] {
+            if x == y {
+                return Err(Error::Aliased { a, b });
+            }
+        }
+    }
+    Ok(())
 }

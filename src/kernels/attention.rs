@@ -12,7 +12,8 @@ use std::sync::Arc;
 use super::plan::{launch_plan, AttentionPath, SplitK, MAX_SEGMENTS};
 use super::{check_step, debug_skip, layer_uniform, LayerRef, StepGpu};
 use crate::error::{invalid, shape, Error, Result};
-use crate::gpu::bind::{bind, storage_entry, uniform_entry};
+use crate::gpu::bind::{bind, entry, exact, storage_entry, uniform_entry};
+use crate::gpu::tensor::distinct;
 use crate::gpu::{Context, Features, Kernel, PipelineKey, PipelineSource, Tensor, Tiling};
 use crate::modes::Codec;
 use crate::types::Dtype;
@@ -184,19 +185,28 @@ pub(crate) fn encode(
     let sum = step.summary;
     let hq = p.num_q_heads;
     let inner = [hq, g.head_size];
-    q.check("q", g.dtype, sum.num_tokens_q, inner)?;
+    ctx.alive()?;
+    let mut bufs = vec![
+        ("q", q.buffer),
+        ("out", out.buffer),
+        ("k cache", layer.k),
+        ("v cache", layer.v),
+        ("k scale cache", layer.k_scale),
+        ("v scale cache", layer.v_scale),
+    ];
+    if let Some(b) = p.segment_buffer {
+        bufs.push(("segment_buffer", b));
+    }
+    distinct(&bufs)?;
+    let limits = ctx.limits();
+    q.check("q", g.dtype, sum.num_tokens_q, inner, limits)?;
     let out_dtype = if p.output_scale.is_some() {
         Dtype::Fp8E4m3
     } else {
         g.dtype
     };
-    out.check("out", out_dtype, sum.num_tokens_q, inner)?;
-    if q.buffer == out.buffer {
-        return Err(Error::InvalidBuffer {
-            what: "out",
-            detail: "must not be the q buffer".into(),
-        });
-    }
+    out.check("out", out_dtype, sum.num_tokens_q, inner, limits)?;
+
     if sum.num_tokens_q == 0 {
         return Ok(());
     }
@@ -233,8 +243,8 @@ pub(crate) fn encode(
     if aux.is_empty() {
         aux.push(0.0);
     }
-    let lbuf = ctx.intern(wgpu::BufferUsages::UNIFORM, bytemuck::bytes_of(&lu));
-    let abuf = ctx.intern(wgpu::BufferUsages::STORAGE, bytemuck::cast_slice(&aux));
+    let lbuf = ctx.intern(wgpu::BufferUsages::UNIFORM, bytemuck::bytes_of(&lu))?;
+    let abuf = ctx.intern(wgpu::BufferUsages::STORAGE, bytemuck::cast_slice(&aux))?;
 
     let mut features = p.features(step);
     if segments > 1 {
@@ -262,17 +272,21 @@ pub(crate) fn encode(
     })?;
 
     let pooled;
+    let need = segment_buffer_bytes(sum.num_tokens_q, hq, segments, d);
     let partials = if segments > 1 {
-        let need = segment_buffer_bytes(sum.num_tokens_q, hq, segments, d);
         Some(match p.segment_buffer {
             Some(b) => {
-                if b.size() < need || !b.usage().contains(wgpu::BufferUsages::STORAGE) {
+                if b.size() < need
+                    || !b.usage().contains(wgpu::BufferUsages::STORAGE)
+                    || need > limits.max_storage_buffer_binding_size
+                {
                     return Err(Error::InvalidBuffer {
                         what: "segment_buffer",
                         detail: format!(
-                            "{} bytes ({:?}); {segments} segments need {need} bytes with STORAGE usage",
+                            "{} bytes ({:?}); {segments} segments need {need} bytes with STORAGE usage, within the binding limit {}",
                             b.size(),
-                            b.usage()
+                            b.usage(),
+                            limits.max_storage_buffer_binding_size
                         ),
                     });
                 }
@@ -286,23 +300,64 @@ pub(crate) fn encode(
     } else {
         None
     };
-    let target = partials.unwrap_or(out.buffer);
-    let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some("quantkv/attention"),
-        layout: &compiled.layout,
-        entries: &[
-            bind(0, &step.uniform),
-            bind(1, &lbuf),
-            bind(2, &step.meta),
-            bind(3, &abuf),
-            bind(4, q.buffer),
-            bind(5, layer.k),
-            bind(6, layer.v),
-            bind(7, layer.k_scale),
-            bind(8, layer.v_scale),
-            bind(9, target),
-        ],
-    });
+    let rows = sum.num_tokens_q;
+    let target = match partials {
+        Some(part) => exact(part, need),
+        None => out.binding(rows),
+    };
+    // Everything is built (and checked by wgpu under error scopes) before anything is
+    // recorded, so a failed call leaves the encoder as it was.
+    let bg = ctx.guarded("attention bind group", 0, || {
+        ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("quantkv/attention"),
+            layout: &compiled.layout,
+            entries: &[
+                bind(0, &step.uniform),
+                bind(1, &lbuf),
+                bind(2, &step.meta),
+                bind(3, &abuf),
+                entry(4, q.binding(rows)),
+                bind(5, layer.k),
+                bind(6, layer.v),
+                bind(7, layer.k_scale),
+                bind(8, layer.v_scale),
+                entry(9, target),
+            ],
+        })
+    })?;
+    let reduce = match partials {
+        Some(part) => {
+            let rkey = PipelineKey {
+                kernel: Kernel::Reduce,
+                features: Features(features.0 & (Features::SINKS | Features::OUT_FP8)),
+                tiling: Tiling {
+                    wg_size: reduce_wg(d),
+                    tile: 0,
+                    max_m: 0,
+                },
+                debug: 0,
+                ..key
+            };
+            let reduce = ctx
+                .pipelines
+                .get(ctx, rkey, || reduce_source(codec, d, features))?;
+            let rbg = ctx.guarded("reduce bind group", 0, || {
+                ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("quantkv/reduce"),
+                    layout: &reduce.layout,
+                    entries: &[
+                        bind(0, &step.uniform),
+                        bind(1, &lbuf),
+                        bind(3, &abuf),
+                        entry(4, exact(part, need)),
+                        entry(9, out.binding(rows)),
+                    ],
+                })
+            })?;
+            Some((reduce, rbg))
+        }
+        None => None,
+    };
     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
         label: Some("quantkv/unified_attention"),
         timestamp_writes: None,
@@ -310,36 +365,10 @@ pub(crate) fn encode(
     pass.set_pipeline(&compiled.pipeline);
     pass.set_bind_group(0, &bg, &[]);
     pass.dispatch_workgroups(gx, gy, segments);
-
-    if let Some(part) = partials {
-        let rkey = PipelineKey {
-            kernel: Kernel::Reduce,
-            features: Features(features.0 & (Features::SINKS | Features::OUT_FP8)),
-            tiling: Tiling {
-                wg_size: reduce_wg(d),
-                tile: 0,
-                max_m: 0,
-            },
-            debug: 0,
-            ..key
-        };
-        let reduce = ctx
-            .pipelines
-            .get(ctx, rkey, || reduce_source(codec, d, features))?;
-        let rbg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("quantkv/reduce"),
-            layout: &reduce.layout,
-            entries: &[
-                bind(0, &step.uniform),
-                bind(1, &lbuf),
-                bind(3, &abuf),
-                bind(4, part),
-                bind(9, out.buffer),
-            ],
-        });
+    if let Some((reduce, rbg)) = reduce {
         pass.set_pipeline(&reduce.pipeline);
         pass.set_bind_group(0, &rbg, &[]);
-        pass.dispatch_workgroups(sum.num_tokens_q, hq, 1);
+        pass.dispatch_workgroups(rows, hq, 1);
     }
     Ok(())
 }
@@ -487,12 +516,14 @@ fn partials_buffer(ctx: &Context, step: &StepGpu, bytes: u64) -> Result<Arc<wgpu
             return Ok(b.clone());
         }
     }
-    let b = Arc::new(ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("quantkv/split_partials"),
-        size: bytes.max(16),
-        usage: wgpu::BufferUsages::STORAGE,
-        mapped_at_creation: false,
-    }));
+    let b = Arc::new(ctx.guarded("split-K partials", bytes, || {
+        ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("quantkv/split_partials"),
+            size: bytes.max(16),
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    })?);
     *slot = Some(b.clone());
     Ok(b)
 }

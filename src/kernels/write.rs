@@ -4,7 +4,8 @@
 
 use super::{check_step, layer_uniform, LayerRef, StepGpu};
 use crate::error::{shape, Result};
-use crate::gpu::bind::{bind, grid_2d, storage_entry, uniform_entry};
+use crate::gpu::bind::{bind, entry, grid_2d, storage_entry, uniform_entry};
+use crate::gpu::tensor::distinct;
 use crate::gpu::{Context, Features, Kernel, PipelineKey, PipelineSource, Tensor, Tiling};
 use crate::modes::Codec;
 
@@ -22,8 +23,20 @@ pub(crate) fn encode(
     check_step(cfg, step)?;
     let n = step.summary.num_write;
     let inner = [cfg.num_kv_heads, cfg.head_size];
-    key.check("key", cfg.dtype, n, inner)?;
-    value.check("value", cfg.dtype, n, inner)?;
+    ctx.alive()?;
+    // key == value is fine (both read-only); neither may be one of the pools it writes.
+    for (what, b) in [("key", key.buffer), ("value", value.buffer)] {
+        distinct(&[
+            (what, b),
+            ("k cache", layer.k),
+            ("v cache", layer.v),
+            ("k scale cache", layer.k_scale),
+            ("v scale cache", layer.v_scale),
+        ])?;
+    }
+    key.check("key", cfg.dtype, n, inner, ctx.limits())?;
+    value.check("value", cfg.dtype, n, inner, ctx.limits())?;
+
     if key.shape[0] != n || value.shape[0] != n {
         return Err(shape(
             "key/value",
@@ -64,22 +77,24 @@ pub(crate) fn encode(
         })?
     };
     let lu = layer_uniform(layer);
-    let lbuf = ctx.intern(wgpu::BufferUsages::UNIFORM, bytemuck::bytes_of(&lu));
-    let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some("quantkv/write"),
-        layout: &compiled.layout,
-        entries: &[
-            bind(0, &step.uniform),
-            bind(1, &lbuf),
-            bind(2, &step.meta),
-            bind(3, key.buffer),
-            bind(4, value.buffer),
-            bind(5, layer.k),
-            bind(6, layer.v),
-            bind(7, layer.k_scale),
-            bind(8, layer.v_scale),
-        ],
-    });
+    let lbuf = ctx.intern(wgpu::BufferUsages::UNIFORM, bytemuck::bytes_of(&lu))?;
+    let bg = ctx.guarded("write bind group", 0, || {
+        ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("quantkv/write"),
+            layout: &compiled.layout,
+            entries: &[
+                bind(0, &step.uniform),
+                bind(1, &lbuf),
+                bind(2, &step.meta),
+                entry(3, key.binding(n)),
+                entry(4, value.binding(n)),
+                bind(5, layer.k),
+                bind(6, layer.v),
+                bind(7, layer.k_scale),
+                bind(8, layer.v_scale),
+            ],
+        })
+    })?;
     let groups = if copy {
         let words = n as u64 * cfg.num_kv_heads as u64 * lu.k_row_words as u64;
         debug_assert!(lu.k_row_words.is_multiple_of(4));

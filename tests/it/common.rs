@@ -66,6 +66,8 @@ pub struct Extras {
     pub rounding: quantkv::modes::Int8Rounding,
     /// Kernel choice (Auto takes the decode kernel for decode-only batches).
     pub path: AttentionPath,
+    /// softmax_scale (default 1/sqrt(head_size)).
+    pub softmax_scale: Option<f32>,
 }
 
 /// Everything a case produced.
@@ -191,7 +193,7 @@ pub fn run_case(ctx: &Context, seed: u64, shape: &Shape, ex: &Extras) -> Result<
     let seg_buf = ex.segment_buffer_bytes.map(|n| ctx.zeroed("segments", n));
     let params = AttentionParams {
         num_q_heads: shape.q_heads,
-        softmax_scale: 1.0 / (d as f32).sqrt(),
+        softmax_scale: ex.softmax_scale.unwrap_or(1.0 / (d as f32).sqrt()),
         window_size: (ex.window_left.unwrap_or(-1), 0),
         softcap: ex.softcap,
         sinks: ex.sinks.then_some(&sinks[..]),
@@ -268,9 +270,12 @@ pub fn run_case(ctx: &Context, seed: u64, shape: &Shape, ex: &Extras) -> Result<
         };
         let block_rows = nan.repeat(bs * hkv);
         let (kt, vt) = if plain {
-            (cache.layer(0).k(), cache.layer(0).v())
+            (cache.layer(0).unwrap().k(), cache.layer(0).unwrap().v())
         } else {
-            (cache.layer(0).k_scale(), cache.layer(0).v_scale())
+            (
+                cache.layer(0).unwrap().k_scale(),
+                cache.layer(0).unwrap().v_scale(),
+            )
         };
         for (s, &(ql, kv)) in shape.seqs.iter().enumerate() {
             let first_qpos = (kv - ql) as usize;
@@ -294,7 +299,7 @@ pub fn run_case(ctx: &Context, seed: u64, shape: &Shape, ex: &Extras) -> Result<
         &mut enc,
         &Attention {
             plan: &plan,
-            layer: cache.layer(0),
+            layer: cache.layer(0).unwrap(),
             q: Tensor::new(&qbuf, dt, q_shape),
             out: Tensor::new(&obuf, odt, [out_rows, shape.q_heads, shape.head_size]),
             params: &params,
@@ -438,7 +443,7 @@ pub fn check_layout(
     slots: &[i32],
 ) -> Result<(Vec<f64>, Vec<f64>)> {
     let cfg = *cache.config();
-    let layer = cache.layer(0);
+    let layer = cache.layer(0).unwrap();
     let backend = quantkv::modes::backend(cfg.mode)?;
     let (hkv, d) = (cfg.num_kv_heads as usize, cfg.head_size as usize);
     let rows = cfg.rows() as usize;

@@ -14,4 +14,5 @@ mod attention_none;
 mod attention_params;
 mod quant_formats;
 mod registry;
+mod robustness;
 mod validation;

@@ -189,7 +189,7 @@ fn gpu_fp8_encoder_equals_cpu_on_every_code_and_midpoint() {
     ]);
     vals.resize(vals.len().next_multiple_of(64), 0.0);
     let cache = gpu_write(ctx, KvQuantMode::Fp8PerTensor, &vals, 64, 1.0);
-    let got = ctx.read_buffer(cache.layer(0).k()).unwrap();
+    let got = ctx.read_buffer(cache.layer(0).unwrap().k()).unwrap();
     let n = vals.len() / 64;
     for r in 0..n {
         let slot = n - 1 - r; // slots were written in reverse
@@ -273,7 +273,7 @@ fn attention_over_non_finite_writes_is_finite_and_matches() {
                 &mut enc,
                 &Attention {
                     plan: &plan,
-                    layer: cache.layer(0),
+                    layer: cache.layer(0).unwrap(),
                     q: Tensor::new(&qb, Dtype::F32, [1, 4, d]),
                     out: Tensor::new(&ob, Dtype::F32, [1, 4, d]),
                     params: &params,
@@ -577,7 +577,7 @@ fn gpu_fp8_read_is_exact_for_every_code() {
                     &mut enc,
                     &Attention {
                         plan: &plan,
-                        layer: cache.layer(0),
+                        layer: cache.layer(0).unwrap(),
                         q: Tensor::new(&q, Dtype::F32, [1, 2, d]),
                         out: Tensor::new(&out, Dtype::F32, [1, 2, d]),
                         params: &p,

@@ -1,0 +1,741 @@
+//! Where quantkv meets wgpu and the driver: every cause gets a typed error (or behaves like the
+//! reference), never a panic, a wgpu error or a silent wrong answer. Each test runs on a private
+//! context with an uncaptured-error handler that records any wgpu error; the test fails if one
+//! was raised.
+
+use std::sync::{Arc, Mutex};
+
+use crate::common::*;
+use quantkv::*;
+
+/// A private context whose uncaptured wgpu errors are recorded.
+struct Watched {
+    ctx: Context,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl Watched {
+    fn new() -> Option<Self> {
+        context()?;
+        let ctx = Context::new().unwrap();
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = errors.clone();
+        ctx.device
+            .on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                sink.lock().unwrap().push(e.to_string());
+            }));
+        Some(Self { ctx, errors })
+    }
+
+    fn assert_clean(&self) {
+        let _ = self.ctx.device.poll(wgpu::PollType::wait_indefinitely());
+        let errors = self.errors.lock().unwrap();
+        assert!(errors.is_empty(), "uncaptured wgpu errors: {errors:?}");
+    }
+}
+
+fn small_cfg(mode: KvQuantMode) -> CacheConfig {
+    CacheConfig {
+        num_layers: 1,
+        num_blocks: 8,
+        block_size: 16,
+        num_kv_heads: 2,
+        head_size: 64,
+        mode,
+        dtype: Dtype::F16,
+        ..Default::default()
+    }
+}
+
+fn one_seq(slots: &[i32]) -> (Vec<i32>, Vec<i32>, Vec<i32>) {
+    let n = slots.len() as i32;
+    (vec![0, n], vec![n], vec![0, 1, 2, 3])
+}
+
+#[test]
+fn aliased_buffers_are_rejected_and_nothing_is_recorded() {
+    let Some(w) = Watched::new() else { return };
+    let ctx = &w.ctx;
+    let cfg = small_cfg(KvQuantMode::Int8PerTokenHead);
+    let cache = KvCache::new(ctx, &cfg).unwrap();
+    let layer = cache.layer(0).unwrap();
+    let slots = [0, 1, 2];
+    let (cu, su, bt) = one_seq(&slots);
+    let plan = BatchPlan::new(
+        ctx,
+        &cfg,
+        &StepInput {
+            slot_mapping: &slots,
+            cu_seqlens_q: &cu,
+            seqused_k: &su,
+            block_table: &bt,
+            block_table_stride: 4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let kv = ctx.zeroed("kv", 3 * 2 * 64 * 2);
+    let q = ctx.zeroed("q", 3 * 4 * 64 * 2);
+    let out = ctx.zeroed("out", 3 * 4 * 64 * 2);
+    let seg = ctx.zeroed("seg", segment_buffer_bytes(3, 4, 4, 64));
+    let kvt = |b| Tensor::new(b, Dtype::F16, [3, 2, 64]);
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    // Write: key or value being a pool the call writes.
+    for (k, v) in [(layer.k(), &kv), (&kv, layer.v()), (layer.k_scale(), &kv)] {
+        let e = cache
+            .reshape_and_cache(ctx, &mut enc, &plan, 0, kvt(k), kvt(v))
+            .unwrap_err();
+        assert!(matches!(e, Error::Aliased { .. }), "{e}");
+    }
+    let params = AttentionParams {
+        num_q_heads: 4,
+        softmax_scale: 0.125,
+        ..Default::default()
+    };
+    let attend = |enc: &mut wgpu::CommandEncoder,
+                  q: &wgpu::Buffer,
+                  out: &wgpu::Buffer,
+                  p: &AttentionParams| {
+        cache.unified_attention(
+            ctx,
+            enc,
+            &Attention {
+                plan: &plan,
+                layer,
+                q: Tensor::new(q, Dtype::F16, [3, 4, 64]),
+                out: Tensor::new(out, Dtype::F16, [3, 4, 64]),
+                params: p,
+            },
+        )
+    };
+    for (qb, ob) in [
+        (&q, &q),
+        (&q, layer.k()),
+        (layer.v(), &out),
+        (&q, layer.v_scale()),
+    ] {
+        let e = attend(&mut enc, qb, ob, &params).unwrap_err();
+        assert!(matches!(e, Error::Aliased { .. }), "{e}");
+    }
+    for s in [&out, &q, layer.k()] {
+        let p = AttentionParams {
+            split: SplitK::Segments(4),
+            segment_buffer: Some(s),
+            ..params
+        };
+        let e = attend(&mut enc, &q, &out, &p).unwrap_err();
+        assert!(matches!(e, Error::Aliased { .. }), "{e}");
+    }
+    // Nothing was recorded by the rejected calls: the pools and out are untouched.
+    ctx.queue.submit([enc.finish()]);
+    for b in [layer.k(), layer.v(), layer.k_scale(), layer.v_scale(), &out] {
+        assert!(ctx.read_buffer(b).unwrap().iter().all(|&x| x == 0));
+    }
+    // key == value is fine (both read-only), and a distinct segment buffer works.
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    cache
+        .reshape_and_cache(ctx, &mut enc, &plan, 0, kvt(&kv), kvt(&kv))
+        .unwrap();
+    let p = AttentionParams {
+        split: SplitK::Segments(4),
+        segment_buffer: Some(&seg),
+        ..params
+    };
+    attend(&mut enc, &q, &out, &p).unwrap();
+    ctx.queue.submit([enc.finish()]);
+    w.assert_clean();
+}
+
+#[test]
+fn buffers_of_another_device_are_rejected() {
+    let Some(w) = Watched::new() else { return };
+    let ctx = &w.ctx;
+    // A second Context::new (one process-wide instance), and a second device on the adapter of
+    // an instance the app made itself.
+    let other = Context::new().unwrap();
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(wgpu::util::initialize_adapter_from_env_or_default(
+        &instance, None,
+    ))
+    .unwrap();
+    let twin_a = pollster::block_on(Context::from_adapter(&adapter)).unwrap();
+    let twin_b = pollster::block_on(Context::from_adapter(&adapter)).unwrap();
+    for (ctx, foreign) in [(ctx, &other), (&twin_a, &twin_b)] {
+        let cfg = small_cfg(KvQuantMode::None);
+        let cache = KvCache::new(ctx, &cfg).unwrap();
+        let slots = [0, 1];
+        let (cu, su, bt) = one_seq(&slots);
+        let plan = BatchPlan::new(
+            ctx,
+            &cfg,
+            &StepInput {
+                slot_mapping: &slots,
+                cu_seqlens_q: &cu,
+                seqused_k: &su,
+                block_table: &bt,
+                block_table_stride: 4,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let kv = foreign.zeroed("kv", 2 * 2 * 64 * 2);
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        let t = Tensor::new(&kv, Dtype::F16, [2, 2, 64]);
+        let e = cache
+            .reshape_and_cache(ctx, &mut enc, &plan, 0, t, t)
+            .unwrap_err();
+        assert!(matches!(e, Error::ForeignBuffer { .. }), "{e}");
+        let q = foreign.zeroed("q", 2 * 4 * 64 * 2);
+        let out = ctx.zeroed("out", 2 * 4 * 64 * 2);
+        let e = cache
+            .unified_attention(
+                ctx,
+                &mut enc,
+                &Attention {
+                    plan: &plan,
+                    layer: cache.layer(0).unwrap(),
+                    q: Tensor::new(&q, Dtype::F16, [2, 4, 64]),
+                    out: Tensor::new(&out, Dtype::F16, [2, 4, 64]),
+                    params: &AttentionParams {
+                        num_q_heads: 4,
+                        ..Default::default()
+                    },
+                },
+            )
+            .unwrap_err();
+        assert!(matches!(e, Error::ForeignBuffer { .. }), "{e}");
+        ctx.queue.submit([enc.finish()]);
+    }
+    w.assert_clean();
+}
+
+#[test]
+fn a_layer_of_another_cache_is_rejected() {
+    let Some(w) = Watched::new() else { return };
+    let ctx = &w.ctx;
+    let cfg = small_cfg(KvQuantMode::None);
+    let a = KvCache::new(ctx, &cfg).unwrap();
+    let b = KvCache::new(ctx, &cfg).unwrap();
+    let plan = BatchPlan::new(
+        ctx,
+        &cfg,
+        &StepInput {
+            cu_seqlens_q: &[0, 1],
+            seqused_k: &[1],
+            block_table: &[0],
+            block_table_stride: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let q = ctx.zeroed("q", 4 * 64 * 2);
+    let out = ctx.zeroed("out", 4 * 64 * 2);
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    let e = a
+        .unified_attention(
+            ctx,
+            &mut enc,
+            &Attention {
+                plan: &plan,
+                layer: b.layer(0).unwrap(),
+                q: Tensor::new(&q, Dtype::F16, [1, 4, 64]),
+                out: Tensor::new(&out, Dtype::F16, [1, 4, 64]),
+                params: &AttentionParams {
+                    num_q_heads: 4,
+                    ..Default::default()
+                },
+            },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidArgument { what: "layer", .. }),
+        "{e}"
+    );
+    assert!(matches!(
+        a.layer(1),
+        Err(Error::InvalidArgument { what: "layer", .. })
+    ));
+    w.assert_clean();
+}
+
+#[test]
+fn binding_rules_are_checked_on_the_host() {
+    let Some(w) = Watched::new() else { return };
+    let ctx = &w.ctx;
+    // A buffer without COPY_SRC cannot be read back: a typed error, not zeros.
+    let plain = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 64,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    assert!(matches!(
+        ctx.read_buffer(&plain),
+        Err(Error::InvalidBuffer { .. })
+    ));
+    // Only the bytes a call uses are bound: a q buffer larger than the storage-binding limit
+    // (a buffer holding many layers, say) works, and a tensor whose used rows do not fit the
+    // buffer is rejected.
+    let limit = ctx.limits().max_storage_buffer_binding_size;
+    let cfg = small_cfg(KvQuantMode::None);
+    let cache = KvCache::new(ctx, &cfg).unwrap();
+    let plan = BatchPlan::new(
+        ctx,
+        &cfg,
+        &StepInput {
+            cu_seqlens_q: &[0, 1],
+            seqused_k: &[1],
+            block_table: &[0],
+            block_table_stride: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let big_rows = (limit / (4 * 64 * 2)) as u32 + 8;
+    let big = ctx.zeroed("big q", big_rows as u64 * 4 * 64 * 2);
+    assert!(big.size() > limit);
+    let out = ctx.zeroed("out", 4 * 64 * 2);
+    let odd = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 4 * 64 * 2 - 4,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    let params = AttentionParams {
+        num_q_heads: 4,
+        ..Default::default()
+    };
+    let run = |enc: &mut wgpu::CommandEncoder, q: Tensor<'_>, o: Tensor<'_>| {
+        cache.unified_attention(
+            ctx,
+            enc,
+            &Attention {
+                plan: &plan,
+                layer: cache.layer(0).unwrap(),
+                q,
+                out: o,
+                params: &params,
+            },
+        )
+    };
+    run(
+        &mut enc,
+        Tensor::new(&big, Dtype::F16, [big_rows, 4, 64]),
+        Tensor::new(&out, Dtype::F16, [1, 4, 64]),
+    )
+    .unwrap();
+    let e = run(
+        &mut enc,
+        Tensor::new(&big, Dtype::F16, [1, 4, 64]),
+        Tensor::new(&odd, Dtype::F16, [1, 4, 64]),
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::InvalidBuffer { what: "out", .. }), "{e}");
+    ctx.queue.submit([enc.finish()]);
+    w.assert_clean();
+}
+
+#[test]
+fn validation_arithmetic_never_overflows() {
+    // Runs in the test profile, where integer overflow panics: each case must come back as a
+    // typed error.
+    let huge = [0i32, i32::MAX];
+    let cases: Vec<StepInput> = vec![
+        StepInput {
+            cu_seqlens_q: &[0, 1, 2],
+            seqused_k: &[1, 1],
+            block_table: &[0, 0],
+            block_table_stride: usize::MAX,
+            ..Default::default()
+        },
+        StepInput {
+            cu_seqlens_q: &[0, i32::MAX],
+            seqused_k: &[i32::MAX],
+            block_table: &[0],
+            block_table_stride: 1,
+            ..Default::default()
+        },
+        StepInput {
+            cu_seqlens_q: &[0, i32::MIN],
+            seqused_k: &[1],
+            block_table: &[0],
+            block_table_stride: 1,
+            ..Default::default()
+        },
+        StepInput {
+            cu_seqlens_q: &[0, 1],
+            seqused_k: &[1],
+            block_table: &[0],
+            block_table_stride: 1,
+            qq_bias: Some(QqBias {
+                values: &[0.0],
+                rows: usize::MAX,
+                cols: 2,
+            }),
+            ..Default::default()
+        },
+        StepInput {
+            cu_seqlens_q: &[0, 1],
+            seqused_k: &[1],
+            block_table: &[0],
+            block_table_stride: 1,
+            prefix_ranges: Some(PrefixRanges {
+                ranges: &huge,
+                ranges_per_seq: usize::MAX,
+            }),
+            ..Default::default()
+        },
+        StepInput {
+            cu_seqlens_q: &[0, 1],
+            seqused_k: &[1],
+            block_table: &[0],
+            block_table_stride: 1,
+            qq_bias: Some(QqBias {
+                values: &[f32::NAN],
+                rows: 1,
+                cols: 1,
+            }),
+            ..Default::default()
+        },
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        let e = c.validate(8, 16).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::InvalidArgument { .. } | Error::ShapeMismatch { .. }
+            ),
+            "case {i}: {e}"
+        );
+    }
+    // Configs whose byte sizes would wrap, or whose slots do not fit i32.
+    for cfg in [
+        CacheConfig {
+            num_layers: u32::MAX,
+            ..small_cfg(KvQuantMode::None)
+        },
+        CacheConfig {
+            num_blocks: u32::MAX,
+            ..small_cfg(KvQuantMode::None)
+        },
+        CacheConfig {
+            num_kv_heads: u32::MAX,
+            ..small_cfg(KvQuantMode::None)
+        },
+    ] {
+        assert!(
+            matches!(cfg.validate(), Err(Error::InvalidArgument { .. })),
+            "{cfg:?}"
+        );
+    }
+    // Footprints saturate instead of wrapping to a small size.
+    let fp = CacheConfig {
+        num_layers: 4096,
+        num_blocks: i32::MAX as u32 / 1024,
+        block_size: 1024,
+        num_kv_heads: 1,
+        head_size: 256,
+        mode: KvQuantMode::None,
+        dtype: Dtype::F32,
+        ..Default::default()
+    }
+    .footprint()
+    .unwrap();
+    assert!(fp.total_bytes > 1 << 40, "{fp:?}");
+    // BatchPlan::new validates the config (block_size 0 would divide by zero).
+    let Some(w) = Watched::new() else { return };
+    let e = BatchPlan::new(
+        &w.ctx,
+        &CacheConfig {
+            block_size: 0,
+            ..small_cfg(KvQuantMode::None)
+        },
+        &StepInput::default(),
+    );
+    assert!(matches!(
+        e,
+        Err(Error::InvalidArgument {
+            what: "block_size",
+            ..
+        })
+    ));
+    w.assert_clean();
+}
+
+#[test]
+fn huge_scores_behave_like_the_reference() {
+    let Some(ctx) = context() else { return };
+    // softmax_scale 1e30: real scores of ~1e30 must not be taken for masked ones.
+    for (seqs, path) in [
+        (vec![(6u32, 40u32), (1, 17)], AttentionPath::Auto),
+        (vec![(1, 40), (1, 70)], AttentionPath::DecodePortable),
+        (vec![(1, 40), (1, 70)], AttentionPath::DecodeSubgroups),
+    ] {
+        let s = shape(&seqs, 4, 2, 64, Dtype::F16);
+        let ex = Extras {
+            softmax_scale: Some(1e30),
+            path,
+            split: SplitK::Segments(2),
+            ..Default::default()
+        };
+        let out = run_case(ctx, 0xB16, &s, &ex).unwrap();
+        assert_close(&out, s.dtype);
+    }
+}
+
+#[test]
+fn a_non_finite_value_of_a_masked_key_does_not_leak() {
+    let Some(w) = Watched::new() else { return };
+    let ctx = &w.ctx;
+    // A prompt of 8 tokens on an f16 cache (stored as given): token 7's V is NaN. Rows 0..6
+    // cannot see it (causal) and must equal the reference; row 7 sees it.
+    let cfg = small_cfg(KvQuantMode::None);
+    let cache = KvCache::new(ctx, &cfg).unwrap();
+    let (n, hkv, hq, d) = (8usize, 2usize, 4usize, 64usize);
+    let mut rng = quantkv::reference::rng::SplitMix64::new(7);
+    let k: Vec<f64> = (0..n * hkv * d).map(|_| rng.normal()).collect();
+    let mut v: Vec<f64> = (0..n * hkv * d).map(|_| rng.normal()).collect();
+    for x in &mut v[7 * hkv * d..] {
+        *x = f64::NAN;
+    }
+    let q: Vec<f64> = (0..n * hq * d).map(|_| rng.normal()).collect();
+    let slots: Vec<i32> = (0..n as i32).collect();
+    let step = StepInput {
+        slot_mapping: &slots,
+        cu_seqlens_q: &[0, n as i32],
+        seqused_k: &[n as i32],
+        block_table: &[0],
+        block_table_stride: 1,
+        ..Default::default()
+    };
+    let plan = BatchPlan::new(ctx, &cfg, &step).unwrap();
+    let (kb, vb, qb) = (
+        ctx.upload("k", &Dtype::F16.encode(&k)),
+        ctx.upload("v", &Dtype::F16.encode(&v)),
+        ctx.upload("q", &Dtype::F16.encode(&q)),
+    );
+    let ob = ctx.zeroed("out", (n * hq * d * 2) as u64);
+    let params = AttentionParams {
+        num_q_heads: hq as u32,
+        softmax_scale: 0.125,
+        ..Default::default()
+    };
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    let kv = |b| Tensor::new(b, Dtype::F16, [n as u32, hkv as u32, d as u32]);
+    cache
+        .reshape_and_cache(ctx, &mut enc, &plan, 0, kv(&kb), kv(&vb))
+        .unwrap();
+    cache
+        .unified_attention(
+            ctx,
+            &mut enc,
+            &Attention {
+                plan: &plan,
+                layer: cache.layer(0).unwrap(),
+                q: Tensor::new(&qb, Dtype::F16, [n as u32, hq as u32, d as u32]),
+                out: Tensor::new(&ob, Dtype::F16, [n as u32, hq as u32, d as u32]),
+                params: &params,
+            },
+        )
+        .unwrap();
+    ctx.queue.submit([enc.finish()]);
+    let got = Dtype::F16.decode(&ctx.read_buffer(&ob).unwrap());
+    // Reference on the f16-rounded inputs, in the cache's slot order (identity here).
+    let r = |x: &[f64]| x.iter().map(|&y| Dtype::F16.round(y)).collect::<Vec<_>>();
+    let mut kc = vec![0.0; 8 * 16 * hkv * d];
+    let mut vc = kc.clone();
+    kc[..k.len()].copy_from_slice(&r(&k));
+    vc[..v.len()].copy_from_slice(&r(&v));
+    let want = quantkv::reference::unified_attention(
+        &r(&q),
+        &kc,
+        &vc,
+        quantkv::reference::attention::RefGeometry {
+            block_size: 16,
+            num_kv_heads: hkv,
+            head_size: d,
+        },
+        &step,
+        &params,
+    );
+    let row = hq * d;
+    for i in 0..7 * row {
+        let tol = 2e-3 * (1.0 + want[i].abs());
+        assert!(
+            got[i].is_finite() && (got[i] - want[i]).abs() <= tol,
+            "row {}: {} vs {}",
+            i / row,
+            got[i],
+            want[i]
+        );
+    }
+    assert!(
+        got[7 * row..].iter().all(|x| x.is_nan()),
+        "row 7 sees the NaN"
+    );
+    w.assert_clean();
+}
+
+#[test]
+fn a_lost_device_gives_typed_errors_not_panics() {
+    let Some(w) = Watched::new() else { return };
+    let ctx = &w.ctx;
+    let cfg = small_cfg(KvQuantMode::Int4PerTokenHead);
+    let cache = KvCache::new(ctx, &cfg).unwrap();
+    let step = StepInput {
+        slot_mapping: &[0],
+        cu_seqlens_q: &[0, 1],
+        seqused_k: &[1],
+        block_table: &[0],
+        block_table_stride: 1,
+        ..Default::default()
+    };
+    let plan = BatchPlan::new(ctx, &cfg, &step).unwrap();
+    let kv = ctx.zeroed("kv", 2 * 64 * 2);
+    let q = ctx.zeroed("q", 4 * 64 * 2);
+    let out = ctx.zeroed("out", 4 * 64 * 2);
+    let hooked = Arc::new(Mutex::new(false));
+    let flag = hooked.clone();
+    ctx.on_device_lost(move |_, _| *flag.lock().unwrap() = true);
+    assert!(!ctx.is_lost());
+    ctx.device.destroy();
+    assert!(ctx.is_lost(), "Device::destroy is seen");
+    assert!(*hooked.lock().unwrap(), "the caller's hook ran");
+    let lost = |e: Error| assert!(matches!(e, Error::DeviceLost(_)), "{e}");
+    lost(KvCache::new(ctx, &cfg).err().unwrap());
+    lost(BatchPlan::new(ctx, &cfg, &step).err().unwrap());
+    lost(ctx.try_zeroed("x", 16).unwrap_err());
+    lost(ctx.read_buffer(&out).unwrap_err());
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    let t = Tensor::new(&kv, Dtype::F16, [1, 2, 64]);
+    lost(
+        cache
+            .reshape_and_cache(ctx, &mut enc, &plan, 0, t, t)
+            .unwrap_err(),
+    );
+    lost(
+        cache
+            .unified_attention(
+                ctx,
+                &mut enc,
+                &Attention {
+                    plan: &plan,
+                    layer: cache.layer(0).unwrap(),
+                    q: Tensor::new(&q, Dtype::F16, [1, 4, 64]),
+                    out: Tensor::new(&out, Dtype::F16, [1, 4, 64]),
+                    params: &AttentionParams {
+                        num_q_heads: 4,
+                        ..Default::default()
+                    },
+                },
+            )
+            .unwrap_err(),
+    );
+}
+
+#[test]
+fn the_pipeline_cache_is_bounded() {
+    let Some(_) = context() else { return };
+    let ctx = Context::new().unwrap().with_pipeline_cap(2);
+    // Three variants (write, unified, decode) through a cap of two: results stay right.
+    for (seqs, seed) in [
+        (vec![(4u32, 20u32)], 1u64),
+        (vec![(1, 20)], 2),
+        (vec![(4, 20)], 3),
+    ] {
+        let s = shape(&seqs, 4, 2, 64, Dtype::F16);
+        let out = run_case(&ctx, seed, &s, &Extras::default()).unwrap();
+        assert_close(&out, s.dtype);
+        assert!(
+            ctx.built_pipelines().len() <= 2,
+            "{:?}",
+            ctx.built_pipelines()
+        );
+    }
+}
+
+/// Out of device memory, simulated: the child test below runs in a child process whose address
+/// space is limited (lavapipe allocates device memory from it), and must get
+/// `Error::OutOfMemory` from `KvCache::new`, then a smaller cache from `KvCache::new_largest`.
+#[test]
+fn out_of_memory_is_a_typed_error() {
+    let Some(ctx) = context() else { return };
+    if !ctx.adapter().name.contains("llvmpipe") {
+        eprintln!("out-of-memory simulation needs lavapipe (device memory = process memory); skipped on {}", ctx.adapter().name);
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v 6000000; exec '{}' --ignored --exact robustness::oom_child --nocapture",
+            exe.display()
+        ))
+        .env("QUANTKV_OOM_CHILD", "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "child failed:\n{text}");
+    assert!(text.contains("OOM-TYPED"), "child output:\n{text}");
+    assert!(text.contains("LARGEST-FIT"), "child output:\n{text}");
+}
+
+#[test]
+#[ignore = "child process of out_of_memory_is_a_typed_error (needs its memory limit)"]
+fn oom_child() {
+    assert!(
+        std::env::var("QUANTKV_OOM_CHILD").is_ok(),
+        "run by out_of_memory_is_a_typed_error"
+    );
+    let ctx = Context::new().unwrap();
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = errors.clone();
+    ctx.device
+        .on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            sink.lock().unwrap().push(e.to_string());
+        }));
+    // 64 layers of 2 x 64 MiB pools: 8 GiB, over the child's 6 GB address space.
+    let cfg = CacheConfig {
+        num_layers: 64,
+        num_blocks: 2048,
+        block_size: 16,
+        num_kv_heads: 8,
+        head_size: 128,
+        mode: KvQuantMode::None,
+        dtype: Dtype::F16,
+        ..Default::default()
+    };
+    match KvCache::new(&ctx, &cfg) {
+        Err(Error::OutOfMemory { what, bytes }) => println!("OOM-TYPED {what} {bytes}"),
+        Err(e) => panic!("expected OutOfMemory, got {e}"),
+        Ok(_) => panic!("an 8 GiB cache fit in a 6 GB address space"),
+    }
+    assert!(!ctx.is_lost(), "out of memory must not lose the device");
+    let small = CacheConfig {
+        num_layers: 4,
+        ..cfg
+    };
+    let c = KvCache::new_largest(
+        &ctx,
+        &CacheConfig {
+            num_blocks: 1 << 20,
+            ..small
+        },
+        16,
+    );
+    match c {
+        Ok(c) => println!("LARGEST-FIT {} blocks", c.config().num_blocks),
+        Err(e) => panic!("new_largest: {e}"),
+    }
+    assert!(
+        errors.lock().unwrap().is_empty(),
+        "{:?}",
+        errors.lock().unwrap()
+    );
+}
