@@ -18,7 +18,7 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
 fi
 g=$(bin gpu)
 "$g" --bench --shapes-json /tmp/shapes.json --shapes-only ${BENCH_FILTER:+--filter $BENCH_FILTER} ${BENCH_MODES:+--modes $BENCH_MODES} > /dev/null
-timeout 240 python3 benches/sdpa.py /tmp/shapes.json "$OUT/sdpa.json" > "$OUT/bench.txt" 2>&1
-timeout 400 "$g" --bench ${BENCH_ARGS:-} --sdpa "$OUT/sdpa.json" --out "$OUT" ${BENCH_FILTER:+--filter $BENCH_FILTER} ${BENCH_MODES:+--modes $BENCH_MODES} >> "$OUT/bench.txt" 2>&1
+timeout ${SDPA_TIMEOUT:-240} python3 benches/sdpa.py /tmp/shapes.json "$OUT/sdpa.json" > "$OUT/bench.txt" 2>&1
+timeout ${BENCH_TIMEOUT:-400} "$g" --bench --repeat ${BENCH_REPEAT:-3} ${BENCH_ARGS:-} --sdpa "$OUT/sdpa.json" --out "$OUT" ${BENCH_FILTER:+--filter $BENCH_FILTER} ${BENCH_MODES:+--modes $BENCH_MODES} >> "$OUT/bench.txt" 2>&1
 python3 benches/chart.py "$OUT" >> "$OUT/bench.txt" 2>&1
 tail -5 "$OUT/bench.txt"

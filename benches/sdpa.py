@@ -1,6 +1,11 @@
 """Same decode/prefill shapes as benches/gpu.rs, timed with PyTorch SDPA (fp16, contiguous K/V,
 enable_gqa=True) on the same GPU, in the same device command. Prints one JSON object per line.
 
+Timed the way serving engines run it: one CUDA graph holds one SDPA call per layer over
+L >= 8 layers (each layer its own q/k/v, together at least 384 MiB of K/V so nothing runs from
+L2); the graph is replayed, and the time per call is the median replay time / L. Single calls
+timed with events would add ~10-60 us of launch cost to small shapes.
+
 usage: python3 benches/sdpa.py SHAPES_JSON OUT_JSON
 SHAPES_JSON: [{"name":..., "b":B, "lq":Lq, "lkv":Lkv, "hq":32, "hkv":8, "d":128, "causal":bool}]
 """
@@ -22,13 +27,17 @@ def backend_name(q, k, v, causal):
     return "unknown"
 
 
-def time_shape(s, runs=50, warmup=10):
+ROTATE_BYTES = 384 << 20
+
+
+def time_shape(s, replays=30, warmup=3):
     b, lq, lkv, hq, hkv, d = s["b"], s["lq"], s["lkv"], s["hq"], s["hkv"], s["d"]
     causal = s.get("causal", False) and lq > 1
-    pools = max(1, min(8, int(2e9 // max(1, b * lkv * hkv * d * 2 * 2))))
-    qs = [torch.randn(b, hq, lq, d, device="cuda", dtype=torch.float16) for _ in range(pools)]
-    ks = [torch.randn(b, hkv, lkv, d, device="cuda", dtype=torch.float16) for _ in range(pools)]
-    vs = [torch.randn(b, hkv, lkv, d, device="cuda", dtype=torch.float16) for _ in range(pools)]
+    layer_kv = b * lkv * hkv * d * 2 * 2
+    layers = max(8, -(-ROTATE_BYTES // max(1, layer_kv)))
+    qs = [torch.randn(b, hq, lq, d, device="cuda", dtype=torch.float16) for _ in range(layers)]
+    ks = [torch.randn(b, hkv, lkv, d, device="cuda", dtype=torch.float16) for _ in range(layers)]
+    vs = [torch.randn(b, hkv, lkv, d, device="cuda", dtype=torch.float16) for _ in range(layers)]
     if causal and lq != lkv:
         # chunked prefill: causal aligned to the end; use an explicit bottom-right mask
         from torch.nn.attention.bias import causal_lower_right
@@ -36,19 +45,34 @@ def time_shape(s, runs=50, warmup=10):
         fn = lambda i: F.scaled_dot_product_attention(qs[i], ks[i], vs[i], attn_mask=mask, enable_gqa=True)
     else:
         fn = lambda i: F.scaled_dot_product_attention(qs[i], ks[i], vs[i], is_causal=causal, enable_gqa=True)
-    for i in range(warmup):
-        fn(i % pools)
+    # Warm up on a side stream (cuBLAS/cuDNN handles, autotuning), then capture all layers.
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            for i in range(layers):
+                fn(i)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = [fn(i) for i in range(layers)]
+    for _ in range(warmup):
+        graph.replay()
     torch.cuda.synchronize()
     times = []
-    for i in range(runs):
+    for _ in range(replays):
         st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        st.record(); fn(i % pools); en.record()
+        st.record(); graph.replay(); en.record()
         torch.cuda.synchronize()
-        times.append(st.elapsed_time(en) * 1000.0)
+        times.append(st.elapsed_time(en) * 1000.0 / layers)
+    del outs, graph
     us = statistics.median(times)
+    spread = (max(times) - min(times)) / us
     bytes_ = 2 * (b * hkv * lkv * d * 2) + 2 * (b * hq * lq * d * 2)
     flops = 4 * b * hq * lq * lkv * d * (0.5 if causal else 1.0)
     return {"name": s["name"], "sdpa_us": us, "sdpa_gbs": bytes_ / us / 1e3, "sdpa_tflops": flops / us / 1e6,
+            "sdpa_layers": layers, "sdpa_spread": spread,
             "sdpa_backend": backend_name(qs[0], ks[0], vs[0], causal)}
 
 
