@@ -256,6 +256,9 @@ fn time_runs(
     Ok(us[us.len() / 2])
 }
 
+/// `--no-fill`: leave caches zeroed (for comparing with runs before the fill existed).
+static NO_FILL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// K/V bytes each attention shape rotates over (across layers), so nothing runs from L2.
 const ROTATE_BYTES: u64 = 384 << 20;
 
@@ -316,7 +319,9 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
         ..Default::default()
     };
     let cache = KvCache::new(ctx, &cfg)?;
-    fill_llm_like(ctx, &cache, rng)?;
+    if !NO_FILL.load(std::sync::atomic::Ordering::Relaxed) {
+        fill_llm_like(ctx, &cache, rng)?;
+    }
     let perm = rng.permutation(num_blocks as usize);
     let block_table: Vec<i32> = perm[..(s.b * blocks_per_seq) as usize]
         .iter()
@@ -506,6 +511,7 @@ fn main() -> Result<()> {
         if smoke { 3 } else { 50 },
         std::sync::atomic::Ordering::Relaxed,
     );
+    NO_FILL.store(flag("--no-fill"), std::sync::atomic::Ordering::Relaxed);
     let filter = opt("--filter");
     let mut list = shapes(quick, flag("--sweep"));
     if let Some(f) = &filter {
