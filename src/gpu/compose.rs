@@ -22,6 +22,10 @@ pub const CORE_FILES: &[(&str, &str)] = &[
         include_str!("../../shaders/common/pack.wgsl"),
     ),
     (
+        "common/no_zero_point.wgsl",
+        include_str!("../../shaders/common/no_zero_point.wgsl"),
+    ),
+    (
         "common/softmax.wgsl",
         include_str!("../../shaders/common/softmax.wgsl"),
     ),

@@ -38,7 +38,8 @@ pub use crate::types::{Dtype, KvQuantMode};
 ///   `EPW > 4`, the one word `w.x` and the group's index `sub` inside it), converted by bit
 ///   operations only;
 /// - `fn k_row_scale(row: u32) -> f32`, `fn k_row_zero(row: u32) -> f32` (and `v_`): the
-///   row's terms, so that `value = (raw - zero) * scale`.
+///   row's terms, so that `value = (raw - zero) * scale` (symmetric modes include
+///   `common/no_zero_point.wgsl` for `K_HAS_ZERO`/`k_row_zero` and their V twins).
 ///
 /// The kernels then compute `q·k = scale·(q·raw − zero·Σq)` and fold the V scale into `p`.
 #[derive(Clone, Debug)]

@@ -47,9 +47,22 @@ fn small_cfg(mode: KvQuantMode) -> CacheConfig {
     }
 }
 
-fn one_seq(slots: &[i32]) -> (Vec<i32>, Vec<i32>, Vec<i32>) {
+/// One sequence whose prompt writes `slots` (blocks 0..4 in its table), as a plan of `cfg`.
+fn prompt_plan(ctx: &Context, cfg: &CacheConfig, slots: &[i32]) -> BatchPlan {
     let n = slots.len() as i32;
-    (vec![0, n], vec![n], vec![0, 1, 2, 3])
+    BatchPlan::new(
+        ctx,
+        cfg,
+        &StepInput {
+            slot_mapping: slots,
+            cu_seqlens_q: &[0, n],
+            seqused_k: &[n],
+            block_table: &[0, 1, 2, 3],
+            block_table_stride: 4,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 #[test]
@@ -59,21 +72,7 @@ fn aliased_buffers_are_rejected_and_nothing_is_recorded() {
     let cfg = small_cfg(KvQuantMode::Int8PerTokenHead);
     let cache = KvCache::new(ctx, &cfg).unwrap();
     let layer = cache.layer(0).unwrap();
-    let slots = [0, 1, 2];
-    let (cu, su, bt) = one_seq(&slots);
-    let plan = BatchPlan::new(
-        ctx,
-        &cfg,
-        &StepInput {
-            slot_mapping: &slots,
-            cu_seqlens_q: &cu,
-            seqused_k: &su,
-            block_table: &bt,
-            block_table_stride: 4,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let plan = prompt_plan(ctx, &cfg, &[0, 1, 2]);
     let kv = ctx.zeroed("kv", 3 * 2 * 64 * 2);
     let q = ctx.zeroed("q", 3 * 4 * 64 * 2);
     let out = ctx.zeroed("out", 3 * 4 * 64 * 2);
@@ -164,21 +163,7 @@ fn buffers_of_another_device_are_rejected() {
     for (ctx, foreign) in [(ctx, &other), (&twin_a, &twin_b)] {
         let cfg = small_cfg(KvQuantMode::None);
         let cache = KvCache::new(ctx, &cfg).unwrap();
-        let slots = [0, 1];
-        let (cu, su, bt) = one_seq(&slots);
-        let plan = BatchPlan::new(
-            ctx,
-            &cfg,
-            &StepInput {
-                slot_mapping: &slots,
-                cu_seqlens_q: &cu,
-                seqused_k: &su,
-                block_table: &bt,
-                block_table_stride: 4,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let plan = prompt_plan(ctx, &cfg, &[0, 1]);
         let kv = foreign.zeroed("kv", 2 * 2 * 64 * 2);
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         let t = Tensor::new(&kv, Dtype::F16, [2, 2, 64]);

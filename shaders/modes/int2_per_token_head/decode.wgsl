@@ -3,10 +3,9 @@
 // the row's scale is norm/(sqrt(d)*b), so centroid*scale is the rotated element divided by b
 // (spec §3.5, §10.2), which makes dot(WHT q, value) = dot(q, k) with the softmax scale
 // unchanged.
+// #include "common/no_zero_point.wgsl"
 const K_EPW: u32 = 16u;
 const V_EPW: u32 = 16u;
-const K_HAS_ZERO: bool = false;
-const V_HAS_ZERO: bool = false;
 
 // Centroid of each 2-bit index of `c` (the four levels are symmetric: the high bit is the
 // sign, the low bit picks the magnitude).
@@ -37,12 +36,4 @@ fn k_row_scale(row: u32) -> f32 {
 
 fn v_row_scale(row: u32) -> f32 {
     return v_scale[row];
-}
-
-fn k_row_zero(row: u32) -> f32 {
-    return 0.0;
-}
-
-fn v_row_zero(row: u32) -> f32 {
-    return 0.0;
 }

@@ -1,10 +1,9 @@
 // modes/int8_per_tensor/decode.wgsl — read contract v2. INT8 per-tensor: four i8 codes per
 // word (element 4j in bits 0..7, unpacked with unpack4xI8), one caller-given scale for K and
 // one for V.
+// #include "common/no_zero_point.wgsl"
 const K_EPW: u32 = 4u;
 const V_EPW: u32 = 4u;
-const K_HAS_ZERO: bool = false;
-const V_HAS_ZERO: bool = false;
 
 fn k_raw4(w: vec4<u32>, sub: u32) -> vec4<f32> {
     return vec4<f32>(unpack4xI8(w.x));
@@ -20,12 +19,4 @@ fn k_row_scale(row: u32) -> f32 {
 
 fn v_row_scale(row: u32) -> f32 {
     return ly.v_tensor_scale;
-}
-
-fn k_row_zero(row: u32) -> f32 {
-    return 0.0;
-}
-
-fn v_row_zero(row: u32) -> f32 {
-    return 0.0;
 }

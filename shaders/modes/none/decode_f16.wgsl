@@ -1,9 +1,8 @@
 // modes/none/decode_f16.wgsl — read contract v2 of mode `none` with an f16 cache: two halves
 // per word (element 2i in the low half), no scale, no zero point.
+// #include "common/no_zero_point.wgsl"
 const K_EPW: u32 = 2u;
 const V_EPW: u32 = 2u;
-const K_HAS_ZERO: bool = false;
-const V_HAS_ZERO: bool = false;
 
 fn k_raw4(w: vec4<u32>, sub: u32) -> vec4<f32> {
     return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
@@ -19,12 +18,4 @@ fn k_row_scale(row: u32) -> f32 {
 
 fn v_row_scale(row: u32) -> f32 {
     return 1.0;
-}
-
-fn k_row_zero(row: u32) -> f32 {
-    return 0.0;
-}
-
-fn v_row_zero(row: u32) -> f32 {
-    return 0.0;
 }

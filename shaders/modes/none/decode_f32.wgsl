@@ -1,9 +1,8 @@
 // modes/none/decode_f32.wgsl — read contract v2 of mode `none` with an f32 cache: one element
 // per word, no scale, no zero point.
+// #include "common/no_zero_point.wgsl"
 const K_EPW: u32 = 1u;
 const V_EPW: u32 = 1u;
-const K_HAS_ZERO: bool = false;
-const V_HAS_ZERO: bool = false;
 
 fn k_raw4(w: vec4<u32>, sub: u32) -> vec4<f32> {
     return bitcast<vec4<f32>>(w);
@@ -19,12 +18,4 @@ fn k_row_scale(row: u32) -> f32 {
 
 fn v_row_scale(row: u32) -> f32 {
     return 1.0;
-}
-
-fn k_row_zero(row: u32) -> f32 {
-    return 0.0;
-}
-
-fn v_row_zero(row: u32) -> f32 {
-    return 0.0;
 }
