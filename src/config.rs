@@ -70,7 +70,7 @@ impl CacheConfig {
         if self.dtype == Dtype::Fp8E4m3 {
             return Err(invalid(
                 "dtype",
-                "fp8 is an attention output format, not a model dtype (use F16 or F32)",
+                "fp8 is an attention output format, not a model dtype (use F16, BF16 or F32)",
             ));
         }
         if self.block_size == 0 || self.block_size > 1024 {

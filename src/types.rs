@@ -90,6 +90,10 @@ pub enum Dtype {
     F16,
     /// IEEE single.
     F32,
+    /// bfloat16 bit patterns, two per u32 word (element 2i in the low half); read exactly as
+    /// `bits << 16`, written rounded to nearest even from f32 (NaN stays NaN). Arithmetic stays
+    /// f32.
+    Bf16,
     /// OCP e4m3fn codes, four per u32 word: an attention *output* format (`output_scale`),
     /// never a model dtype.
     Fp8E4m3,
@@ -99,7 +103,7 @@ impl Dtype {
     /// Bytes per element.
     pub fn size(self) -> u32 {
         match self {
-            Dtype::F16 => 2,
+            Dtype::F16 | Dtype::Bf16 => 2,
             Dtype::F32 => 4,
             Dtype::Fp8E4m3 => 1,
         }
@@ -110,6 +114,7 @@ impl Dtype {
         match self {
             Dtype::F16 => "f16",
             Dtype::F32 => "f32",
+            Dtype::Bf16 => "bf16",
             Dtype::Fp8E4m3 => "fp8e4m3",
         }
     }
@@ -119,6 +124,8 @@ impl Dtype {
         match self {
             Dtype::F16 => half::f16::from_f64(x).to_f64(),
             Dtype::F32 => x as f32 as f64,
+            // f32 first, then bf16 round-to-nearest-even: what the kernels do with f32 values.
+            Dtype::Bf16 => half::bf16::from_f32(x as f32).to_f64(),
             Dtype::Fp8E4m3 => fp8_e4m3_decode(fp8_e4m3_encode(x as f32)) as f64,
         }
     }
@@ -131,6 +138,10 @@ impl Dtype {
                 .flat_map(|&x| half::f16::from_f64(x).to_le_bytes())
                 .collect(),
             Dtype::F32 => xs.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect(),
+            Dtype::Bf16 => xs
+                .iter()
+                .flat_map(|&x| half::bf16::from_f32(x as f32).to_le_bytes())
+                .collect(),
             Dtype::Fp8E4m3 => xs.iter().map(|&x| fp8_e4m3_encode(x as f32)).collect(),
         }
     }
@@ -145,6 +156,10 @@ impl Dtype {
             Dtype::F32 => bytes
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+                .collect(),
+            Dtype::Bf16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
                 .collect(),
             Dtype::Fp8E4m3 => bytes.iter().map(|&c| fp8_e4m3_decode(c) as f64).collect(),
         }

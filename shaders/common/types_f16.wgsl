@@ -24,6 +24,11 @@ fn model_round4(v: vec4<f32>) -> vec4<f32> {
     return vec4<f32>(f16_round(v.x), f16_round(v.y), f16_round(v.z), f16_round(v.w));
 }
 
+// Element i (0 or 1) of a word.
+fn model_elem(w: u32, i: u32) -> f32 {
+    return unpack2x16float(w)[i];
+}
+
 fn model_unpack4(w: vec4<u32>) -> vec4<f32> {
     return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
 }

@@ -35,11 +35,9 @@ var<workgroup> slot_sh: i32;
 
 // Element e of key_in / value_in (model dtype) as f32.
 fn in_load(is_v: bool, e: u32) -> f32 {
-    if (MODEL_WORDS4 == 4u) {
-        return bitcast<f32>(select(key_in[e], value_in[e], is_v));
-    }
-    let w = select(key_in[e / 2u], value_in[e / 2u], is_v);
-    return unpack2x16float(w)[e % 2u];
+    let per = 4u / MODEL_WORDS4; // elements per word
+    let w = select(key_in[e / per], value_in[e / per], is_v);
+    return model_elem(w, e % per);
 }
 
 @compute @workgroup_size(WG_SIZE)

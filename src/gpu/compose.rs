@@ -34,6 +34,10 @@ pub const CORE_FILES: &[(&str, &str)] = &[
         include_str!("../../shaders/common/kv_read.wgsl"),
     ),
     (
+        "common/types_bf16.wgsl",
+        include_str!("../../shaders/common/types_bf16.wgsl"),
+    ),
+    (
         "common/types_f32.wgsl",
         include_str!("../../shaders/common/types_f32.wgsl"),
     ),

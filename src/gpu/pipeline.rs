@@ -293,6 +293,7 @@ pub fn full_source(
     let types = match dtype {
         Dtype::F16 => "// #include \"common/types_f16.wgsl\"\n",
         Dtype::F32 => "// #include \"common/types_f32.wgsl\"\n",
+        Dtype::Bf16 => "// #include \"common/types_bf16.wgsl\"\n",
         Dtype::Fp8E4m3 => {
             return Err(Error::InvalidArgument {
                 what: "dtype",

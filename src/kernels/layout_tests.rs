@@ -145,12 +145,14 @@ fn variants() -> Vec<Variant> {
     let opts = ModeOptions::default();
     for mode in KvQuantMode::ALL {
         let backend = create(mode).expect("every mode is built");
-        for dtype in [Dtype::F16, Dtype::F32] {
+        for dtype in [Dtype::F16, Dtype::F32, Dtype::Bf16] {
             let codec = backend.codec(dtype, &opts);
             let full = dtype == Dtype::F16
                 && matches!(mode, KvQuantMode::None | KvQuantMode::Int4PerTokenHead);
             let dims: Vec<u32> = if full {
                 (32..=256).step_by(16).collect()
+            } else if dtype == Dtype::Bf16 {
+                vec![48, 128]
             } else {
                 vec![32, 48, 80, 128, 256]
             };

@@ -19,6 +19,7 @@ impl QuantKvBackend for NoneBackend {
         Codec {
             decode: match dtype {
                 Dtype::F16 => include_str!("../../shaders/modes/none/decode_f16.wgsl"),
+                Dtype::Bf16 => include_str!("../../shaders/modes/none/decode_bf16.wgsl"),
                 // fp8 is never a model dtype (CacheConfig::validate rejects it)
                 Dtype::F32 | Dtype::Fp8E4m3 => {
                     include_str!("../../shaders/modes/none/decode_f32.wgsl")

@@ -123,3 +123,44 @@ fn extended_long_contexts() {
         );
     }
 }
+
+/// bf16 model dtype (spec §10.8): q/k/v/out as bf16 bit patterns. Mode `none` stores bf16;
+/// every quantized mode quantizes bf16 inputs, and the rotation modes round the rotated rows to
+/// bf16; decode (both rungs, split-K) and mixed batches on the unified kernel.
+#[test]
+fn bf16_model_dtype_every_mode_and_kernel() {
+    let Some(ctx) = context() else { return };
+    for mode in KvQuantMode::ALL {
+        for (seed, seqs, path, split) in [
+            (
+                0x1B0u64,
+                vec![(6u32, 40u32), (1, 23)],
+                AttentionPath::Auto,
+                SplitK::Off,
+            ),
+            (
+                0x1B1,
+                vec![(1, 70), (1, 33)],
+                AttentionPath::DecodeSubgroups,
+                SplitK::Segments(3),
+            ),
+            (
+                0x1B2,
+                vec![(1, 70), (1, 33)],
+                AttentionPath::DecodePortable,
+                SplitK::Off,
+            ),
+        ] {
+            let mut s = shape(&seqs, 8, 2, 64, Dtype::Bf16);
+            s.mode = mode;
+            let ex = Extras {
+                path,
+                split,
+                ..Default::default()
+            };
+            let out = run_case(ctx, seed, &s, &ex)
+                .unwrap_or_else(|e| panic!("{mode:?} seed {seed:#x}: {e}"));
+            assert_close(&out, s.dtype);
+        }
+    }
+}

@@ -352,7 +352,8 @@ pub fn run_case(ctx: &Context, seed: u64, shape: &Shape, ex: &Extras) -> Result<
     })
 }
 
-/// Spec §7 level 2: |gpu − ref| ≤ tol·(1+|ref|) per element (tol 2e-3 for f16, 1e-3 for f32)
+/// Spec §7 level 2: |gpu − ref| ≤ tol·(1+|ref|) per element (tol 2e-3 for f16, 1e-3 for f32,
+/// 8e-3 for bf16, whose output rounding alone reaches 2^-9)
 /// and cosine ≥ 0.99999. Reports the worst index.
 pub fn assert_close(out: &CaseOut, dtype: Dtype) {
     if let Some(scale) = out.fp8_scale {
@@ -372,8 +373,10 @@ pub fn assert_close(out: &CaseOut, dtype: Dtype) {
         }
         return;
     }
+    // bf16 keeps 8 significand bits: its output rounding alone is up to 2^-9 relative.
     let tol = match dtype {
         Dtype::F16 => 2e-3,
+        Dtype::Bf16 => 8e-3,
         _ => 1e-3,
     };
     assert_eq!(out.gpu.len(), out.cpu.len());
