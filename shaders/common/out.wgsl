@@ -5,6 +5,16 @@
 
 override OUT_FP8: bool = false;
 
+// Element index of vec4 column `col` of (token, head) in the q view / the out view (offsets and
+// strides from the layer uniform; host-validated to stay inside their bindings).
+fn q_elem(tok: u32, head: u32, col: u32) -> u32 {
+    return ly.q_off + tok * ly.q_tok + head * ly.q_head + 4u * col;
+}
+
+fn out_elem(tok: u32, head: u32, col: u32) -> u32 {
+    return ly.o_off + tok * ly.o_tok + head * ly.o_head + 4u * col;
+}
+
 fn out_store4(e: u32, v: vec4<f32>) {
     if (OUT_FP8) {
         let y = clamp(v * ly.out_inv_scale, vec4<f32>(-448.0), vec4<f32>(448.0));

@@ -45,4 +45,18 @@ struct LayerU {
     off_sinks: u32,
     off_alibi: u32,
     seg_rows: u32,       // T: token rows the split-K buffers hold
+    // Tensor views, in elements from the start of their binding: offset, row (token) stride,
+    // head stride. Attention: q and out; write path: key and value inputs.
+    q_off: u32,
+    q_tok: u32,
+    q_head: u32,
+    o_off: u32,
+    o_tok: u32,
+    o_head: u32,
+    ki_off: u32,
+    ki_tok: u32,
+    ki_head: u32,
+    vi_off: u32,
+    vi_tok: u32,
+    vi_head: u32,
 }

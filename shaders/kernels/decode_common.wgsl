@@ -140,7 +140,7 @@ fn load_q(tid: u32, inf: DecInfo) {
         let m = e / d4;
         var v = vec4<f32>(0.0);
         if (m < inf.nheads) {
-            v = q_load4((inf.tok * ly.num_q_heads + inf.head0 + m) * HEAD_DIM + 4u * (e % d4));
+            v = q_load4(q_elem(inf.tok, inf.head0 + m, e % d4));
         }
         q_sh[e] = v;
     }
@@ -184,7 +184,7 @@ fn store_row4(m: u32, col: u32, a: vec4<f32>, l: f32, mx: f32, inf: DecInfo, seg
     if (HAS_TRANSFORM) {
         q_sh[m * (HEAD_DIM / 4u) + col] = model_round4(v);
     } else if (m < inf.nheads) {
-        out_store4((inf.tok * ly.num_q_heads + inf.head0 + m) * HEAD_DIM + 4u * col, v);
+        out_store4(out_elem(inf.tok, inf.head0 + m, col), v);
     }
 }
 
@@ -199,7 +199,7 @@ fn store_transformed(tid: u32, inf: DecInfo) {
         for (var e = tid; e < MAX_M * d4; e += WG_SIZE) {
             let m = e / d4;
             if (m < inf.nheads) {
-                out_store4((inf.tok * ly.num_q_heads + inf.head0 + m) * HEAD_DIM + 4u * (e % d4), q_sh[e]);
+                out_store4(out_elem(inf.tok, inf.head0 + m, e % d4), q_sh[e]);
             }
         }
     }

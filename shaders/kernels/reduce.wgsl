@@ -118,6 +118,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         v = q_sh[j];
     }
     if (slice == 0u) {
-        out_store4((tok * ly.num_q_heads + head) * HEAD_DIM + 4u * j, v);
+        out_store4(out_elem(tok, head, j), v);
     }
 }

@@ -259,7 +259,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         var v = vec4<f32>(0.0);
         if (qi < inf.rows_q && hh < inf.nheads) {
             let tok = inf.q_first + qi;
-            v = q_load4(((tok * ly.num_q_heads) + inf.head0 + hh) * HEAD_DIM + 4u * (e % d4));
+            v = q_load4(q_elem(tok, inf.head0 + hh, e % d4));
         }
         q_sh[e] = v;
     }
@@ -445,7 +445,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
                 let hh = m % hg;
                 if (qi < inf.rows_q && hh < inf.nheads) {
                     let tok = inf.q_first + qi;
-                    out_store4((tok * ly.num_q_heads + inf.head0 + hh) * HEAD_DIM + 4u * (e % d4), q_sh[e]);
+                    out_store4(out_elem(tok, inf.head0 + hh, e % d4), q_sh[e]);
                 }
             }
         }
@@ -484,7 +484,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
                     if (seen) {
                         v = acc[k] / l_sh[m];
                     }
-                    out_store4((tok * ly.num_q_heads + head) * HEAD_DIM + 4u * j, v);
+                    out_store4(out_elem(tok, head, j), v);
                 }
             }
         }

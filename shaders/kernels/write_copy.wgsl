@@ -1,6 +1,6 @@
 // kernels/write_copy.wgsl — reshape_and_cache for caches that store rows as given (mode `none`):
-// copies each (token, kv_head) row of `key_in` / `value_in` into the paged slot named by
-// slot_mapping. Negative slots are padding: nothing is written.
+// copies each (token, kv_head) row of the `key_in` / `value_in` views into the paged slot named
+// by slot_mapping. Negative slots are padding: nothing is written.
 //
 // Bindings: 0 StepU, 1 LayerU, 2 meta (slot_mapping at st.off_slot), 3 key_in, 4 value_in,
 //           5 k_cache (rw), 6 v_cache (rw), 7 k_scale (rw, unused), 8 v_scale (rw, unused)
@@ -33,7 +33,15 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if (slot < 0) {
         return;
     }
-    let dst = u32(slot) * per_token + idx % per_token;
-    k_cache[dst] = key_in[idx];
-    v_cache[dst] = value_in[idx];
+    let r = idx % per_token;
+    let row_v4 = ly.k_row_words / 4u;
+    let h = r / row_v4;
+    let c = r % row_v4;
+    // The input views (offsets and strides in elements, multiples of 16 bytes), in vec4 units.
+    let ev4 = 16u / MODEL_WORDS4; // elements per 16 bytes (MODEL_WORDS4 = bytes per element)
+    let ks = (ly.ki_off + t * ly.ki_tok + h * ly.ki_head) / ev4 + c;
+    let vs = (ly.vi_off + t * ly.vi_tok + h * ly.vi_head) / ev4 + c;
+    let dst = u32(slot) * per_token + r;
+    k_cache[dst] = key_in[ks];
+    v_cache[dst] = value_in[vs];
 }

@@ -33,8 +33,9 @@ var<workgroup> inf_sh: array<i32, HEAD_DIM>;
 var<workgroup> red_sh: array<vec2<f32>, WG_SIZE>;
 var<workgroup> slot_sh: i32;
 
-// Element e of key_in / value_in (model dtype) as f32.
-fn in_load(is_v: bool, e: u32) -> f32 {
+// Element i of row (token t, kv head h) of the key / value input view (model dtype) as f32.
+fn in_load(is_v: bool, t: u32, h: u32, i: u32) -> f32 {
+    let e = select(ly.ki_off + t * ly.ki_tok + h * ly.ki_head, ly.vi_off + t * ly.vi_tok + h * ly.vi_head, is_v) + i;
     let per = 4u / MODEL_WORDS4; // elements per word
     let w = select(key_in[e / per], value_in[e / per], is_v);
     return model_elem(w, e % per);
@@ -60,7 +61,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     for (var i = tid; i < HEAD_DIM; i += WG_SIZE) {
-        let raw = in_load(is_v, (t * kvh + h) * HEAD_DIM + i);
+        let raw = in_load(is_v, t, h, i);
         let b = bitcast<u32>(raw);
         var x = raw;
         var inf = 0;

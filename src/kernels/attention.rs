@@ -231,6 +231,11 @@ pub(crate) fn encode(
     lu.softcap = p.softcap;
     lu.out_inv_scale = p.output_scale.map(|s| 1.0 / s).unwrap_or(1.0);
     lu.seg_rows = sum.num_tokens_q;
+    let rows = sum.num_tokens_q;
+    let (q_bind, qi) = q.binding(rows, limits);
+    let (o_bind, oi) = out.binding(rows, limits);
+    (lu.q_off, lu.q_tok, lu.q_head) = (qi.off, qi.tok, qi.head);
+    (lu.o_off, lu.o_tok, lu.o_head) = (oi.off, oi.tok, oi.head);
     let mut aux: Vec<f32> = Vec::new();
     if let Some(s) = p.sinks {
         lu.off_sinks = aux.len() as u32;
@@ -300,10 +305,9 @@ pub(crate) fn encode(
     } else {
         None
     };
-    let rows = sum.num_tokens_q;
     let target = match partials {
         Some(part) => exact(part, need),
-        None => out.binding(rows),
+        None => o_bind.clone(),
     };
     // Everything is built (and checked by wgpu under error scopes) before anything is
     // recorded, so a failed call leaves the encoder as it was.
@@ -316,7 +320,7 @@ pub(crate) fn encode(
                 bind(1, &lbuf),
                 bind(2, &step.meta),
                 bind(3, &abuf),
-                entry(4, q.binding(rows)),
+                entry(4, q_bind),
                 bind(5, layer.k),
                 bind(6, layer.v),
                 bind(7, layer.k_scale),
@@ -350,7 +354,7 @@ pub(crate) fn encode(
                         bind(1, &lbuf),
                         bind(3, &abuf),
                         entry(4, exact(part, need)),
-                        entry(9, out.binding(rows)),
+                        entry(9, o_bind),
                     ],
                 })
             })?;

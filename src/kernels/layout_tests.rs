@@ -409,7 +409,19 @@ fn uniform_structs_match_the_wgsl_layout() {
             out_inv_scale,
             off_sinks,
             off_alibi,
-            seg_rows
+            seg_rows,
+            q_off,
+            q_tok,
+            q_head,
+            o_off,
+            o_tok,
+            o_head,
+            ki_off,
+            ki_tok,
+            ki_head,
+            vi_off,
+            vi_tok,
+            vi_head
         ]
     );
     assert_eq!(n, layer_members, "LayerU members");

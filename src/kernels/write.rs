@@ -76,7 +76,11 @@ pub(crate) fn encode(
             write_rows_source(codec, cfg.head_size, tiling)
         })?
     };
-    let lu = layer_uniform(layer);
+    let mut lu = layer_uniform(layer);
+    let (k_bind, ki) = key.binding(n, ctx.limits());
+    let (v_bind, vi) = value.binding(n, ctx.limits());
+    (lu.ki_off, lu.ki_tok, lu.ki_head) = (ki.off, ki.tok, ki.head);
+    (lu.vi_off, lu.vi_tok, lu.vi_head) = (vi.off, vi.tok, vi.head);
     let lbuf = ctx.intern(wgpu::BufferUsages::UNIFORM, bytemuck::bytes_of(&lu))?;
     let bg = ctx.guarded("write bind group", 0, || {
         ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -86,8 +90,8 @@ pub(crate) fn encode(
                 bind(0, &step.uniform),
                 bind(1, &lbuf),
                 bind(2, &step.meta),
-                entry(3, key.binding(n)),
-                entry(4, value.binding(n)),
+                entry(3, k_bind),
+                entry(4, v_bind),
                 bind(5, layer.k),
                 bind(6, layer.v),
                 bind(7, layer.k_scale),

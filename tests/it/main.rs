@@ -16,3 +16,4 @@ mod quant_formats;
 mod registry;
 mod robustness;
 mod validation;
+mod views;

@@ -1,0 +1,280 @@
+//! Tensor views: q, k and v as three views into one fused QKV projection buffer, out as a
+//! strided slice of a larger buffer at an offset that is not a multiple of the adapter's
+//! storage offset alignment. Every kernel that touches a view (write_copy, write_rows, the
+//! unified and decode kernels, the split-K reduce) must give bit-identical results to the same
+//! call on contiguous buffers, which the rest of the suite checks against the reference.
+
+use crate::common::*;
+use quantkv::reference::rng::SplitMix64;
+use quantkv::*;
+
+const HQ: u32 = 8;
+const HKV: u32 = 2;
+const D: u32 = 64;
+const W: u32 = HQ + 2 * HKV; // heads per fused row
+
+struct Run {
+    out: Vec<u8>,
+}
+
+/// Writes `t` tokens and runs attention, either from contiguous buffers or from views.
+fn run(ctx: &Context, mode: KvQuantMode, fused: bool, decode: bool, split: SplitK) -> Run {
+    let cfg = CacheConfig {
+        num_layers: 1,
+        num_blocks: 12,
+        block_size: 16,
+        num_kv_heads: HKV,
+        head_size: D,
+        mode,
+        dtype: Dtype::F16,
+        ..Default::default()
+    };
+    let cache = KvCache::new(ctx, &cfg).unwrap();
+    // Sequence 0: 30 keys, sequence 1: 41 keys; prefill both, then (decode) one more token each.
+    let (cu, used, slots): (Vec<i32>, Vec<i32>, Vec<i32>) = if decode {
+        (vec![0, 1, 2], vec![30, 41], vec![29, 6 * 16 + 40])
+    } else {
+        let mut s: Vec<i32> = (0..30).collect();
+        s.extend((0..41).map(|p| 6 * 16 + p));
+        (vec![0, 30, 71], vec![30, 41], s)
+    };
+    let t = slots.len() as u32;
+    let table: Vec<i32> = (0..12).collect();
+    let plan = BatchPlan::new(
+        ctx,
+        &cfg,
+        &StepInput {
+            slot_mapping: &slots,
+            cu_seqlens_q: &cu,
+            seqused_k: &used,
+            block_table: &table,
+            block_table_stride: 6,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut rng = SplitMix64::new(0x71e5 + decode as u64);
+    let vals: Vec<f64> = (0..(t * W * D) as usize).map(|_| rng.normal()).collect();
+    let fused_buf = ctx.upload("qkv", &Dtype::F16.encode(&vals));
+    // Contiguous copies of the same q, k and v.
+    let part = |h0: u32, n: u32| -> Vec<f64> {
+        (0..t)
+            .flat_map(|r| {
+                let base = ((r * W + h0) * D) as usize;
+                vals[base..base + (n * D) as usize].to_vec()
+            })
+            .collect()
+    };
+    let (qc, kc, vc) = (
+        ctx.upload("q", &Dtype::F16.encode(&part(0, HQ))),
+        ctx.upload("k", &Dtype::F16.encode(&part(HQ, HKV))),
+        ctx.upload("v", &Dtype::F16.encode(&part(HQ + HKV, HKV))),
+    );
+    // out: rows padded by 16 elements, starting 272 bytes into a larger buffer.
+    let (o_off, o_row) = (272u64, HQ * D + 16);
+    let big = ctx.zeroed("out big", o_off + (t * o_row * 2) as u64 + 64);
+    let plain = ctx.zeroed("out", (t * HQ * D * 2) as u64);
+    let es = 2u64;
+    let (q, k, v, out) = if fused {
+        (
+            Tensor::view(&fused_buf, Dtype::F16, [t, HQ, D], 0, [W * D, D]),
+            Tensor::view(
+                &fused_buf,
+                Dtype::F16,
+                [t, HKV, D],
+                (HQ * D) as u64 * es,
+                [W * D, D],
+            ),
+            Tensor::view(
+                &fused_buf,
+                Dtype::F16,
+                [t, HKV, D],
+                ((HQ + HKV) * D) as u64 * es,
+                [W * D, D],
+            ),
+            Tensor::view(&big, Dtype::F16, [t, HQ, D], o_off, [o_row, D]),
+        )
+    } else {
+        (
+            Tensor::new(&qc, Dtype::F16, [t, HQ, D]),
+            Tensor::new(&kc, Dtype::F16, [t, HKV, D]),
+            Tensor::new(&vc, Dtype::F16, [t, HKV, D]),
+            Tensor::new(&plain, Dtype::F16, [t, HQ, D]),
+        )
+    };
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    if decode {
+        // Fill the context first (contiguous random keys), then write the decode tokens.
+        let n = 71u32;
+        let ctx_slots: Vec<i32> = (0..29).chain(6 * 16..6 * 16 + 40).collect();
+        let fill_plan = BatchPlan::new(
+            ctx,
+            &cfg,
+            &StepInput {
+                slot_mapping: &ctx_slots,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let kv: Vec<f64> = (0..(n * HKV * D) as usize).map(|_| rng.normal()).collect();
+        let kvb = ctx.upload("ctx kv", &Dtype::F16.encode(&kv));
+        let tt = Tensor::new(&kvb, Dtype::F16, [69, HKV, D]);
+        cache
+            .reshape_and_cache(ctx, &mut enc, &fill_plan, 0, tt, tt)
+            .unwrap();
+    }
+    cache
+        .reshape_and_cache(ctx, &mut enc, &plan, 0, k, v)
+        .unwrap();
+    let params = AttentionParams {
+        num_q_heads: HQ,
+        softmax_scale: 0.125,
+        split,
+        ..Default::default()
+    };
+    cache
+        .unified_attention(
+            ctx,
+            &mut enc,
+            &Attention {
+                plan: &plan,
+                layer: cache.layer(0).unwrap(),
+                q,
+                out,
+                params: &params,
+            },
+        )
+        .unwrap();
+    ctx.queue.submit([enc.finish()]);
+    let bytes = if fused {
+        let all = ctx.read_buffer(&big).unwrap();
+        // Gather the view's rows back into contiguous order; the padding stays zero.
+        let mut g = Vec::new();
+        for r in 0..t as usize {
+            let b = o_off as usize + r * (o_row as usize) * 2;
+            g.extend_from_slice(&all[b..b + (HQ * D * 2) as usize]);
+            assert!(
+                all[b + (HQ * D * 2) as usize..b + (o_row * 2) as usize]
+                    .iter()
+                    .all(|&x| x == 0),
+                "row {r}: the padding between out rows was written"
+            );
+        }
+        assert!(
+            all[..o_off as usize].iter().all(|&x| x == 0),
+            "bytes before the view"
+        );
+        g
+    } else {
+        ctx.read_buffer(&plain).unwrap()
+    };
+    Run { out: bytes }
+}
+
+#[test]
+fn fused_qkv_views_match_contiguous_buffers_bit_for_bit() {
+    let Some(ctx) = context() else { return };
+    for mode in [KvQuantMode::None, KvQuantMode::Int4PerTokenHead] {
+        for (decode, split) in [
+            (false, SplitK::Auto),
+            (true, SplitK::Off),
+            (true, SplitK::Segments(3)),
+        ] {
+            let a = run(ctx, mode, false, decode, split);
+            let b = run(ctx, mode, true, decode, split);
+            assert!(
+                a.out.iter().any(|&x| x != 0),
+                "{mode:?} decode={decode}: output written"
+            );
+            assert_eq!(
+                a.out, b.out,
+                "{mode:?} decode={decode} {split:?}: views differ"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_views_get_typed_errors() {
+    let Some(ctx) = context() else { return };
+    let cfg = CacheConfig {
+        num_layers: 1,
+        num_blocks: 4,
+        block_size: 16,
+        num_kv_heads: HKV,
+        head_size: D,
+        mode: KvQuantMode::None,
+        dtype: Dtype::F16,
+        ..Default::default()
+    };
+    let cache = KvCache::new(ctx, &cfg).unwrap();
+    let plan = BatchPlan::new(
+        ctx,
+        &cfg,
+        &StepInput {
+            slot_mapping: &[0, 1],
+            cu_seqlens_q: &[0, 2],
+            seqused_k: &[2],
+            block_table: &[0],
+            block_table_stride: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let fused = ctx.zeroed("qkv", (2 * W * D * 2) as u64);
+    let out = ctx.zeroed("out", (2 * HQ * D * 2) as u64);
+    let canary = ctx.read_buffer(cache.layer(0).unwrap().k()).unwrap();
+    let params = AttentionParams {
+        num_q_heads: HQ,
+        ..Default::default()
+    };
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    let kview = |off: u64, strides: [u32; 2], rows: u32| {
+        Tensor::view(&fused, Dtype::F16, [rows, HKV, D], off, strides)
+    };
+    let good = [W * D, D];
+    for (label, k) in [
+        ("offset not a multiple of 16 bytes", kview(8, good, 2)),
+        (
+            "row stride not a multiple of 16 bytes",
+            kview(1024, [W * D + 1, D], 2),
+        ),
+        ("heads overlap", kview(1024, [W * D, D / 2], 2)),
+        ("rows overlap", kview(1024, [D, D], 2)),
+        (
+            "past the buffer",
+            kview((2 * W * D * 2) as u64 - 256, good, 2),
+        ),
+    ] {
+        let e = cache
+            .reshape_and_cache(ctx, &mut enc, &plan, 0, k, k)
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidBuffer { what: "key", .. }),
+            "{label}: {e}"
+        );
+    }
+    // out may not live in the buffer q is read from (wgpu binds buffers, not ranges).
+    let q = Tensor::view(&fused, Dtype::F16, [2, HQ, D], 0, good);
+    let o = Tensor::view(&fused, Dtype::F16, [2, HQ, D], 0, good);
+    let e = cache
+        .unified_attention(
+            ctx,
+            &mut enc,
+            &Attention {
+                plan: &plan,
+                layer: cache.layer(0).unwrap(),
+                q,
+                out: o,
+                params: &params,
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(e, Error::Aliased { .. }), "{e}");
+    let _ = out;
+    ctx.queue.submit([enc.finish()]);
+    assert_eq!(
+        ctx.read_buffer(cache.layer(0).unwrap().k()).unwrap(),
+        canary
+    );
+}
