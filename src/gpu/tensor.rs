@@ -146,7 +146,10 @@ impl<'a> Tensor<'a> {
         let es = self.dtype.size() as u64;
         let [ts, hs] = self.strides;
         let row = self.shape[2] as u64;
-        if self.offset % 16 != 0 || (ts as u64 * es) % 16 != 0 || (hs as u64 * es) % 16 != 0 {
+        if !self.offset.is_multiple_of(16)
+            || !(ts as u64 * es).is_multiple_of(16)
+            || !(hs as u64 * es).is_multiple_of(16)
+        {
             return Err(Error::InvalidBuffer {
                 what,
                 detail: format!(
