@@ -321,6 +321,88 @@ impl KvCache {
         )
     }
 
+    /// Compiles, ahead of the first step, the pipelines this cache will need for attention
+    /// calls with each of `params` (their features, split choice and path): the write kernel,
+    /// and for decode batches (short and long contexts, small and large batches: each decode
+    /// rung the planner may pick, with and without split-K) and prefill batches the attention
+    /// kernels and the split-K reduce. Work runs on background threads (one per core); calls
+    /// `progress(done, total)` after each variant. Variants that depend on the step (qq_bias,
+    /// prefix ranges) are compiled on first use. Returns the number of variants visited.
+    pub fn warm_up(
+        &self,
+        ctx: &Context,
+        params: &[AttentionParams<'_>],
+        progress: impl Fn(usize, usize) + Sync,
+    ) -> Result<usize> {
+        let layer = self.layer(0)?.kernel_ref();
+        let g = self.config.geometry();
+        let shapes = [
+            // (num_seqs, query tokens, longest query, longest context)
+            (1u32, 1u32, 1u32, 64u32),
+            (1, 1, 1, 32768),
+            (64, 64, 1, 4096),
+            (1, 512, 512, 512),
+        ];
+        let mut jobs: Vec<(LaunchPlan, crate::gpu::Features)> = Vec::new();
+        for p in params {
+            for &(num_seqs, num_tokens_q, max_q, max_k) in &shapes {
+                let sum = kernels::StepSummary {
+                    num_seqs,
+                    num_tokens_q,
+                    num_write: num_tokens_q,
+                    max_seqlen_q: max_q,
+                    max_seqlen_k: max_k,
+                };
+                let lp = kernels::launch_plan(ctx.caps(), &g, &sum, p, false)?;
+                let f = p.features(false, false);
+                let same = |(a, fa): &(LaunchPlan, crate::gpu::Features)| {
+                    a.kernel == lp.kernel
+                        && a.subgroups == lp.subgroups
+                        && (a.segments > 1) == (lp.segments > 1)
+                        && a.tiling == lp.tiling
+                        && *fa == f
+                };
+                if !jobs.iter().any(same) {
+                    jobs.push((lp, f));
+                }
+            }
+        }
+        let total = jobs.len() + 1;
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let first_error = std::sync::Mutex::new(None);
+        let tick = || progress(done.fetch_add(1, Ordering::Relaxed) + 1, total);
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .min(total);
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let r = if i == 0 {
+                        kernels::write::pipeline(ctx, &layer).map(|_| ())
+                    } else if let Some((lp, f)) = jobs.get(i - 1) {
+                        kernels::attention::pipelines(ctx, &layer, lp, *f).map(|_| ())
+                    } else {
+                        break;
+                    };
+                    if let Err(e) = r {
+                        first_error
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(e);
+                    }
+                    tick();
+                });
+            }
+        });
+        match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(total),
+        }
+    }
+
     fn check_own(&self, layer: &LayerKv) -> Result<()> {
         if layer.cache_id != self.id {
             return Err(invalid("layer", "belongs to another KvCache"));

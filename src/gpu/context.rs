@@ -77,11 +77,45 @@ pub struct Context {
     interned: Mutex<InternMap>,
     checked_shaders: bool,
     lost: Arc<LostState>,
+    disk_cache: Option<DiskCache>,
+}
+
+/// A wgpu pipeline cache persisted in a file ([`Context::with_pipeline_cache_dir`]).
+struct DiskCache {
+    cache: wgpu::PipelineCache,
+    path: std::path::PathBuf,
+    loaded: usize,
+}
+
+/// File header of a persisted pipeline cache: magic, then the data's length and FNV-1a hash
+/// (little endian u64s), then the data as wgpu's `PipelineCache::get_data` gave it.
+const CACHE_MAGIC: &[u8; 8] = b"QKVPC\x001\x00";
+
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// The data of a cache file, or why it is not usable.
+fn read_cache_file(path: &std::path::Path) -> std::result::Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    if bytes.len() < 24 || &bytes[..8] != CACHE_MAGIC {
+        return Err("not a quantkv pipeline cache".into());
+    }
+    let len = u64::from_le_bytes(bytes[8..16].try_into().unwrap()) as usize;
+    let hash = u64::from_le_bytes(bytes[16..24].try_into().unwrap());
+    let data = &bytes[24..];
+    if data.len() != len || fnv1a(data) != hash {
+        return Err("truncated or corrupt".into());
+    }
+    Ok(data.to_vec())
 }
 
 /// Features quantkv enables when the adapter has them.
 fn wanted_features(available: wgpu::Features) -> wgpu::Features {
     let wanted = wgpu::Features::SHADER_F16
+        | wgpu::Features::PIPELINE_CACHE
         | wgpu::Features::SUBGROUP
         | wgpu::Features::TIMESTAMP_QUERY
         | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
@@ -187,7 +221,117 @@ impl Context {
             interned: Mutex::new(HashMap::new()),
             checked_shaders: false,
             lost,
+            disk_cache: None,
         }
+    }
+
+    /// Persists compiled pipelines across runs in `dir` (created if missing), where the adapter
+    /// supports it (`Features::PIPELINE_CACHE`, Vulkan): the file is named after the adapter
+    /// (vendor, device) and driver, so another GPU or driver never reads it; a stale, truncated
+    /// or corrupt file is ignored with a log line (wgpu also rejects data of another driver
+    /// version). [`Context::save_pipeline_cache`] writes it back atomically. Without the
+    /// feature this does nothing (see [`Context::pipeline_cache_file`]). Call before the first
+    /// kernel runs.
+    pub fn with_pipeline_cache_dir(mut self, dir: impl AsRef<std::path::Path>) -> Self {
+        if !self
+            .device
+            .features()
+            .contains(wgpu::Features::PIPELINE_CACHE)
+        {
+            log::info!("quantkv: adapter has no PIPELINE_CACHE; pipelines are not persisted");
+            return self;
+        }
+        let info = self.device.adapter_info();
+        let Some(key) = wgpu::util::pipeline_cache_key(&info) else {
+            return self;
+        };
+        let driver: String = format!("{}_{}", info.driver, info.driver_info)
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let path = dir.as_ref().join(format!("quantkv_{key}_{driver}.bin"));
+        let data = if path.exists() {
+            match read_cache_file(&path) {
+                Ok(d) => Some(d),
+                Err(why) => {
+                    log::warn!("quantkv: ignoring pipeline cache {}: {why}", path.display());
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let loaded = data.as_ref().map_or(0, |d| d.len());
+        // SAFETY: the data is what an earlier `get_data` of a cache on this adapter and driver
+        // returned (the file name carries both, and the header's hash rejects torn or altered
+        // files); wgpu validates its own header too and falls back to an empty cache.
+        let cache = unsafe {
+            self.device
+                .create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
+                    label: Some("quantkv"),
+                    data: data.as_deref(),
+                    fallback: true,
+                })
+        };
+        log::info!(
+            "quantkv: pipeline cache {} ({loaded} bytes loaded)",
+            path.display()
+        );
+        self.disk_cache = Some(DiskCache {
+            cache,
+            path,
+            loaded,
+        });
+        self.pipelines = PipelineCache::with_cap(self.pipelines.cap());
+        self
+    }
+
+    /// The persisted pipeline cache's file and how many bytes were loaded from it, when one
+    /// is in use.
+    pub fn pipeline_cache_file(&self) -> Option<(&std::path::Path, usize)> {
+        self.disk_cache
+            .as_ref()
+            .map(|d| (d.path.as_path(), d.loaded))
+    }
+
+    /// The current size of the persisted pipeline cache's data (what a save would write).
+    pub fn pipeline_cache_bytes(&self) -> Option<usize> {
+        self.disk_cache
+            .as_ref()
+            .and_then(|d| d.cache.get_data())
+            .map(|d| d.len())
+    }
+
+    /// Writes the pipeline cache to its file (a temporary file renamed over it, so readers
+    /// never see a torn file). `Ok(false)` when no cache is in use.
+    pub fn save_pipeline_cache(&self) -> Result<bool> {
+        let Some(d) = &self.disk_cache else {
+            return Ok(false);
+        };
+        let Some(data) = d.cache.get_data() else {
+            return Ok(false);
+        };
+        let io = |e: std::io::Error| Error::InvalidArgument {
+            what: "pipeline cache file",
+            detail: format!("{}: {e}", d.path.display()),
+        };
+        if let Some(parent) = d.path.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        let mut bytes = Vec::with_capacity(data.len() + 24);
+        bytes.extend_from_slice(CACHE_MAGIC);
+        bytes.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&fnv1a(&data).to_le_bytes());
+        bytes.extend_from_slice(&data);
+        let tmp = d.path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, &bytes).map_err(io)?;
+        std::fs::rename(&tmp, &d.path).map_err(io)?;
+        Ok(true)
+    }
+
+    /// The wgpu pipeline cache pipelines are built with, if any.
+    pub(crate) fn wgpu_pipeline_cache(&self) -> Option<&wgpu::PipelineCache> {
+        self.disk_cache.as_ref().map(|d| &d.cache)
     }
 
     /// Adds a hook called when the device is lost (after quantkv marks the context lost). Every

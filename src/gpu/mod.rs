@@ -13,6 +13,6 @@ pub mod timing;
 pub mod uniforms;
 
 pub use context::{AdapterSummary, Caps, Context};
-pub use pipeline::{Features, Kernel, PipelineKey, PipelineSource, Tiling};
+pub use pipeline::{Compiled, Features, Kernel, PipelineKey, PipelineSource, Tiling};
 pub use tensor::Tensor;
 pub use timing::GpuTimer;

@@ -164,15 +164,17 @@ pub struct Compiled {
 
 /// Lazily filled pipeline cache.
 pub struct PipelineCache {
-    map: RwLock<HashMap<PipelineKey, Entry>>,
+    map: RwLock<HashMap<PipelineKey, Arc<Entry>>>,
     /// Most pipelines kept; the least recently used is dropped past it (pipelines still
     /// referenced by recorded work stay alive through their `Arc`).
     cap: usize,
     clock: AtomicU64,
 }
 
+/// One key's slot: a per-key once-cell (its own mutex), so compiling one variant never blocks
+/// callers that need another, and two callers needing the same variant compile it once.
 struct Entry {
-    compiled: Arc<Compiled>,
+    compiled: std::sync::Mutex<Option<Arc<Compiled>>>,
     last_used: AtomicU64,
 }
 
@@ -233,15 +235,21 @@ impl PipelineCache {
         self.cap
     }
 
-    /// Labels of every pipeline the cache holds.
+    /// Labels of every pipeline the cache holds (built ones only).
     pub fn labels(&self) -> Vec<String> {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-        let mut v: Vec<String> = map.keys().map(|k| k.to_string()).collect();
+        let mut v: Vec<String> = map
+            .iter()
+            .filter(|(_, e)| e.compiled.lock().map(|c| c.is_some()).unwrap_or(false))
+            .map(|(k, _)| k.to_string())
+            .collect();
         v.sort();
         v
     }
 
-    /// Returns the pipeline for `key`, building it with `source()` the first time.
+    /// Returns the pipeline for `key`, building it with `source()` the first time. The map's
+    /// lock is held only to find or insert the key's slot; the compile runs under the slot's
+    /// own lock.
     pub fn get<'a>(
         &self,
         ctx: &Context,
@@ -249,36 +257,49 @@ impl PipelineCache {
         source: impl FnOnce() -> PipelineSource<'a>,
     ) -> Result<Arc<Compiled>> {
         let now = self.clock.fetch_add(1, Ordering::Relaxed);
-        if let Some(hit) = self.map.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            hit.last_used.store(now, Ordering::Relaxed);
-            return Ok(hit.compiled.clone());
-        }
-        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(hit) = map.get(&key) {
-            hit.last_used.store(now, Ordering::Relaxed);
-            return Ok(hit.compiled.clone());
+        let slot = {
+            let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+            map.get(&key).cloned()
+        };
+        let slot = match slot {
+            Some(s) => s,
+            None => {
+                let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+                if !map.contains_key(&key) {
+                    while map.len() >= self.cap {
+                        let oldest = map
+                            .iter()
+                            .min_by_key(|(_, e)| e.last_used.load(Ordering::Relaxed))
+                            .map(|(k, _)| *k);
+                        match oldest {
+                            Some(k) => {
+                                log::info!(
+                                    "quantkv: pipeline cache full ({}), dropping {k}",
+                                    self.cap
+                                );
+                                map.remove(&k);
+                            }
+                            None => break,
+                        }
+                    }
+                }
+                map.entry(key)
+                    .or_insert_with(|| {
+                        Arc::new(Entry {
+                            compiled: std::sync::Mutex::new(None),
+                            last_used: AtomicU64::new(now),
+                        })
+                    })
+                    .clone()
+            }
+        };
+        slot.last_used.store(now, Ordering::Relaxed);
+        let mut cell = slot.compiled.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cell.as_ref() {
+            return Ok(c.clone());
         }
         let built = Arc::new(build(ctx, &key, source())?);
-        while map.len() >= self.cap {
-            let oldest = map
-                .iter()
-                .min_by_key(|(_, e)| e.last_used.load(Ordering::Relaxed))
-                .map(|(k, _)| *k);
-            match oldest {
-                Some(k) => {
-                    log::info!("quantkv: pipeline cache full ({}), dropping {k}", self.cap);
-                    map.remove(&k);
-                }
-                None => break,
-            }
-        }
-        map.insert(
-            key,
-            Entry {
-                compiled: built.clone(),
-                last_used: AtomicU64::new(now),
-            },
-        );
+        *cell = Some(built.clone());
         Ok(built)
     }
 }
@@ -351,7 +372,7 @@ fn build(ctx: &Context, key: &PipelineKey, src: PipelineSource<'_>) -> Result<Co
             constants: &src.constants,
             zero_initialize_workgroup_memory: false,
         },
-        cache: None,
+        cache: ctx.wgpu_pipeline_cache(),
     });
     if let Some(err) = pollster::block_on(scope.pop()) {
         return Err(Error::ShaderCompile {

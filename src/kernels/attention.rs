@@ -9,12 +9,14 @@
 
 use std::sync::Arc;
 
-use super::plan::{launch_plan, AttentionPath, SplitK, MAX_SEGMENTS};
+use super::plan::{launch_plan, AttentionPath, LaunchPlan, SplitK, MAX_SEGMENTS};
 use super::{check_step, debug_skip, layer_uniform, LayerRef, StepGpu};
 use crate::error::{invalid, shape, Error, Result};
 use crate::gpu::bind::{bind, entry, exact, storage_entry, uniform_entry};
 use crate::gpu::tensor::distinct;
-use crate::gpu::{Context, Features, Kernel, PipelineKey, PipelineSource, Tensor, Tiling};
+use crate::gpu::{
+    Compiled, Context, Features, Kernel, PipelineKey, PipelineSource, Tensor, Tiling,
+};
 use crate::modes::Codec;
 use crate::types::Dtype;
 
@@ -140,7 +142,9 @@ impl AttentionParams<'_> {
         Ok(())
     }
 
-    fn features(&self, step: &StepGpu) -> Features {
+    /// The feature bits of a call with these parameters (qq_bias and prefix ranges come from
+    /// the step).
+    pub(crate) fn features(&self, has_qq: bool, has_mm: bool) -> Features {
         let mut f = 0;
         if self.softcap > 0.0 {
             f |= Features::SOFTCAP;
@@ -155,10 +159,10 @@ impl AttentionParams<'_> {
                 Features::ALIBI
             };
         }
-        if step.has_qq {
+        if has_qq {
             f |= Features::QQ_BIAS;
         }
-        if step.has_mm {
+        if has_mm {
             f |= Features::MM_PREFIX;
         }
         if self.output_scale.is_some() {
@@ -211,7 +215,7 @@ pub(crate) fn encode(
         return Ok(());
     }
     let lp = launch_plan(ctx.caps(), g, &sum, p, step.has_mm)?;
-    let (tiling, segments, [gx, gy, _]) = (lp.tiling, lp.segments, lp.grid);
+    let (segments, [gx, gy, _]) = (lp.segments, lp.grid);
     let qpk = hq / g.num_kv_heads;
     let (hg, bq, chunks) = (lp.heads_per_wg, lp.q_per_wg, lp.head_chunks);
 
@@ -251,30 +255,9 @@ pub(crate) fn encode(
     let lbuf = ctx.intern(wgpu::BufferUsages::UNIFORM, bytemuck::bytes_of(&lu))?;
     let abuf = ctx.intern(wgpu::BufferUsages::STORAGE, bytemuck::cast_slice(&aux))?;
 
-    let mut features = p.features(step);
-    if segments > 1 {
-        features.0 |= Features::SPLIT;
-    }
-    if lp.subgroups {
-        features.0 |= Features::SUBGROUPS;
-    }
-    let codec = layer.mode.codec();
+    let features = p.features(step.has_qq, step.has_mm);
+    let (compiled, reduce_pipe) = pipelines(ctx, layer, &lp, features)?;
     let d = g.head_size;
-    let key = PipelineKey {
-        kernel: lp.kernel,
-        k: g.mode,
-        v: g.mode,
-        mode_options: layer.mode.option_bits(),
-        head_dim: d,
-        dtype: g.dtype,
-        features,
-        tiling,
-        debug: debug_skip(),
-    };
-    let compiled = ctx.pipelines.get(ctx, key, || match lp.kernel {
-        Kernel::Decode => decode_source(codec, d, features, tiling),
-        _ => attention_source(codec, d, features, tiling),
-    })?;
 
     let pooled;
     let need = segment_buffer_bytes(sum.num_tokens_q, hq, segments, d);
@@ -329,22 +312,8 @@ pub(crate) fn encode(
             ],
         })
     })?;
-    let reduce = match partials {
-        Some(part) => {
-            let rkey = PipelineKey {
-                kernel: Kernel::Reduce,
-                features: Features(features.0 & (Features::SINKS | Features::OUT_FP8)),
-                tiling: Tiling {
-                    wg_size: reduce_wg(d),
-                    tile: 0,
-                    max_m: 0,
-                },
-                debug: 0,
-                ..key
-            };
-            let reduce = ctx
-                .pipelines
-                .get(ctx, rkey, || reduce_source(codec, d, features))?;
+    let reduce = match (partials, reduce_pipe) {
+        (Some(part), Some(reduce)) => {
             let rbg = ctx.guarded("reduce bind group", 0, || {
                 ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some("quantkv/reduce"),
@@ -360,7 +329,7 @@ pub(crate) fn encode(
             })?;
             Some((reduce, rbg))
         }
-        None => None,
+        _ => None,
     };
     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
         label: Some("quantkv/unified_attention"),
@@ -375,6 +344,58 @@ pub(crate) fn encode(
         pass.dispatch_workgroups(rows, hq, 1);
     }
     Ok(())
+}
+
+/// The pipelines a launch plan runs: the attention kernel and, with split-K, the reduce pass
+/// (built on first use; shared with [`crate::KvCache::warm_up`]).
+pub(crate) fn pipelines(
+    ctx: &Context,
+    layer: &LayerRef<'_>,
+    lp: &LaunchPlan,
+    mut features: Features,
+) -> Result<(Arc<Compiled>, Option<Arc<Compiled>>)> {
+    let g = &layer.geometry;
+    if lp.segments > 1 {
+        features.0 |= Features::SPLIT;
+    }
+    if lp.subgroups {
+        features.0 |= Features::SUBGROUPS;
+    }
+    let codec = layer.mode.codec();
+    let (d, tiling) = (g.head_size, lp.tiling);
+    let key = PipelineKey {
+        kernel: lp.kernel,
+        k: g.mode,
+        v: g.mode,
+        mode_options: layer.mode.option_bits(),
+        head_dim: d,
+        dtype: g.dtype,
+        features,
+        tiling,
+        debug: debug_skip(),
+    };
+    let main = ctx.pipelines.get(ctx, key, || match lp.kernel {
+        Kernel::Decode => decode_source(codec, d, features, tiling),
+        _ => attention_source(codec, d, features, tiling),
+    })?;
+    if lp.segments <= 1 {
+        return Ok((main, None));
+    }
+    let rkey = PipelineKey {
+        kernel: Kernel::Reduce,
+        features: Features(features.0 & (Features::SINKS | Features::OUT_FP8)),
+        tiling: Tiling {
+            wg_size: reduce_wg(d),
+            tile: 0,
+            max_m: 0,
+        },
+        debug: 0,
+        ..key
+    };
+    let reduce = ctx
+        .pipelines
+        .get(ctx, rkey, || reduce_source(codec, d, features))?;
+    Ok((main, Some(reduce)))
 }
 
 /// The attention kernel's source, override constants and layout for one variant.

@@ -6,7 +6,11 @@ use super::{check_step, layer_uniform, LayerRef, StepGpu};
 use crate::error::{shape, Result};
 use crate::gpu::bind::{bind, entry, grid_2d, storage_entry, uniform_entry};
 use crate::gpu::tensor::distinct;
-use crate::gpu::{Context, Features, Kernel, PipelineKey, PipelineSource, Tensor, Tiling};
+use std::sync::Arc;
+
+use crate::gpu::{
+    Compiled, Context, Features, Kernel, PipelineKey, PipelineSource, Tensor, Tiling,
+};
 use crate::modes::Codec;
 
 /// Records `reshape_and_cache` for one layer: validates, then records the core write kernel
@@ -48,34 +52,7 @@ pub(crate) fn encode(
         return Ok(());
     }
     let copy = layer.mode.backend().stores_rows_as_given();
-    let tiling = Tiling {
-        wg_size: if copy { 256 } else { 64 },
-        tile: 0,
-        max_m: 0,
-    };
-    let codec = layer.mode.codec();
-    let pkey = PipelineKey {
-        kernel: if copy {
-            Kernel::WriteCopy
-        } else {
-            Kernel::WriteRows
-        },
-        k: cfg.mode,
-        v: cfg.mode,
-        mode_options: if copy { 0 } else { layer.mode.option_bits() },
-        head_dim: cfg.head_size,
-        dtype: cfg.dtype,
-        features: Features::default(),
-        tiling,
-        debug: 0,
-    };
-    let compiled = if copy {
-        ctx.pipelines.get(ctx, pkey, || write_copy_source(tiling))?
-    } else {
-        ctx.pipelines.get(ctx, pkey, || {
-            write_rows_source(codec, cfg.head_size, tiling)
-        })?
-    };
+    let (compiled, tiling) = pipeline(ctx, layer)?;
     let mut lu = layer_uniform(layer);
     let (k_bind, ki) = key.binding(n, ctx.limits());
     let (v_bind, vi) = value.binding(n, ctx.limits());
@@ -115,6 +92,42 @@ pub(crate) fn encode(
     pass.set_bind_group(0, &bg, &[]);
     pass.dispatch_workgroups(x, y, 1);
     Ok(())
+}
+
+/// The write pipeline of `layer`'s mode (built on first use; shared with
+/// [`crate::KvCache::warm_up`]) and the geometry it runs with.
+pub(crate) fn pipeline(ctx: &Context, layer: &LayerRef<'_>) -> Result<(Arc<Compiled>, Tiling)> {
+    let cfg = &layer.geometry;
+    let copy = layer.mode.backend().stores_rows_as_given();
+    let tiling = Tiling {
+        wg_size: if copy { 256 } else { 64 },
+        tile: 0,
+        max_m: 0,
+    };
+    let codec = layer.mode.codec();
+    let pkey = PipelineKey {
+        kernel: if copy {
+            Kernel::WriteCopy
+        } else {
+            Kernel::WriteRows
+        },
+        k: cfg.mode,
+        v: cfg.mode,
+        mode_options: if copy { 0 } else { layer.mode.option_bits() },
+        head_dim: cfg.head_size,
+        dtype: cfg.dtype,
+        features: Features::default(),
+        tiling,
+        debug: 0,
+    };
+    let compiled = if copy {
+        ctx.pipelines.get(ctx, pkey, || write_copy_source(tiling))?
+    } else {
+        ctx.pipelines.get(ctx, pkey, || {
+            write_rows_source(codec, cfg.head_size, tiling)
+        })?
+    };
+    Ok((compiled, tiling))
 }
 
 /// The row-copy write kernel's source, constants and layout.
