@@ -1,6 +1,8 @@
 //! Host-side cost (criterion): validating + uploading one model step's metadata
-//! (`BatchPlan::new`) and recording one layer's `unified_attention` call into an encoder (no
-//! submit), at B=1 L=1k and B=16 L=32k (Hq 32, Hkv 8, D 128, f16 cache, block 16).
+//! (`BatchPlan::new`), recording one layer's `unified_attention` call into an encoder (no
+//! submit), and one whole decode step of a 32-layer model (plan, then per layer a
+//! `reshape_and_cache` and a `unified_attention`, then finish and submit), at B=1 L=1k and
+//! B=16 L=32k (Hq 32, Hkv 8, D 128, f16 cache, block 16).
 //!
 //!   cargo bench --bench host
 
@@ -20,12 +22,13 @@ struct Setup<'a> {
     b: u32,
 }
 
-fn setup(ctx: &Context, b: u32, l: u32) -> Option<Setup<'_>> {
+fn setup(ctx: &Context, b: u32, l: u32, layers: u32) -> Option<Setup<'_>> {
     let stride = l.div_ceil(16) as usize;
     // The pool's size does not change host cost; keep it within small adapters' binding limit
     // (block-table entries may repeat).
     let num_blocks = (b * stride as u32 + 1).min(1024);
     let cfg = CacheConfig {
+        num_layers: layers,
         num_blocks,
         num_kv_heads: 8,
         head_size: 128,
@@ -57,7 +60,7 @@ fn bench(c: &mut Criterion) {
         return;
     };
     for (b, l) in [(1u32, 1024u32), (16, 32768)] {
-        let Some(s) = setup(&ctx, b, l) else {
+        let Some(s) = setup(&ctx, b, l, 32) else {
             eprintln!("setup failed: host benchmarks skipped");
             return;
         };
@@ -99,9 +102,86 @@ fn bench(c: &mut Criterion) {
     }
 }
 
+/// One whole decode step of a 32-layer model at context 1k (B = 1 and 16): the host work of a
+/// step (plan, 64 calls, finish, submit), timed without the GPU's share (drained outside the
+/// timed part every 4 steps; on lavapipe the "GPU" is the same CPU, so measure this on a real
+/// GPU's host).
+fn full_step(c: &mut Criterion) {
+    let Ok(ctx) = Context::new() else {
+        eprintln!("no adapter: host benchmarks skipped");
+        return;
+    };
+    for b in [1u32, 16] {
+        let l = 1024u32;
+        let Some(s) = setup(&ctx, b, l, 32) else {
+            eprintln!("setup failed: host benchmarks skipped");
+            return;
+        };
+        let step = StepInput {
+            cu_seqlens_q: &s.cu,
+            seqused_k: &s.used,
+            block_table: &s.table,
+            block_table_stride: s.stride,
+            ..Default::default()
+        };
+        let params = AttentionParams {
+            num_q_heads: 32,
+            softmax_scale: 0.088,
+            ..Default::default()
+        };
+        let shape = [s.b, 32, 128];
+        // One whole step: new plan (the step's slot mapping), 32 x (write + attention),
+        // finish, submit. The GPU work is drained outside the timed part every few steps.
+        let slots: Vec<i32> = (0..b as i32).map(|i| i * 16).collect();
+        let kv = s.ctx.zeroed("kv", b as u64 * 8 * 128 * 2);
+        let step = StepInput {
+            slot_mapping: &slots,
+            ..step
+        };
+        c.bench_function(&format!("full_step_32_layers_b{b}_l{l}"), |bench| {
+            bench.iter_custom(|iters| {
+                let mut host = std::time::Duration::ZERO;
+                for i in 0..iters {
+                    let t = std::time::Instant::now();
+                    let plan = BatchPlan::new(s.ctx, &s.cfg, &step).unwrap();
+                    let mut enc = s.ctx.device.create_command_encoder(&Default::default());
+                    for layer in 0..32 {
+                        let kvt = Tensor::new(&kv, Dtype::F16, [s.b, 8, 128]);
+                        s.cache
+                            .reshape_and_cache(s.ctx, &mut enc, &plan, layer, kvt, kvt)
+                            .unwrap();
+                        s.cache
+                            .unified_attention(
+                                s.ctx,
+                                &mut enc,
+                                &Attention {
+                                    plan: &plan,
+                                    layer: s.cache.layer(layer).unwrap(),
+                                    q: Tensor::new(&s.q, Dtype::F16, shape),
+                                    out: Tensor::new(&s.out, Dtype::F16, shape),
+                                    params: &params,
+                                },
+                            )
+                            .unwrap();
+                    }
+                    s.ctx.queue.submit([enc.finish()]);
+                    drop(plan);
+                    host += t.elapsed();
+                    // The GPU's share is drained outside the timed part.
+                    if i % 4 == 3 {
+                        let _ = s.ctx.device.poll(wgpu::PollType::wait_indefinitely());
+                    }
+                }
+                host
+            })
+        });
+        let _ = s.ctx.device.poll(wgpu::PollType::wait_indefinitely());
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(2)).warm_up_time(std::time::Duration::from_millis(500));
-    targets = bench
+    targets = bench, full_step
 }
 criterion_main!(benches);

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use crate::config::CacheConfig;
 use crate::error::{invalid, shape, Result};
+use crate::gpu::context::{StepBuffers, StepPool};
 use crate::gpu::uniforms::StepUniform;
 use crate::gpu::Context;
 use crate::kernels::StepGpu;
@@ -226,12 +227,30 @@ impl StepInput<'_> {
 /// calls of that step take it by reference.
 pub struct BatchPlan {
     pub(crate) gpu: StepGpu,
+    /// The pooled buffers this plan writes, returned to `pool` when it drops.
+    bufs: Option<StepBuffers>,
+    pool: StepPool,
+}
+
+impl Drop for BatchPlan {
+    fn drop(&mut self) {
+        if let Some(b) = self.bufs.take() {
+            self.pool.put(b);
+        }
+    }
 }
 
 impl BatchPlan {
     /// Validates `input` against the cache geometry of `config` and uploads it.
+    ///
+    /// The plan's two buffers come from a small pool of the context and return to it when the
+    /// plan drops, so a steady stream of steps allocates nothing and layer calls find their
+    /// bind groups cached. Keep a plan alive until the command buffers that recorded its calls
+    /// have been submitted: the next plan rewrites the pooled buffers, and that write takes
+    /// effect at the next submission.
     pub fn new(ctx: &Context, config: &CacheConfig, input: &StepInput<'_>) -> Result<Self> {
         config.validate()?;
+        ctx.alive()?;
         let summary = input.validate(config.num_blocks, config.block_size)?;
         let mut meta: Vec<i32> = Vec::new();
         let mut u = StepUniform {
@@ -263,23 +282,20 @@ impl BatchPlan {
         if meta.is_empty() {
             meta.push(0);
         }
-        let uniform = ctx.buffer_with(
-            "step uniform",
-            bytemuck::bytes_of(&u),
-            wgpu::BufferUsages::UNIFORM,
-        )?;
-        let meta = ctx.buffer_with(
-            "step metadata",
-            bytemuck::cast_slice(&meta),
-            wgpu::BufferUsages::STORAGE,
-        )?;
+        let meta_bytes: &[u8] = bytemuck::cast_slice(&meta);
+        let bufs = ctx.take_step_buffers(meta_bytes.len() as u64)?;
+        ctx.queue
+            .write_buffer(&bufs.uniform, 0, bytemuck::bytes_of(&u));
+        ctx.queue.write_buffer(&bufs.meta, 0, meta_bytes);
         Ok(Self {
+            pool: ctx.step_pool(),
+            bufs: Some(bufs.clone()),
             gpu: StepGpu {
                 summary,
                 num_blocks: config.num_blocks,
                 block_size: config.block_size,
-                uniform,
-                meta,
+                uniform: bufs.uniform,
+                meta: bufs.meta,
                 has_qq: input.qq_bias.is_some(),
                 has_mm: input.prefix_ranges.is_some(),
                 partials: Mutex::new(None),

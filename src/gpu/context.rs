@@ -78,6 +78,46 @@ pub struct Context {
     checked_shaders: bool,
     lost: Arc<LostState>,
     disk_cache: Option<DiskCache>,
+    pub(crate) bind_groups: super::bind_cache::BindCache,
+    step_pool: StepPool,
+}
+
+/// A step's uniform and metadata buffers (the metadata buffer's size is its capacity).
+#[derive(Clone)]
+pub struct StepBuffers {
+    /// The step uniform (`StepU`).
+    pub uniform: wgpu::Buffer,
+    /// The step metadata (`array<i32>`).
+    pub meta: wgpu::Buffer,
+}
+
+/// Step buffers of dropped plans, ready for the next ones (a few; larger ones first).
+#[derive(Clone, Default)]
+pub struct StepPool(Arc<Mutex<Vec<StepBuffers>>>);
+
+impl StepPool {
+    /// Most buffer pairs kept.
+    const CAP: usize = 16;
+
+    /// Returns a pair to the pool (dropped when the pool is full).
+    pub fn put(&self, b: StepBuffers) {
+        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if v.len() < Self::CAP {
+            v.push(b);
+        }
+    }
+
+    /// The smallest pooled pair whose metadata buffer holds `bytes`.
+    fn take(&self, bytes: u64) -> Option<StepBuffers> {
+        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let best = v
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.meta.size() >= bytes)
+            .min_by_key(|(_, b)| b.meta.size())
+            .map(|(i, _)| i)?;
+        Some(v.swap_remove(best))
+    }
 }
 
 /// A wgpu pipeline cache persisted in a file ([`Context::with_pipeline_cache_dir`]).
@@ -222,6 +262,8 @@ impl Context {
             checked_shaders: false,
             lost,
             disk_cache: None,
+            bind_groups: Default::default(),
+            step_pool: StepPool::default(),
         }
     }
 
@@ -410,6 +452,66 @@ impl Context {
             return Err(Error::ForeignBuffer { what });
         }
         Err(Error::Gpu { what, message })
+    }
+
+    /// Step buffers whose metadata part holds `meta_bytes`: from the pool, or new (capacity
+    /// rounded up to a power of two, at least 1 KiB, so later steps fit).
+    pub(crate) fn take_step_buffers(&self, meta_bytes: u64) -> Result<StepBuffers> {
+        let need = meta_bytes.max(16).next_multiple_of(16);
+        if let Some(b) = self.step_pool.take(need) {
+            return Ok(b);
+        }
+        let cap = need.next_power_of_two().max(1024);
+        let make = |label: &'static str, size: u64, usage: wgpu::BufferUsages| {
+            self.guarded(label, size, || {
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size,
+                    usage: usage | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            })
+        };
+        Ok(StepBuffers {
+            uniform: make("step uniform", 64, wgpu::BufferUsages::UNIFORM)?,
+            meta: make("step metadata", cap, wgpu::BufferUsages::STORAGE)?,
+        })
+    }
+
+    /// The pool plans return their step buffers to.
+    pub(crate) fn step_pool(&self) -> StepPool {
+        self.step_pool.clone()
+    }
+
+    /// A bind group for `layout` (of the pipeline `pipeline_id`) with `entries`, from the
+    /// context's bind-group cache when an identical one was made before, else created under
+    /// [`Context::guarded`].
+    pub(crate) fn bind_group(
+        &self,
+        what: &'static str,
+        pipeline_id: u64,
+        layout: &wgpu::BindGroupLayout,
+        entries: &[wgpu::BindGroupEntry<'_>],
+    ) -> Result<wgpu::BindGroup> {
+        let make = || {
+            self.guarded(what, 0, || {
+                self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(what),
+                    layout,
+                    entries,
+                })
+            })
+        };
+        match super::bind_cache::ranges(entries) {
+            Some(ranges) => self.bind_groups.get_or(
+                super::bind_cache::BindKey {
+                    pipeline: pipeline_id,
+                    ranges,
+                },
+                make,
+            ),
+            None => make(),
+        }
     }
 
     /// Creates a buffer holding `bytes` (padded to `max(16, len)` rounded up to 16), under

@@ -5,6 +5,7 @@
 //! Dependencies: `types` and `error` only.
 
 pub mod bind;
+pub mod bind_cache;
 pub mod compose;
 pub mod context;
 pub mod pipeline;

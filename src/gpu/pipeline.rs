@@ -156,6 +156,8 @@ pub struct Tiling {
 
 /// A built pipeline and the geometry it was built with.
 pub struct Compiled {
+    /// Unique per built pipeline (bind groups are cached under it).
+    pub id: u64,
     /// The pipeline.
     pub pipeline: wgpu::ComputePipeline,
     /// Its bind group layout (group 0).
@@ -381,5 +383,10 @@ fn build(ctx: &Context, key: &PipelineKey, src: PipelineSource<'_>) -> Result<Co
         });
     }
     log::info!("quantkv: compiled pipeline {label}");
-    Ok(Compiled { pipeline, layout })
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    Ok(Compiled {
+        id: NEXT.fetch_add(1, Ordering::Relaxed),
+        pipeline,
+        layout,
+    })
 }

@@ -294,39 +294,37 @@ pub(crate) fn encode(
     };
     // Everything is built (and checked by wgpu under error scopes) before anything is
     // recorded, so a failed call leaves the encoder as it was.
-    let bg = ctx.guarded("attention bind group", 0, || {
-        ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("quantkv/attention"),
-            layout: &compiled.layout,
-            entries: &[
-                bind(0, &step.uniform),
-                bind(1, &lbuf),
-                bind(2, &step.meta),
-                bind(3, &abuf),
-                entry(4, q_bind),
-                bind(5, layer.k),
-                bind(6, layer.v),
-                bind(7, layer.k_scale),
-                bind(8, layer.v_scale),
-                entry(9, target),
-            ],
-        })
-    })?;
+    let bg = ctx.bind_group(
+        "attention bind group",
+        compiled.id,
+        &compiled.layout,
+        &[
+            bind(0, &step.uniform),
+            bind(1, &lbuf),
+            bind(2, &step.meta),
+            bind(3, &abuf),
+            entry(4, q_bind),
+            bind(5, layer.k),
+            bind(6, layer.v),
+            bind(7, layer.k_scale),
+            bind(8, layer.v_scale),
+            entry(9, target),
+        ],
+    )?;
     let reduce = match (partials, reduce_pipe) {
         (Some(part), Some(reduce)) => {
-            let rbg = ctx.guarded("reduce bind group", 0, || {
-                ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some("quantkv/reduce"),
-                    layout: &reduce.layout,
-                    entries: &[
-                        bind(0, &step.uniform),
-                        bind(1, &lbuf),
-                        bind(3, &abuf),
-                        entry(4, exact(part, need)),
-                        entry(9, o_bind),
-                    ],
-                })
-            })?;
+            let rbg = ctx.bind_group(
+                "reduce bind group",
+                reduce.id,
+                &reduce.layout,
+                &[
+                    bind(0, &step.uniform),
+                    bind(1, &lbuf),
+                    bind(3, &abuf),
+                    entry(4, exact(part, need)),
+                    entry(9, o_bind),
+                ],
+            )?;
             Some((reduce, rbg))
         }
         _ => None,

@@ -59,23 +59,22 @@ pub(crate) fn encode(
     (lu.ki_off, lu.ki_tok, lu.ki_head) = (ki.off, ki.tok, ki.head);
     (lu.vi_off, lu.vi_tok, lu.vi_head) = (vi.off, vi.tok, vi.head);
     let lbuf = ctx.intern(wgpu::BufferUsages::UNIFORM, bytemuck::bytes_of(&lu))?;
-    let bg = ctx.guarded("write bind group", 0, || {
-        ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("quantkv/write"),
-            layout: &compiled.layout,
-            entries: &[
-                bind(0, &step.uniform),
-                bind(1, &lbuf),
-                bind(2, &step.meta),
-                entry(3, k_bind),
-                entry(4, v_bind),
-                bind(5, layer.k),
-                bind(6, layer.v),
-                bind(7, layer.k_scale),
-                bind(8, layer.v_scale),
-            ],
-        })
-    })?;
+    let bg = ctx.bind_group(
+        "write bind group",
+        compiled.id,
+        &compiled.layout,
+        &[
+            bind(0, &step.uniform),
+            bind(1, &lbuf),
+            bind(2, &step.meta),
+            entry(3, k_bind),
+            entry(4, v_bind),
+            bind(5, layer.k),
+            bind(6, layer.v),
+            bind(7, layer.k_scale),
+            bind(8, layer.v_scale),
+        ],
+    )?;
     let groups = if copy {
         let words = n as u64 * cfg.num_kv_heads as u64 * lu.k_row_words as u64;
         debug_assert!(lu.k_row_words.is_multiple_of(4));

@@ -1,0 +1,65 @@
+//! A cache of bind groups keyed by the pipeline layout and every bound buffer range, so a
+//! layer call whose bindings match an earlier one (the same step buffers from the step ring,
+//! the same layer pools, the same q/out buffers) skips `create_bind_group` and its error
+//! scopes. Bounded: cleared when it reaches its cap (bind groups still referenced by recorded
+//! work stay alive through wgpu's own refcounting).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// One bound range: binding number, buffer, offset, size (0 = whole buffer).
+pub type BoundRange = (u32, wgpu::Buffer, u64, u64);
+
+/// The cache key: the compiled pipeline's id and its bound ranges.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct BindKey {
+    /// [`super::Compiled::id`].
+    pub pipeline: u64,
+    /// Every entry, in binding order.
+    pub ranges: Vec<BoundRange>,
+}
+
+/// Most bind groups kept.
+const CAP: usize = 2048;
+
+/// The cache.
+#[derive(Default)]
+pub struct BindCache {
+    map: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
+}
+
+impl BindCache {
+    /// The bind group of `key`, or `make()`'s (then cached).
+    pub fn get_or(
+        &self,
+        key: BindKey,
+        make: impl FnOnce() -> crate::Result<wgpu::BindGroup>,
+    ) -> crate::Result<wgpu::BindGroup> {
+        if let Some(bg) = self.map.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(bg.clone());
+        }
+        let bg = make()?;
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= CAP {
+            map.clear();
+        }
+        map.insert(key, bg.clone());
+        Ok(bg)
+    }
+}
+
+/// The ranges of bind group entries (whole-buffer and buffer-range bindings).
+pub fn ranges(entries: &[wgpu::BindGroupEntry<'_>]) -> Option<Vec<BoundRange>> {
+    entries
+        .iter()
+        .map(|e| match &e.resource {
+            wgpu::BindingResource::Buffer(b) => Some((
+                e.binding,
+                b.buffer.clone(),
+                b.offset,
+                b.size.map_or(0, |s| s.get()),
+            )),
+            _ => None,
+        })
+        .collect()
+}
