@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::config::{footprint, CacheConfig, CacheFootprint};
 use crate::error::{invalid, Error, Result};
 use crate::gpu::{Context, Tensor};
-use crate::kernels::{self, AttentionParams, LaunchPlan, LayerRef};
+use crate::kernels::{self, AttentionParams, LaunchPlan, LayerRef, Rec};
 use crate::modes::{Resolved, RowCodec};
 use crate::step::BatchPlan;
 
@@ -281,7 +281,57 @@ impl KvCache {
         value: Tensor<'_>,
     ) -> Result<()> {
         let layer = self.layer(layer)?;
-        kernels::write::encode(ctx, enc, &layer.kernel_ref(), &plan.gpu, &key, &value)
+        kernels::write::encode(
+            ctx,
+            Rec::Enc(enc),
+            &layer.kernel_ref(),
+            &plan.gpu,
+            &key,
+            &value,
+        )
+    }
+
+    /// [`KvCache::reshape_and_cache`] recorded into a compute pass the caller holds (one pass
+    /// for a whole step's calls costs wgpu less at finish and submit than a pass per call;
+    /// wgpu orders the dispatches inside it). A rejected call records nothing.
+    pub fn reshape_and_cache_in(
+        &self,
+        ctx: &Context,
+        pass: &mut wgpu::ComputePass<'_>,
+        plan: &BatchPlan,
+        layer: usize,
+        key: Tensor<'_>,
+        value: Tensor<'_>,
+    ) -> Result<()> {
+        let layer = self.layer(layer)?;
+        kernels::write::encode(
+            ctx,
+            Rec::Pass(pass),
+            &layer.kernel_ref(),
+            &plan.gpu,
+            &key,
+            &value,
+        )
+    }
+
+    /// [`KvCache::unified_attention`] recorded into a compute pass the caller holds (see
+    /// [`KvCache::reshape_and_cache_in`]).
+    pub fn unified_attention_in(
+        &self,
+        ctx: &Context,
+        pass: &mut wgpu::ComputePass<'_>,
+        a: &Attention<'_>,
+    ) -> Result<()> {
+        self.check_own(a.layer)?;
+        kernels::attention::encode(
+            ctx,
+            Rec::Pass(pass),
+            &a.layer.kernel_ref(),
+            &a.plan.gpu,
+            &a.q,
+            &a.out,
+            a.params,
+        )
     }
 
     /// Paged attention over `a.layer` (one of this cache's layers) for `a.plan`'s batch (spec
@@ -295,7 +345,7 @@ impl KvCache {
         self.check_own(a.layer)?;
         kernels::attention::encode(
             ctx,
-            enc,
+            Rec::Enc(enc),
             &a.layer.kernel_ref(),
             &a.plan.gpu,
             &a.q,

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use super::plan::{launch_plan, AttentionPath, LaunchPlan, SplitK, MAX_SEGMENTS};
-use super::{check_step, debug_skip, layer_uniform, LayerRef, StepGpu};
+use super::{check_step, debug_skip, layer_uniform, LayerRef, Rec, StepGpu};
 use crate::error::{invalid, shape, Error, Result};
 use crate::gpu::bind::{bind, entry, exact, storage_entry, uniform_entry};
 use crate::gpu::tensor::distinct;
@@ -176,7 +176,7 @@ impl AttentionParams<'_> {
 /// attention kernel (and the split-K reduce).
 pub(crate) fn encode(
     ctx: &Context,
-    enc: &mut wgpu::CommandEncoder,
+    rec: Rec<'_, '_>,
     layer: &LayerRef<'_>,
     step: &StepGpu,
     q: &Tensor<'_>,
@@ -329,18 +329,16 @@ pub(crate) fn encode(
         }
         _ => None,
     };
-    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-        label: Some("quantkv/unified_attention"),
-        timestamp_writes: None,
+    rec.record("quantkv/unified_attention", |pass| {
+        pass.set_pipeline(&compiled.pipeline);
+        pass.set_bind_group(0, &bg, &[]);
+        pass.dispatch_workgroups(gx, gy, segments);
+        if let Some((reduce, rbg)) = reduce {
+            pass.set_pipeline(&reduce.pipeline);
+            pass.set_bind_group(0, &rbg, &[]);
+            pass.dispatch_workgroups(rows, hq, 1);
+        }
     });
-    pass.set_pipeline(&compiled.pipeline);
-    pass.set_bind_group(0, &bg, &[]);
-    pass.dispatch_workgroups(gx, gy, segments);
-    if let Some((reduce, rbg)) = reduce {
-        pass.set_pipeline(&reduce.pipeline);
-        pass.set_bind_group(0, &rbg, &[]);
-        pass.dispatch_workgroups(rows, hq, 1);
-    }
     Ok(())
 }
 

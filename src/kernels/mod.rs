@@ -81,6 +81,31 @@ pub(crate) struct LayerRef<'a> {
     pub tensor_scales: (f32, f32),
 }
 
+/// Where a call records: its own compute pass in an encoder, or a pass the caller holds (one
+/// pass for a whole step saves wgpu's per-pass cost at finish and submit).
+pub(crate) enum Rec<'a, 'p> {
+    /// Begin (and end) a pass of our own in this encoder.
+    Enc(&'a mut wgpu::CommandEncoder),
+    /// Record into the caller's pass.
+    Pass(&'a mut wgpu::ComputePass<'p>),
+}
+
+impl Rec<'_, '_> {
+    /// Runs `f` on the pass to record into.
+    pub(crate) fn record(self, label: &'static str, f: impl FnOnce(&mut wgpu::ComputePass<'_>)) {
+        match self {
+            Rec::Enc(enc) => {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(label),
+                    timestamp_writes: None,
+                });
+                f(&mut pass);
+            }
+            Rec::Pass(pass) => f(pass),
+        }
+    }
+}
+
 /// Checks that `step` was made for the layer's cache geometry.
 pub(crate) fn check_step(g: &Geometry, step: &StepGpu) -> crate::Result<()> {
     if step.num_blocks != g.num_blocks || step.block_size != g.block_size {

@@ -2,7 +2,7 @@
 //! given take a 16-byte row copy; the others take `write_rows.wgsl` with the mode's encode
 //! contract (and its option constants, which only the mode's WGSL names).
 
-use super::{check_step, layer_uniform, LayerRef, StepGpu};
+use super::{check_step, layer_uniform, LayerRef, Rec, StepGpu};
 use crate::error::{shape, Result};
 use crate::gpu::bind::{bind, entry, grid_2d, storage_entry, uniform_entry};
 use crate::gpu::tensor::distinct;
@@ -17,7 +17,7 @@ use crate::modes::Codec;
 /// (a row copy, or the quantizing kernel with the mode's encode contract).
 pub(crate) fn encode(
     ctx: &Context,
-    enc: &mut wgpu::CommandEncoder,
+    rec: Rec<'_, '_>,
     layer: &LayerRef<'_>,
     step: &StepGpu,
     key: &Tensor<'_>,
@@ -83,13 +83,11 @@ pub(crate) fn encode(
         n as u64 * cfg.num_kv_heads as u64 * 2
     };
     let (x, y) = grid_2d(groups, ctx.limits().max_compute_workgroups_per_dimension);
-    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-        label: Some("quantkv/reshape_and_cache"),
-        timestamp_writes: None,
+    rec.record("quantkv/reshape_and_cache", |pass| {
+        pass.set_pipeline(&compiled.pipeline);
+        pass.set_bind_group(0, &bg, &[]);
+        pass.dispatch_workgroups(x, y, 1);
     });
-    pass.set_pipeline(&compiled.pipeline);
-    pass.set_bind_group(0, &bg, &[]);
-    pass.dispatch_workgroups(x, y, 1);
     Ok(())
 }
 

@@ -278,3 +278,85 @@ fn bad_views_get_typed_errors() {
         canary
     );
 }
+
+/// A whole step recorded into one compute pass the caller holds (write then attention for
+/// every layer) gives bit-identical results to a pass per call: wgpu orders the dispatches.
+#[test]
+fn one_pass_per_step_matches_a_pass_per_call() {
+    let Some(ctx) = context() else { return };
+    let cfg = CacheConfig {
+        num_layers: 3,
+        num_blocks: 8,
+        block_size: 16,
+        num_kv_heads: HKV,
+        head_size: D,
+        mode: KvQuantMode::Int8PerTokenHead,
+        dtype: Dtype::F16,
+        ..Default::default()
+    };
+    let slots: Vec<i32> = (0..40).collect();
+    let step = StepInput {
+        slot_mapping: &slots,
+        cu_seqlens_q: &[0, 30, 40],
+        seqused_k: &[30, 10],
+        block_table: &[0, 1, 2, 1, 2, 3],
+        block_table_stride: 3,
+        ..Default::default()
+    };
+    let mut rng = SplitMix64::new(0x0ba55);
+    let kv: Vec<f64> = (0..40 * HKV * D).map(|_| rng.normal()).collect();
+    let q: Vec<f64> = (0..40 * HQ * D).map(|_| rng.normal()).collect();
+    let kvb = ctx.upload("kv", &Dtype::F16.encode(&kv));
+    let qb = ctx.upload("q", &Dtype::F16.encode(&q));
+    let params = AttentionParams {
+        num_q_heads: HQ,
+        softmax_scale: 0.125,
+        ..Default::default()
+    };
+    let run = |one_pass: bool| -> Vec<Vec<u8>> {
+        let cache = KvCache::new(ctx, &cfg).unwrap();
+        let plan = BatchPlan::new(ctx, &cfg, &step).unwrap();
+        let outs: Vec<wgpu::Buffer> = (0..3)
+            .map(|_| ctx.zeroed("out", (40 * HQ * D * 2) as u64))
+            .collect();
+        let kt = Tensor::new(&kvb, Dtype::F16, [40, HKV, D]);
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        let calls: Vec<(usize, &wgpu::Buffer)> = outs.iter().enumerate().collect();
+        if one_pass {
+            let mut p = enc.begin_compute_pass(&Default::default());
+            for (l, out) in &calls {
+                let a = Attention {
+                    plan: &plan,
+                    layer: cache.layer(*l).unwrap(),
+                    q: Tensor::new(&qb, Dtype::F16, [40, HQ, D]),
+                    out: Tensor::new(out, Dtype::F16, [40, HQ, D]),
+                    params: &params,
+                };
+                cache
+                    .reshape_and_cache_in(ctx, &mut p, &plan, *l, kt, kt)
+                    .unwrap();
+                cache.unified_attention_in(ctx, &mut p, &a).unwrap();
+            }
+        } else {
+            for (l, out) in &calls {
+                let a = Attention {
+                    plan: &plan,
+                    layer: cache.layer(*l).unwrap(),
+                    q: Tensor::new(&qb, Dtype::F16, [40, HQ, D]),
+                    out: Tensor::new(out, Dtype::F16, [40, HQ, D]),
+                    params: &params,
+                };
+                cache
+                    .reshape_and_cache(ctx, &mut enc, &plan, *l, kt, kt)
+                    .unwrap();
+                cache.unified_attention(ctx, &mut enc, &a).unwrap();
+            }
+        }
+        ctx.queue.submit([enc.finish()]);
+        outs.iter().map(|o| ctx.read_buffer(o).unwrap()).collect()
+    };
+    let a = run(false);
+    let b = run(true);
+    assert!(a[0].iter().any(|&x| x != 0));
+    assert_eq!(a, b, "one pass per step differs from a pass per call");
+}
