@@ -429,6 +429,7 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
             SplitK::Auto => format!("auto({segs})"),
             SplitK::Off => "off".into(),
             SplitK::Segments(n) => format!("{n}"),
+            other => format!("{other:?}"),
         },
         us,
         bytes,

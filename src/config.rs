@@ -133,6 +133,7 @@ impl CacheConfig {
 }
 
 /// Byte sizes of a cache configuration.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheFootprint {
     /// Bytes of one cached row (one token, one kv head) of K, payload only.

@@ -1,7 +1,9 @@
 //! The bottom of the crate: the storage-format and model-dtype enums and the number formats
 //! both the GPU kernels and the CPU reference share. Depends on nothing else in the crate.
 
-/// Storage format of the KV cache (spec §1.1; stable numeric values).
+/// Storage format of the KV cache (spec §1.1; stable numeric values). Non-exhaustive: modes
+/// are added over time.
+#[non_exhaustive]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
 #[repr(u32)]
 pub enum KvQuantMode {
@@ -83,6 +85,7 @@ impl KvQuantMode {
 }
 
 /// Model dtype: Q, K/V inputs, output, and the cache of mode `none`.
+#[non_exhaustive]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum Dtype {
     /// IEEE half, two per u32 word (element 2i in the low half). Arithmetic stays f32, so this

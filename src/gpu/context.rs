@@ -551,7 +551,7 @@ impl Context {
     }
 
     /// Keeps at most `cap` compiled pipelines, dropping the least recently used past it
-    /// (default [`DEFAULT_PIPELINE_CAP`](super::pipeline::DEFAULT_PIPELINE_CAP)); a dropped
+    /// (default 256); a dropped
     /// variant is compiled again when next needed. Call before the first kernel runs (it drops
     /// pipelines built so far).
     pub fn with_pipeline_cap(mut self, cap: usize) -> Self {

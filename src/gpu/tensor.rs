@@ -119,7 +119,7 @@ impl<'a> Tensor<'a> {
     /// Checks dtype, the inner two dims, at least `min_rows` rows, the view's alignment and
     /// bounds, the buffer's usage, and that the bound range fits the adapter's storage-binding
     /// limit.
-    pub fn check(
+    pub(crate) fn check(
         &self,
         what: &'static str,
         dtype: Dtype,

@@ -20,7 +20,7 @@ use crate::gpu::{
 use crate::modes::Codec;
 use crate::types::Dtype;
 
-/// Per-call attention parameters (the per-step metadata lives in the [`BatchPlan`]).
+/// Per-call attention parameters (the per-step metadata lives in the [`crate::BatchPlan`]).
 #[derive(Clone, Copy, Debug)]
 pub struct AttentionParams<'a> {
     /// Query heads; a multiple of the cache's kv heads.

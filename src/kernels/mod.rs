@@ -41,7 +41,7 @@ pub struct Geometry {
     pub dtype: Dtype,
 }
 
-/// What validation learned about a step.
+/// What validation learned about a step (also an input of [`plan_split`], so constructible).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StepSummary {
     /// Sequences.

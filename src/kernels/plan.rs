@@ -7,6 +7,7 @@ use crate::error::{invalid, Error, Result};
 use crate::gpu::{Caps, Kernel, Tiling};
 
 /// How decode rows are split over the key axis.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum SplitK {
     /// The planner decides from the batch shape (spec §10.5).
@@ -20,6 +21,7 @@ pub enum SplitK {
 }
 
 /// Which attention kernel runs a call.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum AttentionPath {
     /// The decode kernel for batches whose every query length is <= 1 (and that carry no
@@ -45,6 +47,7 @@ pub enum AttentionPath {
 pub const SUBGROUP_RUNG_MIN_WORKGROUPS: u32 = 512;
 
 /// The planner's choice for one call.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LaunchPlan {
     /// [`Kernel::Attention`] (unified) or [`Kernel::Decode`].

@@ -5,6 +5,7 @@ use super::quant::{absmax, clean, rha, Clean};
 use super::{Codec, Dtype, KvQuantMode, ModeOptions, QuantKvBackend, RowCodec};
 
 /// How INT8 per-(token, head) codes are rounded (spec §3.3). The read path is the same for all.
+#[non_exhaustive]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Int8Rounding {
     /// Round half away from zero, then clamp to [-128, 127]: the rounding of the released vLLM
