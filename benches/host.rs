@@ -138,74 +138,44 @@ fn full_step(c: &mut Criterion) {
             slot_mapping: &slots,
             ..step
         };
-        c.bench_function(&format!("full_step_32_layers_b{b}_l{l}"), |bench| {
-            bench.iter_custom(|iters| {
-                let mut host = std::time::Duration::ZERO;
-                for i in 0..iters {
-                    let t = std::time::Instant::now();
-                    let plan = BatchPlan::new(s.ctx, &s.cfg, &step).unwrap();
-                    let mut enc = s.ctx.device.create_command_encoder(&Default::default());
-                    for layer in 0..32 {
-                        let kvt = Tensor::new(&kv, Dtype::F16, [s.b, 8, 128]);
-                        s.cache
-                            .reshape_and_cache(s.ctx, &mut enc, &plan, layer, kvt, kvt)
-                            .unwrap();
-                        s.cache
-                            .unified_attention(
-                                s.ctx,
-                                &mut enc,
-                                &Attention {
-                                    plan: &plan,
-                                    layer: s.cache.layer(layer).unwrap(),
-                                    q: Tensor::new(&s.q, Dtype::F16, shape),
-                                    out: Tensor::new(&s.out, Dtype::F16, shape),
-                                    params: &params,
-                                },
-                            )
-                            .unwrap();
-                    }
-                    s.ctx.queue.submit([enc.finish()]);
-                    drop(plan);
-                    host += t.elapsed();
-                    // The GPU's share is drained outside the timed part.
-                    if i % 4 == 3 {
-                        let _ = s.ctx.device.poll(wgpu::PollType::wait_indefinitely());
-                    }
-                }
-                host
-            })
-        });
-        let _ = s.ctx.device.poll(wgpu::PollType::wait_indefinitely());
-        c.bench_function(
-            &format!("full_step_32_layers_one_pass_b{b}_l{l}"),
-            |bench| {
+        for one_pass in [false, true] {
+            let name = if one_pass {
+                format!("full_step_32_layers_one_pass_b{b}_l{l}")
+            } else {
+                format!("full_step_32_layers_b{b}_l{l}")
+            };
+            c.bench_function(&name, |bench| {
                 bench.iter_custom(|iters| {
                     let mut host = std::time::Duration::ZERO;
                     for i in 0..iters {
                         let t = std::time::Instant::now();
                         let plan = BatchPlan::new(s.ctx, &s.cfg, &step).unwrap();
                         let mut enc = s.ctx.device.create_command_encoder(&Default::default());
-                        let mut pass = enc.begin_compute_pass(&Default::default());
-                        for layer in 0..32 {
-                            let kvt = Tensor::new(&kv, Dtype::F16, [s.b, 8, 128]);
-                            s.cache
-                                .reshape_and_cache_in(s.ctx, &mut pass, &plan, layer, kvt, kvt)
-                                .unwrap();
-                            s.cache
-                                .unified_attention_in(
-                                    s.ctx,
-                                    &mut pass,
-                                    &Attention {
-                                        plan: &plan,
-                                        layer: s.cache.layer(layer).unwrap(),
-                                        q: Tensor::new(&s.q, Dtype::F16, shape),
-                                        out: Tensor::new(&s.out, Dtype::F16, shape),
-                                        params: &params,
-                                    },
-                                )
-                                .unwrap();
+                        let kvt = Tensor::new(&kv, Dtype::F16, [s.b, 8, 128]);
+                        let attn = |layer: usize| Attention {
+                            plan: &plan,
+                            layer: s.cache.layer(layer).unwrap(),
+                            q: Tensor::new(&s.q, Dtype::F16, shape),
+                            out: Tensor::new(&s.out, Dtype::F16, shape),
+                            params: &params,
+                        };
+                        if one_pass {
+                            let mut pass = enc.begin_compute_pass(&Default::default());
+                            for layer in 0..32 {
+                                let c = &s.cache;
+                                c.reshape_and_cache_in(s.ctx, &mut pass, &plan, layer, kvt, kvt)
+                                    .unwrap();
+                                c.unified_attention_in(s.ctx, &mut pass, &attn(layer))
+                                    .unwrap();
+                            }
+                        } else {
+                            for layer in 0..32 {
+                                let c = &s.cache;
+                                c.reshape_and_cache(s.ctx, &mut enc, &plan, layer, kvt, kvt)
+                                    .unwrap();
+                                c.unified_attention(s.ctx, &mut enc, &attn(layer)).unwrap();
+                            }
                         }
-                        drop(pass);
                         s.ctx.queue.submit([enc.finish()]);
                         drop(plan);
                         host += t.elapsed();
@@ -216,9 +186,9 @@ fn full_step(c: &mut Criterion) {
                     }
                     host
                 })
-            },
-        );
-        let _ = s.ctx.device.poll(wgpu::PollType::wait_indefinitely());
+            });
+            let _ = s.ctx.device.poll(wgpu::PollType::wait_indefinitely());
+        }
     }
 }
 
