@@ -280,15 +280,7 @@ impl KvCache {
         key: Tensor<'_>,
         value: Tensor<'_>,
     ) -> Result<()> {
-        let layer = self.layer(layer)?;
-        kernels::write::encode(
-            ctx,
-            Rec::Enc(enc),
-            &layer.kernel_ref(),
-            &plan.gpu,
-            &key,
-            &value,
-        )
+        self.write(ctx, Rec::Enc(enc), plan, layer, &key, &value)
     }
 
     /// [`KvCache::reshape_and_cache`] recorded into a compute pass the caller holds (one pass
@@ -303,15 +295,20 @@ impl KvCache {
         key: Tensor<'_>,
         value: Tensor<'_>,
     ) -> Result<()> {
+        self.write(ctx, Rec::Pass(pass), plan, layer, &key, &value)
+    }
+
+    fn write(
+        &self,
+        ctx: &Context,
+        rec: Rec<'_, '_>,
+        plan: &BatchPlan,
+        layer: usize,
+        key: &Tensor<'_>,
+        value: &Tensor<'_>,
+    ) -> Result<()> {
         let layer = self.layer(layer)?;
-        kernels::write::encode(
-            ctx,
-            Rec::Pass(pass),
-            &layer.kernel_ref(),
-            &plan.gpu,
-            &key,
-            &value,
-        )
+        kernels::write::encode(ctx, rec, &layer.kernel_ref(), &plan.gpu, key, value)
     }
 
     /// [`KvCache::unified_attention`] recorded into a compute pass the caller holds (see
@@ -322,10 +319,14 @@ impl KvCache {
         pass: &mut wgpu::ComputePass<'_>,
         a: &Attention<'_>,
     ) -> Result<()> {
+        self.attend(ctx, Rec::Pass(pass), a)
+    }
+
+    fn attend(&self, ctx: &Context, rec: Rec<'_, '_>, a: &Attention<'_>) -> Result<()> {
         self.check_own(a.layer)?;
         kernels::attention::encode(
             ctx,
-            Rec::Pass(pass),
+            rec,
             &a.layer.kernel_ref(),
             &a.plan.gpu,
             &a.q,
@@ -342,16 +343,7 @@ impl KvCache {
         enc: &mut wgpu::CommandEncoder,
         a: &Attention<'_>,
     ) -> Result<()> {
-        self.check_own(a.layer)?;
-        kernels::attention::encode(
-            ctx,
-            Rec::Enc(enc),
-            &a.layer.kernel_ref(),
-            &a.plan.gpu,
-            &a.q,
-            &a.out,
-            a.params,
-        )
+        self.attend(ctx, Rec::Enc(enc), a)
     }
 
     /// How a call with `params` over `plan` will be launched on `ctx`'s device (the planning

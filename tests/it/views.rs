@@ -321,33 +321,27 @@ fn one_pass_per_step_matches_a_pass_per_call() {
             .collect();
         let kt = Tensor::new(&kvb, Dtype::F16, [40, HKV, D]);
         let mut enc = ctx.device.create_command_encoder(&Default::default());
-        let calls: Vec<(usize, &wgpu::Buffer)> = outs.iter().enumerate().collect();
+        let attn = |l: usize| Attention {
+            plan: &plan,
+            layer: cache.layer(l).unwrap(),
+            q: Tensor::new(&qb, Dtype::F16, [40, HQ, D]),
+            out: Tensor::new(&outs[l], Dtype::F16, [40, HQ, D]),
+            params: &params,
+        };
         if one_pass {
             let mut p = enc.begin_compute_pass(&Default::default());
-            for (l, out) in &calls {
-                let a = Attention {
-                    plan: &plan,
-                    layer: cache.layer(*l).unwrap(),
-                    q: Tensor::new(&qb, Dtype::F16, [40, HQ, D]),
-                    out: Tensor::new(out, Dtype::F16, [40, HQ, D]),
-                    params: &params,
-                };
+            for l in 0..outs.len() {
+                let a = attn(l);
                 cache
-                    .reshape_and_cache_in(ctx, &mut p, &plan, *l, kt, kt)
+                    .reshape_and_cache_in(ctx, &mut p, &plan, l, kt, kt)
                     .unwrap();
                 cache.unified_attention_in(ctx, &mut p, &a).unwrap();
             }
         } else {
-            for (l, out) in &calls {
-                let a = Attention {
-                    plan: &plan,
-                    layer: cache.layer(*l).unwrap(),
-                    q: Tensor::new(&qb, Dtype::F16, [40, HQ, D]),
-                    out: Tensor::new(out, Dtype::F16, [40, HQ, D]),
-                    params: &params,
-                };
+            for l in 0..outs.len() {
+                let a = attn(l);
                 cache
-                    .reshape_and_cache(ctx, &mut enc, &plan, *l, kt, kt)
+                    .reshape_and_cache(ctx, &mut enc, &plan, l, kt, kt)
                     .unwrap();
                 cache.unified_attention(ctx, &mut enc, &a).unwrap();
             }
