@@ -445,6 +445,105 @@ impl KvCache {
         }
     }
 
+    /// Bytes one block occupies in one K (or V) page pool and in one K (or V) scale cache.
+    pub(crate) fn block_bytes(&self) -> (u64, u64) {
+        let n = self.config.num_blocks as u64;
+        (
+            self.footprint.pool_bytes / n,
+            self.footprint.scale_bytes / n,
+        )
+    }
+
+    /// Records, into `enc`, copies of whole blocks (codes and scales of every layer's K and V;
+    /// the copy-on-write of [`crate::BlockManager::schedule`]). Record them before the step's
+    /// writes. Copies behave as if made at once: every source is read before any destination
+    /// is written. Each destination must be distinct and no block may be its own source.
+    pub fn copy_blocks(
+        &self,
+        ctx: &Context,
+        enc: &mut wgpu::CommandEncoder,
+        copies: &[crate::BlockCopy],
+    ) -> Result<()> {
+        ctx.alive()?;
+        if copies.is_empty() {
+            return Ok(());
+        }
+        let n = self.config.num_blocks;
+        for (i, c) in copies.iter().enumerate() {
+            if c.src >= n || c.dst >= n {
+                return Err(invalid(
+                    "block copy",
+                    format!("copy {i}: {} -> {} outside [0, {n})", c.src, c.dst),
+                ));
+            }
+            if c.src == c.dst || copies[..i].iter().any(|o| o.dst == c.dst) {
+                return Err(invalid(
+                    "block copy",
+                    format!("copy {i}: block {} written twice or onto itself", c.dst),
+                ));
+            }
+        }
+        let (pb, sb) = self.block_bytes();
+        // wgpu forbids a copy within one buffer: blocks go through a scratch buffer
+        // ([K, V, K scales, V scales] per copy), reused layer after layer (wgpu orders the
+        // transfers of one encoder).
+        let per = 2 * (pb + sb);
+        let size = per * copies.len() as u64;
+        let max = ctx.limits().max_buffer_size;
+        if size > max {
+            return Err(invalid(
+                "block copy",
+                format!(
+                    "{} copies need {size} bytes of scratch, over the adapter's {max}",
+                    copies.len()
+                ),
+            ));
+        }
+        let scratch = ctx.guarded("block copy scratch", size, || {
+            ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("quantkv/block-copy"),
+                size,
+                usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        })?;
+        for l in &self.layers {
+            let parts = [
+                (&l.k, pb, 0),
+                (&l.v, pb, pb),
+                (&l.k_scale, sb, 2 * pb),
+                (&l.v_scale, sb, 2 * pb + sb),
+            ];
+            for (i, c) in copies.iter().enumerate() {
+                for &(buf, bytes, at) in &parts {
+                    if bytes > 0 {
+                        enc.copy_buffer_to_buffer(
+                            buf,
+                            c.src as u64 * bytes,
+                            &scratch,
+                            i as u64 * per + at,
+                            bytes,
+                        );
+                    }
+                }
+            }
+            for (i, c) in copies.iter().enumerate() {
+                for &(buf, bytes, at) in &parts {
+                    if bytes > 0 {
+                        enc.copy_buffer_to_buffer(
+                            &scratch,
+                            i as u64 * per + at,
+                            buf,
+                            c.dst as u64 * bytes,
+                            bytes,
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn check_own(&self, layer: &LayerKv) -> Result<()> {
         if layer.cache_id != self.id {
             return Err(invalid("layer", "belongs to another KvCache"));

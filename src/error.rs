@@ -110,6 +110,37 @@ pub enum Error {
         /// The other.
         b: &'static str,
     },
+    /// The block pool cannot hold what a step or a snapshot needs. Nothing was changed.
+    #[error("out of cache blocks: {needed} needed, {free} free")]
+    OutOfBlocks {
+        /// Blocks the operation needs.
+        needed: usize,
+        /// Blocks free (including evictable cached prefix blocks).
+        free: usize,
+    },
+    /// A KV snapshot was written for another cache format. Nothing was changed.
+    #[error(
+        "snapshot does not fit this cache: {field} is {file} in the file, {cache} in the cache"
+    )]
+    SnapshotMismatch {
+        /// The format field that differs.
+        field: &'static str,
+        /// Its value in the file.
+        file: String,
+        /// Its value in the cache.
+        cache: String,
+    },
+    /// A KV snapshot file is truncated, corrupt or not a snapshot. Nothing was changed.
+    #[error("corrupt snapshot ({section}): {detail}")]
+    SnapshotCorrupt {
+        /// The section where the problem was found.
+        section: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
     /// wgpu rejected an operation quantkv issued (a bug, or a misuse not caught on the host).
     #[error("wgpu rejected {what}: {message}")]
     Gpu {

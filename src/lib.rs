@@ -31,13 +31,16 @@
 #![warn(missing_docs)]
 
 // Layers, top to bottom; each module uses only the ones below it:
-//   cache, step            public API (KvCache resolves its mode once; BatchPlan per step)
+//   snapshot               KV snapshots: sequences' blocks to a file and back
+//   cache, step, blocks    public API (KvCache resolves its mode once; BatchPlan per step;
+//                          BlockManager: sequences over the pool)
 //   config                 CacheConfig and its footprint
 //   kernels                write, launch planning, attention kernels, reduce (mode-free)
 //   modes                  one file per mode: options, WGSL codec description, CPU codec
 //   gpu                    context, pipeline key/cache, WGSL composition, bindings, uniforms
 //   types, error           enums and number formats; the error type
 // `reference` (the f64 CPU reference) sits beside the stack and may use any of it.
+mod blocks;
 mod cache;
 mod config;
 mod error;
@@ -45,11 +48,13 @@ mod gpu;
 mod kernels;
 pub mod modes;
 pub mod reference;
+mod snapshot;
 mod step;
 mod types;
 
 pub use wgpu;
 
+pub use blocks::{BlockCopy, BlockManager, BlockStats, ScheduledStep, SeqId};
 pub use cache::{Attention, KvCache, LayerKv};
 pub use config::{
     footprint, CacheConfig, CacheFootprint, HEAD_SIZE_MULTIPLE, MAX_HEAD_SIZE, MIN_HEAD_SIZE,
@@ -61,6 +66,7 @@ pub use kernels::{
     StepSummary, MAX_SEGMENTS, SUBGROUP_RUNG_MIN_WORKGROUPS,
 };
 pub use modes::{Int8Rounding, ModeOptions, QuantKvBackend};
+pub use snapshot::{SnapshotInfo, SNAPSHOT_VERSION};
 pub use step::{BatchPlan, PrefixRanges, QqBias, StepInput};
 pub use types::{Dtype, KvQuantMode};
 

@@ -632,6 +632,11 @@ impl Context {
             enc.finish()
         })?;
         self.guarded("readback submit", size, || self.queue.submit([cmd]))?;
+        self.map_read(&staging)
+    }
+
+    /// Maps a `MAP_READ` buffer (after the submission that fills it) and returns its bytes.
+    pub(crate) fn map_read(&self, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
         let (tx, rx) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);

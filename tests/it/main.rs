@@ -12,6 +12,7 @@ mod common;
 mod allocator;
 mod attention_none;
 mod attention_params;
+mod blocks;
 mod cold_start;
 mod quant_formats;
 mod registry;
