@@ -25,7 +25,8 @@
 //!   cargo run --release --example serve                      (small: runs on lavapipe in CI)
 //!   cargo run --release --example serve -- --big --mode all  (a 32-layer model on a real GPU)
 //!
-//! Options: --mode <id|all> --requests N --layers N --cache-mib N --seed N --no-check --big.
+//! Options: --mode <id|all> --requests N --layers N --cache-mib N --seed N --big, --check (the
+//! default: every 7th step small, every 100th big) or --no-check.
 
 use std::time::Instant;
 
@@ -70,12 +71,12 @@ impl Opts {
                 head_size: 128,
                 block_size: 16,
                 cache_mib: 8192.0,
-                requests: 256,
-                system_len: 512,
-                prompt: (64, 2048),
-                gen: (64, 256),
-                chunk: 2048,
-                max_batch: 64,
+                requests: 96,
+                system_len: 256,
+                prompt: (64, 1024),
+                gen: (32, 160),
+                chunk: 1024,
+                max_batch: 32,
                 arrival: 2,
                 check_every: 100,
                 seed: 1,

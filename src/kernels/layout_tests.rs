@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use super::attention::{attention_source, decode_source, reduce_source};
 use super::plan::{attention_smem, attention_tiling, decode_smem, decode_tiling};
-use super::write::{write_copy_source, write_rows_source};
+use super::write::{write_copy_source, write_rows_source, write_rows_tiling};
 use crate::gpu::pipeline::full_source;
 use crate::gpu::uniforms::{LayerUniform, StepUniform};
 use crate::gpu::{Features, PipelineSource, Tiling};
@@ -236,7 +236,7 @@ fn variants() -> Vec<Variant> {
                     out.push(variant(
                         format!("write_rows/{}/{}/d{d}", mode.id(), dtype.name()),
                         dtype,
-                        &write_rows_source(&codec, d, wt),
+                        &write_rows_source(&codec, d, write_rows_tiling(d)),
                         no_subgroups(),
                     ));
                 }
@@ -254,15 +254,7 @@ fn variants() -> Vec<Variant> {
         out.push(variant(
             format!("write_rows/int8/{r:?}"),
             Dtype::F16,
-            &write_rows_source(
-                &codec,
-                128,
-                Tiling {
-                    wg_size: 64,
-                    tile: 0,
-                    max_m: 0,
-                },
-            ),
+            &write_rows_source(&codec, 128, write_rows_tiling(128)),
             no_subgroups(),
         ));
     }
@@ -449,7 +441,10 @@ fn bind_group_layouts_match_the_wgsl_bindings() {
             reduce_source(&codec, 128, Features(Features::SINKS)),
         ),
         ("write_copy", write_copy_source(wt)),
-        ("write_rows", write_rows_source(&codec, 128, wt)),
+        (
+            "write_rows",
+            write_rows_source(&codec, 128, write_rows_tiling(128)),
+        ),
     ] {
         let text = full_source(src.kernel, Dtype::F16, &src.parts(), src.includes).unwrap();
         let module = naga::front::wgsl::parse_str(&text).unwrap();
@@ -531,4 +526,22 @@ fn workgroup_memory_estimates_match_naga_for_every_tiling() {
         }
     }
     assert!(checked > 100, "{checked} tilings checked");
+}
+
+#[test]
+fn write_rows_tiling_fits_the_default_workgroup_memory_for_every_head_size() {
+    // The int4 codec: the write kernel's largest contract (rotation included).
+    let codec = create(KvQuantMode::Int4PerTokenHead)
+        .unwrap()
+        .codec(Dtype::F16, &ModeOptions::default());
+    for d in (32..=256).step_by(16) {
+        let t = write_rows_tiling(d);
+        assert!(t.wg_size.is_multiple_of(t.tile), "d{d}: {t:?}");
+        let src = write_rows_source(&codec, d, t);
+        let text = full_source(src.kernel, Dtype::F16, &src.parts(), src.includes).unwrap();
+        let (m, i) = parse("write_rows", &text, no_subgroups());
+        let (m, _) = resolve("write_rows", &m, &i, &src.constants);
+        let bytes = workgroup_bytes(&m);
+        assert!(bytes <= 16384, "write_rows d{d} {t:?}: {bytes} bytes");
+    }
 }

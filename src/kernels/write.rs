@@ -80,7 +80,7 @@ pub(crate) fn encode(
         debug_assert!(lu.k_row_words.is_multiple_of(4));
         (words / 4).div_ceil(tiling.wg_size as u64)
     } else {
-        n as u64 * cfg.num_kv_heads as u64 * 2
+        (n as u64 * cfg.num_kv_heads as u64 * 2).div_ceil(tiling.tile as u64)
     };
     let (x, y) = grid_2d(groups, ctx.limits().max_compute_workgroups_per_dimension);
     rec.record("quantkv/reshape_and_cache", |pass| {
@@ -96,10 +96,10 @@ pub(crate) fn encode(
 pub(crate) fn pipeline(ctx: &Context, layer: &LayerRef<'_>) -> Result<(Arc<Compiled>, Tiling)> {
     let cfg = &layer.geometry;
     let copy = layer.mode.backend().stores_rows_as_given();
-    let tiling = Tiling {
-        wg_size: if copy { 256 } else { 64 },
-        tile: 0,
-        max_m: 0,
+    let tiling = if copy {
+        write_copy_tiling()
+    } else {
+        write_rows_tiling(cfg.head_size)
     };
     let codec = layer.mode.codec();
     let pkey = PipelineKey {
@@ -125,6 +125,26 @@ pub(crate) fn pipeline(ctx: &Context, layer: &LayerRef<'_>) -> Result<(Arc<Compi
         })?
     };
     Ok((compiled, tiling))
+}
+
+/// Geometry of the row-copy write kernel: 256 threads, four u32 words each.
+pub fn write_copy_tiling() -> Tiling {
+    Tiling {
+        wg_size: 256,
+        tile: 0,
+        max_m: 0,
+    }
+}
+
+/// Geometry of the quantizing write kernel: 128 threads, `tile` rows per workgroup (8, or
+/// fewer for head sizes above 128 so the rows' workgroup memory stays at 8 KiB + 1 KiB).
+pub fn write_rows_tiling(head_dim: u32) -> Tiling {
+    Tiling {
+        wg_size: 128,
+        // A power of two, so it divides the workgroup.
+        tile: 1 << (1024 / head_dim).clamp(1, 8).ilog2(),
+        max_m: 0,
+    }
 }
 
 /// The row-copy write kernel's source, constants and layout.
@@ -156,6 +176,9 @@ pub fn write_rows_source(codec: &Codec, head_dim: u32, tiling: Tiling) -> Pipeli
     src.codec = codec.encode.into_iter().collect();
     src.includes = codec.includes;
     src.constants.push(("HEAD_DIM", head_dim as f64));
+    src.constants.push(("ROWS", tiling.tile as f64));
+    src.constants
+        .push(("X_LEN", (tiling.tile * head_dim) as f64));
     src.constants.extend(codec.encode_constants.iter().copied());
     src
 }

@@ -7,8 +7,8 @@ const CODE_BITS: u32 = 4u;
 const HAS_SCALE_CACHE: bool = true;
 
 fn enc_transform(tid: u32) {
-    for (var i = tid; i < HEAD_DIM; i += WG_SIZE) {
-        x_sh[i] = x_sh[i] * rht_sign(i);
+    for (var i = tid; i < X_LEN; i += WG_SIZE) {
+        x_sh[i] = x_sh[i] * rht_sign(i); // rht_sign takes i mod the block: any row works
     }
     workgroupBarrier();
     wht_x(tid);

@@ -1,10 +1,11 @@
 // modes/shared/hadamard_x.wgsl — the same block-diagonal Walsh-Hadamard transform on the write
-// kernel's row x_sh (HEAD_DIM f32), by all threads, canonical butterfly order (spec §4.1).
+// kernel's rows in x_sh (X_LEN f32: rows of HEAD_DIM, a multiple of the block rot_b(), so no
+// butterfly group straddles two rows), by all threads, canonical butterfly order (spec §4.1).
 // #include "modes/shared/rht.wgsl"
 
 fn wht_x(tid: u32) {
     for (var h = 1u; h < rot_b(); h <<= 1u) {
-        for (var p = tid; p < HEAD_DIM / 2u; p += WG_SIZE) {
+        for (var p = tid; p < X_LEN / 2u; p += WG_SIZE) {
             let k = (p / h) * 2u * h + p % h;
             let a = x_sh[k];
             let b = x_sh[k + h];
@@ -17,7 +18,7 @@ fn wht_x(tid: u32) {
 
 // Rounds the rotated row to the model dtype (spec §3.4 step 1), after a barrier-free pass.
 fn round_x(tid: u32) {
-    for (var i = tid; i < HEAD_DIM; i += WG_SIZE) {
+    for (var i = tid; i < X_LEN; i += WG_SIZE) {
         x_sh[i] = model_round4(vec4<f32>(x_sh[i], 0.0, 0.0, 0.0)).x;
     }
 }
