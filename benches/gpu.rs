@@ -595,7 +595,10 @@ fn main() -> Result<()> {
             .join("/");
         rows.push(r);
     }
-    if filter.is_none() {
+    let writes = filter
+        .as_ref()
+        .is_none_or(|f| f.split(',').any(|p| "reshape_and_cache_4096".contains(p)));
+    if writes {
         for mode in KvQuantMode::ALL.into_iter().filter(|m| m.is_supported()) {
             rows.push(bench_write(&ctx, mode)?);
         }

@@ -236,7 +236,11 @@ fn variants() -> Vec<Variant> {
                     out.push(variant(
                         format!("write_rows/{}/{}/d{d}", mode.id(), dtype.name()),
                         dtype,
-                        &write_rows_source(&codec, d, write_rows_tiling(d)),
+                        &write_rows_source(
+                            &codec,
+                            d,
+                            write_rows_tiling(d, backend.packing_factor()),
+                        ),
                         no_subgroups(),
                     ));
                 }
@@ -254,7 +258,7 @@ fn variants() -> Vec<Variant> {
         out.push(variant(
             format!("write_rows/int8/{r:?}"),
             Dtype::F16,
-            &write_rows_source(&codec, 128, write_rows_tiling(128)),
+            &write_rows_source(&codec, 128, write_rows_tiling(128, 1)),
             no_subgroups(),
         ));
     }
@@ -443,7 +447,7 @@ fn bind_group_layouts_match_the_wgsl_bindings() {
         ("write_copy", write_copy_source(wt)),
         (
             "write_rows",
-            write_rows_source(&codec, 128, write_rows_tiling(128)),
+            write_rows_source(&codec, 128, write_rows_tiling(128, 1)),
         ),
     ] {
         let text = full_source(src.kernel, Dtype::F16, &src.parts(), src.includes).unwrap();
@@ -530,18 +534,21 @@ fn workgroup_memory_estimates_match_naga_for_every_tiling() {
 
 #[test]
 fn write_rows_tiling_fits_the_default_workgroup_memory_for_every_head_size() {
-    // The int4 codec: the write kernel's largest contract (rotation included).
-    let codec = create(KvQuantMode::Int4PerTokenHead)
-        .unwrap()
-        .codec(Dtype::F16, &ModeOptions::default());
-    for d in (32..=256).step_by(16) {
-        let t = write_rows_tiling(d);
-        assert!(t.wg_size.is_multiple_of(t.tile), "d{d}: {t:?}");
-        let src = write_rows_source(&codec, d, t);
-        let text = full_source(src.kernel, Dtype::F16, &src.parts(), src.includes).unwrap();
-        let (m, i) = parse("write_rows", &text, no_subgroups());
-        let (m, _) = resolve("write_rows", &m, &i, &src.constants);
-        let bytes = workgroup_bytes(&m);
-        assert!(bytes <= 16384, "write_rows d{d} {t:?}: {bytes} bytes");
+    // The rotation modes (the largest staging) at every head size.
+    for mode in [KvQuantMode::Int4PerTokenHead, KvQuantMode::Int2PerTokenHead] {
+        let b = create(mode).unwrap();
+        let codec = b.codec(Dtype::F32, &ModeOptions::default());
+        for d in (32..=256).step_by(16) {
+            let t = write_rows_tiling(d, b.packing_factor());
+            let e = (4 * b.packing_factor()).max(8);
+            assert_eq!(t.wg_size, t.tile * d / e, "d{d}: {t:?}");
+            assert!(t.wg_size <= 256, "d{d}: {t:?}");
+            let src = write_rows_source(&codec, d, t);
+            let text = full_source(src.kernel, Dtype::F32, &src.parts(), src.includes).unwrap();
+            let (m, i) = parse("write_rows", &text, no_subgroups());
+            let (m, _) = resolve("write_rows", &m, &i, &src.constants);
+            let bytes = workgroup_bytes(&m);
+            assert!(bytes <= 16384, "write_rows d{d} {t:?}: {bytes} bytes");
+        }
     }
 }

@@ -99,7 +99,7 @@ pub(crate) fn pipeline(ctx: &Context, layer: &LayerRef<'_>) -> Result<(Arc<Compi
     let tiling = if copy {
         write_copy_tiling()
     } else {
-        write_rows_tiling(cfg.head_size)
+        write_rows_tiling(cfg.head_size, layer.mode.backend().packing_factor())
     };
     let codec = layer.mode.codec();
     let pkey = PipelineKey {
@@ -136,13 +136,17 @@ pub fn write_copy_tiling() -> Tiling {
     }
 }
 
-/// Geometry of the quantizing write kernel: 128 threads, `tile` rows per workgroup (8, or
-/// fewer for head sizes above 128 so the rows' workgroup memory stays at 8 KiB + 1 KiB).
-pub fn write_rows_tiling(head_dim: u32) -> Tiling {
+/// Geometry of the quantizing write kernel for a mode storing `packing_factor` codes per byte:
+/// each lane holds `E = max(8, 4 · packing_factor)` elements (whole code words), a row takes
+/// `head_dim / E` lanes, and a workgroup takes `tile` rows (about 128 lanes; the rows' staging
+/// for rotation modes stays at most 8 KiB).
+pub fn write_rows_tiling(head_dim: u32, packing_factor: u32) -> Tiling {
+    let e = (4 * packing_factor).max(8);
+    let lanes = head_dim / e;
+    let rows = (128 / lanes).max(1);
     Tiling {
-        wg_size: 128,
-        // A power of two, so it divides the workgroup.
-        tile: 1 << (1024 / head_dim).clamp(1, 8).ilog2(),
+        wg_size: rows * lanes,
+        tile: rows,
         max_m: 0,
     }
 }

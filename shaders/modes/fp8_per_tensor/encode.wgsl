@@ -5,6 +5,7 @@
 // #include "common/pack.wgsl"
 const CODE_BITS: u32 = 8u;
 const HAS_SCALE_CACHE: bool = false;
+const ENC_TRANSFORM: bool = false;
 
 fn enc_transform(tid: u32) {}
 
@@ -27,9 +28,9 @@ fn enc_params(stat: vec2<f32>, is_v: bool) -> vec4<f32> {
 }
 
 // Code of element i of the row in x_sh / inf_sh (spec 10.7: +-Inf -> the extreme code).
-fn enc_code(i: u32, p: vec4<f32>) -> u32 {
-    if (inf_sh[i] != 0) {
-        return select(0x7Eu, 0xFEu, inf_sh[i] < 0);
+fn enc_code(x: f32, inf: i32, p: vec4<f32>) -> u32 {
+    if (inf != 0) {
+        return select(0x7Eu, 0xFEu, inf < 0);
     }
-    return e4m3_encode(div_rn(x_sh[i], p.x)); // true division, then RNE with saturation
+    return e4m3_encode(div_rn(x, p.x)); // true division, then RNE with saturation
 }

@@ -5,6 +5,7 @@
 // #include "common/pack.wgsl"
 const CODE_BITS: u32 = 2u;
 const HAS_SCALE_CACHE: bool = true;
+const ENC_TRANSFORM: bool = true;
 
 fn enc_transform(tid: u32) {
     wht_x(tid);
@@ -31,8 +32,8 @@ fn enc_params(stat: vec2<f32>, is_v: bool) -> vec4<f32> {
     return vec4<f32>(scale, div_rn(sqrt_d, norm), 0.0, scale);
 }
 
-fn enc_code(i: u32, p: vec4<f32>) -> u32 {
-    let z = x_sh[i] * p.y;
+fn enc_code(x: f32, inf: i32, p: vec4<f32>) -> u32 {
+    let z = x * p.y;
     if (z < 0.0) {
         return select(1u, 0u, z < -0.9816);
     }

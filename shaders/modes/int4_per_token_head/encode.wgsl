@@ -5,6 +5,7 @@
 // #include "common/pack.wgsl"
 const CODE_BITS: u32 = 4u;
 const HAS_SCALE_CACHE: bool = true;
+const ENC_TRANSFORM: bool = true;
 
 fn enc_transform(tid: u32) {
     for (var i = tid; i < X_LEN; i += WG_SIZE) {
@@ -42,6 +43,6 @@ fn enc_params(stat: vec2<f32>, is_v: bool) -> vec4<f32> {
     return vec4<f32>(scale, div_rn(1.0, scale), zp, stored);
 }
 
-fn enc_code(i: u32, p: vec4<f32>) -> u32 {
-    return u32(clamp(rha(x_sh[i] * p.y + p.z), 0.0, 15.0));
+fn enc_code(x: f32, inf: i32, p: vec4<f32>) -> u32 {
+    return u32(clamp(rha(x * p.y + p.z), 0.0, 15.0));
 }

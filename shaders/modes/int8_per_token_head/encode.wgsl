@@ -8,6 +8,7 @@
 override INT8_ROUNDING: u32 = 0u;
 const CODE_BITS: u32 = 8u;
 const HAS_SCALE_CACHE: bool = true;
+const ENC_TRANSFORM: bool = false;
 
 fn enc_transform(tid: u32) {}
 
@@ -30,11 +31,11 @@ fn enc_params(stat: vec2<f32>, is_v: bool) -> vec4<f32> {
 }
 
 // Code of element i of the row in x_sh / inf_sh (spec 10.7: +-Inf -> the extreme code).
-fn enc_code(i: u32, p: vec4<f32>) -> u32 {
-    if (inf_sh[i] != 0) {
-        return u32(127 * inf_sh[i]) & 0xFFu;
+fn enc_code(x: f32, inf: i32, p: vec4<f32>) -> u32 {
+    if (inf != 0) {
+        return u32(127 * inf) & 0xFFu;
     }
-    let y = clamp(x_sh[i] * p.y, -128.0, 127.0);
+    let y = clamp(x * p.y, -128.0, 127.0);
     var c: i32;
     if (INT8_ROUNDING == 2u) {
         c = i32(clamp(round(y), -127.0, 127.0)); // WGSL round() ties to even
