@@ -100,6 +100,7 @@ fn shapes(quick: bool, sweep: bool) -> Vec<Shape> {
             AttentionPath::Unified,
             AttentionPath::DecodePortable,
             AttentionPath::DecodeSubgroups,
+            AttentionPath::DecodeStream,
         ] {
             v.push(Shape {
                 path,
@@ -120,11 +121,21 @@ fn shapes(quick: bool, sweep: bool) -> Vec<Shape> {
                     mode,
                     ..decode(&name, b, l, 128, SplitK::Auto)
                 });
+                v.push(Shape {
+                    mode,
+                    path: AttentionPath::DecodeStream,
+                    ..decode(&name, b, l, 128, SplitK::Auto)
+                });
             }
         }
     }
-    v.push(decode("decode_b1_l32k_d64", 1, 32768, 64, SplitK::Auto));
-    v.push(decode("decode_b1_l32k_d256", 1, 32768, 256, SplitK::Auto));
+    for (name, d) in [("decode_b1_l32k_d64", 64), ("decode_b1_l32k_d256", 256)] {
+        v.push(decode(name, 1, 32768, d, SplitK::Auto));
+        v.push(Shape {
+            path: AttentionPath::DecodeStream,
+            ..decode(name, 1, 32768, d, SplitK::Auto)
+        });
+    }
     for l in [2048u32, 8192] {
         v.push(Shape {
             name: format!("prefill_causal_{}k", l / 1024),
@@ -418,7 +429,13 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
         kernel: format!(
             "{}{}{}",
             lp.kernel.name(),
-            if lp.subgroups { "-sg" } else { "" },
+            if lp.stream {
+                "-stream"
+            } else if lp.subgroups {
+                "-sg"
+            } else {
+                ""
+            },
             if s.path == AttentionPath::Auto {
                 ""
             } else {

@@ -73,7 +73,7 @@ impl LayerKv {
     fn kernel_ref(&self) -> LayerRef<'_> {
         LayerRef {
             mode: &self.mode,
-            geometry: self.config.geometry(),
+            geometry: self.config.geometry(self.mode.backend()),
             k: &self.k,
             v: &self.v,
             k_scale: &self.k_scale,
@@ -356,7 +356,7 @@ impl KvCache {
     ) -> Result<LaunchPlan> {
         kernels::launch_plan(
             ctx.caps(),
-            &self.config.geometry(),
+            &self.config.geometry(self.mode.backend()),
             &plan.gpu.summary,
             params,
             plan.gpu.has_mm,
@@ -377,7 +377,7 @@ impl KvCache {
         progress: impl Fn(usize, usize) + Sync,
     ) -> Result<usize> {
         let layer = self.layer(0)?.kernel_ref();
-        let g = self.config.geometry();
+        let g = self.config.geometry(self.mode.backend());
         let shapes = [
             // (num_seqs, query tokens, longest query, longest context)
             (1u32, 1u32, 1u32, 64u32),
@@ -400,6 +400,7 @@ impl KvCache {
                 let same = |(a, fa): &(LaunchPlan, crate::gpu::Features)| {
                     a.kernel == lp.kernel
                         && a.subgroups == lp.subgroups
+                        && a.stream == lp.stream
                         && (a.segments > 1) == (lp.segments > 1)
                         && a.tiling == lp.tiling
                         && *fa == f

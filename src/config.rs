@@ -119,10 +119,11 @@ impl CacheConfig {
         Ok(footprint(modes::backend(self.mode)?.as_ref(), self))
     }
 
-    /// The geometry the kernels see.
-    pub(crate) fn geometry(&self) -> Geometry {
+    /// The geometry the kernels see (`backend`: this config's mode).
+    pub(crate) fn geometry(&self, backend: &dyn QuantKvBackend) -> Geometry {
         Geometry {
             mode: self.mode,
+            elems_per_word: 4 * backend.packing_factor() / backend.cache_elem_bytes(self.dtype),
             num_blocks: self.num_blocks,
             block_size: self.block_size,
             num_kv_heads: self.num_kv_heads,

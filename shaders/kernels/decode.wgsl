@@ -38,6 +38,9 @@
 // #include "kernels/decode_common.wgsl"
 // #include "common/kv_read.wgsl"
 
+@group(0) @binding(5) var<storage, read> k_cache: array<u32>;
+@group(0) @binding(6) var<storage, read> v_cache: array<u32>;
+
 override CHUNK: u32 = 512u;
 override S_SH_LEN: u32 = 2048u;
 override RED_LEN: u32 = 512u;

@@ -27,8 +27,8 @@ override IS_SPLIT: bool = false;
 @group(0) @binding(2) var<storage, read> step_meta: array<i32>;
 @group(0) @binding(3) var<storage, read> laux: array<f32>;
 @group(0) @binding(4) var<storage, read> q: array<u32>;
-@group(0) @binding(5) var<storage, read> k_cache: array<u32>;
-@group(0) @binding(6) var<storage, read> v_cache: array<u32>;
+// Bindings 5 and 6 (k_cache, v_cache) are declared by the including kernel: u32 words in
+// decode.wgsl, 16-byte words in decode_stream.wgsl.
 @group(0) @binding(7) var<storage, read> k_scale: array<f32>;
 @group(0) @binding(8) var<storage, read> v_scale: array<f32>;
 @group(0) @binding(9) var<storage, read_write> out: array<u32>;

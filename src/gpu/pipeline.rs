@@ -62,6 +62,8 @@ impl Features {
     pub const OUT_FP8: u32 = 256;
     /// Subgroup operations (decode kernel; adapters with subgroups of >= 8 invocations).
     pub const SUBGROUPS: u32 = 512;
+    /// The decode kernel's streaming rung (with `SUBGROUPS`).
+    pub const STREAM: u32 = 1024;
 
     /// Whether `bit` is set.
     pub fn has(self, bit: u32) -> bool {
@@ -71,7 +73,7 @@ impl Features {
 
 impl fmt::Display for Features {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const NAMES: [(u32, &str); 9] = [
+        const NAMES: [(u32, &str); 10] = [
             (Features::SOFTCAP, "softcap"),
             (Features::SINKS, "sinks"),
             (Features::ALIBI, "alibi"),
@@ -81,6 +83,7 @@ impl fmt::Display for Features {
             (Features::SPLIT, "split"),
             (Features::OUT_FP8, "out_fp8"),
             (Features::SUBGROUPS, "sg"),
+            (Features::STREAM, "stream"),
         ];
         let names: Vec<&str> = NAMES
             .iter()

@@ -357,6 +357,9 @@ pub(crate) fn pipelines(
     if lp.subgroups {
         features.0 |= Features::SUBGROUPS;
     }
+    if lp.stream {
+        features.0 |= Features::STREAM;
+    }
     let codec = layer.mode.codec();
     let (d, tiling) = (g.head_size, lp.tiling);
     let key = PipelineKey {
@@ -371,6 +374,11 @@ pub(crate) fn pipelines(
         debug: debug_skip(),
     };
     let main = ctx.pipelines.get(ctx, key, || match lp.kernel {
+        Kernel::Decode if lp.stream => {
+            let (el, lpr) = super::plan::stream_lanes(ctx.caps(), g, tiling.max_m)
+                .expect("the planner checked the streaming rung");
+            decode_stream_source(codec, d, features, tiling, el, lpr)
+        }
         Kernel::Decode => decode_source(codec, d, features, tiling),
         _ => attention_source(codec, d, features, tiling),
     })?;
@@ -450,6 +458,29 @@ pub fn decode_source(
         .into_iter()
         .chain(shared_constants(d, f, tiling))
         .collect(),
+        entries: attention_entries(),
+    }
+}
+
+/// The streaming decode rung's source (`el` elements per lane, `lpr` lanes per row; see
+/// `shaders/kernels/decode_stream.wgsl`), override constants and layout.
+pub fn decode_stream_source(
+    codec: &Codec,
+    d: u32,
+    f: Features,
+    tiling: Tiling,
+    el: u32,
+    lpr: u32,
+) -> PipelineSource<'static> {
+    PipelineSource {
+        kernel: include_str!("../../shaders/kernels/decode_stream.wgsl"),
+        codec: vec![codec.decode, codec.transform_source()],
+        prelude: format!(
+            "const M_MAX: u32 = {}u;\nconst EL: u32 = {el}u;\nconst LPR: u32 = {lpr}u;\n",
+            tiling.max_m
+        ),
+        includes: codec.includes,
+        constants: shared_constants(d, f, tiling).into_iter().collect(),
         entries: attention_entries(),
     }
 }

@@ -10,9 +10,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
-use super::attention::{attention_source, decode_source, reduce_source};
-use super::plan::{attention_smem, attention_tiling, decode_smem, decode_tiling};
+use super::attention::{attention_source, decode_source, decode_stream_source, reduce_source};
+use super::plan::{attention_smem, attention_tiling, decode_smem, decode_tiling, stream_lanes};
 use super::write::{write_copy_source, write_rows_source, write_rows_tiling};
+use super::Geometry;
 use crate::gpu::pipeline::full_source;
 use crate::gpu::uniforms::{LayerUniform, StepUniform};
 use crate::gpu::{Features, PipelineSource, Tiling};
@@ -209,6 +210,36 @@ fn variants() -> Vec<Variant> {
                             &decode_source(&codec, d, sg, dt),
                             C::all(),
                         ));
+                        // The streaming rung, at the lane widths subgroups of 8 and 32 give.
+                        for sg_min in [8, 32] {
+                            let caps = crate::gpu::Caps {
+                                subgroups: true,
+                                subgroup_min_size: sg_min,
+                                subgroup_max_size: sg_min,
+                                shader_f16: false,
+                                timestamps: false,
+                                limits: limits.clone(),
+                            };
+                            let g = Geometry {
+                                mode,
+                                elems_per_word: 4 * backend.packing_factor()
+                                    / backend.cache_elem_bytes(dtype),
+                                num_blocks: 1,
+                                block_size: 16,
+                                num_kv_heads: 1,
+                                head_size: d,
+                                dtype,
+                            };
+                            if let Some((el, lpr)) = stream_lanes(&caps, &g, m) {
+                                let st = Features(sg.0 | Features::STREAM);
+                                out.push(variant(
+                                    format!("decode/{base}/{st}/m{m}/el{el}"),
+                                    dtype,
+                                    &decode_stream_source(&codec, d, st, dt, el, lpr),
+                                    C::all(),
+                                ));
+                            }
+                        }
                     }
                 }
                 for f in [0, Features::SINKS, Features::SINKS | Features::OUT_FP8] {
@@ -268,6 +299,8 @@ fn variants() -> Vec<Variant> {
 #[test]
 fn every_variant_validates_and_translates() {
     let all = variants();
+    let streams = all.iter().filter(|v| v.label.contains("stream")).count();
+    assert!(streams > 50, "only {streams} streaming-rung variants");
     // Distinct texts are parsed and validated once; distinct (text, constants) translated once.
     let mut texts: Vec<(String, C)> = Vec::new();
     let mut text_ids: HashMap<(String, u64), usize> = HashMap::new();

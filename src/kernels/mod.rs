@@ -29,6 +29,9 @@ pub use plan::{
 pub struct Geometry {
     /// Storage format (for error messages; the kernels read the codec, not the mode).
     pub mode: KvQuantMode,
+    /// Cached elements per u32 word (the codec's `K_EPW`: 1 for f32 rows, 2 for 16-bit, 4 for
+    /// 8-bit codes, 8 and 16 for 4- and 2-bit codes).
+    pub elems_per_word: u32,
     /// Physical blocks per pool.
     pub num_blocks: u32,
     /// Tokens per block.

@@ -38,6 +38,10 @@ pub enum AttentionPath {
     /// The decode kernel's subgroup rung for decode batches whatever their size, where the
     /// adapter has subgroups of at least 8 invocations (the portable rung elsewhere).
     DecodeSubgroups,
+    /// The decode kernel's streaming rung (16-byte loads, no barrier in the key loop) for
+    /// decode batches, where [`stream_lanes`] admits the shape and the adapter (the subgroup
+    /// rung's choice elsewhere).
+    DecodeStream,
 }
 
 /// Workgroups from which `AttentionPath::Auto` takes the decode kernel's subgroup rung.
@@ -54,6 +58,8 @@ pub struct LaunchPlan {
     pub kernel: Kernel,
     /// The decode kernel's subgroup rung.
     pub subgroups: bool,
+    /// The decode kernel's streaming rung (implies `subgroups`).
+    pub stream: bool,
     /// Segments over the key axis (1 = the 2D path).
     pub segments: u32,
     /// Workgroups of the main pass.
@@ -105,17 +111,19 @@ pub fn launch_plan(
             sum.num_seqs * gy,
             tiling.tile / MIN_TILES_PER_SEGMENT,
         );
+        let subgroups = caps.subgroups
+            && caps.subgroup_min_size >= 8
+            && match p.path {
+                AttentionPath::DecodeSubgroups | AttentionPath::DecodeStream => true,
+                AttentionPath::Auto => sum.num_seqs * gy * segments >= SUBGROUP_RUNG_MIN_WORKGROUPS,
+                _ => false,
+            };
+        let stream =
+            p.path == AttentionPath::DecodeStream && stream_lanes(caps, g, tiling.max_m).is_some();
         return Ok(LaunchPlan {
             kernel: Kernel::Decode,
-            subgroups: caps.subgroups
-                && caps.subgroup_min_size >= 8
-                && match p.path {
-                    AttentionPath::DecodeSubgroups => true,
-                    AttentionPath::Auto => {
-                        sum.num_seqs * gy * segments >= SUBGROUP_RUNG_MIN_WORKGROUPS
-                    }
-                    _ => false,
-                },
+            subgroups: subgroups || stream,
+            stream,
             segments,
             grid: [sum.num_seqs, gy, segments],
             tiling,
@@ -149,6 +157,7 @@ pub fn launch_plan(
     Ok(LaunchPlan {
         kernel: Kernel::Attention,
         subgroups: false,
+        stream: false,
         segments,
         grid: [gx, gy, segments],
         tiling,
@@ -285,6 +294,30 @@ pub fn decode_tiling(head_dim: u32, limits: &wgpu::Limits, max_m: u32) -> Option
         }
         tile /= 2;
     }
+}
+
+/// The streaming decode rung's lane geometry `(EL, LPR)` for `g` on a device with `caps` and
+/// `max_m` query heads per workgroup, or `None` where it does not apply: each lane holds
+/// `EL` consecutive elements of a row (whole 16-byte words: EL is a multiple of 8 and of 4
+/// codes per word), `LPR = head_size / EL` lanes per row, a power of two the adapter's
+/// smallest subgroup holds. Query and accumulator registers (`2 · max_m · EL` floats) stay at
+/// most 128, so 8-bit codes at head size 128 take 4 query heads per workgroup, and 4- and 2-bit
+/// codes (32 and 64 elements per 16 bytes) are not admitted.
+pub fn stream_lanes(caps: &Caps, g: &Geometry, max_m: u32) -> Option<(u32, u32)> {
+    if !caps.subgroups || caps.subgroup_min_size < 2 {
+        return None;
+    }
+    let d = g.head_size;
+    let el = 8u32
+        .max(4 * g.elems_per_word)
+        .max(d / caps.subgroup_min_size.min(16));
+    let lpr = d / el;
+    let fits = el <= 16
+        && d.is_multiple_of(el)
+        && lpr.is_power_of_two()
+        && lpr <= caps.subgroup_min_size
+        && max_m * el <= 64;
+    fits.then_some((el, lpr))
 }
 
 /// Rows per attention workgroup: all query heads of a KV head for decode batches (rounded

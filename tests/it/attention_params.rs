@@ -652,3 +652,105 @@ fn fp8_output_scale() {
         },
     );
 }
+
+/// Whether `AttentionPath::DecodeStream` takes the streaming rung for this shape on `ctx`.
+fn takes_stream(ctx: &Context, mode: KvQuantMode, dtype: Dtype, hq: u32, hkv: u32, d: u32) -> bool {
+    let cfg = CacheConfig {
+        num_blocks: 4,
+        block_size: 16,
+        num_kv_heads: hkv,
+        head_size: d,
+        mode,
+        dtype,
+        ..Default::default()
+    };
+    let cache = KvCache::new(ctx, &cfg).unwrap();
+    let plan = BatchPlan::new(
+        ctx,
+        &cfg,
+        &StepInput {
+            slot_mapping: &[0],
+            cu_seqlens_q: &[0, 1],
+            seqused_k: &[1],
+            block_table: &[0],
+            block_table_stride: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let params = AttentionParams {
+        num_q_heads: hq,
+        softmax_scale: 0.1,
+        path: AttentionPath::DecodeStream,
+        ..Default::default()
+    };
+    cache.launch_plan(ctx, &plan, &params).unwrap().stream
+}
+
+#[test]
+fn decode_stream_rung() {
+    // The streaming rung (16-byte loads, per-subgroup online softmax, no barrier in the key
+    // loop) on each element width it admits (16-bit rows, f32 rows, 8-bit codes with and
+    // without a scale cache), long contexts that cross many steps, split-K, GQA 4 and 1, with
+    // sinks, ALiBi, softcap and a window; then FP8 output. On lavapipe (subgroups of 8) the
+    // lanes hold 16 elements at head size 128 and 8 at 64.
+    let Some(ctx) = context() else { return };
+    let ci = std::env::var("CI").map(|v| v == "true").unwrap_or(false);
+    let long: &[(u32, u32)] = &[(1, 1300), (1, 513), (1, 2), (0, 40), (1, 700)];
+    let mut ran = 0;
+    for (i, (mode, dtype, hq, hkv, d)) in [
+        (KvQuantMode::None, Dtype::F16, 8u32, 2u32, 64u32),
+        (KvQuantMode::None, Dtype::F16, 8, 2, 128),
+        (KvQuantMode::None, Dtype::Bf16, 4, 4, 128),
+        (KvQuantMode::None, Dtype::F32, 8, 2, 64),
+        (KvQuantMode::Int8PerTokenHead, Dtype::F16, 8, 2, 128),
+        (KvQuantMode::Fp8PerTensor, Dtype::F16, 8, 2, 64),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if !takes_stream(ctx, mode, dtype, hq, hkv, d) {
+            assert!(
+                !ci || !ctx.caps().subgroups,
+                "{mode:?} {dtype:?} d{d}: the streaming rung is not admitted on an adapter with subgroups"
+            );
+            eprintln!("SKIPPING streaming rung for {mode:?} d{d}: not admitted on this adapter");
+            continue;
+        }
+        for (j, split) in [SplitK::Off, SplitK::Segments(3)].into_iter().enumerate() {
+            let ex = Extras {
+                split,
+                path: AttentionPath::DecodeStream,
+                sinks: j == 0,
+                alibi: true,
+                softcap: if j == 1 { 30.0 } else { 0.0 },
+                window_left: (j == 1).then_some(600),
+                llm_like: true,
+                ..Default::default()
+            };
+            let mut s = shape(long, hq, hkv, d, dtype);
+            s.mode = mode;
+            let seed = 0x5700 + 8 * i as u64 + j as u64;
+            let out = run_case(ctx, seed, &s, &ex).unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+            assert_close(&out, dtype);
+            ran += 1;
+        }
+    }
+    if ctx.caps().subgroups {
+        assert!(ran >= 10, "only {ran} streaming cases ran");
+        let built = ctx.built_pipelines();
+        assert!(
+            built.iter().any(|l| l.contains("stream")),
+            "no streaming pipeline was built: {built:?}"
+        );
+        let mut s = shape(DECODE, 8, 2, 64, Dtype::F16);
+        s.mode = KvQuantMode::None;
+        let ex = Extras {
+            path: AttentionPath::DecodeStream,
+            output_scale: Some(0.05),
+            ..Default::default()
+        };
+        let out = run_case(ctx, 0x57F0, &s, &ex).unwrap();
+        assert_close(&out, Dtype::F16);
+    }
+}
