@@ -103,24 +103,29 @@ fn run(ctx: &Context, mode: KvQuantMode, fused: bool, decode: bool, split: Split
         )
     };
     let mut enc = ctx.device.create_command_encoder(&Default::default());
+    // Plans must live until their commands are submitted (their pooled buffers go back to the
+    // context when they drop, and another thread's next plan may rewrite them).
+    let mut fill_plan = None;
     if decode {
         // Fill the context first (contiguous random keys), then write the decode tokens.
         let n = 71u32;
         let ctx_slots: Vec<i32> = (0..29).chain(6 * 16..6 * 16 + 40).collect();
-        let fill_plan = BatchPlan::new(
-            ctx,
-            &cfg,
-            &StepInput {
-                slot_mapping: &ctx_slots,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let fp = fill_plan.insert(
+            BatchPlan::new(
+                ctx,
+                &cfg,
+                &StepInput {
+                    slot_mapping: &ctx_slots,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        );
         let kv: Vec<f64> = (0..(n * HKV * D) as usize).map(|_| rng.normal()).collect();
         let kvb = ctx.upload("ctx kv", &Dtype::F16.encode(&kv));
         let tt = Tensor::new(&kvb, Dtype::F16, [69, HKV, D]);
         cache
-            .reshape_and_cache(ctx, &mut enc, &fill_plan, 0, tt, tt)
+            .reshape_and_cache(ctx, &mut enc, fp, 0, tt, tt)
             .unwrap();
     }
     cache
@@ -146,6 +151,7 @@ fn run(ctx: &Context, mode: KvQuantMode, fused: bool, decode: bool, split: Split
         )
         .unwrap();
     ctx.queue.submit([enc.finish()]);
+    drop(fill_plan);
     let bytes = if fused {
         let all = ctx.read_buffer(&big).unwrap();
         // Gather the view's rows back into contiguous order; the padding stays zero.
