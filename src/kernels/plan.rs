@@ -39,8 +39,9 @@ pub enum AttentionPath {
     /// adapter has subgroups of at least 8 invocations (the portable rung elsewhere).
     DecodeSubgroups,
     /// The decode kernel's streaming rung (16-byte loads, no barrier in the key loop) for
-    /// decode batches, where [`stream_lanes`] admits the shape and the adapter (the subgroup
-    /// rung's choice elsewhere).
+    /// decode batches, where the shape and the adapter admit it (the subgroup
+    /// rung elsewhere). Experimental: measured 2.5–3× slower than the subgroup rung on an
+    /// H200 (BENCHMARKS.md), so `Auto` never takes it.
     DecodeStream,
 }
 
