@@ -500,14 +500,12 @@ impl KvCache {
                 ),
             ));
         }
-        let scratch = ctx.guarded("block copy scratch", size, || {
-            ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("quantkv/block-copy"),
-                size,
-                usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        })?;
+        let scratch = ctx.guarded_buffer(
+            "block copy scratch",
+            "quantkv/block-copy",
+            size,
+            wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        )?;
         for l in &self.layers {
             let parts = [
                 (&l.k, pb, 0),

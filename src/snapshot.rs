@@ -525,14 +525,12 @@ impl KvCache {
         if size == 0 {
             return Ok(Vec::new());
         }
-        let staging = ctx.guarded("snapshot readback", size, || {
-            ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("quantkv/snapshot"),
-                size,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        })?;
+        let staging = ctx.guarded_buffer(
+            "snapshot readback",
+            "quantkv/snapshot",
+            size,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         let mut at = 0u64;
         for (buf, bytes) in [

@@ -53,6 +53,35 @@ fn v_raw_at(w: vec4<u32>, g: u32) -> vec4<f32> {
     return v_raw4(vec4<u32>(w[i], w[min(i + 1u, 3u)], w[min(i + 2u, 3u)], w[min(i + 3u, 3u)]), g % gpw);
 }
 
+// The loads of one step of a key group: U rows (keys past the segment read row 0, which
+// always exists, and weigh 0), NV 16-byte words of K and of V each, for this lane's elements.
+struct StepLoads {
+    rows: array<u32, U>,
+    kw: array<vec4<u32>, U * NV>,
+    vw: array<vec4<u32>, U * NV>,
+}
+
+fn load_step(inf: DecInfo, step: u32, nsteps: u32, per_step: u32, nkg: u32, kg: u32,
+             lane: u32) -> StepLoads {
+    var r: StepLoads;
+    if (step >= nsteps) {
+        return r;
+    }
+    for (var u = 0u; u < U; u++) {
+        let key = inf.key_lo + step * per_step + u * nkg + kg;
+        var row = 0u;
+        if (key < inf.key_hi) {
+            row = physical_row(inf.seq, key, inf.kv_head);
+        }
+        r.rows[u] = row;
+        for (var v = 0u; v < NV; v++) {
+            r.kw[u * NV + v] = k_cache[row * (ly.k_row_words / 4u) + lane * NV + v];
+            r.vw[u * NV + v] = v_cache[row * (ly.v_row_words / 4u) + lane * NV + v];
+        }
+    }
+    return r;
+}
+
 // Sum over the LPR lanes of this lane's key group.
 fn row_sum(x: f32) -> f32 {
     var y = x;
@@ -127,50 +156,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         acc[i] = vec4<f32>(0.0);
     }
 
-    let kw4 = ly.k_row_words / 4u;
-    let vw4 = ly.v_row_words / 4u;
     let per_step = U * nkg;
     let nsteps = (inf.key_hi - inf.key_lo + per_step - 1u) / per_step;
-    // Loads of a step: U rows, NV 16-byte words each, for K and V (keys past the segment read
-    // row 0, which always exists, and weigh 0).
-    var rows: array<u32, U>;
-    var kw: array<vec4<u32>, U * NV>;
-    var vw: array<vec4<u32>, U * NV>;
+    // Each subgroup's steps: sid, sid + nsg, ...; the next step's loads are issued before the
+    // current step is computed.
     var step = sid;
-    if (step < nsteps) {
-        for (var u = 0u; u < U; u++) {
-            let key = inf.key_lo + step * per_step + u * nkg + kg;
-            var row = 0u;
-            if (key < inf.key_hi) {
-                row = physical_row(inf.seq, key, inf.kv_head);
-            }
-            rows[u] = row;
-            for (var v = 0u; v < NV; v++) {
-                kw[u * NV + v] = k_cache[row * kw4 + lane * NV + v];
-                vw[u * NV + v] = v_cache[row * vw4 + lane * NV + v];
-            }
-        }
-    }
+    var cur = load_step(inf, step, nsteps, per_step, nkg, kg, lane);
     for (; step < nsteps; step += nsg) {
-        // Issue the next step's loads first.
-        let next = step + nsg;
-        var nrows: array<u32, U>;
-        var nkw: array<vec4<u32>, U * NV>;
-        var nvw: array<vec4<u32>, U * NV>;
-        if (next < nsteps) {
-            for (var u = 0u; u < U; u++) {
-                let key = inf.key_lo + next * per_step + u * nkg + kg;
-                var row = 0u;
-                if (key < inf.key_hi) {
-                    row = physical_row(inf.seq, key, inf.kv_head);
-                }
-                nrows[u] = row;
-                for (var v = 0u; v < NV; v++) {
-                    nkw[u * NV + v] = k_cache[row * kw4 + lane * NV + v];
-                    nvw[u * NV + v] = v_cache[row * vw4 + lane * NV + v];
-                }
-            }
-        }
+        let nxt = load_step(inf, step + nsg, nsteps, per_step, nkg, kg, lane);
+        let rows = cur.rows;
+        let kw = cur.kw;
+        let vw = cur.vw;
         // Scores of this step's U keys for every head.
         var s: array<f32, U * M_MAX>;
         var tmax: array<f32, M_MAX>;
@@ -243,9 +239,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
                 }
             }
         }
-        rows = nrows;
-        kw = nkw;
-        vw = nvw;
+        cur = nxt;
     }
 
     // Key groups of the subgroup: same maximum, so sums add.

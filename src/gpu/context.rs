@@ -618,14 +618,12 @@ impl Context {
             });
         }
         let size = buffer.size();
-        let staging = self.guarded("readback buffer", size, || {
-            self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("quantkv/readback"),
-                size,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        })?;
+        let staging = self.guarded_buffer(
+            "readback buffer",
+            "quantkv/readback",
+            size,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
         let cmd = self.guarded("readback copy", size, || {
             let mut enc = self.device.create_command_encoder(&Default::default());
             enc.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
@@ -633,6 +631,25 @@ impl Context {
         })?;
         self.guarded("readback submit", size, || self.queue.submit([cmd]))?;
         self.map_read(&staging)
+    }
+
+    /// A buffer of `size` bytes with `usage`, created under [`Context::guarded`] (typed errors:
+    /// out of memory, device lost).
+    pub(crate) fn guarded_buffer(
+        &self,
+        what: &'static str,
+        label: &'static str,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer> {
+        self.guarded(what, size, || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage,
+                mapped_at_creation: false,
+            })
+        })
     }
 
     /// Maps a `MAP_READ` buffer (after the submission that fills it) and returns its bytes.

@@ -665,19 +665,7 @@ fn takes_stream(ctx: &Context, mode: KvQuantMode, dtype: Dtype, hq: u32, hkv: u3
         ..Default::default()
     };
     let cache = KvCache::new(ctx, &cfg).unwrap();
-    let plan = BatchPlan::new(
-        ctx,
-        &cfg,
-        &StepInput {
-            slot_mapping: &[0],
-            cu_seqlens_q: &[0, 1],
-            seqused_k: &[1],
-            block_table: &[0],
-            block_table_stride: 1,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let plan = one_sequence_plan(ctx, &cfg, 1, true);
     let params = AttentionParams {
         num_q_heads: hq,
         softmax_scale: 0.1,

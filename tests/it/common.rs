@@ -531,3 +531,22 @@ pub fn check_layout(
     let v = result.pop().unwrap();
     Ok((result.pop().unwrap(), v))
 }
+
+/// A plan of one sequence whose `n` newest tokens (of `n` in all) are the step's queries, in
+/// block 0; with `write`, they are also written to slots `0..n`.
+pub fn one_sequence_plan(ctx: &Context, cfg: &CacheConfig, n: i32, write: bool) -> BatchPlan {
+    let slots: Vec<i32> = if write { (0..n).collect() } else { Vec::new() };
+    BatchPlan::new(
+        ctx,
+        cfg,
+        &StepInput {
+            slot_mapping: &slots,
+            cu_seqlens_q: &[0, n],
+            seqused_k: &[n],
+            block_table: &[0],
+            block_table_stride: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}

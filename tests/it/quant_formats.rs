@@ -542,19 +542,7 @@ fn gpu_fp8_read_is_exact_for_every_code() {
             }
         }
         let k = vec![0.0f32; v.len()];
-        let plan = BatchPlan::new(
-            ctx,
-            &cfg,
-            &StepInput {
-                slot_mapping: &[0],
-                cu_seqlens_q: &[0, 1],
-                seqused_k: &[1],
-                block_table: &[0],
-                block_table_stride: 1,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let plan = one_sequence_plan(ctx, &cfg, 1, true);
         let kb = ctx.upload("k", bytemuck::cast_slice(&k));
         let vb = ctx.upload("v", bytemuck::cast_slice(&v));
         let q = ctx.upload("q", bytemuck::cast_slice(&vec![0.5f32; 2 * d as usize]));

@@ -202,18 +202,7 @@ fn a_layer_of_another_cache_is_rejected() {
     let cfg = small_cfg(KvQuantMode::None);
     let a = KvCache::new(ctx, &cfg).unwrap();
     let b = KvCache::new(ctx, &cfg).unwrap();
-    let plan = BatchPlan::new(
-        ctx,
-        &cfg,
-        &StepInput {
-            cu_seqlens_q: &[0, 1],
-            seqused_k: &[1],
-            block_table: &[0],
-            block_table_stride: 1,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let plan = one_sequence_plan(ctx, &cfg, 1, false);
     let q = ctx.zeroed("q", 4 * 64 * 2);
     let out = ctx.zeroed("out", 4 * 64 * 2);
     let mut enc = ctx.device.create_command_encoder(&Default::default());

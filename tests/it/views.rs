@@ -214,19 +214,7 @@ fn bad_views_get_typed_errors() {
         ..Default::default()
     };
     let cache = KvCache::new(ctx, &cfg).unwrap();
-    let plan = BatchPlan::new(
-        ctx,
-        &cfg,
-        &StepInput {
-            slot_mapping: &[0, 1],
-            cu_seqlens_q: &[0, 2],
-            seqused_k: &[2],
-            block_table: &[0],
-            block_table_stride: 1,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let plan = one_sequence_plan(ctx, &cfg, 2, true);
     let fused = ctx.zeroed("qkv", (2 * W * D * 2) as u64);
     let out = ctx.zeroed("out", (2 * HQ * D * 2) as u64);
     let canary = ctx.read_buffer(cache.layer(0).unwrap().k()).unwrap();
