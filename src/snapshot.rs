@@ -305,14 +305,7 @@ impl KvCache {
         w: &mut impl Write,
     ) -> Result<SnapshotInfo> {
         ctx.alive()?;
-        if blocks.stats().num_blocks != self.config().num_blocks
-            || blocks.block_size() != self.config().block_size
-        {
-            return Err(crate::error::invalid(
-                "block manager",
-                "was made for another cache shape",
-            ));
-        }
+        self.check_manager(blocks)?;
         // Distinct physical blocks in first-use order, and each sequence's indices into them.
         let mut index: HashMap<u32, u32> = HashMap::new();
         let mut order: Vec<u32> = Vec::new();
@@ -384,6 +377,7 @@ impl KvCache {
         r: &mut (impl Read + Seek),
     ) -> Result<SnapshotInfo> {
         ctx.alive()?;
+        self.check_manager(blocks)?;
         let start = r.stream_position()?;
         let mut magic = [0u8; 8];
         read_exact(r, &mut magic, "magic")?;
@@ -486,6 +480,24 @@ impl KvCache {
             tokens,
             bytes,
         })
+    }
+
+    /// `blocks` must manage this cache's pool (same block count and size).
+    fn check_manager(&self, blocks: &BlockManager) -> Result<()> {
+        let c = self.config();
+        if blocks.stats().num_blocks != c.num_blocks || blocks.block_size() != c.block_size {
+            return Err(crate::error::invalid(
+                "block manager",
+                format!(
+                    "manages {} blocks of {}, the cache has {} of {}",
+                    blocks.stats().num_blocks,
+                    blocks.block_size(),
+                    c.num_blocks,
+                    c.block_size
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Reads one layer section (length, data, checksum) and hands the verified data to `f`.

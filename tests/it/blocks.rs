@@ -880,6 +880,19 @@ fn rejected_snapshots_change_nothing() {
         ),
         "{e}"
     );
+    // A manager of another pool.
+    let mut wrong = BlockManager::new(&config(KvQuantMode::Int8PerTokenHead, 2, 40));
+    let e = t
+        .cache
+        .load_snapshot(ctx, &mut wrong, &mut Cursor::new(&file))
+        .unwrap_err();
+    assert!(e.to_string().contains("manages 40 blocks"), "{e}");
+    assert_eq!(wrong.stats().free_blocks, 40);
+    let e = t
+        .cache
+        .save_snapshot(ctx, &wrong, &[], &mut Vec::new())
+        .unwrap_err();
+    assert!(e.to_string().contains("manages 40 blocks"), "{e}");
     // Too big for the free blocks.
     let mut small = Harness::new(ctx, config(KvQuantMode::Int8PerTokenHead, 2, 2), false, 11);
     let e = small
