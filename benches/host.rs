@@ -81,22 +81,35 @@ fn bench(c: &mut Criterion) {
             ..Default::default()
         };
         let shape = [s.b, 32, 128];
-        let mut enc = s.ctx.device.create_command_encoder(&Default::default());
+        // Recording only, 64 calls per encoder (one step's worth of layers): an encoder that
+        // keeps growing over millions of calls would time its own reallocation.
         c.bench_function(&format!("encode_attention_b{b}_l{l}"), |bench| {
-            bench.iter(|| {
-                s.cache
-                    .unified_attention(
-                        s.ctx,
-                        &mut enc,
-                        &Attention {
-                            plan: &plan,
-                            layer: s.cache.layer(0).unwrap(),
-                            q: Tensor::new(&s.q, Dtype::F16, shape),
-                            out: Tensor::new(&s.out, Dtype::F16, shape),
-                            params: &params,
-                        },
-                    )
-                    .unwrap()
+            bench.iter_custom(|iters| {
+                let mut spent = std::time::Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    let n = left.min(64);
+                    left -= n;
+                    let mut enc = s.ctx.device.create_command_encoder(&Default::default());
+                    let t = std::time::Instant::now();
+                    for _ in 0..n {
+                        s.cache
+                            .unified_attention(
+                                s.ctx,
+                                &mut enc,
+                                &Attention {
+                                    plan: &plan,
+                                    layer: s.cache.layer(0).unwrap(),
+                                    q: Tensor::new(&s.q, Dtype::F16, shape),
+                                    out: Tensor::new(&s.out, Dtype::F16, shape),
+                                    params: &params,
+                                },
+                            )
+                            .unwrap();
+                    }
+                    spent += t.elapsed();
+                }
+                spent
             })
         });
     }

@@ -4,19 +4,23 @@
 //! scopes. Bounded: cleared when it reaches its cap (bind groups still referenced by recorded
 //! work stay alive through wgpu's own refcounting).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Mutex;
 
 /// One bound range: binding number, buffer, offset, size (0 = whole buffer).
 pub type BoundRange = (u32, wgpu::Buffer, u64, u64);
 
-/// The cache key: the compiled pipeline's id and its bound ranges.
+/// Most entries a cached bind group may have (the attention kernels bind 10).
+pub const MAX_ENTRIES: usize = 10;
+
+/// The cache key: the compiled pipeline's id and its bound ranges, stored inline (building a
+/// key allocates nothing: recording a call stays allocation-free when its bind group is known).
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct BindKey {
     /// [`super::Compiled::id`].
     pub pipeline: u64,
-    /// Every entry, in binding order.
-    pub ranges: Vec<BoundRange>,
+    /// Every entry, in binding order; unused slots `None`.
+    pub ranges: [Option<BoundRange>; MAX_ENTRIES],
 }
 
 /// Most bind groups kept.
@@ -48,18 +52,23 @@ impl BindCache {
     }
 }
 
-/// The ranges of bind group entries (whole-buffer and buffer-range bindings).
-pub fn ranges(entries: &[wgpu::BindGroupEntry<'_>]) -> Option<Vec<BoundRange>> {
-    entries
-        .iter()
-        .map(|e| match &e.resource {
-            wgpu::BindingResource::Buffer(b) => Some((
-                e.binding,
-                b.buffer.clone(),
-                b.offset,
-                b.size.map_or(0, |s| s.get()),
-            )),
-            _ => None,
-        })
-        .collect()
+/// The ranges of bind group entries (whole-buffer and buffer-range bindings); `None` when an
+/// entry is not a buffer or there are more than [`MAX_ENTRIES`] (such groups are not cached).
+pub fn ranges(entries: &[wgpu::BindGroupEntry<'_>]) -> Option<[Option<BoundRange>; MAX_ENTRIES]> {
+    if entries.len() > MAX_ENTRIES {
+        return None;
+    }
+    let mut out: [Option<BoundRange>; MAX_ENTRIES] = Default::default();
+    for (slot, e) in out.iter_mut().zip(entries) {
+        let wgpu::BindingResource::Buffer(b) = &e.resource else {
+            return None;
+        };
+        *slot = Some((
+            e.binding,
+            b.buffer.clone(),
+            b.offset,
+            b.size.map_or(0, |s| s.get()),
+        ));
+    }
+    Some(out)
 }

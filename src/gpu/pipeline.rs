@@ -1,7 +1,6 @@
 //! Compute pipelines: keyed by everything that changes the generated code, built lazily on
 //! first use, cached in the [`crate::Context`].
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -169,7 +168,7 @@ pub struct Compiled {
 
 /// Lazily filled pipeline cache.
 pub struct PipelineCache {
-    map: RwLock<HashMap<PipelineKey, Arc<Entry>>>,
+    map: RwLock<rustc_hash::FxHashMap<PipelineKey, Arc<Entry>>>,
     /// Most pipelines kept; the least recently used is dropped past it (pipelines still
     /// referenced by recorded work stay alive through their `Arc`).
     cap: usize,
@@ -229,7 +228,7 @@ impl PipelineCache {
     /// An empty cache keeping at most `cap` pipelines (at least 1).
     pub fn with_cap(cap: usize) -> Self {
         Self {
-            map: RwLock::new(HashMap::new()),
+            map: RwLock::new(Default::default()),
             cap: cap.max(1),
             clock: AtomicU64::new(0),
         }

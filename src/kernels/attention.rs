@@ -190,18 +190,17 @@ pub(crate) fn encode(
     let hq = p.num_q_heads;
     let inner = [hq, g.head_size];
     ctx.alive()?;
-    let mut bufs = vec![
+    let bufs = [
         ("q", q.buffer),
         ("out", out.buffer),
         ("k cache", layer.k),
         ("v cache", layer.v),
         ("k scale cache", layer.k_scale),
         ("v scale cache", layer.v_scale),
+        ("segment_buffer", p.segment_buffer.unwrap_or(q.buffer)),
     ];
-    if let Some(b) = p.segment_buffer {
-        bufs.push(("segment_buffer", b));
-    }
-    distinct(&bufs)?;
+    // Without a segment buffer the last entry repeats q, which `distinct` must not flag.
+    distinct(&bufs[..6 + p.segment_buffer.is_some() as usize])?;
     let limits = ctx.limits();
     q.check("q", g.dtype, sum.num_tokens_q, inner, limits)?;
     let out_dtype = if p.output_scale.is_some() {
