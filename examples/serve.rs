@@ -439,9 +439,9 @@ fn run(ctx: &Context, o: &Opts, mode: KvQuantMode) -> Result<(Stats, u32, u64)> 
         for r in reqs.iter_mut().filter(|r| !r.done && !r.seqs.is_empty()) {
             let in_batch = |id: SeqId| step.seqs.contains(&id);
             if r.pending > 0 {
-                if let Some(i) = step.seqs.iter().position(|&x| x == r.seqs[0].0) {
-                    let got = step.cu_seqlens_q[i + 1] - step.cu_seqlens_q[i];
-                    r.pending -= got as usize;
+                if let Some(rows) = step.rows_of(r.seqs[0].0) {
+                    let got = rows.len();
+                    r.pending -= got;
                     s.prefill_tokens += got as u64;
                     if r.pending == 0 && r.fork {
                         let c = blocks.fork(r.seqs[0].0)?;

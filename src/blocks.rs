@@ -71,6 +71,14 @@ impl ScheduledStep {
     pub fn num_tokens(&self) -> usize {
         self.slot_mapping.len()
     }
+
+    /// The query rows (rows of q and out, and of the key/value inputs) of `seq`'s new tokens
+    /// in this step; the last one is the row whose output predicts its next token. `None` when
+    /// `seq` is not in the step.
+    pub fn rows_of(&self, seq: SeqId) -> Option<std::ops::Range<usize>> {
+        let i = self.seqs.iter().position(|&s| s == seq)?;
+        Some(self.cu_seqlens_q[i] as usize..self.cu_seqlens_q[i + 1] as usize)
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -119,6 +127,7 @@ pub struct BlockStats {
 /// let a = m.create();
 /// let step = m.schedule(&[(a, &[1, 2, 3, 4, 5][..])]).unwrap(); // a 5-token prefill
 /// assert_eq!(step.seqused_k, [5]);
+/// assert_eq!(step.rows_of(a), Some(0..5)); // its q/out rows; row 4 predicts the next token
 /// let b = m.fork(a).unwrap(); // b shares a's two blocks
 /// let step = m.schedule(&[(b, &[9][..])]).unwrap(); // b writes into the shared partial block:
 /// assert_eq!(step.copies.len(), 1); // it is copied first
