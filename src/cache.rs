@@ -455,6 +455,14 @@ impl KvCache {
         )
     }
 
+    /// Layer `l`'s four per-block arrays in a fixed order (K pool, V pool, K scales, V scales),
+    /// each with the bytes one block takes in it (0 for absent scale caches). Block copies and
+    /// snapshots move blocks through this one list.
+    pub(crate) fn block_parts<'a>(&self, l: &'a LayerKv) -> [(&'a wgpu::Buffer, u64); 4] {
+        let (pb, sb) = self.block_bytes();
+        [(&l.k, pb), (&l.v, pb), (&l.k_scale, sb), (&l.v_scale, sb)]
+    }
+
     /// Records, into `enc`, copies of whole blocks (codes and scales of every layer's K and V;
     /// the copy-on-write of [`crate::BlockManager::schedule`]). Record them before the step's
     /// writes. Copies behave as if made at once: every source is read before any destination
@@ -507,12 +515,12 @@ impl KvCache {
             wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
         )?;
         for l in &self.layers {
-            let parts = [
-                (&l.k, pb, 0),
-                (&l.v, pb, pb),
-                (&l.k_scale, sb, 2 * pb),
-                (&l.v_scale, sb, 2 * pb + sb),
-            ];
+            // Each part at its offset in a copy's scratch slot.
+            let mut at = 0;
+            let parts = self.block_parts(l).map(|(buf, bytes)| {
+                at += bytes;
+                (buf, bytes, at - bytes)
+            });
             for (i, c) in copies.iter().enumerate() {
                 for &(buf, bytes, at) in &parts {
                     if bytes > 0 {

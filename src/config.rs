@@ -123,7 +123,7 @@ impl CacheConfig {
     pub(crate) fn geometry(&self, backend: &dyn QuantKvBackend) -> Geometry {
         Geometry {
             mode: self.mode,
-            elems_per_word: 4 * backend.packing_factor() / backend.cache_elem_bytes(self.dtype),
+            elems_per_word: backend.elems_per_word(self.dtype),
             num_blocks: self.num_blocks,
             block_size: self.block_size,
             num_kv_heads: self.num_kv_heads,

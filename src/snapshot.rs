@@ -431,14 +431,8 @@ impl KvCache {
             for l in 0..self.layers().len() {
                 let layer = &self.layers()[l];
                 self.read_section(r, l, section, |data| {
-                    let parts = [
-                        (layer.k(), pb),
-                        (layer.v(), pb),
-                        (layer.k_scale(), sb),
-                        (layer.v_scale(), sb),
-                    ];
                     let mut at = 0usize;
-                    for (buf, bytes) in parts {
+                    for (buf, bytes) in self.block_parts(layer) {
                         for &t in &targets {
                             if bytes > 0 {
                                 let piece = &data[at..at + bytes as usize];
@@ -545,12 +539,7 @@ impl KvCache {
         )?;
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         let mut at = 0u64;
-        for (buf, bytes) in [
-            (l.k(), pb),
-            (l.v(), pb),
-            (l.k_scale(), sb),
-            (l.v_scale(), sb),
-        ] {
+        for (buf, bytes) in self.block_parts(l) {
             for &b in blocks {
                 if bytes > 0 {
                     enc.copy_buffer_to_buffer(buf, b as u64 * bytes, &staging, at, bytes);

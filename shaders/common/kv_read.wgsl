@@ -9,11 +9,7 @@
 // ly.k_row_words u32 words apart. Every index the kernels pass is in range by host validation
 // (block table, slot and row counts are checked before encoding).
 
-// u32 words per group of four elements (1 for codes of <= 8 bits), groups per word.
-const K_WPG: u32 = max(1u, 4u / K_EPW);
-const K_GPW: u32 = max(1u, K_EPW / 4u);
-const V_WPG: u32 = max(1u, 4u / V_EPW);
-const V_GPW: u32 = max(1u, V_EPW / 4u);
+// #include "common/kv_groups.wgsl"
 
 // The words holding group j of K row `row` (the first K_WPG components are used).
 fn k_words(row: u32, j: u32) -> vec4<u32> {

@@ -25,6 +25,7 @@
 // Bindings: as decode.wgsl, K and V pools as 16-byte words.
 // Dispatch: as decode.wgsl: x = num_seqs, y = num_kv_heads * head_chunks, z = num_segments.
 // #include "kernels/decode_common.wgsl"
+// #include "common/kv_groups.wgsl"
 
 @group(0) @binding(5) var<storage, read> k_cache: array<vec4<u32>>;
 @group(0) @binding(6) var<storage, read> v_cache: array<vec4<u32>>;
@@ -39,18 +40,17 @@ var<workgroup> l_sh: array<f32, M_MAX>;
 var<workgroup> z_sh: array<f32, M_MAX>;
 
 // Raw K values of group g (0 .. GPV) of a 16-byte load.
+// The words of group g of a 16-byte load, from word i on (the first K_WPG / V_WPG are used).
+fn words_from(w: vec4<u32>, i: u32) -> vec4<u32> {
+    return vec4<u32>(w[i], w[min(i + 1u, 3u)], w[min(i + 2u, 3u)], w[min(i + 3u, 3u)]);
+}
+
 fn k_raw_at(w: vec4<u32>, g: u32) -> vec4<f32> {
-    let wpg = max(1u, 4u / K_EPW); // words per group
-    let gpw = max(1u, K_EPW / 4u); // groups per word
-    let i = (g / gpw) * wpg;
-    return k_raw4(vec4<u32>(w[i], w[min(i + 1u, 3u)], w[min(i + 2u, 3u)], w[min(i + 3u, 3u)]), g % gpw);
+    return k_raw4(words_from(w, (g / K_GPW) * K_WPG), g % K_GPW);
 }
 
 fn v_raw_at(w: vec4<u32>, g: u32) -> vec4<f32> {
-    let wpg = max(1u, 4u / V_EPW);
-    let gpw = max(1u, V_EPW / 4u);
-    let i = (g / gpw) * wpg;
-    return v_raw4(vec4<u32>(w[i], w[min(i + 1u, 3u)], w[min(i + 2u, 3u)], w[min(i + 3u, 3u)]), g % gpw);
+    return v_raw4(words_from(w, (g / V_GPW) * V_WPG), g % V_GPW);
 }
 
 // The loads of one step of a key group: U rows (keys past the segment read row 0, which

@@ -30,6 +30,10 @@ pub const CORE_FILES: &[(&str, &str)] = &[
         include_str!("../../shaders/common/softmax.wgsl"),
     ),
     (
+        "common/kv_groups.wgsl",
+        include_str!("../../shaders/common/kv_groups.wgsl"),
+    ),
+    (
         "common/kv_read.wgsl",
         include_str!("../../shaders/common/kv_read.wgsl"),
     ),

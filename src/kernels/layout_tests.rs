@@ -222,8 +222,7 @@ fn variants() -> Vec<Variant> {
                             };
                             let g = Geometry {
                                 mode,
-                                elems_per_word: 4 * backend.packing_factor()
-                                    / backend.cache_elem_bytes(dtype),
+                                elems_per_word: backend.elems_per_word(dtype),
                                 num_blocks: 1,
                                 block_size: 16,
                                 num_kv_heads: 1,

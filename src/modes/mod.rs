@@ -112,6 +112,11 @@ pub trait QuantKvBackend: Send + Sync + 'static {
     fn cache_elem_bytes(&self, _dtype: Dtype) -> u32 {
         1
     }
+    /// Cached elements per u32 word for `dtype` (the codec's `K_EPW`): 1 for f32 rows, 2 for
+    /// 16-bit rows, 4 for 8-bit codes, 8 and 16 for 4- and 2-bit codes.
+    fn elems_per_word(&self, dtype: Dtype) -> u32 {
+        4 * self.packing_factor() / self.cache_elem_bytes(dtype)
+    }
     /// Whether the mode stores one f32 scale per (block, slot, kv head) for K and for V.
     fn needs_scale_caches(&self) -> bool {
         false
