@@ -121,6 +121,18 @@ impl Fixture {
         err
     }
 
+    /// [`Fixture::rejects`] for an attention call on 4 query rows with `step` and `params`.
+    fn rejects_step(
+        &self,
+        what: &str,
+        step: &StepInput<'_>,
+        params: &AttentionParams<'_>,
+    ) -> Error {
+        self.rejects(what, |fx, enc| {
+            fx.attend(enc, step, fx.qt(4), fx.ot(4), params)
+        })
+    }
+
     fn write(
         &self,
         enc: &mut wgpu::CommandEncoder,
@@ -352,35 +364,23 @@ fn attention_rejections_leave_cache_and_output_untouched() {
         fx.ctx.queue.submit([enc.finish()]);
     }
     let p = params();
-    let e = fx.rejects("non-monotonic cu_seqlens_q", |fx, enc| {
-        fx.attend(
-            enc,
-            &step(&[0, 3, 2], &[20, 5], &[1, 2, 3, 0], 2),
-            fx.qt(4),
-            fx.ot(4),
-            &p,
-        )
-    });
+    let e = fx.rejects_step(
+        "non-monotonic cu_seqlens_q",
+        &step(&[0, 3, 2], &[20, 5], &[1, 2, 3, 0], 2),
+        &p,
+    );
     assert!(is_invalid(&e, "cu_seqlens_q"));
-    let e = fx.rejects("cu_seqlens_q not starting at 0", |fx, enc| {
-        fx.attend(
-            enc,
-            &step(&[1, 3, 4], &[20, 5], &[1, 2, 3, 0], 2),
-            fx.qt(4),
-            fx.ot(4),
-            &p,
-        )
-    });
+    let e = fx.rejects_step(
+        "cu_seqlens_q not starting at 0",
+        &step(&[1, 3, 4], &[20, 5], &[1, 2, 3, 0], 2),
+        &p,
+    );
     assert!(is_invalid(&e, "cu_seqlens_q"));
-    let e = fx.rejects("cu_seqlens_q of the wrong length", |fx, enc| {
-        fx.attend(
-            enc,
-            &step(&[0, 3], &[20, 5], &[1, 2, 3, 0], 2),
-            fx.qt(4),
-            fx.ot(4),
-            &p,
-        )
-    });
+    let e = fx.rejects_step(
+        "cu_seqlens_q of the wrong length",
+        &step(&[0, 3], &[20, 5], &[1, 2, 3, 0], 2),
+        &p,
+    );
     assert!(matches!(
         e,
         Error::ShapeMismatch {
@@ -388,45 +388,29 @@ fn attention_rejections_leave_cache_and_output_untouched() {
             ..
         }
     ));
-    let e = fx.rejects("seqused_k shorter than the query", |fx, enc| {
-        fx.attend(
-            enc,
-            &step(&[0, 3, 4], &[2, 5], &[1, 2, 3, 0], 2),
-            fx.qt(4),
-            fx.ot(4),
-            &p,
-        )
-    });
+    let e = fx.rejects_step(
+        "seqused_k shorter than the query",
+        &step(&[0, 3, 4], &[2, 5], &[1, 2, 3, 0], 2),
+        &p,
+    );
     assert!(is_invalid(&e, "seqused_k"));
-    let e = fx.rejects("block table entry outside the pool", |fx, enc| {
-        fx.attend(
-            enc,
-            &step(&[0, 3, 4], &[20, 5], &[1, NB as i32, 3, 0], 2),
-            fx.qt(4),
-            fx.ot(4),
-            &p,
-        )
-    });
+    let e = fx.rejects_step(
+        "block table entry outside the pool",
+        &step(&[0, 3, 4], &[20, 5], &[1, NB as i32, 3, 0], 2),
+        &p,
+    );
     assert!(is_invalid(&e, "block_table"));
-    let e = fx.rejects("negative block table entry", |fx, enc| {
-        fx.attend(
-            enc,
-            &step(&[0, 3, 4], &[20, 5], &[1, 2, -1, 0], 2),
-            fx.qt(4),
-            fx.ot(4),
-            &p,
-        )
-    });
+    let e = fx.rejects_step(
+        "negative block table entry",
+        &step(&[0, 3, 4], &[20, 5], &[1, 2, -1, 0], 2),
+        &p,
+    );
     assert!(is_invalid(&e, "block_table"));
-    let e = fx.rejects("too few block table columns", |fx, enc| {
-        fx.attend(
-            enc,
-            &step(&[0, 3, 4], &[40, 5], &[1, 2, 3, 0], 2),
-            fx.qt(4),
-            fx.ot(4),
-            &p,
-        )
-    });
+    let e = fx.rejects_step(
+        "too few block table columns",
+        &step(&[0, 3, 4], &[40, 5], &[1, 2, 3, 0], 2),
+        &p,
+    );
     assert!(is_invalid(&e, "block_table"));
     let e = fx.rejects("num_q_heads not a multiple of num_kv_heads", |fx, enc| {
         let p3 = AttentionParams {
