@@ -595,7 +595,6 @@ fn run_step(
 /// Layer 0's output for up to two sequences of `step` vs the f64 reference on the rows the cache
 /// holds at the manager's slots. Returns the worst `|gpu − ref| / (1 + |ref|)`; fails past the
 /// spec's level-2 bound for f16.
-#[allow(clippy::too_many_arguments)]
 fn check(
     ctx: &Context,
     cache: &KvCache,

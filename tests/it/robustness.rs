@@ -173,22 +173,15 @@ fn buffers_of_another_device_are_rejected() {
         assert!(matches!(e, Error::ForeignBuffer { .. }), "{e}");
         let q = foreign.zeroed("q", 2 * 4 * 64 * 2);
         let out = ctx.zeroed("out", 2 * 4 * 64 * 2);
-        let e = cache
-            .unified_attention(
-                ctx,
-                &mut enc,
-                &Attention {
-                    plan: &plan,
-                    layer: cache.layer(0).unwrap(),
-                    q: Tensor::new(&q, Dtype::F16, [2, 4, 64]),
-                    out: Tensor::new(&out, Dtype::F16, [2, 4, 64]),
-                    params: &AttentionParams {
-                        num_q_heads: 4,
-                        ..Default::default()
-                    },
-                },
-            )
-            .unwrap_err();
+        let e = attend_4_heads(
+            (&cache, cache.layer(0).unwrap()),
+            ctx,
+            &mut enc,
+            &plan,
+            (&q, &out),
+            [2, 4, 64][0],
+        )
+        .unwrap_err();
         assert!(matches!(e, Error::ForeignBuffer { .. }), "{e}");
         ctx.queue.submit([enc.finish()]);
     }
@@ -206,22 +199,15 @@ fn a_layer_of_another_cache_is_rejected() {
     let q = ctx.zeroed("q", 4 * 64 * 2);
     let out = ctx.zeroed("out", 4 * 64 * 2);
     let mut enc = ctx.device.create_command_encoder(&Default::default());
-    let e = a
-        .unified_attention(
-            ctx,
-            &mut enc,
-            &Attention {
-                plan: &plan,
-                layer: b.layer(0).unwrap(),
-                q: Tensor::new(&q, Dtype::F16, [1, 4, 64]),
-                out: Tensor::new(&out, Dtype::F16, [1, 4, 64]),
-                params: &AttentionParams {
-                    num_q_heads: 4,
-                    ..Default::default()
-                },
-            },
-        )
-        .unwrap_err();
+    let e = attend_4_heads(
+        (&a, b.layer(0).unwrap()),
+        ctx,
+        &mut enc,
+        &plan,
+        (&q, &out),
+        [1, 4, 64][0],
+    )
+    .unwrap_err();
     assert!(
         matches!(e, Error::InvalidArgument { what: "layer", .. }),
         "{e}"
@@ -590,22 +576,15 @@ fn a_lost_device_gives_typed_errors_not_panics() {
             .unwrap_err(),
     );
     lost(
-        cache
-            .unified_attention(
-                ctx,
-                &mut enc,
-                &Attention {
-                    plan: &plan,
-                    layer: cache.layer(0).unwrap(),
-                    q: Tensor::new(&q, Dtype::F16, [1, 4, 64]),
-                    out: Tensor::new(&out, Dtype::F16, [1, 4, 64]),
-                    params: &AttentionParams {
-                        num_q_heads: 4,
-                        ..Default::default()
-                    },
-                },
-            )
-            .unwrap_err(),
+        attend_4_heads(
+            (&cache, cache.layer(0).unwrap()),
+            ctx,
+            &mut enc,
+            &plan,
+            (&q, &out),
+            [1, 4, 64][0],
+        )
+        .unwrap_err(),
     );
 }
 
@@ -711,4 +690,30 @@ fn oom_child() {
         "{:?}",
         errors.lock().unwrap()
     );
+}
+
+/// `cache.unified_attention` over `layer` with 4 query heads of 64 (default parameters), q and
+/// out f16 `[rows, 4, 64]` at the start of their buffers.
+fn attend_4_heads(
+    (cache, layer): (&KvCache, &LayerKv),
+    ctx: &Context,
+    enc: &mut wgpu::CommandEncoder,
+    plan: &BatchPlan,
+    (q, out): (&wgpu::Buffer, &wgpu::Buffer),
+    rows: u32,
+) -> Result<()> {
+    cache.unified_attention(
+        ctx,
+        enc,
+        &Attention {
+            plan,
+            layer,
+            q: Tensor::new(q, Dtype::F16, [rows, 4, 64]),
+            out: Tensor::new(out, Dtype::F16, [rows, 4, 64]),
+            params: &AttentionParams {
+                num_q_heads: 4,
+                ..Default::default()
+            },
+        },
+    )
 }
