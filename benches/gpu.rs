@@ -136,19 +136,49 @@ fn shapes(quick: bool, sweep: bool) -> Vec<Shape> {
             ..decode(name, 1, 32768, d, SplitK::Auto)
         });
     }
+    // Prefill: Auto (cooperative matrices where the adapter has them), the portable tiled
+    // kernel forced, and the unified kernel where it takes less than a second per shape.
     for l in [2048u32, 8192] {
-        v.push(Shape {
-            name: format!("prefill_causal_{}k", l / 1024),
+        let name = format!("prefill_causal_{}k", l / 1024);
+        let base = Shape {
+            name: name.clone(),
             lq: l,
             lkv: l,
             ..decode("", 1, l, 128, SplitK::Auto)
+        };
+        v.push(base.clone());
+        v.push(Shape {
+            path: AttentionPath::PrefillTiled,
+            ..base.clone()
         });
+        if l == 2048 {
+            v.push(Shape {
+                path: AttentionPath::Unified,
+                ..base.clone()
+            });
+        }
+        if l == 8192 {
+            for mode in KvQuantMode::ALL
+                .into_iter()
+                .filter(|m| m.is_supported() && *m != KvQuantMode::None)
+            {
+                v.push(Shape {
+                    mode,
+                    ..base.clone()
+                });
+            }
+        }
     }
-    v.push(Shape {
+    let chunk = Shape {
         name: "chunked_prefill_512_over_32k".into(),
         lq: 512,
         lkv: 32768,
         ..decode("", 1, 32768, 128, SplitK::Auto)
+    };
+    v.push(chunk.clone());
+    v.push(Shape {
+        path: AttentionPath::PrefillTiled,
+        ..chunk
     });
     v
 }
@@ -431,6 +461,8 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
             lp.kernel.name(),
             if lp.stream {
                 "-stream"
+            } else if lp.coop {
+                "-coop"
             } else if lp.subgroups {
                 "-sg"
             } else {

@@ -129,6 +129,7 @@ impl CacheConfig {
             num_kv_heads: self.num_kv_heads,
             head_size: self.head_size,
             dtype: self.dtype,
+            transform: backend.codec(self.dtype, &self.options).transform.is_some(),
         }
     }
 }

@@ -46,6 +46,14 @@ pub const CORE_FILES: &[(&str, &str)] = &[
         include_str!("../../shaders/common/types_f32.wgsl"),
     ),
     (
+        "common/attn_common.wgsl",
+        include_str!("../../shaders/common/attn_common.wgsl"),
+    ),
+    (
+        "kernels/prefill.wgsl",
+        include_str!("../../shaders/kernels/prefill.wgsl"),
+    ),
+    (
         "kernels/decode_common.wgsl",
         include_str!("../../shaders/kernels/decode_common.wgsl"),
     ),

@@ -37,6 +37,11 @@ pub struct Caps {
     pub subgroup_max_size: u32,
     /// Timestamp queries are available (and enabled on devices quantkv creates).
     pub timestamps: bool,
+    /// Cooperative matrices with a 16×16×16 f16 × f16 → f32 subgroup configuration are enabled
+    /// (wgpu's `EXPERIMENTAL_COOPERATIVE_MATRIX`; the prefill kernel's tensor-core path). Known
+    /// only for devices quantkv creates or gets with their adapter
+    /// ([`Context::from_adapter_device`]).
+    pub coop_f16: bool,
     /// The device's limits (as requested: the adapter's real limits, not wgpu's defaults).
     pub limits: wgpu::Limits,
 }
@@ -163,6 +168,21 @@ fn wanted_features(available: wgpu::Features) -> wgpu::Features {
     available & wanted
 }
 
+/// Whether `adapter` offers the cooperative-matrix configuration the prefill kernel uses
+/// (16×16×16, f16 A/B, f32 accumulator) with the features that kernel also needs.
+fn coop_usable(adapter: &wgpu::Adapter) -> bool {
+    let f = adapter.features();
+    f.contains(
+        wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+            | wgpu::Features::SHADER_F16
+            | wgpu::Features::SUBGROUP,
+    ) && adapter.cooperative_matrix_properties().iter().any(|p| {
+        (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+            && p.ab_type == wgpu::CooperativeScalarType::F16
+            && p.cr_type == wgpu::CooperativeScalarType::F32
+    })
+}
+
 impl Context {
     /// Creates a context on the default high-performance adapter (honouring `WGPU_BACKEND`,
     /// `WGPU_ADAPTER_NAME` and friends), requesting the adapter's real limits.
@@ -203,20 +223,49 @@ impl Context {
 
     /// Creates a device on `adapter` with its real limits and the optional features quantkv uses.
     pub async fn from_adapter(adapter: &wgpu::Adapter) -> Result<Self> {
-        let features = wanted_features(adapter.features());
+        let mut features = wanted_features(adapter.features());
+        let coop = coop_usable(adapter);
+        let experimental = if coop {
+            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+            // SAFETY: the experimental feature enabled is cooperative matrices, which quantkv
+            // uses only in kernels/frag_coop.wgsl, and only through the configuration the
+            // adapter reported (`coop_usable`); its results are checked against the CPU
+            // reference by the test suite on such adapters.
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        };
         let limits = adapter.limits();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("quantkv"),
                 required_features: features,
                 required_limits: limits,
-                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                experimental_features: experimental,
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
             })
             .await
             .map_err(|e| Error::DeviceRequest(e.to_string()))?;
-        Ok(Self::from_device(device, queue))
+        Ok(Self::from_adapter_device(adapter, device, queue))
+    }
+
+    /// Like [`Context::from_device`], for a device the caller created on `adapter`: the
+    /// adapter tells which cooperative-matrix configurations the device may use, so a device
+    /// created with `Features::EXPERIMENTAL_COOPERATIVE_MATRIX` (and `SHADER_F16`, `SUBGROUP`)
+    /// gets the tensor-core prefill kernel.
+    pub fn from_adapter_device(
+        adapter: &wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+    ) -> Self {
+        let mut ctx = Self::from_device(device, queue);
+        ctx.caps.coop_f16 = coop_usable(adapter)
+            && ctx
+                .device
+                .features()
+                .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+        ctx
     }
 
     /// Wraps a device and queue the caller already owns (a desktop app's renderer, say).
@@ -234,6 +283,7 @@ impl Context {
             subgroup_min_size: info.subgroup_min_size,
             subgroup_max_size: info.subgroup_max_size,
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            coop_f16: false,
             limits: device.limits(),
         };
         let adapter = AdapterSummary {

@@ -23,6 +23,9 @@ pub enum Kernel {
     Decode,
     /// reshape_and_cache for quantized modes.
     WriteRows,
+    /// unified_attention's tiled prefill kernel (fragment twin, or cooperative matrices with
+    /// `Features::COOP`).
+    Prefill,
 }
 
 impl Kernel {
@@ -34,6 +37,7 @@ impl Kernel {
             Kernel::Reduce => "reduce",
             Kernel::Decode => "decode",
             Kernel::WriteRows => "write_rows",
+            Kernel::Prefill => "prefill",
         }
     }
 }
@@ -63,6 +67,8 @@ impl Features {
     pub const SUBGROUPS: u32 = 512;
     /// The decode kernel's streaming rung (with `SUBGROUPS`).
     pub const STREAM: u32 = 1024;
+    /// The prefill kernel on cooperative matrices (else its scalar fragment twin).
+    pub const COOP: u32 = 2048;
 
     /// Whether `bit` is set.
     pub fn has(self, bit: u32) -> bool {
@@ -72,7 +78,7 @@ impl Features {
 
 impl fmt::Display for Features {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const NAMES: [(u32, &str); 10] = [
+        const NAMES: [(u32, &str); 11] = [
             (Features::SOFTCAP, "softcap"),
             (Features::SINKS, "sinks"),
             (Features::ALIBI, "alibi"),
@@ -83,6 +89,7 @@ impl fmt::Display for Features {
             (Features::OUT_FP8, "out_fp8"),
             (Features::SUBGROUPS, "sg"),
             (Features::STREAM, "stream"),
+            (Features::COOP, "coop"),
         ];
         let names: Vec<&str> = NAMES
             .iter()
@@ -332,10 +339,36 @@ pub fn full_source(
         root.push('\n');
     }
     root.push_str(kernel);
-    compose(&root, includes).map_err(|e| Error::ShaderCompile {
+    let text = compose(&root, includes).map_err(|e| Error::ShaderCompile {
         label: "compose".into(),
         message: e.to_string(),
-    })
+    })?;
+    Ok(hoist_enables(&text))
+}
+
+/// WGSL wants `enable` directives before every declaration; parts may carry their own, so they
+/// are moved to the top (each once).
+fn hoist_enables(text: &str) -> String {
+    let mut enables: Vec<&str> = Vec::new();
+    let mut body = String::with_capacity(text.len());
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with("enable ") && t.ends_with(';') {
+            if !enables.contains(&t) {
+                enables.push(t);
+            }
+        } else {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    if enables.is_empty() {
+        return body;
+    }
+    let mut out = enables.join("\n");
+    out.push('\n');
+    out.push_str(&body);
+    out
 }
 
 fn build(ctx: &Context, key: &PipelineKey, src: PipelineSource<'_>) -> Result<Compiled> {

@@ -359,6 +359,9 @@ pub(crate) fn pipelines(
     if lp.stream {
         features.0 |= Features::STREAM;
     }
+    if lp.coop {
+        features.0 |= Features::COOP;
+    }
     let codec = layer.mode.codec();
     let (d, tiling) = (g.head_size, lp.tiling);
     let key = PipelineKey {
@@ -379,6 +382,13 @@ pub(crate) fn pipelines(
             decode_stream_source(codec, d, features, tiling, el, lpr)
         }
         Kernel::Decode => decode_source(codec, d, features, tiling),
+        Kernel::Prefill => prefill_source(
+            codec,
+            d,
+            features,
+            tiling,
+            super::plan::prefill_f16(ctx.caps(), g, lp.coop),
+        ),
         _ => attention_source(codec, d, features, tiling),
     })?;
     if lp.segments <= 1 {
@@ -426,6 +436,65 @@ pub fn attention_source(
         ]
         .into_iter()
         .chain(shared_constants(d, f, tiling))
+        .collect(),
+        entries: attention_entries(),
+    }
+}
+
+/// The prefill kernel's source, override constants and layout for one variant
+/// (`Features::COOP`: on cooperative matrices, else the scalar twin; `f16`: tiles hold f16).
+pub fn prefill_source(
+    codec: &Codec,
+    d: u32,
+    f: Features,
+    tiling: Tiling,
+    f16: bool,
+) -> PipelineSource<'static> {
+    let coop = f.has(Features::COOP);
+    let (qs, ks, ps, ss) = super::plan::prefill_strides(d, tiling.tile, f16);
+    // The twin holds its tiles as vec4s, the cooperative version as scalars.
+    let unit = if coop { 1 } else { 4 };
+    let (et, et_max) = if f16 {
+        ("enable f16;\nalias ET = f16;", "65504.0")
+    } else {
+        ("alias ET = f32;", "3.4028235e38")
+    };
+    let transform = codec.transform.is_some();
+    PipelineSource {
+        kernel: if coop {
+            include_str!("../../shaders/kernels/frag_coop.wgsl")
+        } else {
+            include_str!("../../shaders/kernels/frag_twin.wgsl")
+        },
+        codec: vec![codec.decode, codec.transform_source()],
+        prelude: format!(
+            "{et}\nconst ET_MAX: f32 = {et_max};\nconst D_BLOCKS: u32 = {}u;\nconst T_BLOCKS: u32 = {}u;\n",
+            d / 16,
+            tiling.tile / 16
+        ),
+        includes: codec.includes,
+        constants: vec![
+            ("HEAD_DIM", d as f64),
+            ("TK", tiling.tile as f64),
+            ("WG_SIZE", tiling.wg_size as f64),
+            ("MAX_M", tiling.max_m as f64),
+            ("ROW_BLOCKS", (tiling.max_m / 16) as f64),
+            ("QS", qs as f64),
+            ("KS", ks as f64),
+            ("PS", ps as f64),
+            ("SS", ss as f64),
+            ("QH_LEN", (tiling.max_m * qs / unit) as f64),
+            ("KV_LEN", (tiling.tile * ks / unit) as f64),
+            ("P_LEN", (tiling.max_m * ps / unit) as f64),
+            (
+                "S_LEN",
+                super::plan::prefill_s_len(&tiling, d, f16) as f64,
+            ),
+            ("Q_SH_LEN", if transform { 4 * d } else { 1 } as f64),
+            ("HAS_MM", flag(f, Features::MM_PREFIX)),
+        ]
+        .into_iter()
+        .chain(feature_constants(f))
         .collect(),
         entries: attention_entries(),
     }
@@ -485,22 +554,30 @@ pub fn decode_stream_source(
 }
 
 /// The geometry and feature overrides both attention kernels declare.
-fn shared_constants(d: u32, f: Features, tiling: Tiling) -> [(&'static str, f64); 10] {
+fn shared_constants(d: u32, f: Features, tiling: Tiling) -> Vec<(&'static str, f64)> {
+    let mut v = vec![
+        ("HEAD_DIM", d as f64),
+        ("WG_SIZE", tiling.wg_size as f64),
+        ("MAX_M", tiling.max_m as f64),
+        ("Q_SH_LEN", (tiling.max_m * d / 4) as f64),
+    ];
+    v.extend(feature_constants(f));
+    v.push(("IS_SPLIT", flag(f, Features::SPLIT)));
+    v
+}
+
+/// The feature overrides every attention kernel declares (split-K aside).
+fn feature_constants(f: Features) -> [(&'static str, f64); 5] {
     let alibi = if f.has(Features::ALIBI_SQRT) {
         2.0
     } else {
         flag(f, Features::ALIBI)
     };
     [
-        ("HEAD_DIM", d as f64),
-        ("WG_SIZE", tiling.wg_size as f64),
-        ("MAX_M", tiling.max_m as f64),
-        ("Q_SH_LEN", (tiling.max_m * d / 4) as f64),
         ("HAS_SOFTCAP", flag(f, Features::SOFTCAP)),
         ("HAS_SINKS", flag(f, Features::SINKS)),
         ("ALIBI_MODE", alibi),
         ("HAS_QQ", flag(f, Features::QQ_BIAS)),
-        ("IS_SPLIT", flag(f, Features::SPLIT)),
         ("OUT_FP8", flag(f, Features::OUT_FP8)),
     ]
 }

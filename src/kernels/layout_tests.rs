@@ -10,8 +10,13 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
-use super::attention::{attention_source, decode_source, decode_stream_source, reduce_source};
-use super::plan::{attention_smem, attention_tiling, decode_smem, decode_tiling, stream_lanes};
+use super::attention::{
+    attention_source, decode_source, decode_stream_source, prefill_source, reduce_source,
+};
+use super::plan::{
+    attention_smem, attention_tiling, coop_admits, decode_smem, decode_tiling, prefill_f16,
+    prefill_smem, prefill_tiling, stream_lanes,
+};
 use super::write::{write_copy_source, write_rows_source, write_rows_tiling};
 use super::Geometry;
 use crate::gpu::pipeline::full_source;
@@ -32,6 +37,8 @@ struct Variant {
     text: String,
     constants: Vec<(&'static str, f64)>,
     caps: C,
+    /// Translated to HLSL too (naga has no cooperative matrices for HLSL).
+    hlsl: bool,
 }
 
 fn variant(label: String, dtype: Dtype, src: &PipelineSource<'_>, caps: C) -> Variant {
@@ -40,6 +47,38 @@ fn variant(label: String, dtype: Dtype, src: &PipelineSource<'_>, caps: C) -> Va
         text: full_source(src.kernel, dtype, &src.parts(), src.includes).unwrap(),
         constants: src.constants.clone(),
         caps,
+        hlsl: !src.kernel.contains("wgpu_cooperative_matrix"),
+    }
+}
+
+/// Adapter capabilities for planning in tests: subgroups of `sg` lanes (0 = none),
+/// cooperative matrices, SHADER_F16, and `smem` bytes of workgroup memory.
+fn test_caps(sg: u32, coop: bool, f16: bool, smem: u32) -> crate::gpu::Caps {
+    crate::gpu::Caps {
+        subgroups: sg > 0,
+        subgroup_min_size: sg,
+        subgroup_max_size: sg,
+        shader_f16: f16,
+        timestamps: false,
+        coop_f16: coop,
+        limits: limits(smem),
+    }
+}
+
+fn test_geometry(mode: KvQuantMode, dtype: Dtype, d: u32) -> Geometry {
+    let backend = create(mode).unwrap();
+    Geometry {
+        mode,
+        elems_per_word: backend.elems_per_word(dtype),
+        num_blocks: 1,
+        block_size: 16,
+        num_kv_heads: 1,
+        head_size: d,
+        dtype,
+        transform: backend
+            .codec(dtype, &ModeOptions::default())
+            .transform
+            .is_some(),
     }
 }
 
@@ -72,7 +111,7 @@ fn resolve(
     (m.into_owned(), i.into_owned())
 }
 
-fn translate(label: &str, module: &naga::Module, info: &naga::valid::ModuleInfo) {
+fn translate(label: &str, module: &naga::Module, info: &naga::valid::ModuleInfo, hlsl_too: bool) {
     let stage = naga::ShaderStage::Compute;
     naga::back::spv::write_vec(
         module,
@@ -98,6 +137,9 @@ fn translate(label: &str, module: &naga::Module, info: &naga::valid::ModuleInfo)
         },
     )
     .unwrap_or_else(|e| panic!("{label}: MSL: {e}"));
+    if !hlsl_too {
+        return;
+    }
     let mut hlsl = String::new();
     let hlsl_opts = naga::back::hlsl::Options {
         shader_model: naga::back::hlsl::ShaderModel::V6_0,
@@ -212,23 +254,8 @@ fn variants() -> Vec<Variant> {
                         ));
                         // The streaming rung, at the lane widths subgroups of 8 and 32 give.
                         for sg_min in [8, 32] {
-                            let caps = crate::gpu::Caps {
-                                subgroups: true,
-                                subgroup_min_size: sg_min,
-                                subgroup_max_size: sg_min,
-                                shader_f16: false,
-                                timestamps: false,
-                                limits: limits.clone(),
-                            };
-                            let g = Geometry {
-                                mode,
-                                elems_per_word: backend.elems_per_word(dtype),
-                                num_blocks: 1,
-                                block_size: 16,
-                                num_kv_heads: 1,
-                                head_size: d,
-                                dtype,
-                            };
+                            let caps = test_caps(sg_min, false, false, 32768);
+                            let g = test_geometry(mode, dtype, d);
                             if let Some((el, lpr)) = stream_lanes(&caps, &g, m) {
                                 let st = Features(sg.0 | Features::STREAM);
                                 out.push(variant(
@@ -239,6 +266,36 @@ fn variants() -> Vec<Variant> {
                                 ));
                             }
                         }
+                    }
+                }
+                // The prefill kernel: twin (f16 and f32 tiles) and cooperative matrices, each
+                // feature alone, none and all, where the head size admits it.
+                let g = test_geometry(mode, dtype, d);
+                for (sg, coop, f16) in [(0, false, false), (32, false, true), (32, true, true)] {
+                    let caps = test_caps(sg, coop, f16, 49152);
+                    let coop = coop && coop_admits(&caps, &g);
+                    let Some(pt) = prefill_tiling(&caps, &g, coop) else {
+                        // f32 tiles of the rotation modes at d >= 240 need more than 48 KiB:
+                        // the unified kernel runs those.
+                        assert!(
+                            d % 16 != 0
+                                || (!prefill_f16(&caps, &g, coop) && g.transform && d >= 240),
+                            "prefill tiling {base} sg{sg} coop {coop} must fit"
+                        );
+                        continue;
+                    };
+                    let et16 = prefill_f16(&caps, &g, coop);
+                    let singles = (0..9)
+                        .map(|b| 1u32 << b)
+                        .filter(|&b| b != Features::SPLIT && b != 128);
+                    for f in singles.chain([0, ALL_FEATURES & !Features::SPLIT]) {
+                        let f = Features(f | if coop { Features::COOP } else { 0 });
+                        out.push(variant(
+                            format!("prefill/{base}/{f}/f16{et16}"),
+                            dtype,
+                            &prefill_source(&codec, d, f, pt, et16),
+                            if coop { C::all() } else { no_subgroups() },
+                        ));
                     }
                 }
                 for f in [0, Features::SINKS, Features::SINKS | Features::OUT_FP8] {
@@ -303,7 +360,7 @@ fn every_variant_validates_and_translates() {
     // Distinct texts are parsed and validated once; distinct (text, constants) translated once.
     let mut texts: Vec<(String, C)> = Vec::new();
     let mut text_ids: HashMap<(String, u64), usize> = HashMap::new();
-    type Job = (usize, String, Vec<(&'static str, f64)>);
+    type Job = (usize, String, Vec<(&'static str, f64)>, bool);
     let mut jobs: Vec<Job> = Vec::new();
     let mut seen: HashSet<(usize, String)> = HashSet::new();
     for v in all.iter() {
@@ -315,7 +372,7 @@ fn every_variant_validates_and_translates() {
             });
         let key = format!("{:?}", v.constants);
         if seen.insert((id, key)) {
-            jobs.push((id, v.label.clone(), v.constants.clone()));
+            jobs.push((id, v.label.clone(), v.constants.clone(), v.hlsl));
         }
     }
     let parsed: Vec<_> = texts
@@ -335,12 +392,12 @@ fn every_variant_validates_and_translates() {
                     *n += 1;
                     i
                 };
-                let Some((id, label, consts)) = jobs.get(i) else {
+                let Some((id, label, consts, hlsl)) = jobs.get(i) else {
                     break;
                 };
                 let (m, info) = &parsed[*id];
                 let (m, info) = resolve(label, m, info, consts);
-                translate(label, &m, &info);
+                translate(label, &m, &info, *hlsl);
             });
         }
     });
@@ -562,6 +619,41 @@ fn workgroup_memory_estimates_match_naga_for_every_tiling() {
         }
     }
     assert!(checked > 100, "{checked} tilings checked");
+}
+
+#[test]
+fn prefill_workgroup_memory_matches_naga_for_every_tiling() {
+    let mut checked = 0;
+    for mode in [KvQuantMode::None, KvQuantMode::Int4PerTokenHead] {
+        for dtype in [Dtype::F16, Dtype::F32] {
+            let codec = create(mode).unwrap().codec(dtype, &ModeOptions::default());
+            for smem in [16384, 32768, 49152, 65536] {
+                for (sg, coop, f16) in [(0, false, false), (32, false, true), (32, true, true)] {
+                    let caps = test_caps(sg, coop, f16, smem);
+                    for d in (16..=256).step_by(16) {
+                        let g = test_geometry(mode, dtype, d);
+                        let coop = coop && coop_admits(&caps, &g);
+                        let Some(t) = prefill_tiling(&caps, &g, coop) else {
+                            continue;
+                        };
+                        let et16 = prefill_f16(&caps, &g, coop);
+                        let f = Features(if coop { Features::COOP } else { 0 });
+                        let src = prefill_source(&codec, d, f, t, et16);
+                        let text =
+                            full_source(src.kernel, dtype, &src.parts(), src.includes).unwrap();
+                        let (m, i) = parse("prefill", &text, C::all());
+                        let (m, _) = resolve("prefill", &m, &i, &src.constants);
+                        let actual = workgroup_bytes(&m);
+                        let label = format!("prefill {} d{d} {t:?} coop {coop}", mode.id());
+                        assert_eq!(prefill_smem(&t, d, et16, g.transform), actual, "{label}");
+                        assert!(actual <= smem, "{label}: {actual} > {smem}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 200, "{checked} tilings checked");
 }
 
 #[test]

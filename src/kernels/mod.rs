@@ -42,6 +42,8 @@ pub struct Geometry {
     pub head_size: u32,
     /// Model dtype.
     pub dtype: Dtype,
+    /// The mode rotates queries and outputs (its codec has a transform contract).
+    pub transform: bool,
 }
 
 /// What validation learned about a step (also an input of [`plan_split`], so constructible).

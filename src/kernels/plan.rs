@@ -43,6 +43,13 @@ pub enum AttentionPath {
     /// rung elsewhere). Experimental: measured 2.5–3× slower than the subgroup rung on an
     /// H200 (BENCHMARKS.md), so `Auto` never takes it.
     DecodeStream,
+    /// The tiled prefill kernel through its scalar fragment twin (the portable tiled kernel),
+    /// for any batch, where its tiling fits the adapter (the unified kernel elsewhere).
+    PrefillTiled,
+    /// The tiled prefill kernel on cooperative matrices (tensor cores), for any batch, where
+    /// the adapter has them ([`crate::Caps::coop_f16`]) and the model dtype is f16 or bf16;
+    /// [`AttentionPath::PrefillTiled`] elsewhere.
+    PrefillCoop,
 }
 
 /// Workgroups from which `AttentionPath::Auto` takes the decode kernel's subgroup rung.
@@ -61,6 +68,8 @@ pub struct LaunchPlan {
     pub subgroups: bool,
     /// The decode kernel's streaming rung (implies `subgroups`).
     pub stream: bool,
+    /// The prefill kernel on cooperative matrices ([`Kernel::Prefill`] only).
+    pub coop: bool,
     /// Segments over the key axis (1 = the 2D path).
     pub segments: u32,
     /// Workgroups of the main pass.
@@ -91,7 +100,14 @@ pub fn launch_plan(
     let qpk = p.num_q_heads / g.num_kv_heads;
     let rows = rows_for(qpk, sum.max_seqlen_q);
     let max_dim = limits.max_compute_workgroups_per_dimension;
-    let decode = sum.max_seqlen_q <= 1 && !prefix_ranges && p.path != AttentionPath::Unified;
+    let prefill_path = matches!(
+        p.path,
+        AttentionPath::PrefillTiled | AttentionPath::PrefillCoop
+    );
+    let decode = sum.max_seqlen_q <= 1
+        && !prefix_ranges
+        && p.path != AttentionPath::Unified
+        && !prefill_path;
     let chunked = if decode {
         decode_tiling(g.head_size, limits, rows)
     } else {
@@ -125,6 +141,7 @@ pub fn launch_plan(
             kernel: Kernel::Decode,
             subgroups: subgroups || stream,
             stream,
+            coop: false,
             segments,
             grid: [sum.num_seqs, gy, segments],
             tiling,
@@ -132,6 +149,32 @@ pub fn launch_plan(
             q_per_wg: 1,
             head_chunks: chunks,
         });
+    }
+    if p.path != AttentionPath::Unified {
+        let coop = p.path != AttentionPath::PrefillTiled && coop_admits(caps, g);
+        let tiled = prefill_path || sum.max_seqlen_q > 1 || prefix_ranges;
+        if let Some(tiling) = tiled.then(|| prefill_tiling(caps, g, coop)).flatten() {
+            let hg = qpk.min(tiling.max_m);
+            let bq = (tiling.max_m / hg).max(1);
+            let chunks = qpk.div_ceil(hg);
+            let gx = sum.num_tokens_q / bq + sum.num_seqs;
+            let gy = g.num_kv_heads * chunks;
+            if gx > max_dim || gy > max_dim {
+                return Err(grid_error(gx, gy, max_dim));
+            }
+            return Ok(LaunchPlan {
+                kernel: Kernel::Prefill,
+                subgroups: coop,
+                stream: false,
+                coop,
+                segments: 1,
+                grid: [gx, gy, 1],
+                tiling,
+                heads_per_wg: hg,
+                q_per_wg: bq,
+                head_chunks: chunks,
+            });
+        }
     }
     let tiling = attention_tiling(g.head_size, limits, rows).ok_or(Error::UnsupportedHeadDim {
         mode: g.mode,
@@ -159,6 +202,7 @@ pub fn launch_plan(
         kernel: Kernel::Attention,
         subgroups: false,
         stream: false,
+        coop: false,
         segments,
         grid: [gx, gy, segments],
         tiling,
@@ -249,6 +293,92 @@ pub fn attention_tiling(head_dim: u32, limits: &wgpu::Limits, max_m: u32) -> Opt
             max_m,
         })
         .find(|t| attention_smem(t, head_dim) <= limits.max_compute_workgroup_storage_size)
+}
+
+/// Whether the prefill kernel's cooperative-matrix path applies to `g` on `caps`: the
+/// adapter's 16×16×16 f16 → f32 configuration with subgroups of one fixed size, an f16 or
+/// bf16 model (Q and P enter the multiply-adds as f16; an f32 model keeps f32 operands on
+/// the scalar twin).
+pub fn coop_admits(caps: &Caps, g: &Geometry) -> bool {
+    caps.coop_f16
+        && caps.shader_f16
+        && caps.subgroups
+        && caps.subgroup_min_size == caps.subgroup_max_size
+        && caps.subgroup_min_size >= 16
+        && g.dtype != crate::types::Dtype::F32
+}
+
+/// Whether the prefill kernel's tiles hold f16 (else f32): always on cooperative matrices,
+/// on the twin where `SHADER_F16` exists and the model is not f32.
+pub fn prefill_f16(caps: &Caps, g: &Geometry, coop: bool) -> bool {
+    coop || (caps.shader_f16 && g.dtype != crate::types::Dtype::F32)
+}
+
+/// Row strides of the prefill kernel's tiles `(QS, KS, PS, SS)` in elements: Q and K/V rows
+/// of `head_dim`, P and S rows of `tk`, each padded by 16 bytes (so 16×16 loads stay 16-byte
+/// aligned and consecutive rows start on different banks).
+pub fn prefill_strides(head_dim: u32, tk: u32, f16: bool) -> (u32, u32, u32, u32) {
+    let pad = if f16 { 8 } else { 4 };
+    (head_dim + pad, head_dim + pad, tk + pad, tk + 4)
+}
+
+/// Workgroup memory the prefill kernel needs with this tiling, in bytes (`transform`: the
+/// mode has a query transform, which stages 16 f32 rows).
+pub fn prefill_smem(t: &Tiling, head_dim: u32, f16: bool, transform: bool) -> u32 {
+    // One term per `var<workgroup>` of prefill.wgsl and the fragment includes, each rounded
+    // to 16 bytes; a test checks this against naga's module for every tiling.
+    let es = if f16 { 2 } else { 4 };
+    let (qs, ks, ps, _) = prefill_strides(head_dim, t.tile, f16);
+    let info = r16(12 * 4);
+    let qh = r16(t.max_m * qs * es);
+    let kv = r16(t.tile * ks * es);
+    // P: f32 on the twin, an f16 hi + lo pair on cooperative matrices; 4 bytes either way.
+    let p = if f16 {
+        2 * r16(t.max_m * ps * 2)
+    } else {
+        r16(t.max_m * ps * 4)
+    };
+    let s = r16(prefill_s_len(t, head_dim, f16) * 4);
+    let stage = if transform { 16 * head_dim * 4 } else { 16 };
+    let rows = 6 * r16(t.max_m * 4); // m_sh, l_sh, alpha_sh, seen_sh, qsum_sh, zc_sh
+    let red = 2 * r16(t.wg_size * 4); // red_sh, redz_sh
+    let keys = 6 * r16(t.tile * 4); // row_sh, ks_sh, kz_sh, vs_sh, vz_sh, vbad_at
+    let flags = 2 * 16; // resc_at, resc_sh
+    info + qh + kv + p + s + stage + rows + red + keys + flags
+}
+
+/// f32 elements of the prefill kernel's score tile (also the fragments' scratch: a 16×16
+/// block per row block).
+pub fn prefill_s_len(t: &Tiling, head_dim: u32, f16: bool) -> u32 {
+    let (_, _, _, ss) = prefill_strides(head_dim, t.tile, f16);
+    (t.max_m * ss).max(256 * (t.max_m / 16))
+}
+
+/// The prefill kernel's tiling for `g` on `caps` (`coop`: on cooperative matrices, one 16-row
+/// block per subgroup; else the twin, one per 16 lanes): the first of 64 rows × 64, 32 or 16
+/// keys, then 32 and 16 rows, whose workgroup memory fits. `None` where none fits, or the head
+/// size is not a multiple of 16 up to 256: the unified kernel runs then.
+pub fn prefill_tiling(caps: &Caps, g: &Geometry, coop: bool) -> Option<Tiling> {
+    let d = g.head_size;
+    if !d.is_multiple_of(16) || d == 0 || d > 256 {
+        return None;
+    }
+    let lanes = if coop { caps.subgroup_min_size } else { 16 };
+    let f16 = prefill_f16(caps, g, coop);
+    let limits = &caps.limits;
+    [(4, 64), (4, 32), (4, 16), (2, 32), (2, 16), (1, 16)]
+        .into_iter()
+        .map(|(rb, tk)| Tiling {
+            wg_size: rb * lanes,
+            tile: tk,
+            max_m: rb * 16,
+        })
+        .find(|t| {
+            t.wg_size <= limits.max_compute_invocations_per_workgroup
+                && t.wg_size <= limits.max_compute_workgroup_size_x
+                && t.wg_size % t.max_m == 0
+                && prefill_smem(t, d, f16, g.transform) <= limits.max_compute_workgroup_storage_size
+        })
 }
 
 /// Workgroup memory the decode kernel needs with this tiling (`tile` = keys per chunk).

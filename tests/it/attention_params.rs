@@ -36,6 +36,7 @@ fn extended_every_parameter_on_every_mode() {
     gpt_oss_sinks_and_window();
     gemma_softcap_and_window();
     everything_at_once();
+    prefill_kernel_rescales_tiles_and_pads_rows();
     window_visits_only_blocks_near_the_window();
     fp8_output_scale();
 }
@@ -61,7 +62,33 @@ fn check(seed: u64, seqs: &[(u32, u32)], hq: u32, hkv: u32, d: u32, ex: Extras) 
 }
 
 fn both(seed: u64, ex: Extras) {
+    // The mixed batch on the prefill kernel (Auto; and forced onto its scalar twin where Auto
+    // takes cooperative matrices) and on the unified kernel.
     check(seed, MIXED, 8, 2, 64, ex.clone());
+    if context().is_some_and(|c| c.caps().coop_f16) {
+        check(
+            seed + 4,
+            MIXED,
+            8,
+            2,
+            64,
+            Extras {
+                path: AttentionPath::PrefillTiled,
+                ..ex.clone()
+            },
+        );
+    }
+    check(
+        seed + 5,
+        MIXED,
+        8,
+        2,
+        64,
+        Extras {
+            path: AttentionPath::Unified,
+            ..ex.clone()
+        },
+    );
     check(
         seed + 1,
         DECODE,
@@ -313,6 +340,35 @@ fn everything_at_once() {
             ..Default::default()
         },
     );
+}
+
+/// The prefill kernel over many key tiles with scores large enough that row maxima jump by
+/// more than its lazy-rescaling threshold (softmax_scale 1.5: scores of tens), so O is
+/// rescaled mid-sequence; GQA 3 (a workgroup's rows are not a multiple of the heads), MHA at
+/// head size 32, GQA 4 at 128; prompt, chunk over context, and decode rows forced onto it.
+#[test]
+fn prefill_kernel_rescales_tiles_and_pads_rows() {
+    let seqs: &[(u32, u32)] = &[(70, 70), (33, 260), (1, 150), (5, 5)];
+    for (i, (hq, hkv, d)) in [(6u32, 2u32, 64u32), (2, 2, 32), (8, 2, 128)]
+        .into_iter()
+        .enumerate()
+    {
+        for (j, path) in [AttentionPath::PrefillCoop, AttentionPath::PrefillTiled]
+            .into_iter()
+            .enumerate()
+        {
+            if j == 1 && !context().is_some_and(|c| c.caps().coop_f16) {
+                continue; // PrefillCoop is the twin here
+            }
+            let ex = Extras {
+                path,
+                softmax_scale: Some(1.5),
+                sinks: i == 0,
+                ..Default::default()
+            };
+            check(0x5E0 + 4 * i as u64 + j as u64, seqs, hq, hkv, d, ex);
+        }
+    }
 }
 
 #[test]

@@ -133,6 +133,18 @@ fn decode_batches_pick_the_decode_kernel_and_its_rungs() {
             AttentionPath::Unified,
             "quantkv/unified/none-none/o0/d64/f16/base/",
         ),
+        (
+            AttentionPath::PrefillTiled,
+            "quantkv/prefill/none-none/o0/d64/f16/base/",
+        ),
+        (
+            AttentionPath::PrefillCoop,
+            if shared.caps().coop_f16 {
+                "quantkv/prefill/none-none/o0/d64/f16/coop/"
+            } else {
+                "quantkv/prefill/none-none/o0/d64/f16/base/"
+            },
+        ),
     ] {
         // A fresh context per path, so the one attention pipeline it builds is the one used.
         let ctx = Context::new().unwrap();
@@ -156,16 +168,24 @@ fn decode_batches_pick_the_decode_kernel_and_its_rungs() {
 
 /// The suite runs with wgpu's shader runtime checks off (the default); this runs every kernel
 /// once on a context built with them on, so the checked build stays valid too: write_copy and
-/// the unified kernel (mixed batch, mode none), write_rows with a transform, the decode kernel's
-/// portable rung, its subgroup rung (where the adapter has one) and the split-K reduce (int4).
+/// the prefill kernel (mixed batch, mode none; on cooperative matrices where the adapter has
+/// them), the unified kernel on the same batch, write_rows with a transform, the decode
+/// kernel's portable rung, its subgroup rung (where the adapter has one) and the split-K
+/// reduce (int4).
 #[test]
 fn checked_shaders_smoke_every_kernel() {
     let Some(_) = context() else { return };
     let ctx = Context::new().unwrap().with_checked_shaders(true);
     assert!(ctx.checked_shaders());
     let mixed = shape(&[(5, 40), (1, 23)], 8, 2, 64, Dtype::F16);
-    let out = run_case(&ctx, 0xC0, &mixed, &Extras::default()).unwrap();
-    assert_close(&out, mixed.dtype);
+    for path in [AttentionPath::Auto, AttentionPath::Unified] {
+        let ex = Extras {
+            path,
+            ..Default::default()
+        };
+        let out = run_case(&ctx, 0xC0, &mixed, &ex).unwrap();
+        assert_close(&out, mixed.dtype);
+    }
     let mut dec = shape(&[(1, 70), (1, 33)], 8, 2, 64, Dtype::F16);
     dec.mode = KvQuantMode::Int4PerTokenHead;
     for path in [
@@ -181,7 +201,14 @@ fn checked_shaders_smoke_every_kernel() {
         assert_close(&out, dec.dtype);
     }
     let built = ctx.built_pipelines();
-    for k in ["write_copy", "write_rows", "unified", "decode", "reduce"] {
+    for k in [
+        "write_copy",
+        "write_rows",
+        "prefill",
+        "unified",
+        "decode",
+        "reduce",
+    ] {
         assert!(
             built
                 .iter()

@@ -1,0 +1,160 @@
+// common/attn_common.wgsl — what the tiled attention kernels (unified, prefill) share: which
+// rows and key tiles a workgroup owns (varlen batch found by binary search over cu_seqlens_q,
+// GQA packing of the query heads of one kv head as rows, causal / window / prefix-range key
+// bounds, split-K segments), the query load, block-table addressing, and the score pipeline of
+// spec §6.1 (scale -> softcap -> mask -> ALiBi -> qq_bias). The including kernel declares the
+// bindings of common/uniforms.wgsl, `step_meta`, `laux`, `q`, and the overrides HAS_SOFTCAP,
+// ALIBI_MODE, HAS_QQ, HAS_MM and IS_SPLIT.
+
+struct WgInfo {
+    valid: u32,
+    seq: u32,
+    q_first: u32,   // global token row of the block's first query
+    rows_q: u32,    // valid query tokens in this block
+    i0: u32,        // index of the first query within its sequence
+    ctx: u32,       // context_len = seqused_k - query_len
+    kv_len: u32,
+    head0: u32,     // first q head of this workgroup
+    nheads: u32,    // valid q heads in this workgroup
+    kv_head: u32,
+    tile_lo: u32,
+    tile_hi: u32,
+}
+
+// The rows and key tiles (of `tile` keys) of workgroup `wid`; `nseg` split-K segments.
+// Dispatch: x = num_tokens_q / q_per_wg + num_seqs, y = num_kv_heads * head_chunks, z = nseg.
+fn plan_workgroup(wid: vec3<u32>, nseg: u32, tile: u32) -> WgInfo {
+    var r: WgInfo;
+    r.valid = 0u;
+    let bq = ly.q_per_wg;
+    var lo = 0u;
+    var hi = st.num_seqs;
+    while (lo < hi) {
+        let mid = (lo + hi) / 2u;
+        let v = u32(step_meta[st.off_cu + mid]) / bq + mid;
+        if (v <= wid.x) {
+            lo = mid + 1u;
+        } else {
+            hi = mid;
+        }
+    }
+    if (lo == 0u) {
+        return r;
+    }
+    let s = lo - 1u;
+    let cs = u32(step_meta[st.off_cu + s]);
+    let q_len = u32(step_meta[st.off_cu + s + 1u]) - cs;
+    let i0 = (wid.x - (cs / bq + s)) * bq;
+    if (i0 >= q_len) {
+        return r;
+    }
+    let rows_q = min(bq, q_len - i0);
+    let kv_len = u32(step_meta[st.off_su + s]);
+    let ctx = kv_len - q_len;
+    let kvh = wid.y / ly.head_chunks;
+    let chunk = wid.y % ly.head_chunks;
+    r.seq = s;
+    r.q_first = cs + i0;
+    r.rows_q = rows_q;
+    r.i0 = i0;
+    r.ctx = ctx;
+    r.kv_len = kv_len;
+    r.kv_head = kvh;
+    r.head0 = kvh * ly.qpk + chunk * ly.heads_per_wg;
+    r.nheads = min(ly.heads_per_wg, ly.qpk - chunk * ly.heads_per_wg);
+    // Keys this block may see: causal up to its last query, window from its first query.
+    var key_hi = ctx + i0 + rows_q;
+    var key_lo = 0u;
+    if (HAS_MM) {
+        key_hi = kv_len;
+    } else if (ly.window > 0u) {
+        let first_qpos = ctx + i0;
+        if (first_qpos + 1u > ly.window) {
+            key_lo = first_qpos + 1u - ly.window;
+        }
+    }
+    var t_lo = key_lo / tile;
+    var t_hi = (key_hi + tile - 1u) / tile;
+    if (IS_SPLIT) {
+        let n = t_hi - t_lo;
+        let tps = (n + nseg - 1u) / nseg;
+        let seg_lo = min(t_hi, t_lo + wid.z * tps);
+        t_hi = min(t_hi, seg_lo + tps);
+        t_lo = seg_lo;
+    }
+    r.tile_lo = t_lo;
+    r.tile_hi = t_hi;
+    r.valid = 1u;
+    return r;
+}
+
+fn q_load4(e: u32) -> vec4<f32> {
+    let w = e / 4u * MODEL_WORDS4;
+    var words = vec4<u32>(q[w], q[w + 1u], 0u, 0u);
+    if (MODEL_WORDS4 == 4u) {
+        words.z = q[w + 2u];
+        words.w = q[w + 3u];
+    }
+    return model_unpack4(words);
+}
+
+// tanh without overflow for large |x|.
+fn stable_tanh(x: f32) -> f32 {
+    let t = exp(-2.0 * abs(x));
+    return sign(x) * (1.0 - t) / (1.0 + t);
+}
+
+fn in_prefix_ranges(seq: u32, qpos: u32, key: u32) -> bool {
+    for (var r = 0u; r < st.mm_per_seq; r++) {
+        let base = st.off_mm + (seq * st.mm_per_seq + r) * 2u;
+        let a = step_meta[base];
+        let b = step_meta[base + 1u];
+        if (a < b && a <= i32(qpos) && i32(qpos) <= b && a <= i32(key) && i32(key) <= b) {
+            return true;
+        }
+    }
+    return false;
+}
+
+fn physical_row(seq: u32, key: u32, kv_head: u32) -> u32 {
+    let block = u32(step_meta[st.off_bt + seq * st.bt_stride + key / ly.block_size]);
+    return (block * ly.block_size + key % ly.block_size) * ly.num_kv_heads + kv_head;
+}
+
+// Whether query token qi (of the block) of q head slot hh sees `key` (spec §6.2).
+fn key_visible(inf: WgInfo, qi: u32, hh: u32, key: u32) -> bool {
+    if (qi >= inf.rows_q || hh >= inf.nheads || key >= inf.kv_len) {
+        return false;
+    }
+    let qpos = inf.ctx + inf.i0 + qi;
+    var allowed = key <= qpos && (ly.window == 0u || qpos - key < ly.window);
+    if (HAS_MM && !allowed) {
+        allowed = in_prefix_ranges(inf.seq, qpos, key);
+    }
+    return allowed;
+}
+
+// The score of a visible key from its raw q·k (spec §6.1, after the mask): scale, softcap,
+// ALiBi, qq_bias, clamped to a real score.
+fn finish_score(inf: WgInfo, qi: u32, hh: u32, key: u32, raw: f32) -> f32 {
+    var s = raw * (ly.softmax_scale * transform_score_scale());
+    if (HAS_SOFTCAP) {
+        s = ly.softcap * stable_tanh(s / ly.softcap);
+    }
+    let head = inf.head0 + hh;
+    if (ALIBI_MODE == 1u) {
+        s += laux[ly.off_alibi + head] * (f32(key) - f32(inf.ctx));
+    } else if (ALIBI_MODE == 2u) {
+        let rel = i32(key) - i32(inf.ctx + inf.i0 + qi);
+        if (rel <= 0) {
+            s -= laux[ly.off_alibi + head] * sqrt(f32(-rel));
+        }
+    }
+    if (HAS_QQ) {
+        let kr = i32(key) - i32(inf.ctx);
+        if (kr >= 0 && u32(kr) < st.qq_cols) {
+            s += bitcast<f32>(step_meta[st.off_qq + (inf.i0 + qi) * st.qq_cols + u32(kr)]);
+        }
+    }
+    return real_score(s);
+}

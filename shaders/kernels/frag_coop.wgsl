@@ -1,0 +1,73 @@
+// kernels/frag_coop.wgsl — the prefill kernel's fragment interface on cooperative matrices
+// (wgpu's EXPERIMENTAL_COOPERATIVE_MATRIX: 16x16x16, f16 A/B, f32 accumulator), one 16-row
+// block per subgroup. The host takes this file only where the adapter reports that
+// configuration, SHADER_F16 and SUBGROUP, and subgroups of one fixed size (the workgroup is
+// ROW_BLOCKS subgroups). Tiles live in workgroup memory as f16 scalars (row strides QS, KS, PS
+// keep every 16x16 load 16-byte aligned and its rows on distinct banks).
+enable f16;
+enable wgpu_cooperative_matrix;
+// #include "kernels/prefill.wgsl"
+
+alias FragC = coop_mat16x16<f32, C>;
+
+var<workgroup> qh_sh: array<f16, QH_LEN>;
+var<workgroup> kv_sh: array<f16, KV_LEN>;
+var<workgroup> p_sh: array<f16, P_LEN>;  // P as hi + lo f16 pairs
+var<workgroup> pl_sh: array<f16, P_LEN>;
+
+const F16_MAX: f32 = ET_MAX;
+
+fn put_q4(row: u32, j: u32, v: vec4<f32>) -> vec4<f32> {
+    let b = row * QS + 4u * j;
+    let h = vec4<f16>(clamp(v, vec4<f32>(-F16_MAX), vec4<f32>(F16_MAX)));
+    qh_sh[b] = h.x;
+    qh_sh[b + 1u] = h.y;
+    qh_sh[b + 2u] = h.z;
+    qh_sh[b + 3u] = h.w;
+    return vec4<f32>(h);
+}
+
+fn put_kv4(t: u32, j: u32, v: vec4<f32>) {
+    let b = t * KS + 4u * j;
+    let h = vec4<f16>(clamp(v, vec4<f32>(-F16_MAX), vec4<f32>(F16_MAX)));
+    kv_sh[b] = h.x;
+    kv_sh[b + 1u] = h.y;
+    kv_sh[b + 2u] = h.z;
+    kv_sh[b + 3u] = h.w;
+}
+
+fn put_p(row: u32, t: u32, p: f32) {
+    let h = f16(min(p, F16_MAX));
+    p_sh[row * PS + t] = h;
+    pl_sh[row * PS + t] = f16(p - f32(h));
+}
+
+// c + Q[r0.., k0..] K[t0.., k0..]^T (16x16x16).
+fn frag_qk(c: FragC, r0: u32, t0: u32, k0: u32) -> FragC {
+    let a = coopLoadT<coop_mat16x16<f16, A>>(&qh_sh[r0 * QS + k0], QS);
+    let b = coopLoad<coop_mat16x16<f16, B>>(&kv_sh[t0 * KS + k0], KS);
+    return coopMultiplyAdd(a, b, c);
+}
+
+// c + P[r0.., t0..] V[t0.., d0..] (16x16x16, P as hi + lo).
+fn frag_pv(c: FragC, r0: u32, t0: u32, d0: u32) -> FragC {
+    let hi = coopLoadT<coop_mat16x16<f16, A>>(&p_sh[r0 * PS + t0], PS);
+    let lo = coopLoadT<coop_mat16x16<f16, A>>(&pl_sh[r0 * PS + t0], PS);
+    let b = coopLoadT<coop_mat16x16<f16, B>>(&kv_sh[t0 * KS + d0], KS);
+    return coopMultiplyAdd(lo, b, coopMultiplyAdd(hi, b, c));
+}
+
+fn frag_store(c: FragC, off: u32, stride: u32) {
+    coopStoreT(c, &s_sh[off], stride);
+}
+
+fn frag_load(off: u32, stride: u32) -> FragC {
+    return coopLoadT<FragC>(&s_sh[off], stride);
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn main(@builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(local_invocation_index) tid: u32,
+        @builtin(subgroup_id) sid: u32) {
+    prefill_main(wid, tid, sid);
+}

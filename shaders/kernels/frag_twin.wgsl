@@ -1,0 +1,111 @@
+// kernels/frag_twin.wgsl — the prefill kernel's fragment interface in plain arithmetic, the
+// scalar twin of kernels/frag_coop.wgsl: a 16x16 f32 accumulator is spread over 16 lanes,
+// each holding a 4x4 register block (rows 4*(lane/4).., columns 4*(lane%4)..), and a
+// multiply-add reads its 16x16 operands straight from the workgroup tiles, so each lane does
+// 64 fused multiply-adds per 8 vec4 loads. Same semantics as the cooperative version (operands
+// rounded to ET, P exact, f32 accumulation); works on every adapter (ET = f16 needs
+// SHADER_F16). P is held as f32 (the cooperative version's hi + lo pair, exactly).
+// Tiles are stored as vec4<ET>; the row strides (in ET elements) are multiples of 4.
+// #include "kernels/prefill.wgsl"
+
+alias FragC = mat4x4<f32>; // column i = row 4*(lane/4)+i of the block, 4 columns
+
+var<private> lane: u32;
+
+var<workgroup> qh_sh: array<vec4<ET>, QH_LEN>;
+var<workgroup> kv_sh: array<vec4<ET>, KV_LEN>;
+var<workgroup> p_sh: array<vec4<f32>, P_LEN>;
+
+fn to_et4(v: vec4<f32>) -> vec4<ET> {
+    return vec4<ET>(clamp(v, vec4<f32>(-ET_MAX), vec4<f32>(ET_MAX)));
+}
+
+fn put_q4(row: u32, j: u32, v: vec4<f32>) -> vec4<f32> {
+    let h = to_et4(v);
+    qh_sh[row * (QS / 4u) + j] = h;
+    return vec4<f32>(h);
+}
+
+fn put_kv4(t: u32, j: u32, v: vec4<f32>) {
+    kv_sh[t * (KS / 4u) + j] = to_et4(v);
+}
+
+fn put_p(row: u32, t: u32, p: f32) {
+    p_sh[row * (PS / 4u) + t / 4u][t % 4u] = p;
+}
+
+fn frag_qk(c: FragC, r0: u32, t0: u32, k0: u32) -> FragC {
+    let qb = (r0 + 4u * (lane / 4u)) * (QS / 4u) + k0 / 4u;
+    let kb = (t0 + 4u * (lane % 4u)) * (KS / 4u) + k0 / 4u;
+    let q4 = QS / 4u;
+    let k4 = KS / 4u;
+    var r = c;
+    for (var k = 0u; k < 4u; k++) {
+        let a0 = vec4<f32>(qh_sh[qb + k]);
+        let a1 = vec4<f32>(qh_sh[qb + q4 + k]);
+        let a2 = vec4<f32>(qh_sh[qb + 2u * q4 + k]);
+        let a3 = vec4<f32>(qh_sh[qb + 3u * q4 + k]);
+        let b0 = vec4<f32>(kv_sh[kb + k]);
+        let b1 = vec4<f32>(kv_sh[kb + k4 + k]);
+        let b2 = vec4<f32>(kv_sh[kb + 2u * k4 + k]);
+        let b3 = vec4<f32>(kv_sh[kb + 3u * k4 + k]);
+        r[0] += vec4<f32>(dot(a0, b0), dot(a0, b1), dot(a0, b2), dot(a0, b3));
+        r[1] += vec4<f32>(dot(a1, b0), dot(a1, b1), dot(a1, b2), dot(a1, b3));
+        r[2] += vec4<f32>(dot(a2, b0), dot(a2, b1), dot(a2, b2), dot(a2, b3));
+        r[3] += vec4<f32>(dot(a3, b0), dot(a3, b1), dot(a3, b2), dot(a3, b3));
+    }
+    return r;
+}
+
+fn frag_pv(c: FragC, r0: u32, t0: u32, d0: u32) -> FragC {
+    let pb = (r0 + 4u * (lane / 4u)) * (PS / 4u) + t0 / 4u;
+    let vb = t0 * (KS / 4u) + (d0 + 4u * (lane % 4u)) / 4u;
+    let p4 = PS / 4u;
+    let k4 = KS / 4u;
+    var r = c;
+    for (var k = 0u; k < 4u; k++) {
+        let p0 = p_sh[pb + k];
+        let p1 = p_sh[pb + p4 + k];
+        let p2 = p_sh[pb + 2u * p4 + k];
+        let p3 = p_sh[pb + 3u * p4 + k];
+        let v = vb + 4u * k * k4;
+        let v0 = vec4<f32>(kv_sh[v]);
+        let v1 = vec4<f32>(kv_sh[v + k4]);
+        let v2 = vec4<f32>(kv_sh[v + 2u * k4]);
+        let v3 = vec4<f32>(kv_sh[v + 3u * k4]);
+        r[0] += p0.x * v0 + p0.y * v1 + p0.z * v2 + p0.w * v3;
+        r[1] += p1.x * v0 + p1.y * v1 + p1.z * v2 + p1.w * v3;
+        r[2] += p2.x * v0 + p2.y * v1 + p2.z * v2 + p2.w * v3;
+        r[3] += p3.x * v0 + p3.y * v1 + p3.z * v2 + p3.w * v3;
+    }
+    return r;
+}
+
+fn frag_store(c: FragC, off: u32, stride: u32) {
+    let b = off + 4u * (lane / 4u) * stride + 4u * (lane % 4u);
+    for (var i = 0u; i < 4u; i++) {
+        let v = c[i];
+        let o = b + i * stride;
+        s_sh[o] = v.x;
+        s_sh[o + 1u] = v.y;
+        s_sh[o + 2u] = v.z;
+        s_sh[o + 3u] = v.w;
+    }
+}
+
+fn frag_load(off: u32, stride: u32) -> FragC {
+    let b = off + 4u * (lane / 4u) * stride + 4u * (lane % 4u);
+    var c: FragC;
+    for (var i = 0u; i < 4u; i++) {
+        let o = b + i * stride;
+        c[i] = vec4<f32>(s_sh[o], s_sh[o + 1u], s_sh[o + 2u], s_sh[o + 3u]);
+    }
+    return c;
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn main(@builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(local_invocation_index) tid: u32) {
+    lane = tid % 16u;
+    prefill_main(wid, tid, tid / 16u);
+}
