@@ -36,10 +36,16 @@ fn put_kv4(t: u32, j: u32, v: vec4<f32>) {
     kv_sh[b + 3u] = h.w;
 }
 
+// P arrives scaled by 16 (p <= 16 e^TAU < 65504), so the lo half of any p that matters is
+// an f16 normal number (tensor cores may flush subnormal inputs).
+const P_SCALE: f32 = 16.0;
+
+// hi = p truncated to f16's 11 significant bits (by masking the f32, so no compiler can fold
+// the split away), lo = the exact remainder rounded to f16.
 fn put_p(row: u32, t: u32, p: f32) {
-    let h = f16(min(p, F16_MAX));
-    p_sh[row * PS + t] = h;
-    pl_sh[row * PS + t] = f16(p - f32(h));
+    let hi = bitcast<f32>(bitcast<u32>(p) & 0xFFFFE000u);
+    p_sh[row * PS + t] = f16(min(hi, F16_MAX));
+    pl_sh[row * PS + t] = f16(p - hi);
 }
 
 // c + Q[r0.., k0..] K[t0.., k0..]^T (16x16x16).

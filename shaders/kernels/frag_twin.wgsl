@@ -30,6 +30,8 @@ fn put_kv4(t: u32, j: u32, v: vec4<f32>) {
     kv_sh[t * (KS / 4u) + j] = to_et4(v);
 }
 
+const P_SCALE: f32 = 1.0;
+
 fn put_p(row: u32, t: u32, p: f32) {
     p_sh[row * (PS / 4u) + t / 4u][t % 4u] = p;
 }

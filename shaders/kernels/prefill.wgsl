@@ -29,7 +29,8 @@
 // hi + lo pair of ET values where ET is f16, so products and sums carry f32 precision.
 //
 // The fragment include provides: alias FragC; var<workgroup> qh_sh, kv_sh and its P tile(s);
-// put_q4 (returns the stored values), put_kv4, put_p, frag_qk, frag_pv, frag_store /
+// put_q4 (returns the stored values), put_kv4, put_p (of p' * P_SCALE, a power of two the
+// include picks; O is divided by it at the end), frag_qk, frag_pv, frag_store /
 // frag_load (s_sh, f32, row-major), and the entry point, which calls prefill_main with the
 // fragment owner's row block. The prelude defines ET, ET_MAX, D_BLOCKS = HEAD_DIM / 16 and
 // T_BLOCKS = TK / 16.
@@ -59,6 +60,9 @@ override ALIBI_MODE: u32 = 0u; // 0 off, 1 linear, 2 sqrt
 override HAS_QQ: bool = false;
 override HAS_MM: bool = false;
 override IS_SPLIT: bool = false;
+// Diagnostics only (QUANTKV_DEBUG_SKIP): 1 skips K/V loads, 2 the Q K^T multiply-adds, 4 the
+// P V multiply-adds, 8 the score pipeline and mask (raw scores kept).
+override DEBUG_SKIP: u32 = 0u;
 
 // A row's running maximum moves only when a tile's maximum exceeds it by more than TAU.
 const TAU: f32 = 8.0;
@@ -94,6 +98,11 @@ var<workgroup> redz_sh: array<f32, WG_SIZE>;
 // 0 of a masked key's p into NaN); a row that gives such a key weight gets a NaN sum, so its
 // output is NaN as the reference's is, and no other row sees it.
 var<workgroup> vbad_at: array<atomic<u32>, TK>;
+// Largest V scale of the tile (f32 bits; scales are >= 0, so their bits order like them):
+// P is multiplied by s_v / g, with g the power of two above it, so P stays below 16 e^TAU
+// whatever the scales, and O is taken to units of g around the tile's multiply-adds (exact:
+// powers of two).
+var<workgroup> vmax_at: atomic<u32>;
 var<workgroup> resc_at: atomic<u32>;
 var<workgroup> resc_sh: u32;
 
@@ -102,6 +111,9 @@ var<workgroup> resc_sh: u32;
 fn kv_fetch(e: u32, is_v: bool) -> vec4<f32> {
     let d4 = HEAD_DIM / 4u;
     let row = row_sh[min(e / d4, TK - 1u)];
+    if ((DEBUG_SKIP & 1u) != 0u) {
+        return vec4<f32>(f32(row & 1u));
+    }
     if (is_v) {
         return v_group(row, e % d4);
     }
@@ -168,6 +180,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     if (tid == 0u) {
         info = plan_workgroup(wid, 1u, TK);
         atomicStore(&resc_at, 0u);
+        atomicStore(&vmax_at, 0u);
     }
     let inf = workgroupUniformLoad(&info);
     if (inf.valid == 0u) {
@@ -253,7 +266,11 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             row_sh[t] = r;
             atomicStore(&vbad_at[t], 0u);
             ks_sh[t] = k_row_scale(r);
-            vs_sh[t] = v_row_scale(r);
+            let vsc = v_row_scale(r);
+            vs_sh[t] = vsc;
+            if (key < inf.kv_len) {
+                atomicMax(&vmax_at, bitcast<u32>(max(vsc, 0.0)));
+            }
             if (K_HAS_ZERO) {
                 kz_sh[t] = k_row_zero(r);
             }
@@ -264,10 +281,14 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         workgroupBarrier();
         stage_tile(tid, key0, inf.kv_len, false);
         workgroupBarrier();
+        // g = 2^(floor(log2 max s_v) + 1) (1 for a tile of zero scales), and 1/g.
+        let vexp = min((atomicLoad(&vmax_at) >> 23u) & 0xFFu, 253u);
+        let g = select(1.0, bitcast<f32>((vexp + 1u) << 23u), vexp != 0u);
+        let inv_g = select(1.0, bitcast<f32>((253u - vexp) << 23u), vexp != 0u);
         // S = Q K^T for this owner's 16 rows.
         for (var cb = 0u; cb < T_BLOCKS; cb++) {
             var c = zero;
-            for (var kb = 0u; kb < D_BLOCKS; kb++) {
+            for (var kb = 0u; kb < D_BLOCKS * u32((DEBUG_SKIP & 2u) == 0u); kb++) {
                 c = frag_qk(c, r0, cb * 16u, kb * 16u);
             }
             frag_store(c, r0 * SS + cb * 16u, SS);
@@ -279,7 +300,9 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         for (var t = rsub; t < TK; t += rt) {
             let key = key0 + t;
             var s = NEG;
-            if (key_visible(inf, qi, hh, key)) {
+            if ((DEBUG_SKIP & 8u) != 0u) {
+                s = select(NEG, s_sh[rm * SS + t], key < inf.kv_len);
+            } else if (key_visible(inf, qi, hh, key)) {
                 var raw = s_sh[rm * SS + t];
                 if (K_HAS_ZERO) {
                     raw -= kz_sh[t] * qsum_sh[rm];
@@ -335,7 +358,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
                     zsum += pv * vz_sh[t];
                 }
             }
-            put_p(rm, t, pv);
+            put_p(rm, t, pv * inv_g * P_SCALE);
             psum += p;
         }
         red_sh[tid] = select(psum, bitcast<f32>(0x7FC00000u), poisoned);
@@ -343,6 +366,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         if (tid == 0u) {
             resc_sh = atomicLoad(&resc_at);
             atomicStore(&resc_at, 0u);
+            atomicStore(&vmax_at, 0u);
         }
         workgroupBarrier();
         if (rsub == 0u) {
@@ -370,11 +394,17 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
                 workgroupBarrier();
             }
         }
-        // O += P V.
+        // O += P V, in units of g.
         for (var db = 0u; db < D_BLOCKS; db++) {
             var acc = o[db];
-            for (var kb = 0u; kb < T_BLOCKS; kb++) {
+            if (vexp != 126u) {
+                acc = acc * inv_g;
+            }
+            for (var kb = 0u; kb < T_BLOCKS * u32((DEBUG_SKIP & 4u) == 0u); kb++) {
                 acc = frag_pv(acc, r0, kb * 16u, db * 16u);
+            }
+            if (vexp != 126u) {
+                acc = acc * g;
             }
             o[db] = acc;
         }
@@ -398,7 +428,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
                     if (seen_sh[m] != 0u) {
                         let b = r * 16u + cg * 4u;
                         v = (vec4<f32>(s_sh[b], s_sh[b + 1u], s_sh[b + 2u], s_sh[b + 3u])
-                            - vec4<f32>(zc_sh[m])) / l_sh[m];
+                            * (1.0 / P_SCALE) - vec4<f32>(zc_sh[m])) / l_sh[m];
                     }
                     q_sh[r * d4 + db * 4u + cg] = model_round4(v);
                 }
@@ -433,7 +463,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
                 if (seen_sh[m] != 0u) {
                     let b = rb * 256u + r * 16u + cg * 4u;
                     v = (vec4<f32>(s_sh[b], s_sh[b + 1u], s_sh[b + 2u], s_sh[b + 3u])
-                        - vec4<f32>(zc_sh[m])) / l_sh[m];
+                        * (1.0 / P_SCALE) - vec4<f32>(zc_sh[m])) / l_sh[m];
                 }
                 out_store4(out_elem(inf.q_first + qm, inf.head0 + hm, db * 4u + cg), v);
             }

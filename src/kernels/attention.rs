@@ -492,6 +492,7 @@ pub fn prefill_source(
             ),
             ("Q_SH_LEN", if transform { 4 * d } else { 1 } as f64),
             ("HAS_MM", flag(f, Features::MM_PREFIX)),
+            ("DEBUG_SKIP", debug_skip() as f64),
         ]
         .into_iter()
         .chain(feature_constants(f))

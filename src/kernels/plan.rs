@@ -25,7 +25,8 @@ pub enum SplitK {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum AttentionPath {
     /// The decode kernel for batches whose every query length is <= 1 (and that carry no
-    /// prefix ranges); the unified kernel otherwise. The decode kernel takes its subgroup rung
+    /// prefix ranges); otherwise the prefill kernel on cooperative matrices where the adapter
+    /// has them ([`crate::Caps::coop_f16`], f16 or bf16 models), the unified kernel elsewhere. The decode kernel takes its subgroup rung
     /// where the adapter's subgroups hold at least 8 invocations and the launch fills the GPU
     /// (at least [`SUBGROUP_RUNG_MIN_WORKGROUPS`] workgroups), its portable rung otherwise.
     #[default]
@@ -152,7 +153,9 @@ pub fn launch_plan(
     }
     if p.path != AttentionPath::Unified {
         let coop = p.path != AttentionPath::PrefillTiled && coop_admits(caps, g);
-        let tiled = prefill_path || sum.max_seqlen_q > 1 || prefix_ranges;
+        // Auto takes the prefill kernel only on cooperative matrices: its scalar twin measured
+        // no faster than the unified kernel on an H200 (BENCHMARKS.md).
+        let tiled = prefill_path || (coop && (sum.max_seqlen_q > 1 || prefix_ranges));
         if let Some(tiling) = tiled.then(|| prefill_tiling(caps, g, coop)).flatten() {
             let hg = qpk.min(tiling.max_m);
             let bq = (tiling.max_m / hg).max(1);
@@ -343,7 +346,7 @@ pub fn prefill_smem(t: &Tiling, head_dim: u32, f16: bool, transform: bool) -> u3
     let rows = 6 * r16(t.max_m * 4); // m_sh, l_sh, alpha_sh, seen_sh, qsum_sh, zc_sh
     let red = 2 * r16(t.wg_size * 4); // red_sh, redz_sh
     let keys = 6 * r16(t.tile * 4); // row_sh, ks_sh, kz_sh, vs_sh, vz_sh, vbad_at
-    let flags = 2 * 16; // resc_at, resc_sh
+    let flags = 3 * 16; // resc_at, resc_sh, vmax_at
     info + qh + kv + p + s + stage + rows + red + keys + flags
 }
 

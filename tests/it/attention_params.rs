@@ -62,33 +62,19 @@ fn check(seed: u64, seqs: &[(u32, u32)], hq: u32, hkv: u32, d: u32, ex: Extras) 
 }
 
 fn both(seed: u64, ex: Extras) {
-    // The mixed batch on the prefill kernel (Auto; and forced onto its scalar twin where Auto
-    // takes cooperative matrices) and on the unified kernel.
+    // The mixed batch on Auto's kernel (the prefill kernel on cooperative matrices where the
+    // adapter has them, the unified kernel elsewhere), on the prefill kernel's scalar twin,
+    // and on the unified kernel where Auto did not take it.
+    let coop = context().is_some_and(|c| c.caps().coop_f16);
     check(seed, MIXED, 8, 2, 64, ex.clone());
-    if context().is_some_and(|c| c.caps().coop_f16) {
-        check(
-            seed + 4,
-            MIXED,
-            8,
-            2,
-            64,
-            Extras {
-                path: AttentionPath::PrefillTiled,
-                ..ex.clone()
-            },
-        );
+    let mut forced = vec![AttentionPath::PrefillTiled];
+    if coop {
+        forced.push(AttentionPath::Unified);
     }
-    check(
-        seed + 5,
-        MIXED,
-        8,
-        2,
-        64,
-        Extras {
-            path: AttentionPath::Unified,
-            ..ex.clone()
-        },
-    );
+    for (i, path) in forced.into_iter().enumerate() {
+        let ex = Extras { path, ..ex.clone() };
+        check(seed + 4 + i as u64, MIXED, 8, 2, 64, ex);
+    }
     check(
         seed + 1,
         DECODE,

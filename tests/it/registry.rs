@@ -140,7 +140,7 @@ fn decode_batches_pick_the_decode_kernel_and_its_rungs() {
         (
             AttentionPath::PrefillCoop,
             if shared.caps().coop_f16 {
-                "quantkv/prefill/none-none/o0/d64/f16/coop/"
+                "quantkv/prefill/none-none/o0/d64/f16/sg+coop/"
             } else {
                 "quantkv/prefill/none-none/o0/d64/f16/base/"
             },
@@ -178,7 +178,7 @@ fn checked_shaders_smoke_every_kernel() {
     let ctx = Context::new().unwrap().with_checked_shaders(true);
     assert!(ctx.checked_shaders());
     let mixed = shape(&[(5, 40), (1, 23)], 8, 2, 64, Dtype::F16);
-    for path in [AttentionPath::Auto, AttentionPath::Unified] {
+    for path in [AttentionPath::PrefillCoop, AttentionPath::Unified] {
         let ex = Extras {
             path,
             ..Default::default()
