@@ -268,8 +268,11 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             ks_sh[t] = k_row_scale(r);
             let vsc = v_row_scale(r);
             vs_sh[t] = vsc;
-            if (key < inf.kv_len) {
-                atomicMax(&vmax_at, bitcast<u32>(max(vsc, 0.0)));
+            // (A scale that is not a finite positive number, e.g. of a block no row sees,
+            // is left out: it is never multiplied by a nonzero p.)
+            let vbits = bitcast<u32>(vsc);
+            if (key < inf.kv_len && vbits < 0x7F800000u) {
+                atomicMax(&vmax_at, vbits);
             }
             if (K_HAS_ZERO) {
                 kz_sh[t] = k_row_zero(r);

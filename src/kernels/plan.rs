@@ -301,7 +301,7 @@ pub fn attention_tiling(head_dim: u32, limits: &wgpu::Limits, max_m: u32) -> Opt
 /// Whether the prefill kernel's cooperative-matrix path applies to `g` on `caps`: the
 /// adapter's 16×16×16 f16 → f32 configuration with subgroups of one fixed size, an f16 or
 /// bf16 model (Q and P enter the multiply-adds as f16; an f32 model keeps f32 operands on
-/// the scalar twin).
+/// the scalar twin), and a mode without a query transform.
 pub fn coop_admits(caps: &Caps, g: &Geometry) -> bool {
     caps.coop_f16
         && caps.shader_f16
@@ -309,6 +309,11 @@ pub fn coop_admits(caps: &Caps, g: &Geometry) -> bool {
         && caps.subgroup_min_size == caps.subgroup_max_size
         && caps.subgroup_min_size >= 16
         && g.dtype != crate::types::Dtype::F32
+        // The rotation modes (query/output transform, zero points) gave wrong outputs on
+        // cooperative matrices on an H200 (BENCHMARKS.md) that their scalar twin, with the
+        // same arithmetic, does not give on lavapipe; until that is understood they take the
+        // twin (forced) or the unified kernel (Auto).
+        && !g.transform
 }
 
 /// Whether the prefill kernel's tiles hold f16 (else f32): always on cooperative matrices,
