@@ -5,6 +5,7 @@
 // spec §6.1 (scale -> softcap -> mask -> ALiBi -> qq_bias). The including kernel declares the
 // bindings of common/uniforms.wgsl, `step_meta`, `laux`, `q`, and the overrides HAS_SOFTCAP,
 // ALIBI_MODE, HAS_QQ, HAS_MM and IS_SPLIT.
+// #include "common/attn_basics.wgsl"
 
 struct WgInfo {
     valid: u32,
@@ -88,22 +89,6 @@ fn plan_workgroup(wid: vec3<u32>, nseg: u32, tile: u32) -> WgInfo {
     return r;
 }
 
-fn q_load4(e: u32) -> vec4<f32> {
-    let w = e / 4u * MODEL_WORDS4;
-    var words = vec4<u32>(q[w], q[w + 1u], 0u, 0u);
-    if (MODEL_WORDS4 == 4u) {
-        words.z = q[w + 2u];
-        words.w = q[w + 3u];
-    }
-    return model_unpack4(words);
-}
-
-// tanh without overflow for large |x|.
-fn stable_tanh(x: f32) -> f32 {
-    let t = exp(-2.0 * abs(x));
-    return sign(x) * (1.0 - t) / (1.0 + t);
-}
-
 fn in_prefix_ranges(seq: u32, qpos: u32, key: u32) -> bool {
     for (var r = 0u; r < st.mm_per_seq; r++) {
         let base = st.off_mm + (seq * st.mm_per_seq + r) * 2u;
@@ -114,11 +99,6 @@ fn in_prefix_ranges(seq: u32, qpos: u32, key: u32) -> bool {
         }
     }
     return false;
-}
-
-fn physical_row(seq: u32, key: u32, kv_head: u32) -> u32 {
-    let block = u32(step_meta[st.off_bt + seq * st.bt_stride + key / ly.block_size]);
-    return (block * ly.block_size + key % ly.block_size) * ly.num_kv_heads + kv_head;
 }
 
 // Whether query token qi (of the block) of q head slot hh sees `key` (spec §6.2).

@@ -9,6 +9,7 @@
 // #include "common/uniforms.wgsl"
 // #include "common/out.wgsl"
 // #include "common/softmax.wgsl"
+// #include "common/attn_basics.wgsl"
 
 override HEAD_DIM: u32 = 128u;
 override WG_SIZE: u32 = 128u;
@@ -88,22 +89,6 @@ fn plan_decode(wid: vec3<u32>, nseg: u32) -> DecInfo {
     return r;
 }
 
-fn q_load4(e: u32) -> vec4<f32> {
-    let w = e / 4u * MODEL_WORDS4;
-    var words = vec4<u32>(q[w], q[w + 1u], 0u, 0u);
-    if (MODEL_WORDS4 == 4u) {
-        words.z = q[w + 2u];
-        words.w = q[w + 3u];
-    }
-    return model_unpack4(words);
-}
-
-// tanh without overflow for large |x|.
-fn stable_tanh(x: f32) -> f32 {
-    let t = exp(-2.0 * abs(x));
-    return sign(x) * (1.0 - t) / (1.0 + t);
-}
-
 // Raw q.k -> scaled, softcap, ALiBi, qq_bias; NEG for keys past the chunk and padding rows.
 fn finish_score(raw: f32, m: u32, key: u32, valid: bool, inf: DecInfo) -> f32 {
     var x = raw * (ly.softmax_scale * transform_score_scale());
@@ -124,11 +109,6 @@ fn finish_score(raw: f32, m: u32, key: u32, valid: bool, inf: DecInfo) -> f32 {
         x = NEG;
     }
     return x;
-}
-
-fn physical_row(seq: u32, key: u32, kv_head: u32) -> u32 {
-    let block = u32(step_meta[st.off_bt + seq * st.bt_stride + key / ly.block_size]);
-    return (block * ly.block_size + key % ly.block_size) * ly.num_kv_heads + kv_head;
 }
 
 
