@@ -3,8 +3,11 @@
 // GQA packing of the query heads of one kv head as rows, causal / window / prefix-range key
 // bounds, split-K segments), the query load, block-table addressing, and the score pipeline of
 // spec §6.1 (scale -> softcap -> mask -> ALiBi -> qq_bias). The including kernel declares the
-// bindings of common/uniforms.wgsl, `step_meta`, `laux`, `q`, and the overrides HAS_SOFTCAP,
-// ALIBI_MODE, HAS_QQ, HAS_MM and IS_SPLIT.
+// bindings of common/uniforms.wgsl, `step_meta`, `laux`, `q`, the overrides HAS_SOFTCAP,
+// ALIBI_MODE, HAS_QQ, HAS_MM, IS_SPLIT and WG_SIZE, and, for stage_tile, its tile element
+// accessors tile_fetch(e, is_v) -> vec4<f32> (a load from the cache) and
+// tile_put(e, v, key0, kv_len, is_v) (the store into workgroup memory, which drops e past the
+// tile).
 // #include "common/attn_basics.wgsl"
 
 struct WgInfo {
@@ -114,27 +117,40 @@ fn key_visible(inf: WgInfo, qi: u32, hh: u32, key: u32) -> bool {
     return allowed;
 }
 
-// The score of a visible key from its raw q·k (spec §6.1, after the mask): scale, softcap,
-// ALiBi, qq_bias, clamped to a real score.
+// The score of a visible key from its raw q·k (query token qi, q head slot hh).
 fn finish_score(inf: WgInfo, qi: u32, hh: u32, key: u32, raw: f32) -> f32 {
-    var s = raw * (ly.softmax_scale * transform_score_scale());
-    if (HAS_SOFTCAP) {
-        s = ly.softcap * stable_tanh(s / ly.softcap);
+    return score_terms(raw, inf.head0 + hh, key, inf.ctx, inf.i0 + qi);
+}
+
+// The K (or V) tile of `n` vec4 elements into workgroup memory. Eight independent loads are
+// issued before any of them is stored, so each thread keeps eight in flight: drivers do not
+// reliably unroll the loop, and a load-store-load chain pays the full memory latency per
+// element.
+fn stage_tile(tid: u32, n: u32, key0: u32, kv_len: u32, is_v: bool) {
+    for (var k = 0u; k < n; k += 8u * WG_SIZE) {
+        let e0 = tid + k;
+        let e1 = e0 + WG_SIZE;
+        let e2 = e1 + WG_SIZE;
+        let e3 = e2 + WG_SIZE;
+        let e4 = e3 + WG_SIZE;
+        let e5 = e4 + WG_SIZE;
+        let e6 = e5 + WG_SIZE;
+        let e7 = e6 + WG_SIZE;
+        let a0 = tile_fetch(e0, is_v);
+        let a1 = tile_fetch(e1, is_v);
+        let a2 = tile_fetch(e2, is_v);
+        let a3 = tile_fetch(e3, is_v);
+        let a4 = tile_fetch(e4, is_v);
+        let a5 = tile_fetch(e5, is_v);
+        let a6 = tile_fetch(e6, is_v);
+        let a7 = tile_fetch(e7, is_v);
+        tile_put(e0, a0, key0, kv_len, is_v);
+        tile_put(e1, a1, key0, kv_len, is_v);
+        tile_put(e2, a2, key0, kv_len, is_v);
+        tile_put(e3, a3, key0, kv_len, is_v);
+        tile_put(e4, a4, key0, kv_len, is_v);
+        tile_put(e5, a5, key0, kv_len, is_v);
+        tile_put(e6, a6, key0, kv_len, is_v);
+        tile_put(e7, a7, key0, kv_len, is_v);
     }
-    let head = inf.head0 + hh;
-    if (ALIBI_MODE == 1u) {
-        s += laux[ly.off_alibi + head] * (f32(key) - f32(inf.ctx));
-    } else if (ALIBI_MODE == 2u) {
-        let rel = i32(key) - i32(inf.ctx + inf.i0 + qi);
-        if (rel <= 0) {
-            s -= laux[ly.off_alibi + head] * sqrt(f32(-rel));
-        }
-    }
-    if (HAS_QQ) {
-        let kr = i32(key) - i32(inf.ctx);
-        if (kr >= 0 && u32(kr) < st.qq_cols) {
-            s += bitcast<f32>(step_meta[st.off_qq + (inf.i0 + qi) * st.qq_cols + u32(kr)]);
-        }
-    }
-    return real_score(s);
 }

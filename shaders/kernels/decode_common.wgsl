@@ -91,20 +91,7 @@ fn plan_decode(wid: vec3<u32>, nseg: u32) -> DecInfo {
 
 // Raw q.k -> scaled, softcap, ALiBi, qq_bias; NEG for keys past the chunk and padding rows.
 fn finish_score(raw: f32, m: u32, key: u32, valid: bool, inf: DecInfo) -> f32 {
-    var x = raw * (ly.softmax_scale * transform_score_scale());
-    if (HAS_SOFTCAP) {
-        x = ly.softcap * stable_tanh(x / ly.softcap);
-    }
-    let head = inf.head0 + m;
-    if (ALIBI_MODE == 1u) {
-        x += laux[ly.off_alibi + head] * (f32(key) - f32(inf.ctx));
-    } else if (ALIBI_MODE == 2u) {
-        x -= laux[ly.off_alibi + head] * sqrt(f32(inf.ctx - min(key, inf.ctx)));
-    }
-    if (HAS_QQ && key >= inf.ctx && key - inf.ctx < st.qq_cols) {
-        x += bitcast<f32>(step_meta[st.off_qq + key - inf.ctx]);
-    }
-    x = real_score(x);
+    var x = score_terms(raw, inf.head0 + m, key, inf.ctx, 0u);
     if (!valid || m >= inf.nheads) {
         x = NEG;
     }

@@ -108,7 +108,7 @@ var<workgroup> resc_sh: u32;
 
 // Raw values of elements 4j..4j+3 of tile key t (rows past the sequence read row 0, always
 // in bounds).
-fn kv_fetch(e: u32, is_v: bool) -> vec4<f32> {
+fn tile_fetch(e: u32, is_v: bool) -> vec4<f32> {
     let d4 = HEAD_DIM / 4u;
     let row = row_sh[min(e / d4, TK - 1u)];
     if ((DEBUG_SKIP & 1u) != 0u) {
@@ -120,7 +120,7 @@ fn kv_fetch(e: u32, is_v: bool) -> vec4<f32> {
     return k_group(row, e % d4);
 }
 
-fn kv_stage(e: u32, v: vec4<f32>, key0: u32, kv_len: u32, is_v: bool) {
+fn tile_put(e: u32, v: vec4<f32>, key0: u32, kv_len: u32, is_v: bool) {
     let d4 = HEAD_DIM / 4u;
     if (e < TK * d4) {
         var x = select(vec4<f32>(0.0), v, key0 + e / d4 < kv_len);
@@ -131,37 +131,6 @@ fn kv_stage(e: u32, v: vec4<f32>, key0: u32, kv_len: u32, is_v: bool) {
             atomicOr(&vbad_at[e / d4], 1u);
         }
         put_kv4(e / d4, e % d4, x);
-    }
-}
-
-// The K (or V) tile into kv_sh, eight loads in flight per thread.
-fn stage_tile(tid: u32, key0: u32, kv_len: u32, is_v: bool) {
-    let n = TK * (HEAD_DIM / 4u);
-    for (var k = 0u; k < n; k += 8u * WG_SIZE) {
-        let e0 = tid + k;
-        let e1 = e0 + WG_SIZE;
-        let e2 = e1 + WG_SIZE;
-        let e3 = e2 + WG_SIZE;
-        let e4 = e3 + WG_SIZE;
-        let e5 = e4 + WG_SIZE;
-        let e6 = e5 + WG_SIZE;
-        let e7 = e6 + WG_SIZE;
-        let a0 = kv_fetch(e0, is_v);
-        let a1 = kv_fetch(e1, is_v);
-        let a2 = kv_fetch(e2, is_v);
-        let a3 = kv_fetch(e3, is_v);
-        let a4 = kv_fetch(e4, is_v);
-        let a5 = kv_fetch(e5, is_v);
-        let a6 = kv_fetch(e6, is_v);
-        let a7 = kv_fetch(e7, is_v);
-        kv_stage(e0, a0, key0, kv_len, is_v);
-        kv_stage(e1, a1, key0, kv_len, is_v);
-        kv_stage(e2, a2, key0, kv_len, is_v);
-        kv_stage(e3, a3, key0, kv_len, is_v);
-        kv_stage(e4, a4, key0, kv_len, is_v);
-        kv_stage(e5, a5, key0, kv_len, is_v);
-        kv_stage(e6, a6, key0, kv_len, is_v);
-        kv_stage(e7, a7, key0, kv_len, is_v);
     }
 }
 
@@ -282,7 +251,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             }
         }
         workgroupBarrier();
-        stage_tile(tid, key0, inf.kv_len, false);
+        stage_tile(tid, TK * d4, key0, inf.kv_len, false);
         workgroupBarrier();
         // g = 2^(floor(log2 max s_v) + 1) (1 for a tile of zero scales), and 1/g.
         let vexp = min((atomicLoad(&vmax_at) >> 23u) & 0xFFu, 253u);
@@ -298,7 +267,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         }
         workgroupBarrier();
         // V tile (K is no longer read); scores finished in place; partial row maxima.
-        stage_tile(tid, key0, inf.kv_len, true);
+        stage_tile(tid, TK * d4, key0, inf.kv_len, true);
         var part = NEG;
         for (var t = rsub; t < TK; t += rt) {
             let key = key0 + t;

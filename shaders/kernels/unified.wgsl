@@ -73,8 +73,8 @@ var<workgroup> row_sh: array<u32, TILE>;
 
 // One tile element (vec4 index e of TILE x HEAD_DIM/4) from the cache: the row is clamped into
 // the tile (row_sh holds row 0, always in bounds, for keys past kv_len), so the load itself
-// never needs a branch; kv_put discards what lies outside the tile or past kv_len.
-fn kv_get(e: u32, is_v: bool) -> vec4<f32> {
+// never needs a branch; tile_put discards what lies outside the tile or past kv_len.
+fn tile_fetch(e: u32, is_v: bool) -> vec4<f32> {
     let d4 = HEAD_DIM / 4u;
     let row = row_sh[min(e / d4, TILE - 1u)];
     if (is_v) {
@@ -83,43 +83,11 @@ fn kv_get(e: u32, is_v: bool) -> vec4<f32> {
     return k_value4(row, e % d4);
 }
 
-fn kv_put(e: u32, v: vec4<f32>, key0: u32, kv_len: u32) {
+fn tile_put(e: u32, v: vec4<f32>, key0: u32, kv_len: u32, is_v: bool) {
     let d4 = HEAD_DIM / 4u;
     if (e < TILE * d4) {
         let ok = key0 + e / d4 < kv_len && (DEBUG_SKIP & 1u) == 0u;
         kv_sh[e / d4 * (d4 + 1u) + e % d4] = select(vec4<f32>(0.0), v, ok);
-    }
-}
-
-// The K (or V) tile into kv_sh. Eight independent loads are issued before any of them is
-// stored, so each thread keeps eight in flight: drivers do not reliably unroll the loop, and a
-// load-store-load chain pays the full memory latency per element.
-fn load_tile(tid: u32, key0: u32, kv_len: u32, loads: u32, is_v: bool) {
-    for (var k = 0u; k < loads; k += 8u) {
-        let e0 = tid + k * WG_SIZE;
-        let e1 = e0 + WG_SIZE;
-        let e2 = e1 + WG_SIZE;
-        let e3 = e2 + WG_SIZE;
-        let e4 = e3 + WG_SIZE;
-        let e5 = e4 + WG_SIZE;
-        let e6 = e5 + WG_SIZE;
-        let e7 = e6 + WG_SIZE;
-        let a0 = kv_get(e0, is_v);
-        let a1 = kv_get(e1, is_v);
-        let a2 = kv_get(e2, is_v);
-        let a3 = kv_get(e3, is_v);
-        let a4 = kv_get(e4, is_v);
-        let a5 = kv_get(e5, is_v);
-        let a6 = kv_get(e6, is_v);
-        let a7 = kv_get(e7, is_v);
-        kv_put(e0, a0, key0, kv_len);
-        kv_put(e1, a1, key0, kv_len);
-        kv_put(e2, a2, key0, kv_len);
-        kv_put(e3, a3, key0, kv_len);
-        kv_put(e4, a4, key0, kv_len);
-        kv_put(e5, a5, key0, kv_len);
-        kv_put(e6, a6, key0, kv_len);
-        kv_put(e7, a7, key0, kv_len);
     }
 }
 
@@ -136,7 +104,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     }
     let d4 = HEAD_DIM / 4u;
     let ks = d4 + 1u; // padded K/V row stride in workgroup memory
-    let loads = (TILE * d4 + WG_SIZE - 1u) / WG_SIZE; // vec4 loads per thread per tile
     let hg = ly.heads_per_wg;
 
     // Prologue: Q rows into workgroup memory, softmax state.
@@ -189,7 +156,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         }
         workgroupBarrier();
         // K tile, dequantized by the mode's contract.
-        load_tile(tid, key0, inf.kv_len, loads, false);
+        stage_tile(tid, TILE * d4, key0, inf.kv_len, false);
         workgroupBarrier();
         // Scores: raw -> softcap -> mask -> ALiBi -> qq_bias.
         for (var k = 0u; k < (MAX_M * TILE + WG_SIZE - 1u) / WG_SIZE; k++) {
@@ -223,7 +190,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             part = max(part, s_sh[rm * TILE + t]);
         }
         red_sh[tid] = part;
-        load_tile(tid, key0, inf.kv_len, loads, true);
+        stage_tile(tid, TILE * d4, key0, inf.kv_len, true);
         workgroupBarrier();
         if (rsub == 0u) {
             var mx = NEG;

@@ -47,8 +47,20 @@ const MIXED: &[(u32, u32)] = &[(12, 90), (20, 20), (1, 75), (1, 33)];
 const DECODE: &[(u32, u32)] = &[(1, 150), (1, 40), (1, 97)];
 
 fn check(seed: u64, seqs: &[(u32, u32)], hq: u32, hkv: u32, d: u32, ex: Extras) {
+    check_modes(&modes(), seed, seqs, hq, hkv, d, ex);
+}
+
+fn check_modes(
+    modes: &[KvQuantMode],
+    seed: u64,
+    seqs: &[(u32, u32)],
+    hq: u32,
+    hkv: u32,
+    d: u32,
+    ex: Extras,
+) {
     let Some(ctx) = context() else { return };
-    for mode in modes() {
+    for &mode in modes {
         let b = quantkv::modes::backend(mode).unwrap();
         if ex.poison_outside_window && !(b.stores_rows_as_given() || b.needs_scale_caches()) {
             continue; // per-tensor codes have no NaN to poison with; the core is the same
@@ -63,18 +75,29 @@ fn check(seed: u64, seqs: &[(u32, u32)], hq: u32, hkv: u32, d: u32, ex: Extras) 
 
 fn both(seed: u64, ex: Extras) {
     // The mixed batch on Auto's kernel (the prefill kernel on cooperative matrices where the
-    // adapter has them, the unified kernel elsewhere), on the prefill kernel's scalar twin,
-    // and on the unified kernel where Auto did not take it.
-    let coop = context().is_some_and(|c| c.caps().coop_f16);
+    // adapter has them, the unified kernel elsewhere), on the unified kernel where Auto did not
+    // take it, and on the prefill kernel's scalar twin: in the quick suite on mode `none` only
+    // (each parameter is a new twin pipeline to compile; the twin's zero-point and rotation
+    // paths run in `prefill_kernel_rescales_tiles_and_pads_rows`), every mode when extended.
     check(seed, MIXED, 8, 2, 64, ex.clone());
-    let mut forced = vec![AttentionPath::PrefillTiled];
-    if coop {
-        forced.push(AttentionPath::Unified);
+    if context().is_some_and(|c| c.caps().coop_f16) {
+        let ex = Extras {
+            path: AttentionPath::Unified,
+            ..ex.clone()
+        };
+        check(seed + 5, MIXED, 8, 2, 64, ex);
     }
-    for (i, path) in forced.into_iter().enumerate() {
-        let ex = Extras { path, ..ex.clone() };
-        check(seed + 4 + i as u64, MIXED, 8, 2, 64, ex);
-    }
+    let all = modes();
+    let twin_modes = if all.len() > 2 {
+        all
+    } else {
+        vec![KvQuantMode::None]
+    };
+    let twin = Extras {
+        path: AttentionPath::PrefillTiled,
+        ..ex.clone()
+    };
+    check_modes(&twin_modes, seed + 4, MIXED, 8, 2, 64, twin);
     check(
         seed + 1,
         DECODE,
