@@ -17,19 +17,27 @@ var<workgroup> pl_sh: array<f16, P_LEN>;
 
 const F16_MAX: f32 = ET_MAX;
 
-fn put_q4(row: u32, j: u32, v: vec4<f32>) -> vec4<f32> {
+fn to_h4(v: vec4<f32>) -> vec4<f16> {
+    return vec4<f16>(clamp(v, vec4<f32>(-F16_MAX), vec4<f32>(F16_MAX)));
+}
+
+fn put_q4(row: u32, j: u32, v: vec4<f32>) {
     let b = row * QS + 4u * j;
-    let h = vec4<f16>(clamp(v, vec4<f32>(-F16_MAX), vec4<f32>(F16_MAX)));
+    let h = to_h4(v);
     qh_sh[b] = h.x;
     qh_sh[b + 1u] = h.y;
     qh_sh[b + 2u] = h.z;
     qh_sh[b + 3u] = h.w;
-    return vec4<f32>(h);
+}
+
+fn get_q4(row: u32, j: u32) -> vec4<f32> {
+    let b = row * QS + 4u * j;
+    return vec4<f32>(f32(qh_sh[b]), f32(qh_sh[b + 1u]), f32(qh_sh[b + 2u]), f32(qh_sh[b + 3u]));
 }
 
 fn put_kv4(t: u32, j: u32, v: vec4<f32>) {
     let b = t * KS + 4u * j;
-    let h = vec4<f16>(clamp(v, vec4<f32>(-F16_MAX), vec4<f32>(F16_MAX)));
+    let h = to_h4(v);
     kv_sh[b] = h.x;
     kv_sh[b + 1u] = h.y;
     kv_sh[b + 2u] = h.z;
@@ -45,7 +53,7 @@ const P_SCALE: f32 = 16.0;
 fn put_p(row: u32, t: u32, p: f32) {
     let hi = bitcast<f32>(bitcast<u32>(p) & 0xFFFFE000u);
     p_sh[row * PS + t] = f16(min(hi, F16_MAX));
-    pl_sh[row * PS + t] = f16(p - hi);
+    pl_sh[row * PS + t] = f16(select(p - hi, 0.0, (DEBUG_SKIP & 64u) != 0u));
 }
 
 // c + Q[r0.., k0..] K[t0.., k0..]^T (16x16x16).

@@ -20,10 +20,12 @@ fn to_et4(v: vec4<f32>) -> vec4<ET> {
     return vec4<ET>(clamp(v, vec4<f32>(-ET_MAX), vec4<f32>(ET_MAX)));
 }
 
-fn put_q4(row: u32, j: u32, v: vec4<f32>) -> vec4<f32> {
-    let h = to_et4(v);
-    qh_sh[row * (QS / 4u) + j] = h;
-    return vec4<f32>(h);
+fn put_q4(row: u32, j: u32, v: vec4<f32>) {
+    qh_sh[row * (QS / 4u) + j] = to_et4(v);
+}
+
+fn get_q4(row: u32, j: u32) -> vec4<f32> {
+    return vec4<f32>(qh_sh[row * (QS / 4u) + j]);
 }
 
 fn put_kv4(t: u32, j: u32, v: vec4<f32>) {

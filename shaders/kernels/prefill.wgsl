@@ -21,15 +21,15 @@
 //      maximum exceeds it by more than TAU (so P <= e^TAU fits f16); O, held in fragments, is
 //      rescaled (through s_sh) only on tiles where some row's maximum moved
 //   5. P (ET) -> p_sh, O += P V by fragments
-// Precision: the tiles hold the cache's raw values (codes as the read contract gives them,
-// before scale and zero point: exact in f16 for every mode whose codec says so) and Q as ET
-// (f16 where SHADER_F16 allows; f32 for f32 models); a key's scale and zero point are applied
-// to its score column after the multiply-add (S = s_k (q·c - z_k Σq)), a value's are folded
-// into P (p' = p s_v, with Σ p' z_v subtracted at the end), and P enters the multiply-add as a
-// hi + lo pair of ET values where ET is f16, so products and sums carry f32 precision.
+// Precision: the tiles hold the cache's raw values less their zero points (codes as the read
+// contract gives them, before the scale: exact in f16 for every mode) and Q as ET (f16 where
+// SHADER_F16 allows; f32 for f32 models); a key's scale is applied to its score column after
+// the multiply-add (S = s_k q·c), a value's is folded into P (p' = p s_v), and P enters the
+// multiply-add as a hi + lo pair of ET values where ET is f16, so products and sums carry f32
+// precision.
 //
 // The fragment include provides: alias FragC; var<workgroup> qh_sh, kv_sh and its P tile(s);
-// put_q4 (returns the stored values), put_kv4, put_p (of p' * P_SCALE, a power of two the
+// put_q4 / get_q4, put_kv4, put_p (of p' * P_SCALE, a power of two the
 // include picks; O is divided by it at the end), frag_qk, frag_pv, frag_store /
 // frag_load (s_sh, f32, row-major), and the entry point, which calls prefill_main with the
 // fragment owner's row block. The prelude defines ET, ET_MAX, D_BLOCKS = HEAD_DIM / 16 and
@@ -61,7 +61,9 @@ override HAS_QQ: bool = false;
 override HAS_MM: bool = false;
 override IS_SPLIT: bool = false;
 // Diagnostics only (QUANTKV_DEBUG_SKIP): 1 skips K/V loads, 2 the Q K^T multiply-adds, 4 the
-// P V multiply-adds, 8 the score pipeline and mask (raw scores kept).
+// P V multiply-adds, 8 the score pipeline and mask (raw scores kept), 64 the lo half of P
+// (cooperative matrices); 32 (host side) lets modes with a query transform take cooperative
+// matrices.
 override DEBUG_SKIP: u32 = 0u;
 
 // A row's running maximum moves only when a tile's maximum exceeds it by more than TAU.
@@ -87,27 +89,24 @@ var<workgroup> alpha_sh: array<f32, MAX_M>;
 var<workgroup> seen_sh: array<u32, MAX_M>;
 var<workgroup> red_sh: array<f32, WG_SIZE>;
 var<workgroup> row_sh: array<u32, TK>;
-var<workgroup> ks_sh: array<f32, TK>;  // per tile key: K scale, K zero, V scale, V zero
-var<workgroup> kz_sh: array<f32, TK>;
+var<workgroup> ks_sh: array<f32, TK>;  // per tile key: K scale, V scale
 var<workgroup> vs_sh: array<f32, TK>;
-var<workgroup> vz_sh: array<f32, TK>;
-var<workgroup> qsum_sh: array<f32, MAX_M>; // Σ of each row's stored Q (K zero points)
-var<workgroup> zc_sh: array<f32, MAX_M>;   // Σ p' z_v per row (V zero points)
-var<workgroup> redz_sh: array<f32, WG_SIZE>;
 // Tile keys whose V row holds a non-finite value (staged as 0: a multiply-add would turn the
 // 0 of a masked key's p into NaN); a row that gives such a key weight gets a NaN sum, so its
 // output is NaN as the reference's is, and no other row sees it.
 var<workgroup> vbad_at: array<atomic<u32>, TK>;
-// Largest V scale of the tile (f32 bits; scales are >= 0, so their bits order like them):
-// P is multiplied by s_v / g, with g the power of two above it, so P stays below 16 e^TAU
-// whatever the scales, and O is taken to units of g around the tile's multiply-adds (exact:
-// powers of two).
+// Largest V scale of the tile (f32 bits; scales are >= 0, so their bits order like them).
+// P is multiplied by s_v / g, g a power of two at least every V scale seen so far (the first
+// tile's binade to start with), so P stays below 16 e^TAU whatever the scales; O is held in
+// units of g, and when a tile raises g, O is rescaled by g_old / g_new (exact: powers of two)
+// through the same path as a moved row maximum. (Multiplying fragments by a per-tile factor
+// instead gave wrong outputs with cooperative matrices on an H200.)
 var<workgroup> vmax_at: atomic<u32>;
 var<workgroup> resc_at: atomic<u32>;
 var<workgroup> resc_sh: u32;
 
-// Raw values of elements 4j..4j+3 of tile key t (rows past the sequence read row 0, always
-// in bounds).
+// Raw values less the row's zero point (integers for zero-point codes: exact in f16) of
+// elements 4j..4j+3 of tile key t (rows past the sequence read row 0, always in bounds).
 fn tile_fetch(e: u32, is_v: bool) -> vec4<f32> {
     let d4 = HEAD_DIM / 4u;
     let row = row_sh[min(e / d4, TK - 1u)];
@@ -115,9 +114,17 @@ fn tile_fetch(e: u32, is_v: bool) -> vec4<f32> {
         return vec4<f32>(f32(row & 1u));
     }
     if (is_v) {
-        return v_group(row, e % d4);
+        var r = v_group(row, e % d4);
+        if (V_HAS_ZERO) {
+            r -= vec4<f32>(v_row_zero(row));
+        }
+        return r;
     }
-    return k_group(row, e % d4);
+    var r = k_group(row, e % d4);
+    if (K_HAS_ZERO) {
+        r -= vec4<f32>(k_row_zero(row));
+    }
+    return r;
 }
 
 fn tile_put(e: u32, v: vec4<f32>, key0: u32, kv_len: u32, is_v: bool) {
@@ -158,8 +165,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     let d4 = HEAD_DIM / 4u;
     let hg = ly.heads_per_wg;
 
-    // Prologue: Q rows (through the mode's transform, 16 rows at a time, where it has one);
-    // with K zero points, one thread per row sums what was stored.
+    // Prologue: Q rows (through the mode's transform, 16 rows at a time, where it has one).
     if (HAS_TRANSFORM) {
         for (var rb = 0u; rb < ROW_BLOCKS; rb++) {
             for (var e = tid; e < 16u * d4; e += WG_SIZE) {
@@ -168,32 +174,14 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             workgroupBarrier();
             q_transform(tid, 16u);
             workgroupBarrier();
-            if (K_HAS_ZERO) {
-                for (var r = tid; r < 16u; r += WG_SIZE) {
-                    var sum = 0.0;
-                    for (var j = 0u; j < d4; j++) {
-                        sum += dot(put_q4(rb * 16u + r, j, model_round4(q_sh[r * d4 + j])), vec4<f32>(1.0));
-                    }
-                    qsum_sh[rb * 16u + r] = sum;
-                }
-            } else {
-                for (var e = tid; e < 16u * d4; e += WG_SIZE) {
-                    _ = put_q4(rb * 16u + e / d4, e % d4, model_round4(q_sh[e]));
-                }
+            for (var e = tid; e < 16u * d4; e += WG_SIZE) {
+                put_q4(rb * 16u + e / d4, e % d4, model_round4(q_sh[e]));
             }
             workgroupBarrier();
         }
-    } else if (K_HAS_ZERO) {
-        for (var r = tid; r < MAX_M; r += WG_SIZE) {
-            var sum = 0.0;
-            for (var j = 0u; j < d4; j++) {
-                sum += dot(put_q4(r, j, q_row4(inf, r, j)), vec4<f32>(1.0));
-            }
-            qsum_sh[r] = sum;
-        }
     } else {
         for (var e = tid; e < MAX_M * d4; e += WG_SIZE) {
-            _ = put_q4(e / d4, e % d4, q_row4(inf, e / d4, e % d4));
+            put_q4(e / d4, e % d4, q_row4(inf, e / d4, e % d4));
         }
     }
     for (var r = tid; r < MAX_M; r += WG_SIZE) {
@@ -205,7 +193,6 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         m_sh[r] = m0;
         l_sh[r] = 1.0;
         seen_sh[r] = 0u;
-        zc_sh[r] = 0.0;
     }
     for (var e = tid; e < 256u; e += WG_SIZE) {
         s_sh[e] = 0.0;
@@ -223,6 +210,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     let qi = rm / hg;
     let hh = rm % hg;
 
+    var gexp = 0u; // biased exponent of g (0 = no nonzero V scale yet)
     for (var tile = inf.tile_lo; tile < inf.tile_hi; tile++) {
         let key0 = tile * TK;
         workgroupBarrier();
@@ -243,20 +231,24 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             if (key < inf.kv_len && vbits < 0x7F800000u) {
                 atomicMax(&vmax_at, vbits);
             }
-            if (K_HAS_ZERO) {
-                kz_sh[t] = k_row_zero(r);
-            }
-            if (V_HAS_ZERO) {
-                vz_sh[t] = v_row_zero(r);
-            }
         }
         workgroupBarrier();
         stage_tile(tid, TK * d4, key0, inf.kv_len, false);
         workgroupBarrier();
-        // g = 2^(floor(log2 max s_v) + 1) (1 for a tile of zero scales), and 1/g.
+        // The tile's binade of V scales (biased exponent; 0 for zero scales), g's update: every
+        // thread computes the same gexp from the same values, so it is workgroup-uniform.
         let vexp = min((atomicLoad(&vmax_at) >> 23u) & 0xFFu, 253u);
-        let g = select(1.0, bitcast<f32>((vexp + 1u) << 23u), vexp != 0u);
-        let inv_g = select(1.0, bitcast<f32>((253u - vexp) << 23u), vexp != 0u);
+        var gfac = 1.0;
+        if (vexp != 0u) {
+            if (gexp == 0u) {
+                gexp = vexp;
+            } else if (vexp > gexp) {
+                gfac = bitcast<f32>((127u + gexp - vexp) << 23u);
+                gexp = vexp;
+            }
+        }
+        // 1/g with g = 2^(gexp - 126) (1 before any nonzero scale).
+        let inv_g = select(1.0, bitcast<f32>((253u - gexp) << 23u), gexp != 0u);
         // S = Q K^T for this owner's 16 rows.
         for (var cb = 0u; cb < T_BLOCKS; cb++) {
             var c = zero;
@@ -275,11 +267,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             if ((DEBUG_SKIP & 8u) != 0u) {
                 s = select(NEG, s_sh[rm * SS + t], key < inf.kv_len);
             } else if (key_visible(inf, qi, hh, key)) {
-                var raw = s_sh[rm * SS + t];
-                if (K_HAS_ZERO) {
-                    raw -= kz_sh[t] * qsum_sh[rm];
-                }
-                s = finish_score(inf, qi, hh, key, raw * ks_sh[t]);
+                s = finish_score(inf, qi, hh, key, s_sh[rm * SS + t] * ks_sh[t]);
             }
             s_sh[rm * SS + t] = s;
             part = max(part, s);
@@ -309,11 +297,13 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             }
             alpha_sh[rm] = alpha;
         }
+        if (tid == 0u && gfac != 1.0) {
+            atomicMax(&resc_at, 1u);
+        }
         workgroupBarrier();
         // P = exp(S - M); p' = p s_v to the multiply-add, Σ p and Σ p' z_v per row.
         let mu = m_sh[rm];
         var psum = 0.0;
-        var zsum = 0.0;
         var poisoned = false;
         for (var t = rsub; t < TK; t += rt) {
             let sv = s_sh[rm * SS + t];
@@ -326,15 +316,11 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             var pv = 0.0;
             if (p != 0.0) {
                 pv = p * vs_sh[t];
-                if (V_HAS_ZERO) {
-                    zsum += pv * vz_sh[t];
-                }
             }
             put_p(rm, t, pv * inv_g * P_SCALE);
             psum += p;
         }
         red_sh[tid] = select(psum, bitcast<f32>(0x7FC00000u), poisoned);
-        redz_sh[tid] = zsum;
         if (tid == 0u) {
             resc_sh = atomicLoad(&resc_at);
             atomicStore(&resc_at, 0u);
@@ -343,15 +329,10 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         workgroupBarrier();
         if (rsub == 0u) {
             var sum = 0.0;
-            var zs = 0.0;
             for (var r = 0u; r < rt; r++) {
                 sum += red_sh[tid + r];
-                zs += redz_sh[tid + r];
             }
             l_sh[rm] = l_sh[rm] * alpha_sh[rm] + sum;
-            if (V_HAS_ZERO) {
-                zc_sh[rm] = zc_sh[rm] * alpha_sh[rm] + zs;
-            }
         }
         // Rows whose maximum moved: O rescaled through s_sh (free once P is written).
         if (workgroupUniformLoad(&resc_sh) != 0u) {
@@ -359,7 +340,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
                 frag_store(o[db], sg * 256u, 16u);
                 workgroupBarrier();
                 for (var e = tid; e < ROW_BLOCKS * 256u; e += WG_SIZE) {
-                    s_sh[e] *= alpha_sh[(e / 256u) * 16u + (e % 256u) / 16u];
+                    s_sh[e] *= alpha_sh[(e / 256u) * 16u + (e % 256u) / 16u] * gfac;
                 }
                 workgroupBarrier();
                 o[db] = frag_load(sg * 256u, 16u);
@@ -369,43 +350,54 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         // O += P V, in units of g.
         for (var db = 0u; db < D_BLOCKS; db++) {
             var acc = o[db];
-            if (vexp != 126u) {
-                acc = acc * inv_g;
-            }
             for (var kb = 0u; kb < T_BLOCKS * u32((DEBUG_SKIP & 4u) == 0u); kb++) {
                 acc = frag_pv(acc, r0, kb * 16u, db * 16u);
-            }
-            if (vexp != 126u) {
-                acc = acc * g;
             }
             o[db] = acc;
         }
     }
     workgroupBarrier();
 
-    // Epilogue: O / l through s_sh, 16 columns at a time.
-    if (HAS_TRANSFORM) {
-        // Rows staged in q_sh 16 at a time, rounded to the model dtype, transformed back.
-        for (var rb = 0u; rb < ROW_BLOCKS; rb++) {
-            for (var db = 0u; db < D_BLOCKS; db++) {
-                if (sg == rb) {
-                    frag_store(o[db], 0u, 16u);
-                }
-                workgroupBarrier();
-                for (var e = tid; e < 64u; e += WG_SIZE) {
-                    let r = e / 4u;
-                    let cg = e % 4u;
-                    let m = rb * 16u + r;
-                    var v = vec4<f32>(0.0);
-                    if (seen_sh[m] != 0u) {
-                        let b = r * 16u + cg * 4u;
-                        v = (vec4<f32>(s_sh[b], s_sh[b + 1u], s_sh[b + 2u], s_sh[b + 3u])
-                            * (1.0 / P_SCALE) - vec4<f32>(zc_sh[m])) / l_sh[m];
-                    }
-                    q_sh[r * d4 + db * 4u + cg] = model_round4(v);
-                }
-                workgroupBarrier();
+    // Epilogue: O / l through s_sh, 16 columns at a time (each fragment owner its own block).
+    // Without a transform the rows go straight out. With one, they are rounded to the model
+    // dtype into qh_sh (Q is no longer needed; model-dtype values are exact there, bf16 ones
+    // below f16's normal range aside), then transformed back 16 rows at a time once no
+    // fragment is live any more: fragments held across the transform's calls came back wrong
+    // on an H200.
+    // O's unit: g / P_SCALE.
+    let o_unit = select(1.0, bitcast<f32>((gexp + 1u) << 23u), gexp != 0u) * (1.0 / P_SCALE);
+    for (var db = 0u; db < D_BLOCKS; db++) {
+        frag_store(o[db], sg * 256u, 16u);
+        workgroupBarrier();
+        for (var e = tid; e < ROW_BLOCKS * 64u; e += WG_SIZE) {
+            let rb = e / 64u;
+            let r = (e % 64u) / 4u;
+            let cg = e % 4u;
+            let m = rb * 16u + r;
+            var v = vec4<f32>(0.0);
+            if (seen_sh[m] != 0u) {
+                let b = rb * 256u + r * 16u + cg * 4u;
+                v = (vec4<f32>(s_sh[b], s_sh[b + 1u], s_sh[b + 2u], s_sh[b + 3u])
+                    * o_unit) / l_sh[m];
             }
+            if (HAS_TRANSFORM) {
+                put_q4(m, db * 4u + cg, model_round4(v));
+            } else {
+                let qm = m / hg;
+                let hm = m % hg;
+                if (qm < inf.rows_q && hm < inf.nheads) {
+                    out_store4(out_elem(inf.q_first + qm, inf.head0 + hm, db * 4u + cg), v);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    if (HAS_TRANSFORM) {
+        for (var rb = 0u; rb < ROW_BLOCKS; rb++) {
+            for (var e = tid; e < 16u * d4; e += WG_SIZE) {
+                q_sh[e] = get_q4(rb * 16u + e / d4, e % d4);
+            }
+            workgroupBarrier();
             out_transform(tid, 16u);
             workgroupBarrier();
             for (var e = tid; e < 16u * d4; e += WG_SIZE) {
@@ -418,28 +410,5 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             }
             workgroupBarrier();
         }
-        return;
-    }
-    for (var db = 0u; db < D_BLOCKS; db++) {
-        frag_store(o[db], sg * 256u, 16u);
-        workgroupBarrier();
-        for (var e = tid; e < ROW_BLOCKS * 64u; e += WG_SIZE) {
-            let rb = e / 64u;
-            let r = (e % 64u) / 4u;
-            let cg = e % 4u;
-            let m = rb * 16u + r;
-            let qm = m / hg;
-            let hm = m % hg;
-            if (qm < inf.rows_q && hm < inf.nheads) {
-                var v = vec4<f32>(0.0);
-                if (seen_sh[m] != 0u) {
-                    let b = rb * 256u + r * 16u + cg * 4u;
-                    v = (vec4<f32>(s_sh[b], s_sh[b + 1u], s_sh[b + 2u], s_sh[b + 3u])
-                        * (1.0 / P_SCALE) - vec4<f32>(zc_sh[m])) / l_sh[m];
-                }
-                out_store4(out_elem(inf.q_first + qm, inf.head0 + hm, db * 4u + cg), v);
-            }
-        }
-        workgroupBarrier();
     }
 }

@@ -157,14 +157,13 @@ pub fn launch_plan(
         // no faster than the unified kernel on an H200 (BENCHMARKS.md).
         let tiled = prefill_path || (coop && (sum.max_seqlen_q > 1 || prefix_ranges));
         if let Some(tiling) = tiled.then(|| prefill_tiling(caps, g, coop)).flatten() {
-            let hg = qpk.min(tiling.max_m);
-            let bq = (tiling.max_m / hg).max(1);
-            let chunks = qpk.div_ceil(hg);
-            let gx = sum.num_tokens_q / bq + sum.num_seqs;
-            let gy = g.num_kv_heads * chunks;
-            if gx > max_dim || gy > max_dim {
-                return Err(grid_error(gx, gy, max_dim));
-            }
+            let RowGrid {
+                hg,
+                bq,
+                chunks,
+                gx,
+                gy,
+            } = row_grid(qpk, tiling.max_m, sum, g.num_kv_heads, max_dim)?;
             return Ok(LaunchPlan {
                 kernel: Kernel::Prefill,
                 subgroups: coop,
@@ -186,14 +185,13 @@ pub fn launch_plan(
         min: 32,
         max: 256,
     })?;
-    let hg = qpk.min(tiling.max_m);
-    let bq = (tiling.max_m / hg).max(1);
-    let chunks = qpk.div_ceil(hg);
-    let gx = sum.num_tokens_q / bq + sum.num_seqs;
-    let gy = g.num_kv_heads * chunks;
-    if gx > max_dim || gy > max_dim {
-        return Err(grid_error(gx, gy, max_dim));
-    }
+    let RowGrid {
+        hg,
+        bq,
+        chunks,
+        gx,
+        gy,
+    } = row_grid(qpk, tiling.max_m, sum, g.num_kv_heads, max_dim)?;
     // Decode rows: one query token per sequence, so the real grid is num_seqs x gy.
     let busy = if sum.max_seqlen_q <= 1 {
         sum.num_seqs * gy
@@ -212,6 +210,45 @@ pub fn launch_plan(
         heads_per_wg: hg,
         q_per_wg: bq,
         head_chunks: chunks,
+    })
+}
+
+/// The row packing and 2D grid of the tiled kernels (unified, prefill).
+struct RowGrid {
+    /// Query heads per workgroup.
+    hg: u32,
+    /// Query tokens per workgroup.
+    bq: u32,
+    /// Workgroups per kv head along y.
+    chunks: u32,
+    gx: u32,
+    gy: u32,
+}
+
+/// Workgroups of `max_m` rows, each `bq` query tokens × `hg` query heads of one kv head (all
+/// `qpk` heads when they fit): x over the batch's query blocks (plus one per sequence for the
+/// partial blocks), y over kv heads × head chunks.
+fn row_grid(
+    qpk: u32,
+    max_m: u32,
+    sum: &StepSummary,
+    num_kv_heads: u32,
+    max_dim: u32,
+) -> Result<RowGrid> {
+    let hg = qpk.min(max_m);
+    let bq = (max_m / hg).max(1);
+    let chunks = qpk.div_ceil(hg);
+    let gx = sum.num_tokens_q / bq + sum.num_seqs;
+    let gy = num_kv_heads * chunks;
+    if gx > max_dim || gy > max_dim {
+        return Err(grid_error(gx, gy, max_dim));
+    }
+    Ok(RowGrid {
+        hg,
+        bq,
+        chunks,
+        gx,
+        gy,
     })
 }
 
@@ -309,11 +346,12 @@ pub fn coop_admits(caps: &Caps, g: &Geometry) -> bool {
         && caps.subgroup_min_size == caps.subgroup_max_size
         && caps.subgroup_min_size >= 16
         && g.dtype != crate::types::Dtype::F32
-        // The rotation modes (query/output transform, zero points) gave wrong outputs on
-        // cooperative matrices on an H200 (BENCHMARKS.md) that their scalar twin, with the
-        // same arithmetic, does not give on lavapipe; until that is understood they take the
-        // twin (forced) or the unified kernel (Auto).
-        && !g.transform
+        // The rotation modes (INT4 and INT2 alike) give wrong outputs on cooperative matrices
+        // on an H200 (BENCHMARKS.md) that their scalar twin, with the same arithmetic, does not
+        // give there or on lavapipe; until that is understood they take the twin (forced) or
+        // the unified kernel (Auto). `QUANTKV_DEBUG_SKIP=32` (feature `debug-knobs`) lets
+        // them through, for investigating.
+        && (!g.transform || super::debug_skip() & 32 != 0)
 }
 
 /// Whether the prefill kernel's tiles hold f16 (else f32): always on cooperative matrices,
@@ -348,9 +386,9 @@ pub fn prefill_smem(t: &Tiling, head_dim: u32, f16: bool, transform: bool) -> u3
     };
     let s = r16(prefill_s_len(t, head_dim, f16) * 4);
     let stage = if transform { 16 * head_dim * 4 } else { 16 };
-    let rows = 6 * r16(t.max_m * 4); // m_sh, l_sh, alpha_sh, seen_sh, qsum_sh, zc_sh
-    let red = 2 * r16(t.wg_size * 4); // red_sh, redz_sh
-    let keys = 6 * r16(t.tile * 4); // row_sh, ks_sh, kz_sh, vs_sh, vz_sh, vbad_at
+    let rows = 4 * r16(t.max_m * 4); // m_sh, l_sh, alpha_sh, seen_sh
+    let red = r16(t.wg_size * 4); // red_sh
+    let keys = 4 * r16(t.tile * 4); // row_sh, ks_sh, vs_sh, vbad_at
     let flags = 3 * 16; // resc_at, resc_sh, vmax_at
     info + qh + kv + p + s + stage + rows + red + keys + flags
 }
