@@ -69,16 +69,7 @@ override DEBUG_SKIP: u32 = 0u;
 // A row's running maximum moves only when a tile's maximum exceeds it by more than TAU.
 const TAU: f32 = 8.0;
 
-@group(0) @binding(0) var<uniform> st: StepU;
-@group(0) @binding(1) var<uniform> ly: LayerU;
-@group(0) @binding(2) var<storage, read> step_meta: array<i32>;
-@group(0) @binding(3) var<storage, read> laux: array<f32>;
-@group(0) @binding(4) var<storage, read> q: array<u32>;
-@group(0) @binding(5) var<storage, read> k_cache: array<u32>;
-@group(0) @binding(6) var<storage, read> v_cache: array<u32>;
-@group(0) @binding(7) var<storage, read> k_scale: array<f32>;
-@group(0) @binding(8) var<storage, read> v_scale: array<f32>;
-@group(0) @binding(9) var<storage, read_write> out: array<u32>;
+// #include "common/attn_bindings.wgsl"
 
 var<workgroup> info: WgInfo;
 var<workgroup> s_sh: array<f32, S_LEN>;

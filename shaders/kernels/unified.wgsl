@@ -47,16 +47,7 @@ override DEBUG_SKIP: u32 = 0u;
 
 const ACC_MAX: u32 = 16u;
 
-@group(0) @binding(0) var<uniform> st: StepU;
-@group(0) @binding(1) var<uniform> ly: LayerU;
-@group(0) @binding(2) var<storage, read> step_meta: array<i32>;
-@group(0) @binding(3) var<storage, read> laux: array<f32>;
-@group(0) @binding(4) var<storage, read> q: array<u32>;
-@group(0) @binding(5) var<storage, read> k_cache: array<u32>;
-@group(0) @binding(6) var<storage, read> v_cache: array<u32>;
-@group(0) @binding(7) var<storage, read> k_scale: array<f32>;
-@group(0) @binding(8) var<storage, read> v_scale: array<f32>;
-@group(0) @binding(9) var<storage, read_write> out: array<u32>;
+// #include "common/attn_bindings.wgsl"
 
 
 var<workgroup> info: WgInfo;

@@ -46,6 +46,10 @@ pub const CORE_FILES: &[(&str, &str)] = &[
         include_str!("../../shaders/common/types_f32.wgsl"),
     ),
     (
+        "common/attn_bindings.wgsl",
+        include_str!("../../shaders/common/attn_bindings.wgsl"),
+    ),
+    (
         "common/attn_basics.wgsl",
         include_str!("../../shaders/common/attn_basics.wgsl"),
     ),

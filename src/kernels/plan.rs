@@ -157,24 +157,18 @@ pub fn launch_plan(
         // no faster than the unified kernel on an H200 (BENCHMARKS.md).
         let tiled = prefill_path || (coop && (sum.max_seqlen_q > 1 || prefix_ranges));
         if let Some(tiling) = tiled.then(|| prefill_tiling(caps, g, coop)).flatten() {
-            let RowGrid {
-                hg,
-                bq,
-                chunks,
-                gx,
-                gy,
-            } = row_grid(qpk, tiling.max_m, sum, g.num_kv_heads, max_dim)?;
+            let rg = row_grid(qpk, tiling.max_m, sum, g.num_kv_heads, max_dim)?;
             return Ok(LaunchPlan {
                 kernel: Kernel::Prefill,
                 subgroups: coop,
                 stream: false,
                 coop,
                 segments: 1,
-                grid: [gx, gy, 1],
+                grid: [rg.gx, rg.gy, 1],
                 tiling,
-                heads_per_wg: hg,
-                q_per_wg: bq,
-                head_chunks: chunks,
+                heads_per_wg: rg.hg,
+                q_per_wg: rg.bq,
+                head_chunks: rg.chunks,
             });
         }
     }

@@ -46,21 +46,14 @@ const MIXED: &[(u32, u32)] = &[(12, 90), (20, 20), (1, 75), (1, 33)];
 /// Decode batch.
 const DECODE: &[(u32, u32)] = &[(1, 150), (1, 40), (1, 97)];
 
-fn check(seed: u64, seqs: &[(u32, u32)], hq: u32, hkv: u32, d: u32, ex: Extras) {
-    check_modes(&modes(), seed, seqs, hq, hkv, d, ex);
+/// Whether the extended matrix (every mode) is running.
+fn extended() -> bool {
+    modes().len() > 2
 }
 
-fn check_modes(
-    modes: &[KvQuantMode],
-    seed: u64,
-    seqs: &[(u32, u32)],
-    hq: u32,
-    hkv: u32,
-    d: u32,
-    ex: Extras,
-) {
+fn check(seed: u64, seqs: &[(u32, u32)], hq: u32, hkv: u32, d: u32, ex: Extras) {
     let Some(ctx) = context() else { return };
-    for &mode in modes {
+    for mode in modes() {
         let b = quantkv::modes::backend(mode).unwrap();
         if ex.poison_outside_window && !(b.stores_rows_as_given() || b.needs_scale_caches()) {
             continue; // per-tensor codes have no NaN to poison with; the core is the same
@@ -76,9 +69,10 @@ fn check_modes(
 fn both(seed: u64, ex: Extras) {
     // The mixed batch on Auto's kernel (the prefill kernel on cooperative matrices where the
     // adapter has them, the unified kernel elsewhere), on the unified kernel where Auto did not
-    // take it, and on the prefill kernel's scalar twin: in the quick suite on mode `none` only
-    // (each parameter is a new twin pipeline to compile; the twin's zero-point and rotation
-    // paths run in `prefill_kernel_rescales_tiles_and_pads_rows`), every mode when extended.
+    // take it, and, in the extended matrix, on the prefill kernel's scalar twin (each parameter
+    // is a new twin pipeline to compile; the quick suite runs the twin on every parameter at
+    // once in `everything_at_once`, and in `fp8_output_scale` and
+    // `prefill_kernel_rescales_tiles_and_pads_rows`).
     check(seed, MIXED, 8, 2, 64, ex.clone());
     if context().is_some_and(|c| c.caps().coop_f16) {
         let ex = Extras {
@@ -87,17 +81,13 @@ fn both(seed: u64, ex: Extras) {
         };
         check(seed + 5, MIXED, 8, 2, 64, ex);
     }
-    let all = modes();
-    let twin_modes = if all.len() > 2 {
-        all
-    } else {
-        vec![KvQuantMode::None]
-    };
-    let twin = Extras {
-        path: AttentionPath::PrefillTiled,
-        ..ex.clone()
-    };
-    check_modes(&twin_modes, seed + 4, MIXED, 8, 2, 64, twin);
+    if extended() {
+        let twin = Extras {
+            path: AttentionPath::PrefillTiled,
+            ..ex.clone()
+        };
+        check(seed + 4, MIXED, 8, 2, 64, twin);
+    }
     check(
         seed + 1,
         DECODE,
@@ -319,21 +309,21 @@ fn gemma_softcap_and_window() {
 
 #[test]
 fn everything_at_once() {
-    check(
-        0x390,
-        MIXED,
-        8,
-        1,
-        128,
-        Extras {
-            softcap: 2.0,
-            sinks: true,
-            alibi_sqrt: true,
-            window_left: Some(25),
-            qq_bias: Some(16),
-            ..Default::default()
-        },
-    );
+    let all = Extras {
+        softcap: 2.0,
+        sinks: true,
+        alibi_sqrt: true,
+        window_left: Some(25),
+        qq_bias: Some(16),
+        ..Default::default()
+    };
+    check(0x390, MIXED, 8, 1, 128, all.clone());
+    // The prefill kernel's scalar twin with every parameter on.
+    let twin = Extras {
+        path: AttentionPath::PrefillTiled,
+        ..all
+    };
+    check(0x392, MIXED, 8, 1, 128, twin);
     check(
         0x391,
         DECODE,
@@ -354,14 +344,17 @@ fn everything_at_once() {
 /// The prefill kernel over many key tiles with scores large enough that row maxima jump by
 /// more than its lazy-rescaling threshold (softmax_scale 1.5: scores of tens), so O is
 /// rescaled mid-sequence; GQA 3 (a workgroup's rows are not a multiple of the heads), MHA at
-/// head size 32, GQA 4 at 128; prompt, chunk over context, and decode rows forced onto it.
+/// head size 32, and (extended) GQA 4 at 128; prompt, chunk over context, and decode rows
+/// forced onto it.
 #[test]
 fn prefill_kernel_rescales_tiles_and_pads_rows() {
     let seqs: &[(u32, u32)] = &[(70, 70), (33, 260), (1, 150), (5, 5)];
-    for (i, (hq, hkv, d)) in [(6u32, 2u32, 64u32), (2, 2, 32), (8, 2, 128)]
-        .into_iter()
-        .enumerate()
-    {
+    let shapes: &[(u32, u32, u32)] = if extended() {
+        &[(6, 2, 64), (2, 2, 32), (8, 2, 128)]
+    } else {
+        &[(6, 2, 64), (2, 2, 32)]
+    };
+    for (i, &(hq, hkv, d)) in shapes.iter().enumerate() {
         for (j, path) in [AttentionPath::PrefillCoop, AttentionPath::PrefillTiled]
             .into_iter()
             .enumerate()
@@ -692,17 +685,17 @@ fn bad_parameters_get_typed_errors() {
 
 #[test]
 fn fp8_output_scale() {
-    check(
-        0x3D0,
-        MIXED,
-        8,
-        2,
-        64,
-        Extras {
-            output_scale: Some(0.01),
-            ..Default::default()
-        },
-    );
+    let fp8 = Extras {
+        output_scale: Some(0.01),
+        ..Default::default()
+    };
+    check(0x3D0, MIXED, 8, 2, 64, fp8.clone());
+    // FP8 output near zero is the strictest bound on the prefill kernel's P precision.
+    let twin = Extras {
+        path: AttentionPath::PrefillTiled,
+        ..fp8
+    };
+    check(0x3D2, MIXED, 8, 2, 64, twin);
     check(
         0x3D1,
         DECODE,
