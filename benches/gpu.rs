@@ -3,7 +3,7 @@
 //! in L2, next to a copy kernel measured in the same run. Prints a table and writes JSON + CSV.
 //!
 //!   cargo bench --bench gpu -- [--quick] [--out DIR] [--shapes-json FILE] [--filter A,B,..]
-//!                               [--modes none,int4_per_token_head,..]
+//!                               [--modes none,int4_per_token_head,..] [--paths auto,stream,..]
 //!
 //! `--shapes-json` writes the shapes for `benches/sdpa.py`, which times PyTorch SDPA on them in
 //! the same device command; `--sdpa FILE` reads its results back and adds the ratio columns.
@@ -110,6 +110,10 @@ fn shapes(quick: bool, sweep: bool) -> Vec<Shape> {
         if sweep && (b == 1 || l == 32768) {
             for n in [8u32, 16, 32, 64, 128, 256] {
                 v.push(decode(&name, b, l, 128, SplitK::Segments(n)));
+                v.push(Shape {
+                    path: AttentionPath::DecodeStream,
+                    ..decode(&name, b, l, 128, SplitK::Segments(n))
+                });
             }
         }
         if (b == 1 && l >= 32768) || (l == 32768 && b >= 8) {
@@ -580,6 +584,22 @@ fn main() -> Result<()> {
     if let Some(f) = &filter {
         let parts: Vec<&str> = f.split(',').collect();
         list.retain(|s| parts.iter().any(|p| s.name.contains(p)));
+    }
+    // `--paths auto,unified,portable,subgroups,stream,tiled,coop`: only shapes run on these paths.
+    if let Some(p) = opt("--paths") {
+        let ids: Vec<&str> = p.split(',').collect();
+        list.retain(|s| {
+            ids.contains(&match s.path {
+                AttentionPath::Auto => "auto",
+                AttentionPath::Unified => "unified",
+                AttentionPath::DecodePortable => "portable",
+                AttentionPath::DecodeSubgroups => "subgroups",
+                AttentionPath::DecodeStream => "stream",
+                AttentionPath::PrefillTiled => "tiled",
+                AttentionPath::PrefillCoop => "coop",
+                _ => "other",
+            })
+        });
     }
     if let Some(m) = opt("--modes") {
         let ids: Vec<&str> = m.split(',').collect();

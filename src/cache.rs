@@ -105,6 +105,20 @@ pub struct KvCache {
     id: u64,
     footprint: CacheFootprint,
     layers: Vec<LayerKv>,
+    bind_groups: std::sync::Arc<crate::gpu::bind_cache::BindCache>,
+}
+
+impl Drop for KvCache {
+    /// Evicts the context's cached bind groups that bind this cache's pools, so their memory
+    /// is freed with the cache (once recorded work that uses them has finished).
+    fn drop(&mut self) {
+        let bufs: Vec<&wgpu::Buffer> = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.k, &l.v, &l.k_scale, &l.v_scale])
+            .collect();
+        self.bind_groups.forget(&bufs);
+    }
 }
 
 impl KvCache {
@@ -176,6 +190,7 @@ impl KvCache {
             id,
             footprint: fp,
             layers,
+            bind_groups: ctx.bind_groups.clone(),
         })
     }
 

@@ -1,94 +1,303 @@
 // kernels/decode_stream.wgsl — the streaming rung of the decode kernel (subgroups required).
 // Same plan, bindings, prologue, score rules and epilogue as decode.wgsl (decode_common.wgsl);
-// the key loop is different: no workgroup barrier inside it.
+// the key loop is different: no workgroup barrier and no per-thread array inside it.
 //
-//   * A cached row is read by LPR lanes, each holding EL consecutive elements (EL * element
-//     bytes is a multiple of 16: every load is a 16-byte `vec4<u32>`); a subgroup of S lanes
-//     reads S / LPR rows per load instruction (its key groups).
-//   * Each subgroup streams its own steps of U * (S / LPR) keys: the K and V words of the next
-//     step are loaded before the current step is computed (V does not wait for the softmax).
-//   * Scores: each lane dots its EL elements with every query head's EL elements (q held in
-//     registers), then log2(LPR) shuffles finish the dot in every lane of the key group.
-//   * Online softmax per subgroup: one subgroupMax per head per step; the running maximum is
-//     the same in every lane of the subgroup; accumulators are rescaled once per step.
-//   * P.V: each lane accumulates its EL output elements of every head.
-//   * After the loop: key groups are added with shuffles, subgroups merged one after another
-//     through workgroup memory (q_sh, free once q is in registers), then stored by
+//   * Every lane holds 8 consecutive elements of a cached row; a row is read by LPR =
+//     HEAD_DIM / 8 lanes (a key group), with one load per lane and row whose width follows
+//     the code width (16 bytes for 16-bit rows, 2 x 16 for f32, 8 for 8-bit codes, 4 for
+//     4-bit, half a word for 2-bit). A subgroup of S lanes reads S / LPR rows per load.
+//   * The query heads of the workgroup (at most 4) are the components of a vec4: the lane's
+//     query is 8 vec4s (element i of every head), a score is one vec4 (every head), the
+//     running maximum, denominator and V zero-point correction are vec4s, and the accumulator
+//     is 8 vec4s (the lane's 8 output elements of every head). Nothing is indexed at run time,
+//     so all of it stays in registers whatever the driver does with loops.
+//   * Each key group streams U consecutive keys per step, its subgroup's steps being
+//     sid, sid + nsg, ...; the K and V words (and scales) of the next step are loaded before
+//     the current step is computed, and the block-table entries two steps ahead.
+//   * Scores: 8 vec4 multiply-adds per key, then log2(LPR) vec4 shuffles finish the dot in
+//     every lane of the key group (each lane ends with the same bits).
+//   * Online softmax per key group with a lazy rescale: the accumulators are rescaled only
+//     when a step's maximum rises more than TAU above the running one (p <= e^TAU otherwise).
+//   * After the loop: key groups merged by shuffles, subgroups one after another through
+//     workgroup memory (q_sh, free once q is in registers), then stored by
 //     decode_common.wgsl's store_row4 / store_transformed (split-K partials included).
 //
 // The host picks this rung only where the adapter's smallest subgroup holds at least LPR
-// lanes; nothing assumes the subgroup size itself (key groups come from subgroup_size).
-// Prelude constants (the host prepends them): M_MAX (query heads per workgroup), EL (elements
-// per lane, a multiple of 4 * K_EPW and of 8), LPR (lanes per row = HEAD_DIM / EL, a power of
-// two).
+// lanes (LPR a power of two <= 32), with 4 query heads per workgroup (padding heads past the
+// KV head's group are masked); nothing assumes the subgroup size itself.
+// Prelude (the host prepends it, per code width): M_MAX (= 4), LPR, the K/V bindings (5, 6) at
+// the lane's load width, the word type KW, k_word(row, lane) / v_word(row, lane) -> KW (the
+// lane's load of a row) and k_unpack(w, lane) / v_unpack(w, lane) -> E8 (its 8 raw values
+// through the mode's read contract, k_raw4 / v_raw4).
 //
-// Bindings: as decode.wgsl, K and V pools as 16-byte words.
+// Bindings: as decode.wgsl, K and V pools at the lane's load width.
 // Dispatch: as decode.wgsl: x = num_seqs, y = num_kv_heads * head_chunks, z = num_segments.
 // #include "kernels/decode_common.wgsl"
-// #include "common/kv_groups.wgsl"
 
-@group(0) @binding(5) var<storage, read> k_cache: array<vec4<u32>>;
-@group(0) @binding(6) var<storage, read> v_cache: array<vec4<u32>>;
+const U: u32 = 4u; // consecutive keys per key group and step
+const TAU: f32 = 8.0; // lazy rescale threshold (natural log units)
 
-const U: u32 = 4u; // keys per key group per step
-const NV: u32 = EL * 4u / K_EPW / 16u; // 16-byte loads per lane and row
-const NG: u32 = EL / 4u; // groups of four elements per lane
-const GPV: u32 = NG / NV; // groups per 16-byte load
-
-var<workgroup> m_sh: array<f32, M_MAX>;
-var<workgroup> l_sh: array<f32, M_MAX>;
-var<workgroup> z_sh: array<f32, M_MAX>;
-
-// Raw K values of group g (0 .. GPV) of a 16-byte load.
-// The words of group g of a 16-byte load, from word i on (the first K_WPG / V_WPG are used).
-fn words_from(w: vec4<u32>, i: u32) -> vec4<u32> {
-    return vec4<u32>(w[i], w[min(i + 1u, 3u)], w[min(i + 2u, 3u)], w[min(i + 3u, 3u)]);
+// Eight consecutive raw values of a row.
+struct E8 {
+    a: vec4<f32>,
+    b: vec4<f32>,
 }
 
-fn k_raw_at(w: vec4<u32>, g: u32) -> vec4<f32> {
-    return k_raw4(words_from(w, (g / K_GPW) * K_WPG), g % K_GPW);
+// The lane's query: e_i = element i of every head.
+struct Q8 {
+    e0: vec4<f32>,
+    e1: vec4<f32>,
+    e2: vec4<f32>,
+    e3: vec4<f32>,
+    e4: vec4<f32>,
+    e5: vec4<f32>,
+    e6: vec4<f32>,
+    e7: vec4<f32>,
 }
 
-fn v_raw_at(w: vec4<u32>, g: u32) -> vec4<f32> {
-    return v_raw4(words_from(w, (g / V_GPW) * V_WPG), g % V_GPW);
+// A key group's running state (identical in its LPR lanes but for the accumulators' elements).
+struct Run {
+    m: vec4<f32>, // running maximum per head (may trail the true one by up to TAU)
+    l: vec4<f32>, // denominator
+    z: vec4<f32>, // V zero-point correction (modes with a zero point)
+    a0: vec4<f32>, // accumulator of element i of every head
+    a1: vec4<f32>,
+    a2: vec4<f32>,
+    a3: vec4<f32>,
+    a4: vec4<f32>,
+    a5: vec4<f32>,
+    a6: vec4<f32>,
+    a7: vec4<f32>,
 }
 
-// The loads of one step of a key group: U rows (keys past the segment read row 0, which
-// always exists, and weigh 0), NV 16-byte words of K and of V each, for this lane's elements.
-struct StepLoads {
-    rows: array<u32, U>,
-    kw: array<vec4<u32>, U * NV>,
-    vw: array<vec4<u32>, U * NV>,
+// One step's loads: U keys' K and V words (as loaded: they are unpacked where they are used,
+// so nothing waits on them before the current step is computed), row scales and zero points.
+struct Loads {
+    k0: KW,
+    k1: KW,
+    k2: KW,
+    k3: KW,
+    v0: KW,
+    v1: KW,
+    v2: KW,
+    v3: KW,
+    ks: vec4<f32>,
+    kz: vec4<f32>, // zero points (0 without)
+    vs: vec4<f32>,
+    vz: vec4<f32>,
 }
 
-fn load_step(inf: DecInfo, step: u32, nsteps: u32, per_step: u32, nkg: u32, kg: u32,
-             lane: u32) -> StepLoads {
-    var r: StepLoads;
-    if (step >= nsteps) {
-        return r;
+var<workgroup> mlz_sh: array<vec4<f32>, 3>; // merged maximum, denominator, correction
+
+fn exp_diff4(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
+    let h = a * 0.5 - b * 0.5;
+    return select(exp(h + h), vec4<f32>(0.0), h < vec4<f32>(-64.0));
+}
+
+// Sum over the LPR lanes of a key group (the same bits in each of them).
+fn row_sum4(x: vec4<f32>) -> vec4<f32> {
+    var y = x;
+    if (LPR >= 32u) {
+        y += subgroupShuffleXor(y, 16u);
     }
-    for (var u = 0u; u < U; u++) {
-        let key = inf.key_lo + step * per_step + u * nkg + kg;
-        var row = 0u;
-        if (key < inf.key_hi) {
-            row = physical_row(inf.seq, key, inf.kv_head);
-        }
-        r.rows[u] = row;
-        for (var v = 0u; v < NV; v++) {
-            r.kw[u * NV + v] = k_cache[row * (ly.k_row_words / 4u) + lane * NV + v];
-            r.vw[u * NV + v] = v_cache[row * (ly.v_row_words / 4u) + lane * NV + v];
+    if (LPR >= 16u) {
+        y += subgroupShuffleXor(y, 8u);
+    }
+    if (LPR >= 8u) {
+        y += subgroupShuffleXor(y, 4u);
+    }
+    if (LPR >= 4u) {
+        y += subgroupShuffleXor(y, 2u);
+    }
+    if (LPR >= 2u) {
+        y += subgroupShuffleXor(y, 1u);
+    }
+    return y;
+}
+
+fn dot8(q: Q8, k: E8) -> vec4<f32> {
+    var s = q.e0 * k.a.x;
+    s = fma(q.e1, vec4<f32>(k.a.y), s);
+    s = fma(q.e2, vec4<f32>(k.a.z), s);
+    s = fma(q.e3, vec4<f32>(k.a.w), s);
+    s = fma(q.e4, vec4<f32>(k.b.x), s);
+    s = fma(q.e5, vec4<f32>(k.b.y), s);
+    s = fma(q.e6, vec4<f32>(k.b.z), s);
+    s = fma(q.e7, vec4<f32>(k.b.w), s);
+    return s;
+}
+
+// A key's finished scores (every head): the dot finished over the key group, the row scale
+// and zero point, then spec 6.1's terms; NEG for keys outside the segment and padding heads.
+fn score4(q: Q8, k: E8, ks: f32, kz: f32, qsum: vec4<f32>, key: u32, valid: bool,
+          inf: DecInfo) -> vec4<f32> {
+    let raw = fma(row_sum4(dot8(q, k)), vec4<f32>(ks), -kz * qsum);
+    return vec4<f32>(finish_score(raw.x, 0u, key, valid, inf),
+                     finish_score(raw.y, 1u, key, valid, inf),
+                     finish_score(raw.z, 2u, key, valid, inf),
+                     finish_score(raw.w, 3u, key, valid, inf));
+}
+
+fn p_of(s: vec4<f32>, m: vec4<f32>) -> vec4<f32> {
+    return select(vec4<f32>(0.0), exp_diff4(s, m), s > vec4<f32>(NEG_HALF));
+}
+
+// acc += p (every head) * the key's 8 values; a key outside the segment adds exactly 0, even
+// where its (clamped) row holds a non-finite value.
+fn pv8(r: Run, p: vec4<f32>, v: E8, valid: bool) -> Run {
+    var o = r;
+    let a = select(vec4<f32>(0.0), v.a, valid);
+    let b = select(vec4<f32>(0.0), v.b, valid);
+    o.a0 = fma(p, vec4<f32>(a.x), o.a0);
+    o.a1 = fma(p, vec4<f32>(a.y), o.a1);
+    o.a2 = fma(p, vec4<f32>(a.z), o.a2);
+    o.a3 = fma(p, vec4<f32>(a.w), o.a3);
+    o.a4 = fma(p, vec4<f32>(b.x), o.a4);
+    o.a5 = fma(p, vec4<f32>(b.y), o.a5);
+    o.a6 = fma(p, vec4<f32>(b.z), o.a6);
+    o.a7 = fma(p, vec4<f32>(b.w), o.a7);
+    return o;
+}
+
+fn scale_run(r: Run, f: vec4<f32>) -> Run {
+    var o = r;
+    o.l *= f;
+    o.z *= f;
+    o.a0 *= f;
+    o.a1 *= f;
+    o.a2 *= f;
+    o.a3 *= f;
+    o.a4 *= f;
+    o.a5 *= f;
+    o.a6 *= f;
+    o.a7 *= f;
+    return o;
+}
+
+// Two states merged (the same bits whichever is `a`).
+fn merge_run(a: Run, b: Run) -> Run {
+    let mn = max(a.m, b.m);
+    let x = scale_run(a, exp_diff4(a.m, mn));
+    let y = scale_run(b, exp_diff4(b.m, mn));
+    var o: Run;
+    o.m = mn;
+    o.l = x.l + y.l;
+    o.z = x.z + y.z;
+    o.a0 = x.a0 + y.a0;
+    o.a1 = x.a1 + y.a1;
+    o.a2 = x.a2 + y.a2;
+    o.a3 = x.a3 + y.a3;
+    o.a4 = x.a4 + y.a4;
+    o.a5 = x.a5 + y.a5;
+    o.a6 = x.a6 + y.a6;
+    o.a7 = x.a7 + y.a7;
+    return o;
+}
+
+fn shuffle_run(r: Run, o: u32) -> Run {
+    var s: Run;
+    s.m = subgroupShuffleXor(r.m, o);
+    s.l = subgroupShuffleXor(r.l, o);
+    s.z = subgroupShuffleXor(r.z, o);
+    s.a0 = subgroupShuffleXor(r.a0, o);
+    s.a1 = subgroupShuffleXor(r.a1, o);
+    s.a2 = subgroupShuffleXor(r.a2, o);
+    s.a3 = subgroupShuffleXor(r.a3, o);
+    s.a4 = subgroupShuffleXor(r.a4, o);
+    s.a5 = subgroupShuffleXor(r.a5, o);
+    s.a6 = subgroupShuffleXor(r.a6, o);
+    s.a7 = subgroupShuffleXor(r.a7, o);
+    return s;
+}
+
+// Cached rows of keys k0 .. k0 + 3 (row 0, which always exists, for keys outside
+// [lo, hi)). One block-table load when the U keys share a page.
+fn rows4(k0: u32, lo: u32, hi: u32, inf: DecInfo) -> vec4<u32> {
+    var r = vec4<u32>(0u);
+    let hk = ly.num_kv_heads;
+    if (k0 + U <= hi && k0 >= lo && ly.block_size % U == 0u) {
+        // k0 is a multiple of U (the steps start at an aligned key), so all U share a page.
+        let r0 = physical_row(inf.seq, k0, inf.kv_head);
+        r = vec4<u32>(r0, r0 + hk, r0 + 2u * hk, r0 + 3u * hk);
+    } else if (k0 < hi) {
+        for (var u = 0u; u < U; u++) {
+            let key = k0 + u;
+            if (key >= lo && key < hi) {
+                r[u] = physical_row(inf.seq, key, inf.kv_head);
+            }
         }
     }
     return r;
 }
 
-// Sum over the LPR lanes of this lane's key group.
-fn row_sum(x: f32) -> f32 {
-    var y = x;
-    for (var o = LPR / 2u; o > 0u; o >>= 1u) {
-        y += subgroupShuffleXor(y, o);
+fn k_zero(row: u32) -> f32 {
+    if (K_HAS_ZERO) {
+        return k_row_zero(row);
     }
-    return y;
+    return 0.0;
+}
+
+fn v_zero(row: u32) -> f32 {
+    if (V_HAS_ZERO) {
+        return v_row_zero(row);
+    }
+    return 0.0;
+}
+
+fn load_step(r: vec4<u32>, lane: u32) -> Loads {
+    var o: Loads;
+    o.k0 = k_word(r.x, lane);
+    o.k1 = k_word(r.y, lane);
+    o.k2 = k_word(r.z, lane);
+    o.k3 = k_word(r.w, lane);
+    o.v0 = v_word(r.x, lane);
+    o.v1 = v_word(r.y, lane);
+    o.v2 = v_word(r.z, lane);
+    o.v3 = v_word(r.w, lane);
+    o.ks = vec4<f32>(k_row_scale(r.x), k_row_scale(r.y), k_row_scale(r.z), k_row_scale(r.w));
+    o.kz = vec4<f32>(k_zero(r.x), k_zero(r.y), k_zero(r.z), k_zero(r.w));
+    o.vs = vec4<f32>(v_row_scale(r.x), v_row_scale(r.y), v_row_scale(r.z), v_row_scale(r.w));
+    o.vz = vec4<f32>(v_zero(r.x), v_zero(r.y), v_zero(r.z), v_zero(r.w));
+    return o;
+}
+
+// One step of a key group: keys k0 .. k0 + 3.
+fn run_step(run: Run, q: Q8, qsum: vec4<f32>, ld: Loads, k0: u32, lo: u32, hi: u32,
+            lane: u32, inf: DecInfo) -> Run {
+    let ok0 = k0 >= lo && k0 < hi;
+    let ok1 = k0 + 1u >= lo && k0 + 1u < hi;
+    let ok2 = k0 + 2u >= lo && k0 + 2u < hi;
+    let ok3 = k0 + 3u >= lo && k0 + 3u < hi;
+    let kz = ld.ks * ld.kz; // scale * zero
+    let s0 = score4(q, k_unpack(ld.k0, lane), ld.ks.x, kz.x, qsum, k0, ok0, inf);
+    let s1 = score4(q, k_unpack(ld.k1, lane), ld.ks.y, kz.y, qsum, k0 + 1u, ok1, inf);
+    let s2 = score4(q, k_unpack(ld.k2, lane), ld.ks.z, kz.z, qsum, k0 + 2u, ok2, inf);
+    let s3 = score4(q, k_unpack(ld.k3, lane), ld.ks.w, kz.w, qsum, k0 + 3u, ok3, inf);
+    var r = run;
+    let mx = max(max(s0, s1), max(s2, s3));
+    if (any(mx > r.m + vec4<f32>(TAU))) {
+        let mn = max(r.m, mx);
+        r = scale_run(r, exp_diff4(r.m, mn));
+        r.m = mn;
+    }
+    let p0 = p_of(s0, r.m);
+    let p1 = p_of(s1, r.m);
+    let p2 = p_of(s2, r.m);
+    let p3 = p_of(s3, r.m);
+    r.l += (p0 + p1) + (p2 + p3);
+    // V's row scale folds into p, its zero point into the correction z.
+    let q0 = p0 * ld.vs.x;
+    let q1 = p1 * ld.vs.y;
+    let q2 = p2 * ld.vs.z;
+    let q3 = p3 * ld.vs.w;
+    if (V_HAS_ZERO) {
+        r.z += (q0 * ld.vz.x + q1 * ld.vz.y) + (q2 * ld.vz.z + q3 * ld.vz.w);
+    }
+    r = pv8(r, q0, v_unpack(ld.v0, lane), ok0);
+    r = pv8(r, q1, v_unpack(ld.v1, lane), ok1);
+    r = pv8(r, q2, v_unpack(ld.v2, lane), ok2);
+    r = pv8(r, q3, v_unpack(ld.v3, lane), ok3);
+    return r;
 }
 
 @compute @workgroup_size(WG_SIZE)
@@ -112,176 +321,113 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let kg = si / LPR; // key group in the subgroup
     let nkg = ss / LPR;
 
-    // This lane's query elements of every head, and each head's element sum (zero points).
-    var qr: array<vec4<f32>, M_MAX * NG>;
-    var qsum: array<f32, M_MAX>;
-    for (var m = 0u; m < M_MAX; m++) {
-        for (var g = 0u; g < NG; g++) {
-            qr[m * NG + g] = q_sh[m * d4 + lane * NG + g];
-        }
-        var t = 0.0;
-        if (K_HAS_ZERO) {
-            for (var j = 0u; j < d4; j++) {
-                let v = q_sh[m * d4 + j];
-                t += (v.x + v.y) + (v.z + v.w);
-            }
-        }
-        qsum[m] = t;
+    // This lane's query elements of every head (q_sh holds M_MAX = 4 rows, padding rows 0).
+    let c = 2u * lane;
+    let h0a = q_sh[c];
+    let h0b = q_sh[c + 1u];
+    let h1a = q_sh[d4 + c];
+    let h1b = q_sh[d4 + c + 1u];
+    let h2a = q_sh[2u * d4 + c];
+    let h2b = q_sh[2u * d4 + c + 1u];
+    let h3a = q_sh[3u * d4 + c];
+    let h3b = q_sh[3u * d4 + c + 1u];
+    let q = Q8(vec4<f32>(h0a.x, h1a.x, h2a.x, h3a.x), vec4<f32>(h0a.y, h1a.y, h2a.y, h3a.y),
+               vec4<f32>(h0a.z, h1a.z, h2a.z, h3a.z), vec4<f32>(h0a.w, h1a.w, h2a.w, h3a.w),
+               vec4<f32>(h0b.x, h1b.x, h2b.x, h3b.x), vec4<f32>(h0b.y, h1b.y, h2b.y, h3b.y),
+               vec4<f32>(h0b.z, h1b.z, h2b.z, h3b.z), vec4<f32>(h0b.w, h1b.w, h2b.w, h3b.w));
+    // Each head's element sum (zero points): the lane's 8 elements, then the key group.
+    var qsum = vec4<f32>(0.0);
+    if (K_HAS_ZERO) {
+        qsum = row_sum4(((q.e0 + q.e1) + (q.e2 + q.e3)) + ((q.e4 + q.e5) + (q.e6 + q.e7)));
     }
-    if (tid == 0u) {
-        for (var m = 0u; m < M_MAX; m++) {
-            var m0 = NEG;
-            var l0 = 0.0;
-            if (HAS_SINKS && !IS_SPLIT && m < inf.nheads) {
-                m0 = real_score(laux[ly.off_sinks + inf.head0 + m]);
-                l0 = 1.0; // exp(sink - m) with m = sink
+
+    var run: Run;
+    run.m = vec4<f32>(NEG);
+    if (HAS_SINKS && !IS_SPLIT && sid == 0u && kg == 0u) {
+        // exp(sink - m) with m = sink, counted once per head.
+        for (var m = 0u; m < 4u; m++) {
+            if (m < inf.nheads) {
+                run.m[m] = real_score(laux[ly.off_sinks + inf.head0 + m]);
+                run.l[m] = 1.0;
             }
-            m_sh[m] = m0;
-            l_sh[m] = l0;
-            z_sh[m] = 0.0;
         }
     }
     workgroupBarrier(); // every lane has its q; q_sh is free for the merge
 
-    var m_run: array<f32, M_MAX>;
-    var l_run: array<f32, M_MAX>;
-    var z_run: array<f32, M_MAX>;
-    var acc: array<vec4<f32>, M_MAX * NG>;
-    for (var m = 0u; m < M_MAX; m++) {
-        m_run[m] = NEG;
-        l_run[m] = 0.0;
-        z_run[m] = 0.0;
-    }
-    for (var i = 0u; i < M_MAX * NG; i++) {
-        acc[i] = vec4<f32>(0.0);
-    }
-
+    // Steps start at a key aligned to U (keys below key_lo are masked), so a step's keys share
+    // a page whenever the block size is a multiple of U.
+    let lo = inf.key_lo;
+    let hi = inf.key_hi;
+    let base = lo - lo % U;
     let per_step = U * nkg;
-    let nsteps = (inf.key_hi - inf.key_lo + per_step - 1u) / per_step;
-    // Each subgroup's steps: sid, sid + nsg, ...; the next step's loads are issued before the
-    // current step is computed.
-    var step = sid;
-    var cur = load_step(inf, step, nsteps, per_step, nkg, kg, lane);
-    for (; step < nsteps; step += nsg) {
-        let nxt = load_step(inf, step + nsg, nsteps, per_step, nkg, kg, lane);
-        let rows = cur.rows;
-        let kw = cur.kw;
-        let vw = cur.vw;
-        // Scores of this step's U keys for every head.
-        var s: array<f32, U * M_MAX>;
-        var tmax: array<f32, M_MAX>;
-        for (var m = 0u; m < M_MAX; m++) {
-            tmax[m] = NEG;
-        }
-        for (var u = 0u; u < U; u++) {
-            let key = inf.key_lo + step * per_step + u * nkg + kg;
-            var part: array<f32, M_MAX>;
-            for (var m = 0u; m < M_MAX; m++) {
-                part[m] = 0.0;
-            }
-            for (var v = 0u; v < NV; v++) {
-                for (var g = 0u; g < GPV; g++) {
-                    let k4 = k_raw_at(kw[u * NV + v], g);
-                    for (var m = 0u; m < M_MAX; m++) {
-                        part[m] += dot(qr[m * NG + v * GPV + g], k4);
-                    }
-                }
-            }
-            let ks = k_row_scale(rows[u]);
-            var kz = 0.0;
-            if (K_HAS_ZERO) {
-                kz = ks * k_row_zero(rows[u]);
-            }
-            for (var m = 0u; m < M_MAX; m++) {
-                let x = finish_score(fma(row_sum(part[m]), ks, -kz * qsum[m]), m, key,
-                                     key < inf.key_hi, inf);
-                s[u * M_MAX + m] = x;
-                tmax[m] = max(tmax[m], x);
-            }
-        }
-        // The subgroup's new maxima, the rescale, then p and P.V.
-        for (var m = 0u; m < M_MAX; m++) {
-            let cm = subgroupMax(tmax[m]);
-            if (cm > NEG_HALF) {
-                let mn = max(m_run[m], cm);
-                let alpha = exp_diff(m_run[m], mn);
-                m_run[m] = mn;
-                l_run[m] *= alpha;
-                z_run[m] *= alpha;
-                for (var g = 0u; g < NG; g++) {
-                    acc[m * NG + g] *= alpha;
-                }
-            }
-        }
-        for (var u = 0u; u < U; u++) {
-            let vs = v_row_scale(rows[u]);
-            var vz = 0.0;
-            if (V_HAS_ZERO) {
-                vz = v_row_zero(rows[u]);
-            }
-            for (var m = 0u; m < M_MAX; m++) {
-                let x = s[u * M_MAX + m];
-                var p = 0.0;
-                if (x > NEG_HALF) {
-                    p = exp_diff(x, m_run[m]);
-                }
-                l_run[m] += p;
-                let pv = p * vs;
-                if (V_HAS_ZERO) {
-                    z_run[m] += pv * vz;
-                }
-                for (var v = 0u; v < NV; v++) {
-                    for (var g = 0u; g < GPV; g++) {
-                        let i = m * NG + v * GPV + g;
-                        // A key that weighs 0 adds exactly 0, even over a non-finite V.
-                        acc[i] += select(vec4<f32>(0.0), pv * v_raw_at(vw[u * NV + v], g), p != 0.0);
-                    }
-                }
-            }
-        }
+    let nsteps = (hi - base + per_step - 1u) / per_step;
+    let off = kg * U;
+    var j = sid;
+    var cur = load_step(rows4(base + j * per_step + off, lo, hi, inf), lane);
+    var rows_next = rows4(base + (j + nsg) * per_step + off, lo, hi, inf);
+    for (; j < nsteps; j += nsg) {
+        let rows_after = rows4(base + (j + 2u * nsg) * per_step + off, lo, hi, inf);
+        let nxt = load_step(rows_next, lane);
+        run = run_step(run, q, qsum, cur, base + j * per_step + off, lo, hi, lane, inf);
         cur = nxt;
+        rows_next = rows_after;
     }
 
-    // Key groups of the subgroup: same maximum, so sums add.
+    // Key groups of the subgroup.
     for (var o = LPR; o < ss; o <<= 1u) {
-        for (var m = 0u; m < M_MAX; m++) {
-            l_run[m] += subgroupShuffleXor(l_run[m], o);
-            z_run[m] += subgroupShuffleXor(z_run[m], o);
-        }
-        for (var i = 0u; i < M_MAX * NG; i++) {
-            acc[i] += subgroupShuffleXor(acc[i], o);
-        }
+        run = merge_run(run, shuffle_run(run, o));
     }
-    // Subgroups, one after another, into (m_sh, l_sh, z_sh, q_sh); a fixed order keeps the
-    // result deterministic.
+    // Subgroups, one after another, into (mlz_sh, q_sh); a fixed order keeps the result
+    // deterministic.
     for (var g = 0u; g < nsg; g++) {
+        let m_old = mlz_sh[0];
+        let l_old = mlz_sh[1];
+        let z_old = mlz_sh[2];
+        workgroupBarrier(); // read before subgroup g's lane 0 writes
         if (sid == g && kg == 0u) {
-            for (var m = 0u; m < M_MAX; m++) {
-                let mo = m_sh[m];
-                let mn = max(mo, m_run[m]);
-                let a = exp_diff(mo, mn);
-                let b = exp_diff(m_run[m], mn);
-                for (var j = 0u; j < NG; j++) {
-                    let e = m * d4 + lane * NG + j;
-                    var old = vec4<f32>(0.0);
-                    if (g > 0u) {
-                        old = q_sh[e] * a;
-                    }
-                    q_sh[e] = old + acc[m * NG + j] * b;
+            var mn = run.m;
+            var fa = vec4<f32>(0.0);
+            if (g > 0u) {
+                mn = max(m_old, run.m);
+                fa = exp_diff4(m_old, mn);
+            }
+            let fb = exp_diff4(run.m, mn);
+            let r = scale_run(run, fb);
+            // Head h's elements 8 lane .. 8 lane + 7 sit in q_sh[h d4 + c], [h d4 + c + 1].
+            let rows = array<vec4<f32>, 8>(
+                vec4<f32>(r.a0.x, r.a1.x, r.a2.x, r.a3.x), vec4<f32>(r.a4.x, r.a5.x, r.a6.x, r.a7.x),
+                vec4<f32>(r.a0.y, r.a1.y, r.a2.y, r.a3.y), vec4<f32>(r.a4.y, r.a5.y, r.a6.y, r.a7.y),
+                vec4<f32>(r.a0.z, r.a1.z, r.a2.z, r.a3.z), vec4<f32>(r.a4.z, r.a5.z, r.a6.z, r.a7.z),
+                vec4<f32>(r.a0.w, r.a1.w, r.a2.w, r.a3.w), vec4<f32>(r.a4.w, r.a5.w, r.a6.w, r.a7.w));
+            for (var h = 0u; h < 4u; h++) {
+                let e = h * d4 + c;
+                var old_a = vec4<f32>(0.0);
+                var old_b = vec4<f32>(0.0);
+                if (g > 0u) {
+                    old_a = q_sh[e] * fa[h];
+                    old_b = q_sh[e + 1u] * fa[h];
                 }
-                if (lane == 0u) {
-                    l_sh[m] = l_sh[m] * a + l_run[m] * b;
-                    z_sh[m] = z_sh[m] * a + z_run[m] * b;
-                    m_sh[m] = mn;
+                q_sh[e] = old_a + rows[2u * h];
+                q_sh[e + 1u] = old_b + rows[2u * h + 1u];
+            }
+            if (lane == 0u) {
+                var l0 = vec4<f32>(0.0);
+                var z0 = vec4<f32>(0.0);
+                if (g > 0u) {
+                    l0 = l_old * fa;
+                    z0 = z_old * fa;
                 }
+                mlz_sh[0] = mn;
+                mlz_sh[1] = l0 + r.l;
+                mlz_sh[2] = z0 + r.z;
             }
         }
         workgroupBarrier();
     }
-    for (var e = tid; e < M_MAX * d4; e += WG_SIZE) {
+    for (var e = tid; e < 4u * d4; e += WG_SIZE) {
         let m = e / d4;
-        let a = q_sh[e] - vec4<f32>(z_sh[m]);
-        store_row4(m, e % d4, a, l_sh[m], m_sh[m], inf, wid.z);
+        let a = q_sh[e] - vec4<f32>(mlz_sh[2][m]);
+        store_row4(m, e % d4, a, mlz_sh[1][m], mlz_sh[0][m], inf, wid.z);
     }
     store_transformed(tid, inf);
 }

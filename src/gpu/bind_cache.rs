@@ -2,7 +2,10 @@
 //! layer call whose bindings match an earlier one (the same step buffers from the step ring,
 //! the same layer pools, the same q/out buffers) skips `create_bind_group` and its error
 //! scopes. Bounded: cleared when it reaches its cap (bind groups still referenced by recorded
-//! work stay alive through wgpu's own refcounting).
+//! work stay alive through wgpu's own refcounting). A cached bind group holds its buffers, so
+//! every [`crate::KvCache`] evicts the groups that bind its pools when it is dropped
+//! ([`BindCache::forget`]): otherwise a dropped cache's memory would stay allocated until the
+//! cap is reached, and later allocations could be placed in slower memory.
 
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::Mutex;
@@ -49,6 +52,22 @@ impl BindCache {
         }
         map.insert(key, bg.clone());
         Ok(bg)
+    }
+
+    /// Evicts every bind group that binds one of `buffers`.
+    pub fn forget(&self, buffers: &[&wgpu::Buffer]) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|k, _| {
+            !k.ranges
+                .iter()
+                .flatten()
+                .any(|r| buffers.iter().any(|b| **b == r.1))
+        });
+    }
+
+    /// Bind groups held.
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
 

@@ -84,7 +84,7 @@ pub struct Context {
     checked_shaders: bool,
     lost: Arc<LostState>,
     disk_cache: Option<DiskCache>,
-    pub(crate) bind_groups: super::bind_cache::BindCache,
+    pub(crate) bind_groups: Arc<super::bind_cache::BindCache>,
     step_pool: StepPool,
 }
 
@@ -629,6 +629,13 @@ impl Context {
     /// The device's limits.
     pub fn limits(&self) -> &wgpu::Limits {
         &self.caps.limits
+    }
+
+    /// Bind groups the context keeps for reuse (for tests and leak checks). A cached bind group
+    /// keeps its buffers alive; a dropped [`crate::KvCache`] evicts the groups that bind its
+    /// pools, so its memory is freed with it.
+    pub fn cached_bind_groups(&self) -> usize {
+        self.bind_groups.len()
     }
 
     /// Number of compute pipelines built so far, per pipeline label (for tests and diagnostics).

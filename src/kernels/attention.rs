@@ -7,6 +7,7 @@
 //! (`k <= qpos` and, with a window, `qpos - k < W`, or both inside one prefix range), then ALiBi
 //! and qq_bias; the output is `Σ softmax(S)·v`, with sinks joining the denominator only.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use super::plan::{launch_plan, AttentionPath, LaunchPlan, SplitK, MAX_SEGMENTS};
@@ -377,9 +378,9 @@ pub(crate) fn pipelines(
     };
     let main = ctx.pipelines.get(ctx, key, || match lp.kernel {
         Kernel::Decode if lp.stream => {
-            let (el, lpr) = super::plan::stream_lanes(ctx.caps(), g, tiling.max_m)
+            let (_, lpr) = super::plan::stream_lanes(ctx.caps(), g)
                 .expect("the planner checked the streaming rung");
-            decode_stream_source(codec, d, features, tiling, el, lpr)
+            decode_stream_source(codec, d, features, tiling, g.elems_per_word, lpr)
         }
         Kernel::Decode => decode_source(codec, d, features, tiling),
         Kernel::Prefill => prefill_source(
@@ -531,27 +532,84 @@ pub fn decode_source(
     }
 }
 
-/// The streaming decode rung's source (`el` elements per lane, `lpr` lanes per row; see
-/// `shaders/kernels/decode_stream.wgsl`), override constants and layout.
+/// The streaming decode rung's source (`epw` elements per cached u32 word, `lpr` lanes per
+/// row; see `shaders/kernels/decode_stream.wgsl`), override constants and layout. The prelude
+/// gives the lane's load of a row at the code width: the K/V bindings' element type, the word
+/// type `KW`, `k_word` / `v_word` and `k_unpack` / `v_unpack`.
 pub fn decode_stream_source(
     codec: &Codec,
     d: u32,
     f: Features,
     tiling: Tiling,
-    el: u32,
+    epw: u32,
     lpr: u32,
 ) -> PipelineSource<'static> {
     PipelineSource {
         kernel: include_str!("../../shaders/kernels/decode_stream.wgsl"),
         codec: vec![codec.decode, codec.transform_source()],
-        prelude: format!(
-            "const M_MAX: u32 = {}u;\nconst EL: u32 = {el}u;\nconst LPR: u32 = {lpr}u;\n",
-            tiling.max_m
-        ),
+        prelude: stream_prelude(epw, lpr),
         includes: codec.includes,
         constants: shared_constants(d, f, tiling).into_iter().collect(),
         entries: attention_entries(),
     }
+}
+
+/// The streaming rung's per-width prelude (8 elements per lane).
+fn stream_prelude(epw: u32, lpr: u32) -> String {
+    // (binding element, KW, load of K (`@X` = k or v, `@R` = its row words), unpack arguments of
+    // the two groups of four)
+    let (elem, kw, load, a, b) = match epw {
+        1 => (
+            "vec4<u32>",
+            "W8",
+            "let i = row * (ly.@R / 4u) + 2u * lane;\n    return W8(@X_cache[i], @X_cache[i + 1u]);",
+            "w.a, 0u",
+            "w.b, 0u",
+        ),
+        2 => (
+            "vec4<u32>",
+            "vec4<u32>",
+            "return @X_cache[row * (ly.@R / 4u) + lane];",
+            "vec4<u32>(w.x, w.y, 0u, 0u), 0u",
+            "vec4<u32>(w.z, w.w, 0u, 0u), 0u",
+        ),
+        4 => (
+            "vec2<u32>",
+            "vec2<u32>",
+            "return @X_cache[row * (ly.@R / 2u) + lane];",
+            "vec4<u32>(w.x, 0u, 0u, 0u), 0u",
+            "vec4<u32>(w.y, 0u, 0u, 0u), 0u",
+        ),
+        8 => (
+            "u32",
+            "u32",
+            "return @X_cache[row * ly.@R + lane];",
+            "vec4<u32>(w, 0u, 0u, 0u), 0u",
+            "vec4<u32>(w, 0u, 0u, 0u), 1u",
+        ),
+        16 => (
+            "u32",
+            "u32",
+            "return @X_cache[row * ly.@R + lane / 2u];",
+            "vec4<u32>(w, 0u, 0u, 0u), 2u * (lane & 1u)",
+            "vec4<u32>(w, 0u, 0u, 0u), 2u * (lane & 1u) + 1u",
+        ),
+        _ => unreachable!("stream_lanes admits 1, 2, 4, 8 and 16 elements per word"),
+    };
+    let mut s = format!(
+        "const M_MAX: u32 = {}u;\nconst LPR: u32 = {lpr}u;\nstruct W8 {{\n    a: vec4<u32>,\n    b: vec4<u32>,\n}}\nalias KW = {kw};\n",
+        super::plan::STREAM_HEADS
+    );
+    for (x, rw, bind) in [("k", "k_row_words", 5), ("v", "v_row_words", 6)] {
+        let load = load.replace("@X", x).replace("@R", rw);
+        let _ = write!(
+            s,
+            "@group(0) @binding({bind}) var<storage, read> {x}_cache: array<{elem}>;\n\
+             fn {x}_word(row: u32, lane: u32) -> KW {{\n    {load}\n}}\n\
+             fn {x}_unpack(w: KW, lane: u32) -> E8 {{\n    return E8({x}_raw4({a}), {x}_raw4({b}));\n}}\n"
+        );
+    }
+    s
 }
 
 /// The geometry and feature overrides both attention kernels declare.

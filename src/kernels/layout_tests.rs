@@ -15,7 +15,7 @@ use super::attention::{
 };
 use super::plan::{
     attention_smem, attention_tiling, coop_admits, decode_smem, decode_tiling, prefill_f16,
-    prefill_smem, prefill_tiling, stream_lanes,
+    prefill_smem, prefill_tiling, stream_lanes, stream_smem, stream_tiling,
 };
 use super::write::{write_copy_source, write_rows_source, write_rows_tiling};
 use super::Geometry;
@@ -252,16 +252,21 @@ fn variants() -> Vec<Variant> {
                             &decode_source(&codec, d, sg, dt),
                             C::all(),
                         ));
-                        // The streaming rung, at the lane widths subgroups of 8 and 32 give.
+                        if m != 4 {
+                            continue;
+                        }
+                        // The streaming rung (4 heads per workgroup), at subgroups of 8 and 32.
                         for sg_min in [8, 32] {
                             let caps = test_caps(sg_min, false, false, 32768);
                             let g = test_geometry(mode, dtype, d);
-                            if let Some((el, lpr)) = stream_lanes(&caps, &g, m) {
+                            if let (Some((el, lpr)), Some(t)) =
+                                (stream_lanes(&caps, &g), stream_tiling(&caps, &g))
+                            {
                                 let st = Features(sg.0 | Features::STREAM);
                                 out.push(variant(
-                                    format!("decode/{base}/{st}/m{m}/el{el}"),
+                                    format!("decode/{base}/{st}/el{el}/lpr{lpr}"),
                                     dtype,
-                                    &decode_stream_source(&codec, d, st, dt, el, lpr),
+                                    &decode_stream_source(&codec, d, st, t, g.elems_per_word, lpr),
                                     C::all(),
                                 ));
                             }
@@ -616,6 +621,27 @@ fn workgroup_memory_estimates_match_naga_for_every_tiling() {
                     }
                 }
             }
+        }
+    }
+    // The streaming rung, every code width.
+    for mode in KvQuantMode::ALL.into_iter().filter(|m| m.is_supported()) {
+        let codec = create(mode)
+            .unwrap()
+            .codec(Dtype::F16, &ModeOptions::default());
+        for d in [64, 128, 256] {
+            let g = test_geometry(mode, Dtype::F16, d);
+            let caps = test_caps(32, false, false, 32768);
+            let (Some((_, lpr)), Some(t)) = (stream_lanes(&caps, &g), stream_tiling(&caps, &g))
+            else {
+                panic!("{mode:?} d{d}: the streaming rung must admit subgroups of 32");
+            };
+            let f = Features(Features::SUBGROUPS | Features::STREAM);
+            let src = decode_stream_source(&codec, d, f, t, g.elems_per_word, lpr);
+            let text = full_source(src.kernel, Dtype::F16, &src.parts(), src.includes).unwrap();
+            let (m, i) = parse("stream", &text, C::all());
+            let (m, _) = resolve("stream", &m, &i, &src.constants);
+            assert_eq!(stream_smem(d), workgroup_bytes(&m), "stream {mode:?} d{d}");
+            checked += 1;
         }
     }
     assert!(checked > 100, "{checked} tilings checked");

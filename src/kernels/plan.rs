@@ -114,6 +114,38 @@ pub fn launch_plan(
     } else {
         None
     };
+    let stream = if decode && p.path == AttentionPath::DecodeStream {
+        stream_tiling(caps, g)
+    } else {
+        None
+    };
+    if let Some(tiling) = stream {
+        let hg = qpk.min(tiling.max_m);
+        let chunks = qpk.div_ceil(hg);
+        let gy = g.num_kv_heads * chunks;
+        if sum.num_seqs > max_dim || gy > max_dim {
+            return Err(grid_error(sum.num_seqs, gy, max_dim));
+        }
+        let segments = stream_segments(
+            p.split,
+            p.seq_threshold_3d,
+            sum,
+            sum.num_seqs * gy,
+            tiling.tile,
+        );
+        return Ok(LaunchPlan {
+            kernel: Kernel::Decode,
+            subgroups: true,
+            stream: true,
+            coop: false,
+            segments,
+            grid: [sum.num_seqs, gy, segments],
+            tiling,
+            heads_per_wg: hg,
+            q_per_wg: 1,
+            head_chunks: chunks,
+        });
+    }
     if let Some(tiling) = chunked {
         let hg = qpk.min(tiling.max_m);
         let chunks = qpk.div_ceil(hg);
@@ -136,12 +168,10 @@ pub fn launch_plan(
                 AttentionPath::Auto => sum.num_seqs * gy * segments >= SUBGROUP_RUNG_MIN_WORKGROUPS,
                 _ => false,
             };
-        let stream =
-            p.path == AttentionPath::DecodeStream && stream_lanes(caps, g, tiling.max_m).is_some();
         return Ok(LaunchPlan {
             kernel: Kernel::Decode,
-            subgroups: subgroups || stream,
-            stream,
+            subgroups,
+            stream: false,
             coop: false,
             segments,
             grid: [sum.num_seqs, gy, segments],
@@ -467,28 +497,110 @@ pub fn decode_tiling(head_dim: u32, limits: &wgpu::Limits, max_m: u32) -> Option
     }
 }
 
-/// The streaming decode rung's lane geometry `(EL, LPR)` for `g` on a device with `caps` and
-/// `max_m` query heads per workgroup, or `None` where it does not apply: each lane holds
-/// `EL` consecutive elements of a row (whole 16-byte words: EL is a multiple of 8 and of 4
-/// codes per word), `LPR = head_size / EL` lanes per row, a power of two the adapter's
-/// smallest subgroup holds. Query and accumulator registers (`2 · max_m · EL` floats) stay at
-/// most 128, so 8-bit codes at head size 128 take 4 query heads per workgroup, and 4- and 2-bit
-/// codes (32 and 64 elements per 16 bytes) are not admitted.
-pub fn stream_lanes(caps: &Caps, g: &Geometry, max_m: u32) -> Option<(u32, u32)> {
-    if !caps.subgroups || caps.subgroup_min_size < 2 {
-        return None;
-    }
+/// The streaming decode rung's lane geometry `(EL, LPR)` for `g` on a device with `caps`, or
+/// `None` where it does not apply: each lane holds `EL` = 8 consecutive elements of a row
+/// (one load of 16 bytes for 16-bit rows, two for f32, 8 bytes for 8-bit codes, 4 for 4-bit,
+/// half a word for 2-bit), `LPR = head_size / 8` lanes per row, a power of two of at most 32
+/// that the adapter's smallest subgroup holds. The workgroup's query heads (at most 4) are the
+/// components of a vec4, so query and accumulators take 64 registers whatever the mode.
+pub fn stream_lanes(caps: &Caps, g: &Geometry) -> Option<(u32, u32)> {
     let d = g.head_size;
-    let el = 8u32
-        .max(4 * g.elems_per_word)
-        .max(d / caps.subgroup_min_size.min(16));
-    let lpr = d / el;
-    let fits = el <= 16
-        && d.is_multiple_of(el)
+    let epw = g.elems_per_word;
+    let lpr = d / STREAM_EL;
+    let fits = caps.subgroups
+        && d.is_multiple_of(STREAM_EL)
         && lpr.is_power_of_two()
+        && lpr <= 32
         && lpr <= caps.subgroup_min_size
-        && max_m * el <= 64;
-    fits.then_some((el, lpr))
+        && matches!(epw, 1 | 2 | 4 | 8 | 16)
+        && (epw <= STREAM_EL || d.is_multiple_of(epw));
+    fits.then_some((STREAM_EL, lpr))
+}
+
+/// Elements per lane of the streaming decode rung.
+const STREAM_EL: u32 = 8;
+
+/// Query heads per workgroup of the streaming decode rung (the components of a vec4).
+pub const STREAM_HEADS: u32 = 4;
+
+/// Keys per key group and step of the streaming decode rung (`U` in decode_stream.wgsl).
+const STREAM_U: u32 = 4;
+
+/// The streaming rung's tiling: `wg_size` threads (128, or the `QUANTKV_DEBUG_DECODE_WG`
+/// knob), 4 query heads, `tile` = keys one round of the workgroup's subgroups streams at the
+/// adapter's smallest subgroup (`U` per key group).
+pub fn stream_tiling(caps: &Caps, g: &Geometry) -> Option<Tiling> {
+    let (_, lpr) = stream_lanes(caps, g)?;
+    let wg_size = decode_knobs().0.unwrap_or(128).clamp(32, 1024);
+    let limits = &caps.limits;
+    let fits = wg_size <= limits.max_compute_invocations_per_workgroup
+        && wg_size <= limits.max_compute_workgroup_size_x
+        && wg_size >= caps.subgroup_max_size.max(lpr)
+        && stream_smem(g.head_size) <= limits.max_compute_workgroup_storage_size;
+    fits.then_some(Tiling {
+        wg_size,
+        tile: STREAM_U * wg_size / lpr,
+        max_m: STREAM_HEADS,
+    })
+}
+
+/// Workgroup memory of the streaming decode rung.
+pub fn stream_smem(head_dim: u32) -> u32 {
+    // decode_common.wgsl's info and q_sh, decode_stream.wgsl's mlz_sh; a test checks this
+    // against naga's module.
+    r16(10 * 4) + r16(STREAM_HEADS * head_dim * 4) + r16(3 * 16)
+}
+
+/// Split-K segments of the streaming rung: enough workgroups for `target` (about two waves
+/// of resident workgroups on a large GPU; `QUANTKV_DEBUG_STREAM_TARGET` with `debug-knobs`),
+/// while each segment keeps at least four rounds of keys.
+pub fn stream_segments(
+    split: SplitK,
+    seq_threshold_3d: Option<u32>,
+    sum: &StepSummary,
+    grid_2d: u32,
+    tile: u32,
+) -> u32 {
+    if sum.max_seqlen_q > 1 || seq_threshold_3d.is_some_and(|t| sum.num_seqs > t) {
+        return 1;
+    }
+    match split {
+        SplitK::Off => 1,
+        SplitK::Segments(n) => n,
+        SplitK::Auto => {
+            let target = stream_target();
+            if grid_2d >= target / 2 {
+                return 1;
+            }
+            let by_work = (sum.max_seqlen_k / (4 * tile)).max(1);
+            let by_grid = target.div_ceil(grid_2d.max(1));
+            let n = by_work.min(by_grid).min(MAX_SEGMENTS);
+            if n < 2 {
+                1
+            } else {
+                n
+            }
+        }
+    }
+}
+
+/// Workgroups the streaming rung's split-K aims at.
+pub const STREAM_TARGET_WORKGROUPS: u32 = 1024;
+
+fn stream_target() -> u32 {
+    #[cfg(feature = "debug-knobs")]
+    {
+        static T: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+        if let Some(t) = *T.get_or_init(|| {
+            std::env::var("QUANTKV_DEBUG_STREAM_TARGET")
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+                .filter(|v| *v > 0)
+        }) {
+            return t;
+        }
+    }
+    STREAM_TARGET_WORKGROUPS
 }
 
 /// Rows per attention workgroup: all query heads of a KV head for decode batches (rounded
