@@ -256,6 +256,14 @@ fn fma_kernel_tflops(ctx: &Context, groups: u64) -> Result<f64> {
     Ok(groups as f64 * 256.0 * 512.0 * 8.0 * 2.0 / us / 1e6)
 }
 
+/// Milliseconds of sustained load before each row is timed (`--warm-ms`, default 300; 0 in
+/// the smoke run).
+static WARM_MS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(300);
+
+fn warm_ms() -> f64 {
+    WARM_MS.load(std::sync::atomic::Ordering::Relaxed) as f64
+}
+
 /// Median GPU microseconds of `record` over `runs` timed runs after `warmup` untimed ones.
 fn time_runs(
     ctx: &Context,
@@ -269,6 +277,18 @@ fn time_runs(
         ctx.queue.submit([enc.finish()]);
     }
     ctx.device.poll(wgpu::PollType::wait_indefinitely())?;
+    // Sustained load before timing: the GPU's clocks follow its load, and a row timed right
+    // after host-side work (allocation, fill, pipeline builds) could run at idle clocks for
+    // all of its runs. Back-to-back batches of 64 calls for at least WARM_MS of wall time.
+    let t0 = Instant::now();
+    while warmup > 0 && t0.elapsed().as_secs_f64() * 1e3 < warm_ms() {
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        for _ in 0..64 {
+            record(&mut enc)?;
+        }
+        ctx.queue.submit([enc.finish()]);
+        ctx.device.poll(wgpu::PollType::wait_indefinitely())?;
+    }
     let mut us = Vec::new();
     if GpuTimer::supported(ctx) {
         let per = 10;
@@ -579,6 +599,14 @@ fn main() -> Result<()> {
         std::sync::atomic::Ordering::Relaxed,
     );
     NO_FILL.store(flag("--no-fill"), std::sync::atomic::Ordering::Relaxed);
+    WARM_MS.store(
+        if smoke {
+            0
+        } else {
+            opt("--warm-ms").and_then(|v| v.parse().ok()).unwrap_or(300)
+        },
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let filter = opt("--filter");
     let mut list = shapes(quick, flag("--sweep"));
     if let Some(f) = &filter {

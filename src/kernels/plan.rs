@@ -26,9 +26,11 @@ pub enum SplitK {
 pub enum AttentionPath {
     /// The decode kernel for batches whose every query length is <= 1 (and that carry no
     /// prefix ranges); otherwise the prefill kernel on cooperative matrices where the adapter
-    /// has them ([`crate::Caps::coop_f16`], f16 or bf16 models), the unified kernel elsewhere. The decode kernel takes its subgroup rung
-    /// where the adapter's subgroups hold at least 8 invocations and the launch fills the GPU
-    /// (at least [`SUBGROUP_RUNG_MIN_WORKGROUPS`] workgroups), its portable rung otherwise.
+    /// has them ([`crate::Caps::coop_f16`], f16 or bf16 models), the unified kernel elsewhere.
+    /// The decode kernel takes its streaming rung where the adapter's smallest subgroup holds
+    /// a row's lanes (head size / 8; see [`AttentionPath::DecodeStream`]); else its subgroup
+    /// rung where subgroups hold at least 8 invocations and the launch fills the GPU (at least
+    /// [`SUBGROUP_RUNG_MIN_WORKGROUPS`] workgroups); its portable rung otherwise.
     #[default]
     Auto,
     /// Always the unified kernel (for comparison and for testing it on decode batches).
@@ -39,10 +41,11 @@ pub enum AttentionPath {
     /// The decode kernel's subgroup rung for decode batches whatever their size, where the
     /// adapter has subgroups of at least 8 invocations (the portable rung elsewhere).
     DecodeSubgroups,
-    /// The decode kernel's streaming rung (16-byte loads, no barrier in the key loop) for
-    /// decode batches, where the shape and the adapter admit it (the subgroup
-    /// rung elsewhere). Experimental: measured 2.5–3× slower than the subgroup rung on an
-    /// H200 (BENCHMARKS.md), so `Auto` never takes it.
+    /// The decode kernel's streaming rung for decode batches, where the adapter's smallest
+    /// subgroup holds head size / 8 lanes (the subgroup rung elsewhere): 8 elements per lane
+    /// at the code's width (16-byte loads for f16 rows), the query heads of a workgroup as the
+    /// components of a vec4, per-key-group online softmax with a lazy rescale, no barrier in
+    /// the key loop, the next step's loads in flight while the current one is computed.
     DecodeStream,
     /// The tiled prefill kernel through its scalar fragment twin (the portable tiled kernel),
     /// for any batch, where its tiling fits the adapter (the unified kernel elsewhere).
@@ -114,7 +117,7 @@ pub fn launch_plan(
     } else {
         None
     };
-    let stream = if decode && p.path == AttentionPath::DecodeStream {
+    let stream = if decode && matches!(p.path, AttentionPath::Auto | AttentionPath::DecodeStream) {
         stream_tiling(caps, g)
     } else {
         None

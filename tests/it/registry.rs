@@ -115,11 +115,18 @@ fn decode_batches_pick_the_decode_kernel_and_its_rungs() {
     let Some(shared) = context() else { return };
     let s = shape(&[(1, 40), (1, 9)], 8, 2, 64, Dtype::F16);
     let sg = shared.caps().subgroups && shared.caps().subgroup_min_size >= 8;
-    // Labels: quantkv/<kernel>/<modes>/o<mode options>/d<head>/<dtype>/<features>/<tiling>. The batch is far
-    // below SUBGROUP_RUNG_MIN_WORKGROUPS, so Auto takes the portable rung.
+    // Labels: quantkv/<kernel>/<modes>/o<mode options>/d<head>/<dtype>/<features>/<tiling>.
+    // Auto takes the streaming rung where the smallest subgroup holds a row's 8 lanes (head
+    // size 64); the batch is far below SUBGROUP_RUNG_MIN_WORKGROUPS, so Auto takes the
+    // portable rung elsewhere.
     let portable = "quantkv/decode/none-none/o0/d64/f16/base/";
+    let stream = "quantkv/decode/none-none/o0/d64/f16/sg+stream/";
     for (path, want) in [
-        (AttentionPath::Auto, portable),
+        (AttentionPath::Auto, if sg { stream } else { portable }),
+        (
+            AttentionPath::DecodeStream,
+            if sg { stream } else { portable },
+        ),
         (
             AttentionPath::DecodeSubgroups,
             if sg {
@@ -170,8 +177,8 @@ fn decode_batches_pick_the_decode_kernel_and_its_rungs() {
 /// once on a context built with them on, so the checked build stays valid too: write_copy and
 /// the prefill kernel (mixed batch, mode none; on cooperative matrices where the adapter has
 /// them), the unified kernel on the same batch, write_rows with a transform, the decode
-/// kernel's portable rung, its subgroup rung (where the adapter has one) and the split-K
-/// reduce (int4).
+/// kernel's portable rung, its subgroup and streaming rungs (where the adapter has them) and
+/// the split-K reduce (int4).
 #[test]
 fn checked_shaders_smoke_every_kernel() {
     let Some(_) = context() else { return };
@@ -191,6 +198,7 @@ fn checked_shaders_smoke_every_kernel() {
     for path in [
         AttentionPath::DecodePortable,
         AttentionPath::DecodeSubgroups,
+        AttentionPath::DecodeStream,
     ] {
         let ex = Extras {
             split: SplitK::Segments(3),
