@@ -91,7 +91,8 @@ fn plan_decode(wid: vec3<u32>, nseg: u32) -> DecInfo {
 
 // Raw q.k -> scaled, softcap, ALiBi, qq_bias; NEG for keys past the chunk and padding rows.
 fn finish_score(raw: f32, m: u32, key: u32, valid: bool, inf: DecInfo) -> f32 {
-    var x = score_terms(raw, inf.head0 + m, key, inf.ctx, 0u);
+    // (Padding rows read the last real head's ALiBi slope: every index stays in range.)
+    var x = score_terms(raw, inf.head0 + min(m, inf.nheads - 1u), key, inf.ctx, 0u);
     if (!valid || m >= inf.nheads) {
         x = NEG;
     }

@@ -14,8 +14,9 @@
 //   * Each key group streams U consecutive keys per step, its subgroup's steps being
 //     sid, sid + nsg, ...; the K and V words (and scales) of the next step are loaded before
 //     the current step is computed, and the block-table entries two steps ahead.
-//   * Scores: 8 vec4 multiply-adds per key, then log2(LPR) vec4 shuffles finish the dot in
-//     every lane of the key group (each lane ends with the same bits).
+//   * Scores: 8 vec4 multiply-adds per key, then the dot is finished over the key group with
+//     the heads scattered over its lanes and gathered back (row_sum4: every lane ends with the
+//     same bits).
 //   * Online softmax per key group with a lazy rescale: the accumulators are rescaled only
 //     when a step's maximum rises more than TAU above the running one (p <= e^TAU otherwise).
 //   * After the loop: key groups merged by shuffles, subgroups one after another through
@@ -94,25 +95,36 @@ fn exp_diff4(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
     return select(exp(h + h), vec4<f32>(0.0), h < vec4<f32>(-64.0));
 }
 
-// Sum over the LPR lanes of a key group (the same bits in each of them).
-fn row_sum4(x: vec4<f32>) -> vec4<f32> {
-    var y = x;
+// Sum over the LPR lanes of a key group, every head (the same bits in each lane). With at
+// least 4 lanes per row the heads are scattered while they are summed (two heads per lane
+// after the first exchange, one after the second: 3 + log2(LPR / 4) shuffles), then gathered
+// back from the lanes that hold each head (4 shuffles): 9 shuffles at 16 lanes, not 16.
+fn row_sum4(x: vec4<f32>, lane: u32, base: u32) -> vec4<f32> {
+    if (LPR < 4u) {
+        var y = x;
+        if (LPR >= 2u) {
+            y += subgroupShuffleXor(y, 1u);
+        }
+        return y;
+    }
+    let o1 = LPR / 2u;
+    let o2 = LPR / 4u;
+    let hi1 = (lane & o1) != 0u;
+    let y2 = select(x.xy, x.zw, hi1) + subgroupShuffleXor(select(x.zw, x.xy, hi1), o1);
+    let hi2 = (lane & o2) != 0u;
+    var y = select(y2.x, y2.y, hi2) + subgroupShuffleXor(select(y2.y, y2.x, hi2), o2);
     if (LPR >= 32u) {
-        y += subgroupShuffleXor(y, 16u);
-    }
-    if (LPR >= 16u) {
-        y += subgroupShuffleXor(y, 8u);
-    }
-    if (LPR >= 8u) {
         y += subgroupShuffleXor(y, 4u);
     }
-    if (LPR >= 4u) {
+    if (LPR >= 16u) {
         y += subgroupShuffleXor(y, 2u);
     }
-    if (LPR >= 2u) {
+    if (LPR >= 8u) {
         y += subgroupShuffleXor(y, 1u);
     }
-    return y;
+    // Head 2 b1 + b2 sits in the lanes whose bits o1, o2 are b1, b2.
+    return vec4<f32>(subgroupShuffle(y, base), subgroupShuffle(y, base + o2),
+                     subgroupShuffle(y, base + o1), subgroupShuffle(y, base + o1 + o2));
 }
 
 fn dot8(q: Q8, k: E8) -> vec4<f32> {
@@ -128,14 +140,23 @@ fn dot8(q: Q8, k: E8) -> vec4<f32> {
 }
 
 // A key's finished scores (every head): the dot finished over the key group, the row scale
-// and zero point, then spec 6.1's terms; NEG for keys outside the segment and padding heads.
+// and zero point, then spec 6.1's terms; NEG for keys outside the segment. Padding heads
+// (past the KV head's group) have a zero query and are never stored, so they are not masked.
 fn score4(q: Q8, k: E8, ks: f32, kz: f32, qsum: vec4<f32>, key: u32, valid: bool,
-          inf: DecInfo) -> vec4<f32> {
-    let raw = fma(row_sum4(dot8(q, k)), vec4<f32>(ks), -kz * qsum);
-    return vec4<f32>(finish_score(raw.x, 0u, key, valid, inf),
-                     finish_score(raw.y, 1u, key, valid, inf),
-                     finish_score(raw.z, 2u, key, valid, inf),
-                     finish_score(raw.w, 3u, key, valid, inf));
+          lane: u32, base: u32, inf: DecInfo) -> vec4<f32> {
+    let raw = fma(row_sum4(dot8(q, k), lane, base), vec4<f32>(ks), -kz * qsum);
+    var s: vec4<f32>;
+    if (HAS_SOFTCAP || ALIBI_MODE != 0u || HAS_QQ) {
+        let last = inf.nheads - 1u; // padding heads read a real head's ALiBi slope
+        s = vec4<f32>(score_terms(raw.x, inf.head0, key, inf.ctx, 0u),
+                      score_terms(raw.y, inf.head0 + min(1u, last), key, inf.ctx, 0u),
+                      score_terms(raw.z, inf.head0 + min(2u, last), key, inf.ctx, 0u),
+                      score_terms(raw.w, inf.head0 + min(3u, last), key, inf.ctx, 0u));
+    } else {
+        s = clamp(raw * (ly.softmax_scale * transform_score_scale()), vec4<f32>(-REAL_MAX),
+                  vec4<f32>(REAL_MAX));
+    }
+    return select(vec4<f32>(NEG), s, valid);
 }
 
 fn p_of(s: vec4<f32>, m: vec4<f32>) -> vec4<f32> {
@@ -263,16 +284,20 @@ fn load_step(r: vec4<u32>, lane: u32) -> Loads {
 
 // One step of a key group: keys k0 .. k0 + 3.
 fn run_step(run: Run, q: Q8, qsum: vec4<f32>, ld: Loads, k0: u32, lo: u32, hi: u32,
-            lane: u32, inf: DecInfo) -> Run {
+            lane: u32, base: u32, inf: DecInfo) -> Run {
     let ok0 = k0 >= lo && k0 < hi;
     let ok1 = k0 + 1u >= lo && k0 + 1u < hi;
     let ok2 = k0 + 2u >= lo && k0 + 2u < hi;
     let ok3 = k0 + 3u >= lo && k0 + 3u < hi;
     let kz = ld.ks * ld.kz; // scale * zero
-    let s0 = score4(q, k_unpack(ld.k0, lane), ld.ks.x, kz.x, qsum, k0, ok0, inf);
-    let s1 = score4(q, k_unpack(ld.k1, lane), ld.ks.y, kz.y, qsum, k0 + 1u, ok1, inf);
-    let s2 = score4(q, k_unpack(ld.k2, lane), ld.ks.z, kz.z, qsum, k0 + 2u, ok2, inf);
-    let s3 = score4(q, k_unpack(ld.k3, lane), ld.ks.w, kz.w, qsum, k0 + 3u, ok3, inf);
+    let s0 = score4(q, k_unpack(ld.k0, lane), ld.ks.x, kz.x, qsum, k0, ok0, lane, base,
+                      inf);
+    let s1 = score4(q, k_unpack(ld.k1, lane), ld.ks.y, kz.y, qsum, k0 + 1u, ok1, lane, base,
+                      inf);
+    let s2 = score4(q, k_unpack(ld.k2, lane), ld.ks.z, kz.z, qsum, k0 + 2u, ok2, lane, base,
+                      inf);
+    let s3 = score4(q, k_unpack(ld.k3, lane), ld.ks.w, kz.w, qsum, k0 + 3u, ok3, lane, base,
+                      inf);
     var r = run;
     let mx = max(max(s0, s1), max(s2, s3));
     if (any(mx > r.m + vec4<f32>(TAU))) {
@@ -320,6 +345,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let lane = si % LPR; // position in the row
     let kg = si / LPR; // key group in the subgroup
     let nkg = ss / LPR;
+    let kbase = si - lane; // the key group's first lane
 
     // This lane's query elements of every head (q_sh holds M_MAX = 4 rows, padding rows 0).
     let c = 2u * lane;
@@ -338,7 +364,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     // Each head's element sum (zero points): the lane's 8 elements, then the key group.
     var qsum = vec4<f32>(0.0);
     if (K_HAS_ZERO) {
-        qsum = row_sum4(((q.e0 + q.e1) + (q.e2 + q.e3)) + ((q.e4 + q.e5) + (q.e6 + q.e7)));
+        qsum = row_sum4(((q.e0 + q.e1) + (q.e2 + q.e3)) + ((q.e4 + q.e5) + (q.e6 + q.e7)), lane,
+                        kbase);
     }
 
     var run: Run;
@@ -368,7 +395,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     for (; j < nsteps; j += nsg) {
         let rows_after = rows4(base + (j + 2u * nsg) * per_step + off, lo, hi, inf);
         let nxt = load_step(rows_next, lane);
-        run = run_step(run, q, qsum, cur, base + j * per_step + off, lo, hi, lane, inf);
+        run = run_step(run, q, qsum, cur, base + j * per_step + off, lo, hi, lane, kbase, inf);
         cur = nxt;
         rows_next = rows_after;
     }

@@ -554,9 +554,11 @@ pub fn stream_smem(head_dim: u32) -> u32 {
     r16(10 * 4) + r16(STREAM_HEADS * head_dim * 4) + r16(3 * 16)
 }
 
-/// Split-K segments of the streaming rung: enough workgroups for `target` (about two waves
-/// of resident workgroups on a large GPU; `QUANTKV_DEBUG_STREAM_TARGET` with `debug-knobs`),
-/// while each segment keeps at least four rounds of keys.
+/// Split-K segments of the streaming rung (measured on an H200, BENCHMARKS.md): at least
+/// [`STREAM_FILL_WORKGROUPS`] workgroups where the context allows segments of four rounds of
+/// keys, else segments of [`STREAM_SEGMENT_KEYS`] keys, never more than `target` workgroups
+/// ([`STREAM_TARGET_WORKGROUPS`]; `QUANTKV_DEBUG_STREAM_TARGET` with `debug-knobs`) or
+/// [`MAX_SEGMENTS`] segments.
 pub fn stream_segments(
     split: SplitK,
     seq_threshold_3d: Option<u32>,
@@ -572,12 +574,17 @@ pub fn stream_segments(
         SplitK::Segments(n) => n,
         SplitK::Auto => {
             let target = stream_target();
-            if grid_2d >= target / 2 {
+            let grid = grid_2d.max(1);
+            if grid >= target / 2 {
                 return 1;
             }
-            let by_work = (sum.max_seqlen_k / (4 * tile)).max(1);
-            let by_grid = target.div_ceil(grid_2d.max(1));
-            let n = by_work.min(by_grid).min(MAX_SEGMENTS);
+            let l = sum.max_seqlen_k;
+            let n = STREAM_FILL_WORKGROUPS
+                .div_ceil(grid)
+                .max(l / STREAM_SEGMENT_KEYS)
+                .min(target.div_ceil(grid))
+                .min(l / (4 * tile))
+                .min(MAX_SEGMENTS);
             if n < 2 {
                 1
             } else {
@@ -586,6 +593,13 @@ pub fn stream_segments(
         }
     }
 }
+
+/// Workgroups the streaming rung's split-K fills the GPU with first (two per multiprocessor
+/// of a 132-multiprocessor GPU; wgpu does not report the count).
+pub const STREAM_FILL_WORKGROUPS: u32 = 264;
+
+/// Keys per segment of the streaming rung's split-K once the GPU is filled.
+pub const STREAM_SEGMENT_KEYS: u32 = 1024;
 
 /// Workgroups the streaming rung's split-K aims at.
 pub const STREAM_TARGET_WORKGROUPS: u32 = 1024;
