@@ -291,7 +291,9 @@ fn time_runs(
     }
     let mut us = Vec::new();
     if GpuTimer::supported(ctx) {
-        let per = 10;
+        // All timed runs in one submission, right after the sustained warm-up: a gap for a
+        // host read-back between batches let the clocks drop in some rows.
+        let per = runs.clamp(1, 64);
         let mut timer = GpuTimer::new(ctx, per)?;
         let mut done = 0;
         while done < runs {

@@ -382,9 +382,12 @@ pub fn coop_admits(caps: &Caps, g: &Geometry) -> bool {
 }
 
 /// Whether the prefill kernel's tiles hold f16 (else f32): always on cooperative matrices,
-/// on the twin where `SHADER_F16` exists and the model is not f32.
+/// on the twin where `SHADER_F16` exists, the model is not f32 and the mode has no query
+/// transform: INT2's raw values are its codebook's centroids, which f16 does not hold exactly
+/// (a 2^-12 relative error that FP8 output near zero showed on an H200, one test seed of the
+/// extended matrix), and INT4 stays with it (it is kept off cooperative matrices too).
 pub fn prefill_f16(caps: &Caps, g: &Geometry, coop: bool) -> bool {
-    coop || (caps.shader_f16 && g.dtype != crate::types::Dtype::F32)
+    coop || (caps.shader_f16 && g.dtype != crate::types::Dtype::F32 && !g.transform)
 }
 
 /// Row strides of the prefill kernel's tiles `(QS, KS, PS, SS)` in elements: Q and K/V rows
