@@ -159,25 +159,16 @@ fn score4(q: Q8, k: E8, ks: f32, kz: f32, qsum: vec4<f32>, key: u32, valid: bool
     return select(vec4<f32>(NEG), s, valid);
 }
 
-// p = exp(s - m) with no guard: s <= m + TAU once a key group has seen a real score (the
-// lazy rescale), a masked score (NEG) gives exp(-huge) = 0, and a key group that has seen no
-// real score yet (m = NEG, p = 1 for its masked keys, whose values are zeroed) is weighted 0
-// when the key groups are merged, since some other key group of the segment has.
 fn p_of(s: vec4<f32>, m: vec4<f32>) -> vec4<f32> {
-    return exp(s - m);
+    return select(vec4<f32>(0.0), exp_diff4(s, m), s > vec4<f32>(NEG_HALF));
 }
 
-// A key outside the segment: its values zeroed, even where its (clamped) row holds a
-// non-finite value.
-fn v_clean(v: E8, valid: bool) -> E8 {
-    return E8(select(vec4<f32>(0.0), v.a, valid), select(vec4<f32>(0.0), v.b, valid));
-}
-
-// acc += p (every head) * the key's 8 values.
-fn pv8(r: Run, p: vec4<f32>, v: E8) -> Run {
+// acc += p (every head) * the key's 8 values; a key outside the segment adds exactly 0, even
+// where its (clamped) row holds a non-finite value.
+fn pv8(r: Run, p: vec4<f32>, v: E8, valid: bool) -> Run {
     var o = r;
-    let a = v.a;
-    let b = v.b;
+    let a = select(vec4<f32>(0.0), v.a, valid);
+    let b = select(vec4<f32>(0.0), v.b, valid);
     o.a0 = fma(p, vec4<f32>(a.x), o.a0);
     o.a1 = fma(p, vec4<f32>(a.y), o.a1);
     o.a2 = fma(p, vec4<f32>(a.z), o.a2);
@@ -327,17 +318,10 @@ fn run_step(run: Run, q: Q8, qsum: vec4<f32>, ld: Loads, k0: u32, lo: u32, hi: u
     if (V_HAS_ZERO) {
         r.z += (q0 * ld.vz.x + q1 * ld.vz.y) + (q2 * ld.vz.z + q3 * ld.vz.w);
     }
-    if (k0 >= lo && k0 + 3u < hi) {
-        r = pv8(r, q0, v_unpack(ld.v0, lane));
-        r = pv8(r, q1, v_unpack(ld.v1, lane));
-        r = pv8(r, q2, v_unpack(ld.v2, lane));
-        r = pv8(r, q3, v_unpack(ld.v3, lane));
-    } else {
-        r = pv8(r, q0, v_clean(v_unpack(ld.v0, lane), ok0));
-        r = pv8(r, q1, v_clean(v_unpack(ld.v1, lane), ok1));
-        r = pv8(r, q2, v_clean(v_unpack(ld.v2, lane), ok2));
-        r = pv8(r, q3, v_clean(v_unpack(ld.v3, lane), ok3));
-    }
+    r = pv8(r, q0, v_unpack(ld.v0, lane), ok0);
+    r = pv8(r, q1, v_unpack(ld.v1, lane), ok1);
+    r = pv8(r, q2, v_unpack(ld.v2, lane), ok2);
+    r = pv8(r, q3, v_unpack(ld.v3, lane), ok3);
     return r;
 }
 
@@ -357,23 +341,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     let d4 = HEAD_DIM / 4u;
+    load_q(tid, inf);
     let lane = si % LPR; // position in the row
     let kg = si / LPR; // key group in the subgroup
     let nkg = ss / LPR;
     let kbase = si - lane; // the key group's first lane
-    // The first step's loads go out before the query prologue. Steps start at a key aligned
-    // to U (keys below key_lo are masked), so a step's keys share a page whenever the block
-    // size is a multiple of U.
-    let lo = inf.key_lo;
-    let hi = inf.key_hi;
-    let base = lo - lo % U;
-    let per_step = U * nkg;
-    let nsteps = (hi - base + per_step - 1u) / per_step;
-    let off = kg * U;
-    var j = sid;
-    var cur = load_step(rows4(base + j * per_step + off, lo, hi, inf), lane);
-    var rows_next = rows4(base + (j + nsg) * per_step + off, lo, hi, inf);
-    load_q(tid, inf);
 
     // This lane's query elements of every head (q_sh holds M_MAX = 4 rows, padding rows 0).
     let c = 2u * lane;
@@ -409,6 +381,17 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     }
     workgroupBarrier(); // every lane has its q; q_sh is free for the merge
 
+    // Steps start at a key aligned to U (keys below key_lo are masked), so a step's keys share
+    // a page whenever the block size is a multiple of U.
+    let lo = inf.key_lo;
+    let hi = inf.key_hi;
+    let base = lo - lo % U;
+    let per_step = U * nkg;
+    let nsteps = (hi - base + per_step - 1u) / per_step;
+    let off = kg * U;
+    var j = sid;
+    var cur = load_step(rows4(base + j * per_step + off, lo, hi, inf), lane);
+    var rows_next = rows4(base + (j + nsg) * per_step + off, lo, hi, inf);
     for (; j < nsteps; j += nsg) {
         let rows_after = rows4(base + (j + 2u * nsg) * per_step + off, lo, hi, inf);
         let nxt = load_step(rows_next, lane);
