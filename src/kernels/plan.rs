@@ -112,69 +112,48 @@ pub fn launch_plan(
         && !prefix_ranges
         && p.path != AttentionPath::Unified
         && !prefill_path;
-    let chunked = if decode {
-        decode_tiling(g.head_size, limits, rows)
-    } else {
+    // The streaming rung where it is admitted (Auto or forced), else the chunked decode
+    // kernel's subgroup / portable rungs.
+    let stream_ok = decode && matches!(p.path, AttentionPath::Auto | AttentionPath::DecodeStream);
+    let decode_plan = if !decode {
         None
-    };
-    let stream = if decode && matches!(p.path, AttentionPath::Auto | AttentionPath::DecodeStream) {
-        stream_tiling(caps, g)
+    } else if let Some(t) = stream_ok.then(|| stream_tiling(caps, g)).flatten() {
+        Some((t, true))
     } else {
-        None
+        decode_tiling(g.head_size, limits, rows).map(|t| (t, false))
     };
-    if let Some(tiling) = stream {
+    if let Some((tiling, stream)) = decode_plan {
         let hg = qpk.min(tiling.max_m);
         let chunks = qpk.div_ceil(hg);
         let gy = g.num_kv_heads * chunks;
         if sum.num_seqs > max_dim || gy > max_dim {
             return Err(grid_error(sum.num_seqs, gy, max_dim));
         }
-        let segments = stream_segments(
-            p.split,
-            p.seq_threshold_3d,
-            sum,
-            sum.num_seqs * gy,
-            tiling.tile,
-        );
-        return Ok(LaunchPlan {
-            kernel: Kernel::Decode,
-            subgroups: true,
-            stream: true,
-            coop: false,
-            segments,
-            grid: [sum.num_seqs, gy, segments],
-            tiling,
-            heads_per_wg: hg,
-            q_per_wg: 1,
-            head_chunks: chunks,
-        });
-    }
-    if let Some(tiling) = chunked {
-        let hg = qpk.min(tiling.max_m);
-        let chunks = qpk.div_ceil(hg);
-        let gy = g.num_kv_heads * chunks;
-        if sum.num_seqs > max_dim || gy > max_dim {
-            return Err(grid_error(sum.num_seqs, gy, max_dim));
-        }
-        // Segments of at least one chunk each.
-        let segments = plan_split(
-            p.split,
-            p.seq_threshold_3d,
-            sum,
-            sum.num_seqs * gy,
-            tiling.tile / MIN_TILES_PER_SEGMENT,
-        );
-        let subgroups = caps.subgroups
-            && caps.subgroup_min_size >= 8
-            && match p.path {
-                AttentionPath::DecodeSubgroups | AttentionPath::DecodeStream => true,
-                AttentionPath::Auto => sum.num_seqs * gy * segments >= SUBGROUP_RUNG_MIN_WORKGROUPS,
-                _ => false,
-            };
+        let grid_2d = sum.num_seqs * gy;
+        let segments = if stream {
+            stream_segments(p.split, p.seq_threshold_3d, sum, grid_2d, tiling.tile)
+        } else {
+            // Segments of at least one chunk each.
+            plan_split(
+                p.split,
+                p.seq_threshold_3d,
+                sum,
+                grid_2d,
+                tiling.tile / MIN_TILES_PER_SEGMENT,
+            )
+        };
+        let subgroups = stream
+            || caps.subgroups
+                && caps.subgroup_min_size >= 8
+                && match p.path {
+                    AttentionPath::DecodeSubgroups | AttentionPath::DecodeStream => true,
+                    AttentionPath::Auto => grid_2d * segments >= SUBGROUP_RUNG_MIN_WORKGROUPS,
+                    _ => false,
+                };
         return Ok(LaunchPlan {
             kernel: Kernel::Decode,
             subgroups,
-            stream: false,
+            stream,
             coop: false,
             segments,
             grid: [sum.num_seqs, gy, segments],
