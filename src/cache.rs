@@ -158,17 +158,8 @@ impl KvCache {
         let usage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_SRC
             | wgpu::BufferUsages::COPY_DST;
-        let make = |label: &'static str, size: u64| {
-            let size = size.max(16);
-            ctx.guarded(label, size, || {
-                ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some(label),
-                    size,
-                    usage,
-                    mapped_at_creation: false,
-                })
-            })
-        };
+        let make =
+            |label: &'static str, size: u64| ctx.guarded_buffer(label, label, size.max(16), usage);
         let id = NEXT_CACHE_ID.fetch_add(1, Ordering::Relaxed);
         let mut layers = Vec::with_capacity(config.num_layers as usize);
         for _ in 0..config.num_layers {
