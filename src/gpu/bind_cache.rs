@@ -5,7 +5,7 @@
 //! work stay alive through wgpu's own refcounting). A cached bind group holds its buffers, so
 //! every [`crate::KvCache`] evicts the groups that bind its pools when it is dropped
 //! ([`BindCache::forget`]): otherwise a dropped cache's memory would stay allocated until the
-//! cap is reached, and later allocations could be placed in slower memory.
+//! cap is reached.
 
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::Mutex;
