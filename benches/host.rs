@@ -2,7 +2,9 @@
 //! (`BatchPlan::new`), recording one layer's `unified_attention` call into an encoder (no
 //! submit), and one whole decode step of a 32-layer model (plan, then per layer a
 //! `reshape_and_cache` and a `unified_attention`, then finish and submit), at B=1 L=1k and
-//! B=16 L=32k (Hq 32, Hkv 8, D 128, f16 cache, block 16).
+//! B=16 L=32k (Hq 32, Hkv 8, D 128, f16 cache, block 16). The whole step is also timed on wgpu's
+//! no-op backend (`*_noop`: quantkv's and wgpu-core's share, no driver), which tells the two
+//! apart from the driver's share on a real adapter.
 //!
 //!   cargo bench --bench host
 
@@ -115,18 +117,59 @@ fn bench(c: &mut Criterion) {
     }
 }
 
+/// A context on wgpu's no-op backend: an adapter with a 32-wide subgroup, f16 and timestamps,
+/// whose commands go nowhere, so a step's host cost is quantkv's and wgpu-core's alone.
+fn noop_context() -> Option<Context> {
+    let features =
+        wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
+    let options = wgpu::BackendOptions {
+        noop: wgpu::NoopBackendOptions {
+            enable: true,
+            limits: None,
+            features: Some(features),
+            device_type: Some(wgpu::DeviceType::DiscreteGpu),
+            subgroup_min_size: Some(32),
+            subgroup_max_size: Some(32),
+        },
+        ..Default::default()
+    };
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::NOOP,
+        backend_options: options,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default())).ok()?;
+    let mut limits = adapter.limits();
+    // The no-op adapter reports unbounded limits; a binding is at most 2 GiB - 4 in wgpu.
+    limits.max_storage_buffer_binding_size = (1 << 31) - 4;
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_features: features,
+        required_limits: limits,
+        ..Default::default()
+    }))
+    .ok()?;
+    Some(Context::from_device(device, queue))
+}
+
 /// One whole decode step of a 32-layer model at context 1k (B = 1 and 16): the host work of a
 /// step (plan, 64 calls, finish, submit), timed without the GPU's share (drained outside the
 /// timed part every 4 steps; on lavapipe the "GPU" is the same CPU, so measure this on a real
-/// GPU's host).
+/// GPU's host, or on the no-op backend).
 fn full_step(c: &mut Criterion) {
-    let Ok(ctx) = Context::new() else {
-        eprintln!("no adapter: host benchmarks skipped");
-        return;
-    };
+    match Context::new() {
+        Ok(ctx) => full_step_on(c, &ctx, ""),
+        Err(_) => eprintln!("no adapter: host benchmarks on a device skipped"),
+    }
+    match noop_context() {
+        Some(ctx) => full_step_on(c, &ctx, "_noop"),
+        None => eprintln!("no no-op adapter: its host benchmark skipped"),
+    }
+}
+
+fn full_step_on(c: &mut Criterion, ctx: &Context, suffix: &str) {
     for b in [1u32, 16] {
         let l = 1024u32;
-        let Some(s) = setup(&ctx, b, l, 32) else {
+        let Some(s) = setup(ctx, b, l, 32) else {
             eprintln!("setup failed: host benchmarks skipped");
             return;
         };
@@ -153,9 +196,9 @@ fn full_step(c: &mut Criterion) {
         };
         for one_pass in [false, true] {
             let name = if one_pass {
-                format!("full_step_32_layers_one_pass_b{b}_l{l}")
+                format!("full_step_32_layers_one_pass_b{b}_l{l}{suffix}")
             } else {
-                format!("full_step_32_layers_b{b}_l{l}")
+                format!("full_step_32_layers_b{b}_l{l}{suffix}")
             };
             c.bench_function(&name, |bench| {
                 bench.iter_custom(|iters| {

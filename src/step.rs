@@ -234,7 +234,13 @@ pub struct BatchPlan {
 
 impl Drop for BatchPlan {
     fn drop(&mut self) {
-        if let Some(b) = self.bufs.take() {
+        if let Some(mut b) = self.bufs.take() {
+            b.partials = self
+                .gpu
+                .partials
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
             self.pool.put(b);
         }
     }
@@ -289,7 +295,10 @@ impl BatchPlan {
         ctx.queue.write_buffer(&bufs.meta, 0, meta_bytes);
         Ok(Self {
             pool: ctx.step_pool(),
-            bufs: Some(bufs.clone()),
+            bufs: Some(StepBuffers {
+                partials: None,
+                ..bufs.clone()
+            }),
             gpu: StepGpu {
                 summary,
                 num_blocks: config.num_blocks,
@@ -298,7 +307,7 @@ impl BatchPlan {
                 meta: bufs.meta,
                 has_qq: input.qq_bias.is_some(),
                 has_mm: input.prefix_ranges.is_some(),
-                partials: Mutex::new(None),
+                partials: Mutex::new(bufs.partials),
             },
         })
     }

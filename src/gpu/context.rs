@@ -95,6 +95,9 @@ pub struct StepBuffers {
     pub uniform: wgpu::Buffer,
     /// The step metadata (`array<i32>`).
     pub meta: wgpu::Buffer,
+    /// The split-K partials buffer the last plan on these buffers used (kept with them, so the
+    /// next step's layer calls bind the same buffer and find their bind groups cached).
+    pub partials: Option<std::sync::Arc<wgpu::Buffer>>,
 }
 
 /// Step buffers of dropped plans, ready for the next ones (a few; larger ones first).
@@ -526,6 +529,7 @@ impl Context {
         Ok(StepBuffers {
             uniform: make("step uniform", 64, wgpu::BufferUsages::UNIFORM)?,
             meta: make("step metadata", cap, wgpu::BufferUsages::STORAGE)?,
+            partials: None,
         })
     }
 

@@ -688,7 +688,8 @@ fn attention_entries() -> Vec<wgpu::BindGroupLayoutEntry> {
 }
 
 /// The plan's split-K partial buffer, created on first use (and grown if a later layer needs
-/// more), so layers of one step share it instead of creating one per call.
+/// more), so layers of one step share it instead of creating one per call; it returns to the
+/// context's step pool with the plan's buffers, so later steps bind the same buffer.
 fn partials_buffer(ctx: &Context, step: &StepGpu, bytes: u64) -> Result<Arc<wgpu::Buffer>> {
     let limit = ctx.limits().max_storage_buffer_binding_size;
     if bytes > limit {
@@ -703,10 +704,13 @@ fn partials_buffer(ctx: &Context, step: &StepGpu, bytes: u64) -> Result<Arc<wgpu
             return Ok(b.clone());
         }
     }
-    let b = Arc::new(ctx.guarded("split-K partials", bytes, || {
+    // Rounded up to a power of two (within the limit): the buffer stays with the step
+    // buffers for later steps, so a batch that grows by a few rows does not replace it.
+    let size = bytes.next_power_of_two().min(limit).max(bytes).max(16);
+    let b = Arc::new(ctx.guarded("split-K partials", size, || {
         ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("quantkv/split_partials"),
-            size: bytes.max(16),
+            size,
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         })

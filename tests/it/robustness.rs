@@ -753,3 +753,101 @@ fn attend_4_heads(
         },
     )
 }
+
+#[test]
+fn steps_reuse_pooled_buffers_and_bind_groups() {
+    // A step's split-K partials return to the context's step pool with its metadata buffers,
+    // so the next step of the same shape binds the same buffers and creates no bind group
+    // (creating ~64 per step was most of a step's host cost). Reuse must not change results:
+    // every step of one shape is bit-identical (split-K with a fixed segment count is
+    // deterministic), also after a larger step replaced the pooled partials.
+    let Some(w) = Watched::new() else { return };
+    let ctx = &w.ctx;
+    let cfg = small_cfg(KvQuantMode::Int8PerTokenHead);
+    let cache = KvCache::new(ctx, &cfg).unwrap();
+    let mut rng = quantkv::reference::rng::SplitMix64::new(7);
+    let rows: Vec<u16> = (0..64 * 2 * 64)
+        .map(|_| half::f16::from_f64(rng.normal()).to_bits())
+        .collect();
+    let kv = ctx.upload("kv", bytemuck::cast_slice(&rows));
+    let q = ctx.upload("q", bytemuck::cast_slice(&rows[..2 * 4 * 64]));
+    let out = ctx.zeroed("out", 2 * 4 * 64 * 2);
+    let slots: Vec<i32> = (0..64).collect();
+    let plan = prompt_plan(ctx, &cfg, &slots);
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    let kvt = Tensor::new(&kv, Dtype::F16, [64, 2, 64]);
+    cache
+        .reshape_and_cache(ctx, &mut enc, &plan, 0, kvt, kvt)
+        .unwrap();
+    ctx.queue.submit([enc.finish()]);
+    drop(plan);
+    // One decode step of `b` sequences (each the whole 64-token prompt), a fresh plan.
+    let step_split = |b: usize, split: SplitK| -> Vec<u8> {
+        let params = AttentionParams {
+            num_q_heads: 4,
+            split,
+            ..Default::default()
+        };
+        let cu: Vec<i32> = (0..=b as i32).collect();
+        let plan = BatchPlan::new(
+            ctx,
+            &cfg,
+            &StepInput {
+                cu_seqlens_q: &cu,
+                seqused_k: &vec![64; b],
+                block_table: &[0, 1, 2, 3].repeat(b),
+                block_table_stride: 4,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        let shape = [b as u32, 4, 64];
+        cache
+            .unified_attention(
+                ctx,
+                &mut enc,
+                &Attention {
+                    plan: &plan,
+                    layer: cache.layer(0).unwrap(),
+                    q: Tensor::new(&q, Dtype::F16, shape),
+                    out: Tensor::new(&out, Dtype::F16, shape),
+                    params: &params,
+                },
+            )
+            .unwrap();
+        ctx.queue.submit([enc.finish()]);
+        drop(plan);
+        let mut bytes = ctx.read_buffer(&out).unwrap();
+        bytes.truncate(b * 4 * 64 * 2);
+        bytes
+    };
+    let step = |b| step_split(b, SplitK::Segments(4));
+    let first = step(1);
+    let groups = ctx.cached_bind_groups();
+    for _ in 0..3 {
+        assert!(step(1) == first, "a step on pooled buffers differs");
+        assert_eq!(
+            ctx.cached_bind_groups(),
+            groups,
+            "a repeated step created a bind group"
+        );
+    }
+    let two = step(2);
+    assert!(two[..first.len()] == first[..], "row 0 of a two-row step");
+    assert!(two[first.len()..] != first[..], "row 1 has its own query");
+    assert!(step(1) == first, "after the pooled partials grew");
+    // The split result is the unsplit one up to rounding (both are checked against the f64
+    // reference elsewhere).
+    let halves = |b: &[u8]| -> Vec<f64> {
+        b.chunks(2)
+            .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f64())
+            .collect()
+    };
+    let (split, whole) = (halves(&first), halves(&step_split(1, SplitK::Off)));
+    for (a, b) in split.iter().zip(&whole) {
+        assert!((a - b).abs() <= 2e-3 * (1.0 + b.abs()), "{a} vs {b}");
+    }
+    assert!(whole.iter().any(|x| x.abs() > 1e-3));
+    w.assert_clean();
+}
