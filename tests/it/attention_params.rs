@@ -767,15 +767,21 @@ fn decode_stream_rung() {
             eprintln!("SKIPPING streaming rung for {mode:?} d{d}: this adapter has no subgroups");
             continue;
         }
-        for (j, split) in [SplitK::Off, SplitK::Segments(3)].into_iter().enumerate() {
+        // Unsplit; split with the combine in the kernel's last workgroup (where the adapter
+        // fuses it); split through a caller's segment buffer (always the separate reduce).
+        for (j, split) in [SplitK::Off, SplitK::Segments(3), SplitK::Segments(3)]
+            .into_iter()
+            .enumerate()
+        {
             let ex = Extras {
                 split,
                 path: AttentionPath::DecodeStream,
-                sinks: j == 0,
+                sinks: j != 1,
                 alibi: true,
                 softcap: if j == 1 { 30.0 } else { 0.0 },
                 window_left: (j == 1).then_some(600),
                 llm_like: true,
+                segment_buffer_bytes: (j == 2).then_some(1 << 20),
                 ..Default::default()
             };
             let mut s = shape(long, hq, hkv, d, dtype);
@@ -787,11 +793,20 @@ fn decode_stream_rung() {
         }
     }
     if ctx.caps().subgroups {
-        assert!(ran >= 14, "only {ran} streaming cases ran");
+        assert!(ran >= 21, "only {ran} streaming cases ran");
         let built = ctx.built_pipelines();
         assert!(
             built.iter().any(|l| l.contains("stream")),
             "no streaming pipeline was built: {built:?}"
+        );
+        assert_eq!(
+            built.iter().any(|l| l.contains("+fused")),
+            ctx.caps().fused_reduce,
+            "the fused combine runs exactly where the adapter allows it: {built:?}"
+        );
+        assert!(
+            built.iter().any(|l| l.starts_with("quantkv/reduce/")),
+            "a caller's segment buffer takes the reduce pass: {built:?}"
         );
         let mut s = shape(DECODE, 8, 2, 64, Dtype::F16);
         s.mode = KvQuantMode::None;
