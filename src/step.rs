@@ -241,12 +241,6 @@ impl Drop for BatchPlan {
                 .get_mut()
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
-            b.counters = self
-                .gpu
-                .counters
-                .get_mut()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
             self.pool.put(b);
         }
     }
@@ -303,7 +297,6 @@ impl BatchPlan {
             pool: ctx.step_pool(),
             bufs: Some(StepBuffers {
                 partials: None,
-                counters: None,
                 ..bufs.clone()
             }),
             gpu: StepGpu {
@@ -315,7 +308,6 @@ impl BatchPlan {
                 has_qq: input.qq_bias.is_some(),
                 has_mm: input.prefix_ranges.is_some(),
                 partials: Mutex::new(bufs.partials),
-                counters: Mutex::new(bufs.counters),
             },
         })
     }

@@ -124,8 +124,7 @@ fn load_q(tid: u32, inf: DecInfo) {
 }
 
 // Row m, vec4 column col of the finished segment: unnormalised accumulator a, denominator l,
-// running maximum mx. With IS_SPLIT the split-K partials (through the prelude's part_put: the
-// `out` binding, or kernels/decode_fused.wgsl's); else the output (staged in q_sh for
+// running maximum mx. With IS_SPLIT the split-K partials; else the output (staged in q_sh for
 // store_transformed when the mode has a transform).
 fn store_row4(m: u32, col: u32, a: vec4<f32>, l: f32, mx: f32, inf: DecInfo, seg: u32) {
     let seen = inf.key_lo < inf.key_hi;
@@ -134,14 +133,14 @@ fn store_row4(m: u32, col: u32, a: vec4<f32>, l: f32, mx: f32, inf: DecInfo, seg
             let slot = (inf.tok * ly.num_q_heads + inf.head0 + m) * ly.num_segments + seg;
             let v = select(vec4<f32>(0.0), a, seen);
             let b = slot * HEAD_DIM + 4u * col;
-            part_put(b, v.x);
-            part_put(b + 1u, v.y);
-            part_put(b + 2u, v.z);
-            part_put(b + 3u, v.w);
+            out[b] = bitcast<u32>(v.x);
+            out[b + 1u] = bitcast<u32>(v.y);
+            out[b + 2u] = bitcast<u32>(v.z);
+            out[b + 3u] = bitcast<u32>(v.w);
             if (col == 0u) {
                 let sb = ly.seg_rows * ly.num_q_heads * ly.num_segments * HEAD_DIM + slot * 2u;
-                part_put(sb, select(NEG, mx, seen));
-                part_put(sb + 1u, select(0.0, l, seen));
+                out[sb] = bitcast<u32>(select(NEG, mx, seen));
+                out[sb + 1u] = bitcast<u32>(select(0.0, l, seen));
             }
         }
         return;

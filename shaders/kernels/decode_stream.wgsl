@@ -29,9 +29,7 @@
 // Prelude (the host prepends it, per code width): M_MAX (= 4), LPR, the K/V bindings (5, 6) at
 // the lane's load width, the word type KW, k_word(row, lane) / v_word(row, lane) -> KW (the
 // lane's load of a row) and k_unpack(w, lane) / v_unpack(w, lane) -> E8 (its 8 raw values
-// through the mode's read contract, k_raw4 / v_raw4); part_put(i, x), the split-K partials'
-// store, and split_finish(tid, inf, y, ny, nseg), run by every workgroup after its stores:
-// nothing (a reduce pass follows), or kernels/decode_fused.wgsl's combine in the last one.
+// through the mode's read contract, k_raw4 / v_raw4).
 //
 // Bindings: as decode.wgsl, K and V pools at the lane's load width.
 // Dispatch: as decode.wgsl: x = num_seqs, y = num_kv_heads * head_chunks, z = num_segments.
@@ -459,7 +457,4 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         store_row4(m, e % d4, a, mlz_sh[1][m], mlz_sh[0][m], inf, wid.z);
     }
     store_transformed(tid, inf);
-    if (IS_SPLIT) {
-        split_finish(tid, inf, wid.y, nwg.y, nwg.z);
-    }
 }

@@ -1,5 +1,8 @@
-// kernels/reduce.wgsl — combines split-K partials into the output (common/reduce_row.wgsl),
-// one workgroup per (token row, q head).
+// kernels/reduce.wgsl — combines split-K partials into the output. One workgroup per
+// (token row, q head). Segment weights exp(M_g - Mx) / E are computed in parallel into
+// workgroup memory; then each thread sums a slice of the segments for one group of 4 output
+// elements, and the slices are added in a fixed order (deterministic). Segments that saw no
+// allowed key (M = NEG) weigh 0; sinks join the denominator once, here.
 //
 // Bindings: 0 StepU, 1 LayerU, 3 laux (sinks), 4 partials (as written by unified.wgsl with
 //           IS_SPLIT), 9 out
@@ -12,7 +15,8 @@
 override HEAD_DIM: u32 = 128u;
 override WG_SIZE: u32 = 128u;
 override HAS_SINKS: bool = false;
-// #include "common/reduce_row.wgsl"
+
+const NS_MAX: u32 = 256u;
 
 @group(0) @binding(0) var<uniform> st: StepU;
 @group(0) @binding(1) var<uniform> ly: LayerU;
@@ -20,17 +24,100 @@ override HAS_SINKS: bool = false;
 @group(0) @binding(4) var<storage, read> part: array<f32>;
 @group(0) @binding(9) var<storage, read_write> out: array<u32>;
 
+var<workgroup> w_sh: array<f32, NS_MAX>;
+var<workgroup> red_sh: array<f32, WG_SIZE>;
+var<workgroup> acc_sh: array<vec4<f32>, WG_SIZE>;
 override Q_SH_LEN: u32 = 32u; // HEAD_DIM / 4: one output row, staged for the mode's transform
 var<workgroup> q_sh: array<vec4<f32>, Q_SH_LEN>;
 
-fn part_get(i: u32) -> f32 {
-    return part[i];
-}
-
 @compute @workgroup_size(WG_SIZE)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
-    if (wid.x >= st.num_tokens_q) {
+    let tok = wid.x;
+    let head = wid.y;
+    if (tok >= st.num_tokens_q) {
         return;
     }
-    reduce_row(tid, wid.x, wid.y);
+    let ns = ly.num_segments;
+    let first = (tok * ly.num_q_heads + head) * ns;
+    let stats = ly.seg_rows * ly.num_q_heads * ns * HEAD_DIM;
+    // Max over segments (and the sink).
+    var mx = NEG;
+    for (var g = tid; g < ns; g += WG_SIZE) {
+        mx = max(mx, part[stats + (first + g) * 2u]);
+    }
+    red_sh[tid] = mx;
+    workgroupBarrier();
+    for (var s = WG_SIZE / 2u; s > 0u; s >>= 1u) {
+        if (tid < s) {
+            red_sh[tid] = max(red_sh[tid], red_sh[tid + s]);
+        }
+        workgroupBarrier();
+    }
+    let seg_max = red_sh[0];
+    let any = seg_max > NEG_HALF;
+    var gmax = seg_max;
+    var sink = NEG;
+    if (HAS_SINKS) {
+        sink = real_score(laux[ly.off_sinks + head]);
+        gmax = max(gmax, sink);
+    }
+    workgroupBarrier();
+    // Unnormalised weights and their sum.
+    var sum = 0.0;
+    for (var g = tid; g < ns; g += WG_SIZE) {
+        let mg = part[stats + (first + g) * 2u];
+        var w = 0.0;
+        if (mg > NEG_HALF) {
+            w = exp_diff(mg, gmax);
+            sum += part[stats + (first + g) * 2u + 1u] * w;
+        }
+        w_sh[g] = w;
+    }
+    red_sh[tid] = sum;
+    workgroupBarrier();
+    for (var s = WG_SIZE / 2u; s > 0u; s >>= 1u) {
+        if (tid < s) {
+            red_sh[tid] = red_sh[tid] + red_sh[tid + s];
+        }
+        workgroupBarrier();
+    }
+    var denom = red_sh[0];
+    if (HAS_SINKS) {
+        denom += exp_diff(sink, gmax);
+    }
+    // Thread (slice, j): output group j, segments slice, slice + slices, ...
+    let d4 = HEAD_DIM / 4u;
+    let slices = WG_SIZE / d4;
+    let j = tid % d4;
+    let slice = tid / d4;
+    var a = vec4<f32>(0.0);
+    for (var g = select(ns, slice, slice < slices); g < ns; g += slices) {
+        let b = (first + g) * HEAD_DIM + 4u * j;
+        a += vec4<f32>(part[b], part[b + 1u], part[b + 2u], part[b + 3u]) * w_sh[g];
+    }
+    acc_sh[tid] = a;
+    workgroupBarrier();
+    var v = vec4<f32>(0.0);
+    if (slice == 0u) {
+        var total = vec4<f32>(0.0);
+        for (var s = 0u; s < slices; s++) {
+            total += acc_sh[s * d4 + j];
+        }
+        if (any) {
+            v = total / denom;
+        }
+    }
+    if (HAS_TRANSFORM) {
+        // The mode's output transform (spec §5.4: round to the model dtype, then un-rotate).
+        if (slice == 0u) {
+            q_sh[j] = model_round4(v);
+        }
+        workgroupBarrier();
+        out_transform(tid, 1u);
+        workgroupBarrier();
+        v = q_sh[j];
+    }
+    if (slice == 0u) {
+        out_store4(out_elem(tok, head, j), v);
+    }
 }

@@ -58,14 +58,6 @@ pub const CORE_FILES: &[(&str, &str)] = &[
         include_str!("../../shaders/common/attn_common.wgsl"),
     ),
     (
-        "common/reduce_row.wgsl",
-        include_str!("../../shaders/common/reduce_row.wgsl"),
-    ),
-    (
-        "kernels/decode_fused.wgsl",
-        include_str!("../../shaders/kernels/decode_fused.wgsl"),
-    ),
-    (
         "kernels/prefill.wgsl",
         include_str!("../../shaders/kernels/prefill.wgsl"),
     ),

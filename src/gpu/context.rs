@@ -42,11 +42,6 @@ pub struct Caps {
     /// only for devices quantkv creates or gets with their adapter
     /// ([`Context::from_adapter_device`]).
     pub coop_f16: bool,
-    /// The streaming decode kernel finishes split-K itself (its last workgroup per group
-    /// combines the segments: one dispatch per call instead of two). Needs 10 storage buffers
-    /// per stage, and is enabled on Vulkan, where the device-scope barrier it relies on is
-    /// tested (lavapipe, NVIDIA); other backends run the separate reduce pass.
-    pub fused_reduce: bool,
     /// The device's limits (as requested: the adapter's real limits, not wgpu's defaults).
     pub limits: wgpu::Limits,
 }
@@ -103,8 +98,6 @@ pub struct StepBuffers {
     /// The split-K partials buffer the last plan on these buffers used (kept with them, so the
     /// next step's layer calls bind the same buffer and find their bind groups cached).
     pub partials: Option<std::sync::Arc<wgpu::Buffer>>,
-    /// The fused split-K combine's counters, kept likewise (every call leaves them at 0).
-    pub counters: Option<std::sync::Arc<wgpu::Buffer>>,
 }
 
 /// Step buffers of dropped plans, ready for the next ones (a few; larger ones first).
@@ -294,8 +287,6 @@ impl Context {
             subgroup_max_size: info.subgroup_max_size,
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             coop_f16: false,
-            fused_reduce: info.backend == wgpu::Backend::Vulkan
-                && device.limits().max_storage_buffers_per_shader_stage >= 10,
             limits: device.limits(),
         };
         let adapter = AdapterSummary {
@@ -539,7 +530,6 @@ impl Context {
             uniform: make("step uniform", 64, wgpu::BufferUsages::UNIFORM)?,
             meta: make("step metadata", cap, wgpu::BufferUsages::STORAGE)?,
             partials: None,
-            counters: None,
         })
     }
 

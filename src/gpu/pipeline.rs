@@ -69,9 +69,6 @@ impl Features {
     pub const STREAM: u32 = 1024;
     /// The prefill kernel on cooperative matrices (else its scalar fragment twin).
     pub const COOP: u32 = 2048;
-    /// Split-K finished inside the streaming decode kernel by the last workgroup of each
-    /// group (with `STREAM` and `SPLIT`; no reduce pass).
-    pub const FUSED: u32 = 4096;
 
     /// Whether `bit` is set.
     pub fn has(self, bit: u32) -> bool {
@@ -81,7 +78,7 @@ impl Features {
 
 impl fmt::Display for Features {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const NAMES: [(u32, &str); 12] = [
+        const NAMES: [(u32, &str); 11] = [
             (Features::SOFTCAP, "softcap"),
             (Features::SINKS, "sinks"),
             (Features::ALIBI, "alibi"),
@@ -93,7 +90,6 @@ impl fmt::Display for Features {
             (Features::SUBGROUPS, "sg"),
             (Features::STREAM, "stream"),
             (Features::COOP, "coop"),
-            (Features::FUSED, "fused"),
         ];
         let names: Vec<&str> = NAMES
             .iter()

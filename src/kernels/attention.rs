@@ -281,7 +281,7 @@ pub(crate) fn encode(
                 b
             }
             None => {
-                pooled = step_buffer(ctx, &step.partials, "quantkv/split_partials", need)?;
+                pooled = partials_buffer(ctx, step, need)?;
                 &*pooled
             }
         })
@@ -289,47 +289,28 @@ pub(crate) fn encode(
         None
     };
     let target = match partials {
-        Some(part) if !lp.fused => exact(part, need),
-        _ => o_bind.clone(),
-    };
-    // The fused combine's counters: one per (token row, workgroup row y).
-    let counters;
-    let fused_entries = match partials {
-        Some(part) if lp.fused => {
-            let bytes = 4 * u64::from(sum.num_tokens_q) * u64::from(gy);
-            counters = step_buffer(ctx, &step.counters, "quantkv/split_counters", bytes)?;
-            vec![
-                entry(10, exact(part, need)),
-                entry(11, exact(&counters, bytes)),
-            ]
-        }
-        _ => Vec::new(),
+        Some(part) => exact(part, need),
+        None => o_bind.clone(),
     };
     // Everything is built (and checked by wgpu under error scopes) before anything is
     // recorded, so a failed call leaves the encoder as it was.
-    let entries = [
-        bind(0, &step.uniform),
-        bind(1, &lbuf),
-        bind(2, &step.meta),
-        bind(3, &abuf),
-        entry(4, q_bind),
-        bind(5, layer.k),
-        bind(6, layer.v),
-        bind(7, layer.k_scale),
-        bind(8, layer.v_scale),
-        entry(9, target),
-    ];
-    let bg = if fused_entries.is_empty() {
-        ctx.bind_group(
-            "attention bind group",
-            compiled.id,
-            &compiled.layout,
-            &entries,
-        )?
-    } else {
-        let all: Vec<_> = entries.into_iter().chain(fused_entries).collect();
-        ctx.bind_group("attention bind group", compiled.id, &compiled.layout, &all)?
-    };
+    let bg = ctx.bind_group(
+        "attention bind group",
+        compiled.id,
+        &compiled.layout,
+        &[
+            bind(0, &step.uniform),
+            bind(1, &lbuf),
+            bind(2, &step.meta),
+            bind(3, &abuf),
+            entry(4, q_bind),
+            bind(5, layer.k),
+            bind(6, layer.v),
+            bind(7, layer.k_scale),
+            bind(8, layer.v_scale),
+            entry(9, target),
+        ],
+    )?;
     let reduce = match (partials, reduce_pipe) {
         (Some(part), Some(reduce)) => {
             let rbg = ctx.bind_group(
@@ -382,9 +363,6 @@ pub(crate) fn pipelines(
     if lp.coop {
         features.0 |= Features::COOP;
     }
-    if lp.fused {
-        features.0 |= Features::FUSED;
-    }
     let codec = layer.mode.codec();
     let (d, tiling) = (g.head_size, lp.tiling);
     let key = PipelineKey {
@@ -414,7 +392,7 @@ pub(crate) fn pipelines(
         ),
         _ => attention_source(codec, d, features, tiling),
     })?;
-    if lp.segments <= 1 || lp.fused {
+    if lp.segments <= 1 {
         return Ok((main, None));
     }
     let rkey = PipelineKey {
@@ -539,7 +517,7 @@ pub fn decode_source(
             include_str!("../../shaders/kernels/decode_entry.wgsl")
         },
         codec: vec![codec.decode, codec.transform_source()],
-        prelude: format!("const M_MAX: u32 = {}u;\n{PART_PUT_OUT}", tiling.max_m),
+        prelude: format!("const M_MAX: u32 = {}u;\n", tiling.max_m),
         includes: codec.includes,
         constants: vec![
             ("CHUNK", tiling.tile as f64),
@@ -567,38 +545,14 @@ pub fn decode_stream_source(
     lpr: u32,
 ) -> PipelineSource<'static> {
     PipelineSource {
-        kernel: if f.has(Features::FUSED) {
-            concat!(
-                include_str!("../../shaders/kernels/decode_stream.wgsl"),
-                "// #include \"kernels/decode_fused.wgsl\"\n"
-            )
-        } else {
-            include_str!("../../shaders/kernels/decode_stream.wgsl")
-        },
+        kernel: include_str!("../../shaders/kernels/decode_stream.wgsl"),
         codec: vec![codec.decode, codec.transform_source()],
-        prelude: stream_prelude(epw, lpr)
-            + if f.has(Features::FUSED) {
-                ""
-            } else {
-                concat!(
-                    "fn split_finish(tid: u32, inf: DecInfo, y: u32, ny: u32, nseg: u32) {}\n",
-                    "fn part_put(i: u32, x: f32) {\n    out[i] = bitcast<u32>(x);\n}\n"
-                )
-            },
+        prelude: stream_prelude(epw, lpr),
         includes: codec.includes,
         constants: shared_constants(d, f, tiling).into_iter().collect(),
-        entries: if f.has(Features::FUSED) {
-            let mut e = attention_entries();
-            e.extend([storage_entry(10, false), storage_entry(11, false)]);
-            e
-        } else {
-            attention_entries()
-        },
+        entries: attention_entries(),
     }
 }
-
-/// The decode kernels' split-K partial store into the `out` binding (a reduce pass follows).
-const PART_PUT_OUT: &str = "fn part_put(i: u32, x: f32) {\n    out[i] = bitcast<u32>(x);\n}\n";
 
 /// The streaming rung's per-width prelude (8 elements per lane).
 fn stream_prelude(epw: u32, lpr: u32) -> String {
@@ -713,7 +667,7 @@ pub fn reduce_source(codec: &Codec, d: u32, f: Features) -> PipelineSource<'stat
 
 /// Reduce workgroup size (a power of two; head_size/4 <= 64 divides it into >= 2 slices).
 fn reduce_wg(_d: u32) -> u32 {
-    super::plan::REDUCE_WG
+    128
 }
 
 fn flag(f: Features, bit: u32) -> f64 {
@@ -733,17 +687,10 @@ fn attention_entries() -> Vec<wgpu::BindGroupLayoutEntry> {
     e
 }
 
-/// One of the plan's split-K buffers (partials, or the fused combine's counters), created on
-/// first use (and grown if a later layer needs more), so layers of one step share it instead
-/// of creating one per call; it returns to the context's step pool with the plan's buffers,
-/// so later steps bind the same buffer. New buffers are zero-filled by wgpu (the counters rely
-/// on it).
-fn step_buffer(
-    ctx: &Context,
-    slot: &std::sync::Mutex<Option<Arc<wgpu::Buffer>>>,
-    label: &'static str,
-    bytes: u64,
-) -> Result<Arc<wgpu::Buffer>> {
+/// The plan's split-K partial buffer, created on first use (and grown if a later layer needs
+/// more), so layers of one step share it instead of creating one per call; it returns to the
+/// context's step pool with the plan's buffers, so later steps bind the same buffer.
+fn partials_buffer(ctx: &Context, step: &StepGpu, bytes: u64) -> Result<Arc<wgpu::Buffer>> {
     let limit = ctx.limits().max_storage_buffer_binding_size;
     if bytes > limit {
         return Err(Error::InvalidBuffer {
@@ -751,7 +698,7 @@ fn step_buffer(
             detail: format!("{bytes} bytes exceed the binding limit {limit}; use fewer segments"),
         });
     }
-    let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+    let mut slot = step.partials.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(b) = slot.as_ref() {
         if b.size() >= bytes {
             return Ok(b.clone());
@@ -762,7 +709,7 @@ fn step_buffer(
     let size = bytes.next_power_of_two().min(limit).max(bytes).max(16);
     let b = Arc::new(ctx.guarded("split-K partials", size, || {
         ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
+            label: Some("quantkv/split_partials"),
             size,
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,

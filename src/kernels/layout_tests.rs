@@ -61,7 +61,6 @@ fn test_caps(sg: u32, coop: bool, f16: bool, smem: u32) -> crate::gpu::Caps {
         shader_f16: f16,
         timestamps: false,
         coop_f16: coop,
-        fused_reduce: true,
         limits: limits(smem),
     }
 }
@@ -264,27 +263,12 @@ fn variants() -> Vec<Variant> {
                                 (stream_lanes(&caps, &g), stream_tiling(&caps, &g))
                             {
                                 let st = Features(sg.0 | Features::STREAM);
-                                let fused = Features(st.0 | Features::FUSED);
-                                let with_fused = if st.has(Features::SPLIT) {
-                                    vec![st, fused]
-                                } else {
-                                    vec![st]
-                                };
-                                for st in with_fused {
-                                    out.push(variant(
-                                        format!("decode/{base}/{st}/el{el}/lpr{lpr}"),
-                                        dtype,
-                                        &decode_stream_source(
-                                            &codec,
-                                            d,
-                                            st,
-                                            t,
-                                            g.elems_per_word,
-                                            lpr,
-                                        ),
-                                        C::all(),
-                                    ));
-                                }
+                                out.push(variant(
+                                    format!("decode/{base}/{st}/el{el}/lpr{lpr}"),
+                                    dtype,
+                                    &decode_stream_source(&codec, d, st, t, g.elems_per_word, lpr),
+                                    C::all(),
+                                ));
                             }
                         }
                     }
@@ -651,27 +635,13 @@ fn workgroup_memory_estimates_match_naga_for_every_tiling() {
             else {
                 panic!("{mode:?} d{d}: the streaming rung must admit subgroups of 32");
             };
-            for fused in [false, true] {
-                let f = Features(
-                    Features::SUBGROUPS
-                        | Features::STREAM
-                        | if fused {
-                            Features::SPLIT | Features::FUSED
-                        } else {
-                            0
-                        },
-                );
-                let src = decode_stream_source(&codec, d, f, t, g.elems_per_word, lpr);
-                let text = full_source(src.kernel, Dtype::F16, &src.parts(), src.includes).unwrap();
-                let (m, i) = parse("stream", &text, C::all());
-                let (m, _) = resolve("stream", &m, &i, &src.constants);
-                assert_eq!(
-                    stream_smem(d, fused),
-                    workgroup_bytes(&m),
-                    "stream {mode:?} d{d} fused {fused}"
-                );
-                checked += 1;
-            }
+            let f = Features(Features::SUBGROUPS | Features::STREAM);
+            let src = decode_stream_source(&codec, d, f, t, g.elems_per_word, lpr);
+            let text = full_source(src.kernel, Dtype::F16, &src.parts(), src.includes).unwrap();
+            let (m, i) = parse("stream", &text, C::all());
+            let (m, _) = resolve("stream", &m, &i, &src.constants);
+            assert_eq!(stream_smem(d), workgroup_bytes(&m), "stream {mode:?} d{d}");
+            checked += 1;
         }
     }
     assert!(checked > 100, "{checked} tilings checked");

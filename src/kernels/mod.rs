@@ -73,8 +73,6 @@ pub(crate) struct StepGpu {
     /// Split-K partials, created on the first split call of this step and reused by later
     /// layers.
     pub partials: Mutex<Option<Arc<wgpu::Buffer>>>,
-    /// The fused split-K combine's counters (zero between calls), created likewise.
-    pub counters: Mutex<Option<Arc<wgpu::Buffer>>>,
 }
 
 /// One layer of a cache as the kernels see it.

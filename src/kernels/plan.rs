@@ -76,9 +76,6 @@ pub struct LaunchPlan {
     pub coop: bool,
     /// Segments over the key axis (1 = the 2D path).
     pub segments: u32,
-    /// The streaming decode kernel combines the segments itself (no reduce pass):
-    /// [`Caps::fused_reduce`], no caller-provided `segment_buffer`.
-    pub fused: bool,
     /// Workgroups of the main pass.
     pub grid: [u32; 3],
     /// Workgroup geometry of the main pass (for the decode kernel, `tile` is the key chunk).
@@ -159,12 +156,6 @@ pub fn launch_plan(
             stream,
             coop: false,
             segments,
-            fused: stream
-                && segments > 1
-                && caps.fused_reduce
-                && p.segment_buffer.is_none()
-                && stream_smem(g.head_size, true) <= limits.max_compute_workgroup_storage_size
-                && reduce_fits(tiling.wg_size, g.head_size),
             grid: [sum.num_seqs, gy, segments],
             tiling,
             heads_per_wg: hg,
@@ -185,7 +176,6 @@ pub fn launch_plan(
                 stream: false,
                 coop,
                 segments: 1,
-                fused: false,
                 grid: [rg.gx, rg.gy, 1],
                 tiling,
                 heads_per_wg: rg.hg,
@@ -221,7 +211,6 @@ pub fn launch_plan(
         stream: false,
         coop: false,
         segments,
-        fused: false,
         grid: [gx, gy, segments],
         tiling,
         heads_per_wg: hg,
@@ -532,7 +521,7 @@ pub fn stream_tiling(caps: &Caps, g: &Geometry) -> Option<Tiling> {
     let fits = wg_size <= limits.max_compute_invocations_per_workgroup
         && wg_size <= limits.max_compute_workgroup_size_x
         && wg_size >= caps.subgroup_max_size.max(lpr)
-        && stream_smem(g.head_size, false) <= limits.max_compute_workgroup_storage_size;
+        && stream_smem(g.head_size) <= limits.max_compute_workgroup_storage_size;
     fits.then_some(Tiling {
         wg_size,
         tile: STREAM_U * wg_size / lpr,
@@ -540,30 +529,11 @@ pub fn stream_tiling(caps: &Caps, g: &Geometry) -> Option<Tiling> {
     })
 }
 
-/// Threads per workgroup of the split-K reduce (reduce.wgsl), and the most that
-/// common/reduce_row.wgsl's fixed workgroup arrays hold.
-pub const REDUCE_WG: u32 = 128;
-
-/// Segments common/reduce_row.wgsl's weights array holds.
-const REDUCE_MAX_SEGMENTS: u32 = MAX_SEGMENTS;
-
-/// Whether a workgroup of `wg` threads can run common/reduce_row.wgsl at head size `d`: a
-/// power of two within its arrays, at least two threads per output vec4.
-pub fn reduce_fits(wg: u32, d: u32) -> bool {
-    wg.is_power_of_two() && wg <= REDUCE_WG && wg >= d / 2
-}
-
-/// Workgroup memory of the streaming decode rung (`fused`: with its split-K combine).
-pub fn stream_smem(head_dim: u32, fused: bool) -> u32 {
-    // decode_common.wgsl's info and q_sh, decode_stream.wgsl's mlz_sh; reduce_row.wgsl's
-    // w_sh, red_sh, acc_sh and decode_fused.wgsl's last_sh. A test checks this against naga's
-    // module.
-    let base = r16(10 * 4) + r16(STREAM_HEADS * head_dim * 4) + r16(3 * 16);
-    base + if fused {
-        r16(REDUCE_MAX_SEGMENTS * 4) + r16(REDUCE_WG * 4) + r16(REDUCE_WG * 16) + r16(4)
-    } else {
-        0
-    }
+/// Workgroup memory of the streaming decode rung.
+pub fn stream_smem(head_dim: u32) -> u32 {
+    // decode_common.wgsl's info and q_sh, decode_stream.wgsl's mlz_sh; a test checks this
+    // against naga's module.
+    r16(10 * 4) + r16(STREAM_HEADS * head_dim * 4) + r16(3 * 16)
 }
 
 /// Split-K segments of the streaming rung (measured on an H200, BENCHMARKS.md): at least
