@@ -41,6 +41,11 @@ fn e4m3_encode(x: f32) -> u32 {
     return sign | min((e << 3u) + m3, 0x7Eu);
 }
 
+// Relative half-width of the band that holds both the true quotient x / s and its correctly
+// rounded f32 when x * RN(1/s) is known (two roundings of 2^-24 each, plus the final 2^-24,
+// with room to spare): 2^-20.
+const QUOT_BAND: f32 = 9.5367431640625e-7;
+
 // a / b correctly rounded (round to nearest even), by integer long division of the
 // significands. WGSL's `/` may be off by 2.5 ULP (and `fma` need not be fused), which flips
 // truncated codes at integer boundaries (absmax * (1/(absmax/127)) = 126.99999 -> 126); the CPU

@@ -1,17 +1,28 @@
-// kernels/write_rows.wgsl — reshape_and_cache for quantized modes, in registers. Each lane holds
+// kernels/write_rows.wgsl — reshape_and_cache for quantized modes, in registers (the body; the
+// entry, kernels/write_entry.wgsl or kernels/write_entry_sg.wgsl, says how lanes find their row
+// and provides transform_row and row_stat). Each lane holds
 // E consecutive elements of one row (E = max(8, 32 / CODE_BITS): whole code words per lane),
 // loaded with 16-byte loads; HEAD_DIM / E lanes per row, ROWS rows per workgroup (all K rows of
 // the step, then all V rows). Per row: clean non-finite values (spec §10.7: NaN -> 0, ±Inf -> 0
 // with the sign kept for the mode's extreme code), let the mode transform the rows (only modes
 // with ENC_TRANSFORM: through x_sh, all rows at once), reduce the row statistic (lane partials,
 // then every lane folds its row's partials in lane order: one barrier), ask the mode for the
-// scale, pack the lane's codes into whole u32 words, store words and scale.
+// scale, pack the lane's codes into whole u32 words, store words and scale. Portable entry: the
+// transform through x_sh and the statistic through red_sh (one barrier). Subgroup entry (rows
+// of a power-of-two lane count that a subgroup holds): the transform in registers (ENC_TRANSFORM
+// modes: the mode's per-element pre-step, the Walsh-Hadamard butterflies inside the lane, then
+// across lanes by subgroupShuffleXor, the mode's post-step) and the statistic by shuffles; no
+// barrier, no workgroup memory.
 // The mode supplies (its encode.wgsl): CODE_BITS, HAS_SCALE_CACHE, ENC_TRANSFORM and
 // enc_transform (in place on x_sh, all X_LEN elements = ROWS rows of HEAD_DIM, all threads, may
 // hold barriers), enc_init/enc_stat/enc_fold (the row statistic), enc_params (scale, 1/scale,
-// zero point, stored scale) and enc_code(x, inf, params) of one cleaned element.
+// zero point, stored scale) and enc_code(x, inf, params) of one cleaned element; for the
+// subgroup entry also the transform per element: enc_pre(x, i), then the unnormalised
+// Walsh-Hadamard transform over blocks of enc_block() elements in the canonical butterfly order
+// of spec §4.1, then enc_post(x) (common/enc_no_transform.wgsl lists the names).
 // Negative slots are padding: nothing is written for them.
 //
+// Overrides and bindings as listed here are the entries' too.
 // Bindings: 0 StepU, 1 LayerU, 2 meta (slot_mapping), 3 key_in, 4 value_in (16-byte words; view
 //           offsets and strides are multiples of 16 bytes, E elements are 16 or 32 bytes),
 //           5 k_cache (rw), 6 v_cache (rw), 7 k_scale (rw), 8 v_scale (rw)
@@ -41,8 +52,9 @@ const EPV: u32 = 16u / EB; // elements per 16-byte load
 @group(0) @binding(7) var<storage, read_write> k_scale: array<f32>;
 @group(0) @binding(8) var<storage, read_write> v_scale: array<f32>;
 
-var<workgroup> x_sh: array<f32, X_LEN>;
-var<workgroup> red_sh: array<vec2<f32>, WG_SIZE>;
+// The lane's elements and their infinity signs (spec §10.7).
+var<private> x: array<f32, 16>;
+var<private> inf: array<i32, 16>;
 
 fn load16(is_v: bool, i: u32) -> vec4<u32> {
     if (is_v) {
@@ -51,13 +63,10 @@ fn load16(is_v: bool, i: u32) -> vec4<u32> {
     return key_in[i];
 }
 
-@compute @workgroup_size(WG_SIZE)
-fn main(@builtin(workgroup_id) wid: vec3<u32>,
-        @builtin(local_invocation_index) tid: u32,
-        @builtin(num_workgroups) nwg: vec3<u32>) {
+// Row j of the workgroup, lane `lane` of its HEAD_DIM / E lanes; all threads (the entry's
+// transform_row and row_stat may hold barriers or subgroup operations).
+fn write_row(j: u32, lane: u32, wid: vec3<u32>, nwg: vec3<u32>) {
     let lanes = HEAD_DIM / E;
-    let j = tid / lanes;
-    let lane = tid % lanes;
     let r = (wid.x + wid.y * nwg.x) * ROWS + j;
     let kvh = ly.num_kv_heads;
     let half = st.num_write * kvh;
@@ -70,8 +79,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     if (in_range) {
         slot = step_meta[st.off_slot + t];
     }
-    var x: array<f32, 16>;
-    var inf: array<i32, 16>;
     // No early return before the last barrier. Rows of padding tokens are loaded too (their
     // input rows exist; the load need not wait for the slot) and write nothing.
     if (in_range) {
@@ -104,28 +111,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             }
         }
     }
-    if (ENC_TRANSFORM) {
-        let xb = j * HEAD_DIM + lane * E;
-        for (var k = 0u; k < E; k++) {
-            x_sh[xb + k] = x[k];
-        }
-        workgroupBarrier();
-        enc_transform(tid);
-        workgroupBarrier();
-        for (var k = 0u; k < E; k++) {
-            x[k] = x_sh[xb + k];
-        }
-    }
+    transform_row(j, lane);
     var acc = enc_init();
     for (var k = 0u; k < E; k++) {
         acc = enc_fold(acc, enc_stat(x[k]));
     }
-    red_sh[tid] = acc;
-    workgroupBarrier();
-    var stat = red_sh[j * lanes];
-    for (var k = 1u; k < lanes; k++) {
-        stat = enc_fold(stat, red_sh[j * lanes + k]);
-    }
+    let stat = row_stat(acc, j, lane);
     if (slot < 0) {
         return;
     }

@@ -58,6 +58,14 @@ pub const CORE_FILES: &[(&str, &str)] = &[
         include_str!("../../shaders/common/attn_common.wgsl"),
     ),
     (
+        "common/enc_no_transform.wgsl",
+        include_str!("../../shaders/common/enc_no_transform.wgsl"),
+    ),
+    (
+        "kernels/write_rows.wgsl",
+        include_str!("../../shaders/kernels/write_rows.wgsl"),
+    ),
+    (
         "kernels/prefill.wgsl",
         include_str!("../../shaders/kernels/prefill.wgsl"),
     ),

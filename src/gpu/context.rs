@@ -605,6 +605,16 @@ impl Context {
         self
     }
 
+    /// Lets quantkv use subgroup operations where the device has them (the default), or never
+    /// (`false`: the portable kernels everywhere, e.g. to work around a driver whose subgroup
+    /// operations misbehave, or to test the portable kernels on a device with subgroups). Call
+    /// before the first kernel runs (it drops pipelines built so far).
+    pub fn with_subgroups(mut self, enabled: bool) -> Self {
+        self.caps.subgroups = enabled && self.device.features().contains(wgpu::Features::SUBGROUP);
+        self.pipelines = PipelineCache::with_cap(self.pipelines.cap());
+        self
+    }
+
     /// Keeps at most `cap` compiled pipelines, dropping the least recently used past it
     /// (default 256); a dropped
     /// variant is compiled again when next needed. Call before the first kernel runs (it drops

@@ -17,7 +17,7 @@ use super::plan::{
     attention_smem, attention_tiling, coop_admits, decode_smem, decode_tiling, prefill_f16,
     prefill_smem, prefill_tiling, stream_lanes, stream_smem, stream_tiling,
 };
-use super::write::{write_copy_source, write_rows_source, write_rows_tiling};
+use super::write::{write_copy_source, write_rows_source, write_rows_tiling, write_subgroups};
 use super::Geometry;
 use crate::gpu::pipeline::full_source;
 use crate::gpu::uniforms::{LayerUniform, StepUniform};
@@ -325,16 +325,27 @@ fn variants() -> Vec<Variant> {
             ));
             if codec.encode.is_some() {
                 for d in (32..=256).step_by(16) {
+                    let t = write_rows_tiling(d, backend.packing_factor());
                     out.push(variant(
                         format!("write_rows/{}/{}/d{d}", mode.id(), dtype.name()),
                         dtype,
-                        &write_rows_source(
-                            &codec,
-                            d,
-                            write_rows_tiling(d, backend.packing_factor()),
-                        ),
+                        &write_rows_source(&codec, d, t, false),
                         no_subgroups(),
                     ));
+                    // The subgroup entry where subgroups of 32 hold a row.
+                    if write_subgroups(
+                        &test_caps(32, false, false, 32768),
+                        d,
+                        backend.packing_factor(),
+                        t,
+                    ) {
+                        out.push(variant(
+                            format!("write_rows/{}/{}/d{d}/sg", mode.id(), dtype.name()),
+                            dtype,
+                            &write_rows_source(&codec, d, t, true),
+                            C::all(),
+                        ));
+                    }
                 }
             }
         }
@@ -350,7 +361,7 @@ fn variants() -> Vec<Variant> {
         out.push(variant(
             format!("write_rows/int8/{r:?}"),
             Dtype::F16,
-            &write_rows_source(&codec, 128, write_rows_tiling(128, 1)),
+            &write_rows_source(&codec, 128, write_rows_tiling(128, 1), false),
             no_subgroups(),
         ));
     }
@@ -541,7 +552,7 @@ fn bind_group_layouts_match_the_wgsl_bindings() {
         ("write_copy", write_copy_source(wt)),
         (
             "write_rows",
-            write_rows_source(&codec, 128, write_rows_tiling(128, 1)),
+            write_rows_source(&codec, 128, write_rows_tiling(128, 1), false),
         ),
     ] {
         let text = full_source(src.kernel, Dtype::F16, &src.parts(), src.includes).unwrap();
@@ -693,7 +704,7 @@ fn write_rows_tiling_fits_the_default_workgroup_memory_for_every_head_size() {
             let e = (4 * b.packing_factor()).max(8);
             assert_eq!(t.wg_size, t.tile * d / e, "d{d}: {t:?}");
             assert!(t.wg_size <= 256, "d{d}: {t:?}");
-            let src = write_rows_source(&codec, d, t);
+            let src = write_rows_source(&codec, d, t, false);
             let text = full_source(src.kernel, Dtype::F32, &src.parts(), src.includes).unwrap();
             let (m, i) = parse("write_rows", &text, no_subgroups());
             let (m, _) = resolve("write_rows", &m, &i, &src.constants);

@@ -9,7 +9,7 @@ use crate::gpu::tensor::distinct;
 use std::sync::Arc;
 
 use crate::gpu::{
-    Compiled, Context, Features, Kernel, PipelineKey, PipelineSource, Tensor, Tiling,
+    Caps, Compiled, Context, Features, Kernel, PipelineKey, PipelineSource, Tensor, Tiling,
 };
 use crate::modes::Codec;
 
@@ -102,6 +102,13 @@ pub(crate) fn pipeline(ctx: &Context, layer: &LayerRef<'_>) -> Result<(Arc<Compi
         write_rows_tiling(cfg.head_size, layer.mode.backend().packing_factor())
     };
     let codec = layer.mode.codec();
+    let sg = !copy
+        && write_subgroups(
+            ctx.caps(),
+            cfg.head_size,
+            layer.mode.backend().packing_factor(),
+            tiling,
+        );
     let pkey = PipelineKey {
         kernel: if copy {
             Kernel::WriteCopy
@@ -113,7 +120,11 @@ pub(crate) fn pipeline(ctx: &Context, layer: &LayerRef<'_>) -> Result<(Arc<Compi
         mode_options: if copy { 0 } else { layer.mode.option_bits() },
         head_dim: cfg.head_size,
         dtype: cfg.dtype,
-        features: Features::default(),
+        features: if sg {
+            Features(Features::SUBGROUPS)
+        } else {
+            Features::default()
+        },
         tiling,
         debug: 0,
     };
@@ -121,7 +132,7 @@ pub(crate) fn pipeline(ctx: &Context, layer: &LayerRef<'_>) -> Result<(Arc<Compi
         ctx.pipelines.get(ctx, pkey, || write_copy_source(tiling))?
     } else {
         ctx.pipelines.get(ctx, pkey, || {
-            write_rows_source(codec, cfg.head_size, tiling)
+            write_rows_source(codec, cfg.head_size, tiling, sg)
         })?
     };
     Ok((compiled, tiling))
@@ -173,16 +184,38 @@ pub fn write_copy_source(tiling: Tiling) -> PipelineSource<'static> {
     }
 }
 
-/// The quantizing write kernel's source (with the mode's encode contract), constants, layout.
-pub fn write_rows_source(codec: &Codec, head_dim: u32, tiling: Tiling) -> PipelineSource<'static> {
+/// Whether the quantizing write kernel takes its subgroup entry on `caps`: a row's lanes (a
+/// power of two) fit the smallest subgroup, and the workgroup is whole subgroups.
+pub fn write_subgroups(caps: &Caps, head_dim: u32, packing_factor: u32, tiling: Tiling) -> bool {
+    let lanes = head_dim / (4 * packing_factor).max(8);
+    caps.subgroups
+        && lanes.is_power_of_two()
+        && lanes <= caps.subgroup_min_size
+        && caps.subgroup_max_size > 0
+        && tiling.wg_size.is_multiple_of(caps.subgroup_max_size)
+}
+
+/// The quantizing write kernel's source (with the mode's encode contract), constants, layout;
+/// `subgroups`: the subgroup entry (see [`write_subgroups`]).
+pub fn write_rows_source(
+    codec: &Codec,
+    head_dim: u32,
+    tiling: Tiling,
+    subgroups: bool,
+) -> PipelineSource<'static> {
     let mut src = write_copy_source(tiling);
-    src.kernel = include_str!("../../shaders/kernels/write_rows.wgsl");
+    src.kernel = if subgroups {
+        include_str!("../../shaders/kernels/write_entry_sg.wgsl")
+    } else {
+        include_str!("../../shaders/kernels/write_entry.wgsl")
+    };
     src.codec = codec.encode.into_iter().collect();
     src.includes = codec.includes;
     src.constants.push(("HEAD_DIM", head_dim as f64));
     src.constants.push(("ROWS", tiling.tile as f64));
-    src.constants
-        .push(("X_LEN", (tiling.tile * head_dim) as f64));
+    // The subgroup entry stages nothing (x_sh is only named by the mode's enc_transform).
+    let x_len = if subgroups { 1 } else { tiling.tile * head_dim };
+    src.constants.push(("X_LEN", x_len as f64));
     src.constants.extend(codec.encode_constants.iter().copied());
     src
 }

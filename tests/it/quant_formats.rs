@@ -589,3 +589,105 @@ fn gpu_fp8_read_is_exact_for_every_code() {
         }
     }
 }
+
+#[test]
+fn gpu_per_tensor_codes_equal_cpu_at_every_rounding_boundary() {
+    // The per-tensor encoders take x * (1/scale) where the codes at both ends of its error band
+    // agree, else the exact quotient: quotients on and one or two f32 steps around every code
+    // boundary (ties included), at scales that are not powers of two, must give the CPU
+    // quantizer's codes exactly (spec 10.1).
+    let Some(ctx) = context() else { return };
+    let step = |x: f32, k: i32| f32::from_bits((x.to_bits() as i32 + k) as u32);
+    for (mode, scale) in [
+        (KvQuantMode::Int8PerTensor, 0.037f32),
+        (KvQuantMode::Int8PerTensor, 3.1),
+        (KvQuantMode::Fp8PerTensor, 0.37),
+        (KvQuantMode::Fp8PerTensor, 1.0 / 3.0),
+    ] {
+        // Code boundaries in quotient units.
+        let bounds: Vec<f32> = if mode == KvQuantMode::Int8PerTensor {
+            (0..128).map(|n| n as f32 + 0.5).collect()
+        } else {
+            (0..0x7Eu8)
+                .map(|c| (fp8_e4m3_decode(c) + fp8_e4m3_decode(c + 1)) / 2.0)
+                .collect()
+        };
+        let mut vals = Vec::new();
+        for b in bounds {
+            // x whose quotient is nearest the boundary (b * scale rounded), and its neighbours.
+            let x = b * scale;
+            for k in -2..=2 {
+                let v = step(x, k);
+                vals.extend([v, -v]);
+            }
+        }
+        vals.resize(vals.len().next_multiple_of(64), 0.5 * scale);
+        let cache = gpu_write(ctx, mode, &vals, 64, scale);
+        let layer = cache.layer(0).unwrap();
+        let p = layer.row_codec(false);
+        let backend = quantkv::modes::backend(mode).unwrap();
+        let got = ctx.read_buffer(layer.k()).unwrap();
+        let n = vals.len() / 64;
+        for r in 0..n {
+            let slot = n - 1 - r; // slots were written in reverse
+            let (want, _) = backend.quantize_row(&vals[r * 64..(r + 1) * 64], &p);
+            assert_eq!(
+                &got[slot * 64..(slot + 1) * 64],
+                &want[..],
+                "{mode:?} scale {scale} row {r}: GPU codes differ from the CPU quantizer"
+            );
+        }
+    }
+}
+
+#[test]
+fn write_kernel_subgroup_and_portable_entries_agree() {
+    // The quantizing write kernel's two entries: subgroups (rows whose lanes a subgroup holds;
+    // transform and row statistic by shuffles, no barrier) and portable (workgroup memory).
+    // Both meet the CPU quantizer (check_layout); codes are byte-identical between them except
+    // INT2, whose sum of squares may fold in another order (spec §3.5 allows any).
+    let Some(ctx) = context() else { return };
+    let portable = Context::new().unwrap().with_subgroups(false);
+    assert!(!portable.caps().subgroups);
+    let mut rng = quantkv::reference::rng::SplitMix64::new(0x5EED);
+    for mode in quantized_modes() {
+        for d in [32u32, 64, 128, 256] {
+            let n = 40usize;
+            let mut vals: Vec<f32> = (0..n * d as usize)
+                .map(|i| {
+                    let x = rng.normal() as f32;
+                    // An outlier channel and a few rows of large values.
+                    if i % d as usize == 7 || (i / d as usize) % 9 == 4 {
+                        x * 40.0
+                    } else {
+                        x
+                    }
+                })
+                .collect();
+            vals[3] = f32::INFINITY;
+            vals[d as usize + 5] = f32::NAN;
+            let a = gpu_write(ctx, mode, &vals, d, 0.05);
+            let b = gpu_write(&portable, mode, &vals, d, 0.05);
+            if mode != KvQuantMode::Int2PerTokenHead {
+                let (la, lb) = (a.layer(0).unwrap(), b.layer(0).unwrap());
+                assert!(
+                    ctx.read_buffer(la.k()).unwrap() == portable.read_buffer(lb.k()).unwrap(),
+                    "{mode:?} d{d}: the two write entries wrote different codes"
+                );
+            }
+        }
+    }
+    let built = ctx.built_pipelines();
+    let sg = built
+        .iter()
+        .any(|l| l.starts_with("quantkv/write_rows/") && l.contains("/sg/"));
+    assert_eq!(
+        sg,
+        ctx.caps().subgroups && ctx.caps().subgroup_min_size >= 8,
+        "the subgroup entry runs where subgroups hold a row: {built:?}"
+    );
+    assert!(portable
+        .built_pipelines()
+        .iter()
+        .all(|l| !l.contains("/sg")));
+}

@@ -3,11 +3,9 @@
 // The core reduces enc_stat over the cleaned row with enc_fold, asks enc_params for the row's
 // scale, and packs 32/CODE_BITS codes per word from enc_code (element order: low bits first).
 // #include "common/pack.wgsl"
+// #include "common/enc_no_transform.wgsl"
 const CODE_BITS: u32 = 8u;
 const HAS_SCALE_CACHE: bool = false;
-const ENC_TRANSFORM: bool = false;
-
-fn enc_transform(tid: u32) {}
 
 fn enc_init() -> vec2<f32> {
     return vec2<f32>(0.0);
@@ -32,5 +30,14 @@ fn enc_code(x: f32, inf: i32, p: vec4<f32>) -> u32 {
     if (inf != 0) {
         return select(0x7Eu, 0xFEu, inf < 0);
     }
-    return e4m3_encode(div_rn(x, p.x)); // true division, then RNE with saturation
+    // The code of the true quotient rounded to f32 (spec 10.1), then RNE with saturation. The
+    // encoder is monotone, so when both ends of the band around x * (1/scale) that holds the
+    // rounded quotient give one code, that is its code; a code boundary inside the band (a tie
+    // included), or a quotient near zero, takes the exact division.
+    let q = x * p.y;
+    let lo = e4m3_encode(q * (1.0 - QUOT_BAND));
+    if (abs(q) > 1e-30 && lo == e4m3_encode(q * (1.0 + QUOT_BAND))) {
+        return lo;
+    }
+    return e4m3_encode(div_rn(x, p.x));
 }

@@ -3,11 +3,9 @@
 // The core reduces enc_stat over the cleaned row with enc_fold, asks enc_params for the row's
 // scale, and packs 32/CODE_BITS codes per word from enc_code (element order: low bits first).
 // #include "common/pack.wgsl"
+// #include "common/enc_no_transform.wgsl"
 const CODE_BITS: u32 = 8u;
 const HAS_SCALE_CACHE: bool = true;
-const ENC_TRANSFORM: bool = false;
-
-fn enc_transform(tid: u32) {}
 
 fn enc_init() -> vec2<f32> {
     return vec2<f32>(0.0);

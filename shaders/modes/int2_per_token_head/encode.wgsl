@@ -12,6 +12,11 @@ fn enc_transform(tid: u32) {
     round_x(tid);
 }
 
+// Before the butterflies, per element (the subgroup write entry): nothing (no signs, §3.5).
+fn enc_pre(x: f32, i: u32) -> f32 {
+    return x;
+}
+
 fn enc_init() -> vec2<f32> {
     return vec2<f32>(0.0);
 }

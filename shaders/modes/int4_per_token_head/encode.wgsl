@@ -16,6 +16,11 @@ fn enc_transform(tid: u32) {
     round_x(tid);
 }
 
+// Before the butterflies, per element (the subgroup write entry): the signs.
+fn enc_pre(x: f32, i: u32) -> f32 {
+    return x * rht_sign(i);
+}
+
 fn enc_init() -> vec2<f32> {
     return vec2<f32>(-3.0e38);
 }

@@ -3,11 +3,9 @@
 // The core reduces enc_stat over the cleaned row with enc_fold, asks enc_params for the row's
 // scale, and packs 32/CODE_BITS codes per word from enc_code (element order: low bits first).
 // #include "common/pack.wgsl"
+// #include "common/enc_no_transform.wgsl"
 const CODE_BITS: u32 = 8u;
 const HAS_SCALE_CACHE: bool = false;
-const ENC_TRANSFORM: bool = false;
-
-fn enc_transform(tid: u32) {}
 
 fn enc_init() -> vec2<f32> {
     return vec2<f32>(0.0);
@@ -32,6 +30,14 @@ fn enc_code(x: f32, inf: i32, p: vec4<f32>) -> u32 {
     if (inf != 0) {
         return u32(127 * inf) & 0xFFu;
     }
-    let c = i32(clamp(round(div_rn(x, p.x)), -127.0, 127.0)); // round half to even (spec 10.1)
-    return u32(c) & 0xFFu;
+    // Round half to even of the true quotient rounded to f32 (spec 10.1), clamped. As in
+    // fp8_per_tensor: both ends of the band around x * (1/scale) agreeing decide the code; a
+    // boundary (n + 0.5) inside the band, or a quotient near zero, takes the exact division.
+    let q = x * p.y;
+    let lo = clamp(round(q * (1.0 - QUOT_BAND)), -127.0, 127.0);
+    var c = lo;
+    if (!(abs(q) > 1e-30 && lo == clamp(round(q * (1.0 + QUOT_BAND)), -127.0, 127.0))) {
+        c = clamp(round(div_rn(x, p.x)), -127.0, 127.0);
+    }
+    return u32(i32(c)) & 0xFFu;
 }

@@ -3,14 +3,12 @@
 // The core reduces enc_stat over the cleaned row with enc_fold, asks enc_params for the row's
 // scale, and packs 32/CODE_BITS codes per word from enc_code (element order: low bits first).
 // #include "common/pack.wgsl"
+// #include "common/enc_no_transform.wgsl"
 // The mode's option (Int8Rounding, spec §3.3): 0 half away from zero (the default, the
 // released vLLM kernel), 1 truncate (triton_quant_kv), 2 half to even.
 override INT8_ROUNDING: u32 = 0u;
 const CODE_BITS: u32 = 8u;
 const HAS_SCALE_CACHE: bool = true;
-const ENC_TRANSFORM: bool = false;
-
-fn enc_transform(tid: u32) {}
 
 fn enc_init() -> vec2<f32> {
     return vec2<f32>(0.0);

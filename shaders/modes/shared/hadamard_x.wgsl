@@ -19,6 +19,21 @@ fn wht_x(tid: u32) {
 // Rounds the rotated row to the model dtype (spec §3.4 step 1), after a barrier-free pass.
 fn round_x(tid: u32) {
     for (var i = tid; i < X_LEN; i += WG_SIZE) {
-        x_sh[i] = model_round4(vec4<f32>(x_sh[i], 0.0, 0.0, 0.0)).x;
+        x_sh[i] = model_round1(x_sh[i]);
     }
+}
+
+// One element rounded to the model dtype.
+fn model_round1(x: f32) -> f32 {
+    return model_round4(vec4<f32>(x, 0.0, 0.0, 0.0)).x;
+}
+
+// The transform per element, for the subgroup write entry: the block of the butterflies, and
+// the rounding after them (the mode's enc_pre says what comes before).
+fn enc_block() -> u32 {
+    return rot_b();
+}
+
+fn enc_post(x: f32) -> f32 {
+    return model_round1(x);
 }
