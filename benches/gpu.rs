@@ -4,6 +4,7 @@
 //!
 //!   cargo bench --bench gpu -- [--quick] [--out DIR] [--shapes-json FILE] [--filter A,B,..]
 //!                               [--modes none,int4_per_token_head,..] [--paths auto,stream,..]
+//!                               [--no-subgroups]
 //!
 //! `--shapes-json` writes the shapes for `benches/sdpa.py`, which times PyTorch SDPA on them in
 //! the same device command; `--sdpa FILE` reads its results back and adds the ratio columns.
@@ -648,7 +649,8 @@ fn main() -> Result<()> {
             return Ok(());
         }
     }
-    let ctx = Context::new()?;
+    // --no-subgroups: the portable kernels (Context::with_subgroups(false)).
+    let ctx = Context::new()?.with_subgroups(!flag("--no-subgroups"));
     println!("device: {}", ctx.adapter());
     let limit = ctx
         .limits()

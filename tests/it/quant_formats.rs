@@ -598,11 +598,15 @@ fn gpu_per_tensor_codes_equal_cpu_at_every_rounding_boundary() {
     // quantizer's codes exactly (spec 10.1).
     let Some(ctx) = context() else { return };
     let step = |x: f32, k: i32| f32::from_bits((x.to_bits() as i32 + k) as u32);
+    // (Powers of two, 1.0 the default, take the product as the quotient: it is exact.)
     for (mode, scale) in [
         (KvQuantMode::Int8PerTensor, 0.037f32),
         (KvQuantMode::Int8PerTensor, 3.1),
+        (KvQuantMode::Int8PerTensor, 0.25),
         (KvQuantMode::Fp8PerTensor, 0.37),
         (KvQuantMode::Fp8PerTensor, 1.0 / 3.0),
+        (KvQuantMode::Fp8PerTensor, 1.0),
+        (KvQuantMode::Fp8PerTensor, 2f32.powi(-9)),
     ] {
         // Code boundaries in quotient units.
         let bounds: Vec<f32> = if mode == KvQuantMode::Int8PerTensor {

@@ -33,11 +33,17 @@ fn enc_code(x: f32, inf: i32, p: vec4<f32>) -> u32 {
     // The code of the true quotient rounded to f32 (spec 10.1), then RNE with saturation. The
     // encoder is monotone, so when both ends of the band around x * (1/scale) that holds the
     // rounded quotient give one code, that is its code; a code boundary inside the band (a tie
-    // included), or a quotient near zero, takes the exact division.
+    // included), or a quotient near zero, takes the exact division. With a power-of-two scale
+    // (1.0 by default) the product is the quotient itself.
     let q = x * p.y;
-    let lo = e4m3_encode(q * (1.0 - QUOT_BAND));
-    if (abs(q) > 1e-30 && lo == e4m3_encode(q * (1.0 + QUOT_BAND))) {
-        return lo;
+    if (abs(q) > 1e-30) {
+        if ((bitcast<u32>(p.x) & 0x7FFFFFu) == 0u) {
+            return e4m3_encode(q);
+        }
+        let lo = e4m3_encode(q * (1.0 - QUOT_BAND));
+        if (lo == e4m3_encode(q * (1.0 + QUOT_BAND))) {
+            return lo;
+        }
     }
     return e4m3_encode(div_rn(x, p.x));
 }

@@ -33,10 +33,14 @@ fn enc_code(x: f32, inf: i32, p: vec4<f32>) -> u32 {
     // Round half to even of the true quotient rounded to f32 (spec 10.1), clamped. As in
     // fp8_per_tensor: both ends of the band around x * (1/scale) agreeing decide the code; a
     // boundary (n + 0.5) inside the band, or a quotient near zero, takes the exact division.
+    // With a power-of-two scale (1.0 by default) the product is the quotient itself.
     let q = x * p.y;
-    let lo = clamp(round(q * (1.0 - QUOT_BAND)), -127.0, 127.0);
-    var c = lo;
-    if (!(abs(q) > 1e-30 && lo == clamp(round(q * (1.0 + QUOT_BAND)), -127.0, 127.0))) {
+    var c = clamp(round(q), -127.0, 127.0);
+    let pow2 = (bitcast<u32>(p.x) & 0x7FFFFFu) == 0u;
+    if (!(abs(q) > 1e-30
+        && (pow2
+            || (c == clamp(round(q * (1.0 - QUOT_BAND)), -127.0, 127.0)
+                && c == clamp(round(q * (1.0 + QUOT_BAND)), -127.0, 127.0))))) {
         c = clamp(round(div_rn(x, p.x)), -127.0, 127.0);
     }
     return u32(i32(c)) & 0xFFu;
