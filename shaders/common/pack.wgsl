@@ -46,10 +46,25 @@ fn e4m3_encode(x: f32) -> u32 {
 // with room to spare): 2^-20.
 const QUOT_BAND: f32 = 9.5367431640625e-7;
 
-// a / b correctly rounded (round to nearest even), by integer long division of the
-// significands. WGSL's `/` may be off by 2.5 ULP (and `fma` need not be fused), which flips
-// truncated codes at integer boundaries (absmax * (1/(absmax/127)) = 126.99999 -> 126); the CPU
-// reference divides exactly, so the write kernels divide exactly too. Falls back to `/` for
+// x * y exactly, for x, y < 2^25: (low word, high word) of the 50-bit product, from 16-bit
+// limbs (WGSL has no 64-bit integers).
+fn mul_wide(x: u32, y: u32) -> vec2<u32> {
+    let x0 = x & 0xFFFFu;
+    let x1 = x >> 16u;
+    let y0 = y & 0xFFFFu;
+    let y1 = y >> 16u;
+    let p00 = x0 * y0;
+    let mid = x0 * y1 + x1 * y0; // < 2^27
+    let lo = p00 + (mid << 16u);
+    return vec2<u32>(lo, x1 * y1 + (mid >> 16u) + select(0u, 1u, lo < p00));
+}
+
+// a / b correctly rounded (round to nearest even). WGSL's `/` may be off by 2.5 ULP (and `fma`
+// need not be fused), which flips truncated codes at integer boundaries (absmax * (1/(absmax/127))
+// = 126.99999 -> 126); the CPU reference divides exactly, so the write kernels divide exactly
+// too. The significand quotient t = ma 2^23 / mb (in [2^23, 2^24) once ma >= mb) is estimated
+// by `/`, its floor q then settled by exact integer products (the remainder ma 2^23 - q mb must
+// lie in [0, mb)), and rounded to nearest even from the remainder. Falls back to `/` for
 // zero/subnormal operands and quotients outside the normal range.
 fn div_rn(a: f32, b: f32) -> f32 {
     let ab = bitcast<u32>(a);
@@ -66,19 +81,27 @@ fn div_rn(a: f32, b: f32) -> f32 {
         ma <<= 1u;
         e -= 1;
     }
-    var q = 0u;
-    var r = ma;
-    for (var i = 0; i < 25; i++) {
-        q <<= 1u;
-        if (r >= mb) {
-            r -= mb;
-            q |= 1u;
+    // ma 2^23 as (low, high) words; ma < 2^25.
+    let n_lo = ma << 23u;
+    let n_hi = ma >> 9u;
+    // The estimate is within a few units of t (both operands are exact in f32).
+    var q = u32(f32(ma) / f32(mb) * 8388608.0);
+    var r = 0u;
+    for (var i = 0; i < 8; i++) {
+        let p = mul_wide(q, mb);
+        let d_lo = n_lo - p.x;
+        let d_hi = i32(n_hi) - i32(p.y) - select(0, 1, n_lo < p.x);
+        if (d_hi < 0) {
+            q -= 1u;
+        } else if (d_hi > 0 || d_lo >= mb) {
+            q += 1u;
+        } else {
+            r = d_lo;
+            break;
         }
-        r <<= 1u;
     }
-    let guard = q & 1u;
-    q >>= 1u;
-    if (guard == 1u && (r != 0u || (q & 1u) == 1u)) {
+    // Round to nearest even: up when the remainder is over half of mb, or exactly half and q odd.
+    if (2u * r > mb || (2u * r == mb && (q & 1u) == 1u)) {
         q += 1u;
     }
     if (q == 0x1000000u) {

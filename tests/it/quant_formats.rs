@@ -695,3 +695,39 @@ fn write_kernel_subgroup_and_portable_entries_agree() {
         .iter()
         .all(|l| !l.contains("/sg")));
 }
+
+#[test]
+fn gpu_row_scales_are_the_exact_quotients() {
+    // Per-(token, head) scales are absmax / 448 (FP8) or absmax / 127 (INT8) rounded once to
+    // f32 (spec §3.2, §3.3): the write kernel's division is exact (div_rn), so its scales are
+    // the CPU quantizer's bit for bit, over many magnitudes and mantissas.
+    let Some(ctx) = context() else { return };
+    let mut rng = quantkv::reference::rng::SplitMix64::new(0xD1F);
+    let d = 32usize;
+    let n = 256usize;
+    let vals: Vec<f32> = (0..n * d)
+        .map(|i| {
+            let row = i / d;
+            let mag = 2f32.powi((row % 40) as i32 - 20);
+            (rng.normal() as f32) * mag * (1.0 + rng.uniform() as f32)
+        })
+        .collect();
+    for mode in [KvQuantMode::Fp8PerTokenHead, KvQuantMode::Int8PerTokenHead] {
+        let cache = gpu_write(ctx, mode, &vals, d as u32, 1.0);
+        let layer = cache.layer(0).unwrap();
+        let p = layer.row_codec(false);
+        let backend = quantkv::modes::backend(mode).unwrap();
+        let got: Vec<f32> =
+            bytemuck::cast_slice::<u8, f32>(&ctx.read_buffer(layer.k_scale()).unwrap()).to_vec();
+        for r in 0..n {
+            let slot = n - 1 - r;
+            let (_, want) = backend.quantize_row(&vals[r * d..(r + 1) * d], &p);
+            assert_eq!(
+                got[slot].to_bits(),
+                want.to_bits(),
+                "{mode:?} row {r}: scale {} vs CPU {want}",
+                got[slot]
+            );
+        }
+    }
+}
