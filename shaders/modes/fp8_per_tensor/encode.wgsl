@@ -45,5 +45,5 @@ fn enc_code(x: f32, inf: i32, p: vec4<f32>) -> u32 {
             return lo;
         }
     }
-    return e4m3_encode(div_rn(x, p.x));
+    return e4m3_encode(div_rn_compact(x, p.x));
 }

@@ -41,7 +41,7 @@ fn enc_code(x: f32, inf: i32, p: vec4<f32>) -> u32 {
         && (pow2
             || (c == clamp(round(q * (1.0 - QUOT_BAND)), -127.0, 127.0)
                 && c == clamp(round(q * (1.0 + QUOT_BAND)), -127.0, 127.0))))) {
-        c = clamp(round(div_rn(x, p.x)), -127.0, 127.0);
+        c = clamp(round(div_rn_compact(x, p.x)), -127.0, 127.0);
     }
     return u32(i32(c)) & 0xFFu;
 }
