@@ -59,51 +59,38 @@ fn mul_wide(x: u32, y: u32) -> vec2<u32> {
     return vec2<u32>(lo, x1 * y1 + (mid >> 16u) + select(0u, 1u, lo < p00));
 }
 
-// a / b correctly rounded (round to nearest even). WGSL's `/` may be off by 2.5 ULP (and `fma`
-// need not be fused), which flips truncated codes at integer boundaries (absmax * (1/(absmax/127))
-// = 126.99999 -> 126); the CPU reference divides exactly, so the write kernels divide exactly
-// too. The significand quotient t = ma 2^23 / mb (in [2^23, 2^24) once ma >= mb) is estimated
-// by `/`, its floor q then settled by exact integer products (the remainder ma 2^23 - q mb must
-// lie in [0, mb)), and rounded to nearest even from the remainder. Falls back to `/` for
-// zero/subnormal operands and quotients outside the normal range.
-fn div_rn(a: f32, b: f32) -> f32 {
+// The operands of an exact division: significands ma (>= mb, so that the quotient of
+// significands is in [1, 2)), mb and the quotient's unbiased exponent; ok is false for
+// zero/subnormal/non-finite operands (the caller then takes `/`).
+struct DivIn {
+    ok: bool,
+    ma: u32,
+    mb: u32,
+    e: i32,
+}
+
+fn div_in(a: f32, b: f32) -> DivIn {
     let ab = bitcast<u32>(a);
     let bb = bitcast<u32>(b);
     let ea = i32((ab >> 23u) & 0xFFu);
     let eb = i32((bb >> 23u) & 0xFFu);
-    if (ea == 0 || eb == 0 || ea == 255 || eb == 255) {
-        return a / b;
+    var d: DivIn;
+    d.ok = !(ea == 0 || eb == 0 || ea == 255 || eb == 255);
+    d.ma = (ab & 0x7FFFFFu) | 0x800000u;
+    d.mb = (bb & 0x7FFFFFu) | 0x800000u;
+    d.e = ea - eb;
+    if (d.ma < d.mb) {
+        d.ma <<= 1u;
+        d.e -= 1;
     }
-    var ma = (ab & 0x7FFFFFu) | 0x800000u;
-    let mb = (bb & 0x7FFFFFu) | 0x800000u;
-    var e = ea - eb;
-    if (ma < mb) {
-        ma <<= 1u;
-        e -= 1;
-    }
-    // ma 2^23 as (low, high) words; ma < 2^25.
-    let n_lo = ma << 23u;
-    let n_hi = ma >> 9u;
-    // The estimate is within a few units of t (both operands are exact in f32).
-    var q = u32(f32(ma) / f32(mb) * 8388608.0);
-    var r = 0u;
-    for (var i = 0; i < 8; i++) {
-        let p = mul_wide(q, mb);
-        let d_lo = n_lo - p.x;
-        let d_hi = i32(n_hi) - i32(p.y) - select(0, 1, n_lo < p.x);
-        if (d_hi < 0) {
-            q -= 1u;
-        } else if (d_hi > 0 || d_lo >= mb) {
-            q += 1u;
-        } else {
-            r = d_lo;
-            break;
-        }
-    }
-    // Round to nearest even: up when the remainder is over half of mb, or exactly half and q odd.
-    if (2u * r > mb || (2u * r == mb && (q & 1u) == 1u)) {
-        q += 1u;
-    }
+    return d;
+}
+
+// The quotient from its rounded 24-bit significand q (2^24 after a carry) and exponent e; `/`
+// when it leaves the normal range.
+fn div_out(a: f32, b: f32, q_in: u32, e_in: i32) -> f32 {
+    var q = q_in;
+    var e = e_in;
     if (q == 0x1000000u) {
         q >>= 1u;
         e += 1;
@@ -112,33 +99,62 @@ fn div_rn(a: f32, b: f32) -> f32 {
     if (be <= 0 || be >= 255) {
         return a / b;
     }
-    return bitcast<f32>(((ab ^ bb) & 0x80000000u) | (u32(be) << 23u) | (q & 0x7FFFFFu));
+    let sign = (bitcast<u32>(a) ^ bitcast<u32>(b)) & 0x80000000u;
+    return bitcast<f32>(sign | (u32(be) << 23u) | (q & 0x7FFFFFu));
+}
+
+// a / b correctly rounded (round to nearest even). WGSL's `/` may be off by 2.5 ULP (and `fma`
+// need not be fused), which flips truncated codes at integer boundaries (absmax * (1/(absmax/127))
+// = 126.99999 -> 126); the CPU reference divides exactly, so the write kernels divide exactly
+// too. The significand quotient t = ma 2^23 / mb (in [2^23, 2^24)) is estimated by `/`, its
+// floor q then settled by exact integer products (the remainder ma 2^23 - q mb must lie in
+// [0, mb)), and rounded to nearest even from the remainder. Falls back to `/` for
+// zero/subnormal operands and quotients outside the normal range.
+fn div_rn(a: f32, b: f32) -> f32 {
+    let d = div_in(a, b);
+    if (!d.ok) {
+        return a / b;
+    }
+    // ma 2^23 as (low, high) words; ma < 2^25.
+    let n_lo = d.ma << 23u;
+    let n_hi = d.ma >> 9u;
+    // The estimate is within a few units of t (both operands are exact in f32).
+    var q = u32(f32(d.ma) / f32(d.mb) * 8388608.0);
+    var r = 0u;
+    for (var i = 0; i < 8; i++) {
+        let p = mul_wide(q, d.mb);
+        let d_lo = n_lo - p.x;
+        let d_hi = i32(n_hi) - i32(p.y) - select(0, 1, n_lo < p.x);
+        if (d_hi < 0) {
+            q -= 1u;
+        } else if (d_hi > 0 || d_lo >= d.mb) {
+            q += 1u;
+        } else {
+            r = d_lo;
+            break;
+        }
+    }
+    // Round to nearest even: up when the remainder is over half of mb, or exactly half and q odd.
+    if (2u * r > d.mb || (2u * r == d.mb && (q & 1u) == 1u)) {
+        q += 1u;
+    }
+    return div_out(a, b, q, d.e);
 }
 
 // div_rn's result in less code (the 25-step long division of the significands): for a rarely
 // taken path that the kernel expands once per element (the per-tensor modes' exact fallback),
 // where div_rn's larger body measured slower on an H200 (int8_per_tensor 45.5 -> 54.9 us).
 fn div_rn_compact(a: f32, b: f32) -> f32 {
-    let ab = bitcast<u32>(a);
-    let bb = bitcast<u32>(b);
-    let ea = i32((ab >> 23u) & 0xFFu);
-    let eb = i32((bb >> 23u) & 0xFFu);
-    if (ea == 0 || eb == 0 || ea == 255 || eb == 255) {
+    let d = div_in(a, b);
+    if (!d.ok) {
         return a / b;
     }
-    var ma = (ab & 0x7FFFFFu) | 0x800000u;
-    let mb = (bb & 0x7FFFFFu) | 0x800000u;
-    var e = ea - eb;
-    if (ma < mb) {
-        ma <<= 1u;
-        e -= 1;
-    }
     var q = 0u;
-    var r = ma;
+    var r = d.ma;
     for (var i = 0; i < 25; i++) {
         q <<= 1u;
-        if (r >= mb) {
-            r -= mb;
+        if (r >= d.mb) {
+            r -= d.mb;
             q |= 1u;
         }
         r <<= 1u;
@@ -148,13 +164,5 @@ fn div_rn_compact(a: f32, b: f32) -> f32 {
     if (guard == 1u && (r != 0u || (q & 1u) == 1u)) {
         q += 1u;
     }
-    if (q == 0x1000000u) {
-        q >>= 1u;
-        e += 1;
-    }
-    let be = e + 127;
-    if (be <= 0 || be >= 255) {
-        return a / b;
-    }
-    return bitcast<f32>(((ab ^ bb) & 0x80000000u) | (u32(be) << 23u) | (q & 0x7FFFFFu));
+    return div_out(a, b, q, d.e);
 }
