@@ -1,14 +1,13 @@
 #!/usr/bin/env python3
 """Draws BENCHMARKS.md's chart from the GPU benchmark's output (bench.csv, bench.json, sdpa.json):
-decode bandwidth vs context length per mode, next to the copy kernel and PyTorch SDPA from the
-same run, and the f16 decode time as a fraction of SDPA's per shape.
+the f16-equivalent decode bandwidth of every mode per shape, next to the copy kernel and PyTorch
+SDPA on an f16 cache from the same run, and the f16 decode time as a fraction of SDPA's per shape.
 
     python3 benches/chart.py OUT_DIR [PNG]      (needs matplotlib; PNG defaults to OUT_DIR/bench.png)
 """
 import csv
 import json
 import os
-import re
 import sys
 
 
@@ -30,32 +29,36 @@ def main():
         for r in json.load(open(sdpa_path)).get("rows", []):
             sdpa[r["name"]] = r
 
-    def ctx_of(name):
-        m = re.fullmatch(r"decode_b1_l(\d+)k", name)
-        return int(m.group(1)) * 1024 if m else None
-
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(14, 5.5))
-    # Left: decode B=1, default path (auto split, the library's kernel choice), GB/s read.
-    series = {}
+    # Left: f16-equivalent bandwidth per mode and decode shape (the f16 cache's bytes over the
+    # time: what a quantized cache delivers in f16 terms), default path (Auto), next to SDPA on
+    # an f16 cache and the copy kernel from the same run.
+    shapes = []
+    val = {}
     for r in rows:
-        L = ctx_of(r["shape"])
-        if L is None or not r["split"].startswith("auto") or "forced" in r["kernel"]:
+        if (not r["shape"].startswith("decode_") or not r["split"].startswith("auto")
+                or "forced" in r["kernel"] or "_d" in r["shape"][len("decode_"):]):
             continue
-        series.setdefault(r["mode"], []).append((L, float(r["gbs"])))
-    for mode, pts in sorted(series.items()):
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"quantkv {mode}")
-    spts = sorted((ctx_of(n), r["sdpa_gbs"]) for n, r in sdpa.items() if ctx_of(n) and "sdpa_gbs" in r)
-    if spts:
-        ax.plot([p[0] for p in spts], [p[1] for p in spts], "k--", marker="s",
-                label="torch SDPA fp16 (contiguous)")
+        if r["shape"] not in shapes:
+            shapes.append(r["shape"])
+        val[(r["mode"], r["shape"])] = float(r["f16_equiv_gbs"])
+    modes = sorted({m for m, _ in val}, key=lambda m: (m != "none", m))
+    width = 0.8 / max(len(modes), 1)
+    for i, mode in enumerate(modes):
+        xs = [j + (i - (len(modes) - 1) / 2) * width for j in range(len(shapes))]
+        ax.bar(xs, [val.get((mode, sh), 0.0) for sh in shapes], width,
+               label="f16 (none)" if mode == "none" else mode)
+    sx = [j for j, sh in enumerate(shapes) if "sdpa_gbs" in sdpa.get(sh, {})]
+    if sx:
+        ax.plot(sx, [sdpa[shapes[j]]["sdpa_gbs"] for j in sx], "k_", markersize=40,
+                markeredgewidth=2, linestyle="none", label="torch SDPA, f16 cache")
     ax.axhline(meta["copy_gbs"], color="gray", linestyle=":", label="WGSL copy kernel")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("context length (B=1, Hq 32, Hkv 8, D 128)")
-    ax.set_ylabel("GB/s actually read")
-    ax.set_title("Decode bandwidth vs context length")
-    ax.legend(fontsize=8)
-    ax.grid(True, alpha=0.3)
+    ax.set_xticks(range(len(shapes)))
+    ax.set_xticklabels([sh.replace("decode_", "") for sh in shapes])
+    ax.set_ylabel("f16-equivalent GB/s (f16 cache bytes / time)")
+    ax.set_title("Decode, every mode: effective bandwidth (Hq 32, Hkv 8, D 128)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(True, axis="y", alpha=0.3)
     # Right: f16 decode, speed as a fraction of SDPA (SDPA time / ours) per shape.
     f16 = [r for r in rows if r["mode"] == "none" and r["split"].startswith("auto")
            and float(r["vs_sdpa"] or 0) > 0 and r["shape"].startswith("decode")]
