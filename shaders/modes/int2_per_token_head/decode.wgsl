@@ -1,5 +1,5 @@
 // modes/int2_per_token_head/decode.wgsl — read contract v2. INT2 Lloyd-Max codebook, four
-// codes per byte (element e at bits 2*(e%16) of word e/16); the codebook is four constants,
+// codes per byte (element e at bits 2*(e%16) of word e/16); the codebook is read as a cubic (below),
 // the row's scale is norm/(sqrt(d)*b), so centroid*scale is the rotated element divided by b
 // (spec §3.5, §10.2), which makes dot(WHT q, value) = dot(q, k) with the softmax scale
 // unchanged.
@@ -7,19 +7,21 @@
 const K_EPW: u32 = 16u;
 const V_EPW: u32 = 16u;
 
-// Centroid of each 2-bit index of `c` (the four levels are symmetric: the high bit is the
-// sign, the low bit picks the magnitude).
-fn int2_centroid4(c: vec4<u32>) -> vec4<f32> {
-    let lo = c & vec4<u32>(1u);
-    let hi = (c >> vec4<u32>(1u)) & vec4<u32>(1u);
-    let mag = select(vec4<f32>(1.5104), vec4<f32>(0.4528), lo != hi);
-    return select(-mag, mag, (c & vec4<u32>(2u)) != vec4<u32>(0u));
-}
+// The codebook {-1.5104, -0.4528, 0.4528, 1.5104} of indices c = 0..3 as the odd cubic
+// t (INT2_B + INT2_A t^2) of t = c - 1.5 (= ±0.5, ±1.5; the cubic through the four centroids):
+// floating-point multiply-adds only, no compare or select. t comes exactly from the bits of
+// 1 + c/4 (c placed in bits 21..22 of 1.0f): t = 4 (1 + c/4) - 5.5. The coefficients are
+// 0.152 / 3 and 0.9056 - 0.152 / 12 nudged by a few f32 steps so that the cubic gives the f32
+// centroids exactly, whether or not the driver fuses the inner multiply-add.
+const INT2_A: f32 = 0.050666638;
+const INT2_B: f32 = 0.89293337;
 
 // Codes of group `sub` (0..3) of a word, by shifts and masks.
 fn int2_raw4(w: u32, sub: u32) -> vec4<f32> {
     let q = w >> (sub * 8u);
-    return int2_centroid4(vec4<u32>(q, q >> 2u, q >> 4u, q >> 6u) & vec4<u32>(3u));
+    let c = vec4<u32>(q << 21u, q << 19u, q << 17u, q << 15u) & vec4<u32>(0x600000u);
+    let t = bitcast<vec4<f32>>(c | vec4<u32>(0x3F800000u)) * 4.0 - vec4<f32>(5.5);
+    return t * (vec4<f32>(INT2_B) + vec4<f32>(INT2_A) * (t * t));
 }
 
 fn k_raw4(w: vec4<u32>, sub: u32) -> vec4<f32> {
