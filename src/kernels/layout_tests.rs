@@ -17,7 +17,9 @@ use super::plan::{
     attention_smem, attention_tiling, coop_admits, decode_smem, decode_tiling, prefill_f16,
     prefill_smem, prefill_tiling, stream_lanes, stream_smem, stream_tiling,
 };
-use super::write::{write_copy_source, write_rows_source, write_rows_tiling, write_subgroups};
+use super::write::{
+    lane_elems, write_copy_source, write_rows_source, write_rows_tiling, write_subgroups,
+};
 use super::Geometry;
 use crate::gpu::pipeline::full_source;
 use crate::gpu::uniforms::{LayerUniform, StepUniform};
@@ -701,7 +703,7 @@ fn write_rows_tiling_fits_the_default_workgroup_memory_for_every_head_size() {
         let codec = b.codec(Dtype::F32, &ModeOptions::default());
         for d in (32..=256).step_by(16) {
             let t = write_rows_tiling(d, b.packing_factor());
-            let e = (4 * b.packing_factor()).max(8);
+            let e = lane_elems(b.packing_factor());
             assert_eq!(t.wg_size, t.tile * d / e, "d{d}: {t:?}");
             assert!(t.wg_size <= 256, "d{d}: {t:?}");
             let src = write_rows_source(&codec, d, t, false);

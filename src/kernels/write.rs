@@ -147,13 +147,18 @@ pub fn write_copy_tiling() -> Tiling {
     }
 }
 
+/// Elements per lane of the quantizing write kernel (`E` in write_rows.wgsl): whole code words,
+/// at least 8.
+pub fn lane_elems(packing_factor: u32) -> u32 {
+    (4 * packing_factor).max(8)
+}
+
 /// Geometry of the quantizing write kernel for a mode storing `packing_factor` codes per byte:
 /// each lane holds `E = max(8, 4 · packing_factor)` elements (whole code words), a row takes
 /// `head_dim / E` lanes, and a workgroup takes `tile` rows (about 128 lanes; the rows' staging
 /// for rotation modes stays at most 8 KiB).
 pub fn write_rows_tiling(head_dim: u32, packing_factor: u32) -> Tiling {
-    let e = (4 * packing_factor).max(8);
-    let lanes = head_dim / e;
+    let lanes = head_dim / lane_elems(packing_factor);
     let rows = (128 / lanes).max(1);
     Tiling {
         wg_size: rows * lanes,
@@ -187,7 +192,7 @@ pub fn write_copy_source(tiling: Tiling) -> PipelineSource<'static> {
 /// Whether the quantizing write kernel takes its subgroup entry on `caps`: a row's lanes (a
 /// power of two) fit the smallest subgroup, and the workgroup is whole subgroups.
 pub fn write_subgroups(caps: &Caps, head_dim: u32, packing_factor: u32, tiling: Tiling) -> bool {
-    let lanes = head_dim / (4 * packing_factor).max(8);
+    let lanes = head_dim / lane_elems(packing_factor);
     caps.subgroups
         && lanes.is_power_of_two()
         && lanes <= caps.subgroup_min_size

@@ -738,6 +738,23 @@ fn attend_4_heads(
     (q, out): (&wgpu::Buffer, &wgpu::Buffer),
     rows: u32,
 ) -> Result<()> {
+    let params = AttentionParams {
+        num_q_heads: 4,
+        ..Default::default()
+    };
+    attend_4_heads_with((cache, layer), ctx, enc, plan, (q, out), rows, &params)
+}
+
+/// [`attend_4_heads`] with the caller's parameters (`num_q_heads` 4).
+fn attend_4_heads_with(
+    (cache, layer): (&KvCache, &LayerKv),
+    ctx: &Context,
+    enc: &mut wgpu::CommandEncoder,
+    plan: &BatchPlan,
+    (q, out): (&wgpu::Buffer, &wgpu::Buffer),
+    rows: u32,
+    params: &AttentionParams<'_>,
+) -> Result<()> {
     cache.unified_attention(
         ctx,
         enc,
@@ -746,10 +763,7 @@ fn attend_4_heads(
             layer,
             q: Tensor::new(q, Dtype::F16, [rows, 4, 64]),
             out: Tensor::new(out, Dtype::F16, [rows, 4, 64]),
-            params: &AttentionParams {
-                num_q_heads: 4,
-                ..Default::default()
-            },
+            params,
         },
     )
 }
@@ -802,20 +816,17 @@ fn steps_reuse_pooled_buffers_and_bind_groups() {
         )
         .unwrap();
         let mut enc = ctx.device.create_command_encoder(&Default::default());
-        let shape = [b as u32, 4, 64];
-        cache
-            .unified_attention(
-                ctx,
-                &mut enc,
-                &Attention {
-                    plan: &plan,
-                    layer: cache.layer(0).unwrap(),
-                    q: Tensor::new(&q, Dtype::F16, shape),
-                    out: Tensor::new(&out, Dtype::F16, shape),
-                    params: &params,
-                },
-            )
-            .unwrap();
+        let layer = cache.layer(0).unwrap();
+        attend_4_heads_with(
+            (&cache, layer),
+            ctx,
+            &mut enc,
+            &plan,
+            (&q, &out),
+            b as u32,
+            &params,
+        )
+        .unwrap();
         ctx.queue.submit([enc.finish()]);
         drop(plan);
         let mut bytes = ctx.read_buffer(&out).unwrap();
