@@ -44,6 +44,11 @@ fn put_kv4(t: u32, j: u32, v: vec4<f32>) {
     kv_sh[b + 3u] = h.w;
 }
 
+fn get_kv4(t: u32, j: u32) -> vec4<f32> {
+    let b = t * KS + 4u * j;
+    return vec4<f32>(f32(kv_sh[b]), f32(kv_sh[b + 1u]), f32(kv_sh[b + 2u]), f32(kv_sh[b + 3u]));
+}
+
 // P arrives scaled by 16 (p <= 16 e^TAU < 65504), so the lo half of any p that matters is
 // an f16 normal number (tensor cores may flush subnormal inputs).
 const P_SCALE: f32 = 16.0;
@@ -54,6 +59,10 @@ fn put_p(row: u32, t: u32, p: f32) {
     let hi = bitcast<f32>(bitcast<u32>(p) & 0xFFFFE000u);
     p_sh[row * PS + t] = f16(min(hi, F16_MAX));
     pl_sh[row * PS + t] = f16(select(p - hi, 0.0, (DEBUG_SKIP & 64u) != 0u));
+}
+
+fn get_p(row: u32, t: u32) -> f32 {
+    return f32(p_sh[row * PS + t]) + f32(pl_sh[row * PS + t]);
 }
 
 // c + Q[r0.., k0..] K[t0.., k0..]^T (16x16x16).

@@ -32,10 +32,18 @@ fn put_kv4(t: u32, j: u32, v: vec4<f32>) {
     kv_sh[t * (KS / 4u) + j] = to_et4(v);
 }
 
+fn get_kv4(t: u32, j: u32) -> vec4<f32> {
+    return vec4<f32>(kv_sh[t * (KS / 4u) + j]);
+}
+
 const P_SCALE: f32 = 1.0;
 
 fn put_p(row: u32, t: u32, p: f32) {
     p_sh[row * (PS / 4u) + t / 4u][t % 4u] = p;
+}
+
+fn get_p(row: u32, t: u32) -> f32 {
+    return p_sh[row * (PS / 4u) + t / 4u][t % 4u];
 }
 
 fn frag_qk(c: FragC, r0: u32, t0: u32, k0: u32) -> FragC {

@@ -29,7 +29,7 @@
 // precision.
 //
 // The fragment include provides: alias FragC; var<workgroup> qh_sh, kv_sh and its P tile(s);
-// put_q4 / get_q4, put_kv4, put_p (of p' * P_SCALE, a power of two the
+// put_q4 / get_q4, put_kv4 / get_kv4, put_p / get_p (of p' * P_SCALE, a power of two the
 // include picks; O is divided by it at the end), frag_qk, frag_pv, frag_store /
 // frag_load (s_sh, f32, row-major), and the entry point, which calls prefill_main with the
 // fragment owner's row block. The prelude defines ET, ET_MAX, D_BLOCKS = HEAD_DIM / 16 and
@@ -62,7 +62,10 @@ override HAS_MM: bool = false;
 override IS_SPLIT: bool = false;
 // Diagnostics only (QUANTKV_DEBUG_SKIP): 1 skips K/V loads, 2 the Q K^T multiply-adds, 4 the
 // P V multiply-adds, 8 the score pipeline and mask (raw scores kept), 64 the lo half of P
-// (cooperative matrices); 32 (host side) lets modes with a query transform take cooperative
+// (cooperative matrices), 128 the mode's query and output transforms; 256/512/1024/2048/4096
+// write the first key tile's staged Q / K / raw S / V / P rows to the output and stop
+// (debug_dump), 8192/16384/32768 the Q / K tile / scalar Q K^T once the scores are stored,
+// 262144 the mode's row scales (1 instead), 65536 (host side) the transform's staging array; 32 (host side) lets modes with a query transform take cooperative
 // matrices.
 override DEBUG_SKIP: u32 = 0u;
 
@@ -143,6 +146,43 @@ fn q_row4(inf: WgInfo, m: u32, j: u32) -> vec4<f32> {
     return vec4<f32>(0.0);
 }
 
+// Diagnostics: writes row m of a staged tile (what: 0 Q, 1 the K or V tile's row m % TK,
+// 2 P, 3 the raw scores s_sh, 4 the raw scores recomputed by scalar code from the Q and K
+// tiles; columns past TK are 0) to output row m.
+fn debug_dump(inf: WgInfo, tid: u32, what: u32) {
+    let d4 = HEAD_DIM / 4u;
+    let hg = ly.heads_per_wg;
+    for (var e = tid; e < MAX_M * d4; e += WG_SIZE) {
+        let m = e / d4;
+        let j = e % d4;
+        var v = vec4<f32>(0.0);
+        if (what == 0u) {
+            v = get_q4(m, j);
+        } else if (what == 1u) {
+            v = get_kv4(m % TK, j);
+        } else if (4u * j < TK) {
+            for (var c = 0u; c < 4u; c++) {
+                if (what == 2u) {
+                    v[c] = get_p(m, 4u * j + c);
+                } else if (what == 4u) {
+                    var acc = 0.0;
+                    for (var k = 0u; k < d4; k++) {
+                        acc += dot(get_q4(m, k), get_kv4(4u * j + c, k));
+                    }
+                    v[c] = acc;
+                } else {
+                    v[c] = s_sh[m * SS + 4u * j + c];
+                }
+            }
+        }
+        let qm = m / hg;
+        let hm = m % hg;
+        if (qm < inf.rows_q && hm < inf.nheads) {
+            out_store4(out_elem(inf.q_first + qm, inf.head0 + hm, j), v);
+        }
+    }
+}
+
 fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     if (tid == 0u) {
         info = plan_workgroup(wid, 1u, TK);
@@ -157,7 +197,8 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     let hg = ly.heads_per_wg;
 
     // Prologue: Q rows (through the mode's transform, 16 rows at a time, where it has one).
-    if (HAS_TRANSFORM) {
+    let xf = HAS_TRANSFORM && (DEBUG_SKIP & 128u) == 0u;
+    if (xf) {
         for (var rb = 0u; rb < ROW_BLOCKS; rb++) {
             for (var e = tid; e < 16u * d4; e += WG_SIZE) {
                 q_sh[e] = q_row4(inf, rb * 16u + e / d4, e % d4);
@@ -189,6 +230,10 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         s_sh[e] = 0.0;
     }
     workgroupBarrier();
+    if ((DEBUG_SKIP & 256u) != 0u) {
+        debug_dump(inf, tid, 0u);
+        return;
+    }
     let zero = frag_load(0u, 16u);
     var o: array<FragC, D_BLOCKS>;
     for (var db = 0u; db < D_BLOCKS; db++) {
@@ -213,8 +258,8 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             }
             row_sh[t] = r;
             atomicStore(&vbad_at[t], 0u);
-            ks_sh[t] = k_row_scale(r);
-            let vsc = v_row_scale(r);
+            ks_sh[t] = select(k_row_scale(r), 1.0, (DEBUG_SKIP & 262144u) != 0u);
+            let vsc = select(v_row_scale(r), 1.0, (DEBUG_SKIP & 262144u) != 0u);
             vs_sh[t] = vsc;
             // (A scale that is not a finite positive number, e.g. of a block no row sees,
             // is left out: it is never multiplied by a nonzero p.)
@@ -226,6 +271,10 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         workgroupBarrier();
         stage_tile(tid, TK * d4, key0, inf.kv_len, false);
         workgroupBarrier();
+        if ((DEBUG_SKIP & 512u) != 0u) {
+            debug_dump(inf, tid, 1u);
+            return;
+        }
         // The tile's binade of V scales (biased exponent; 0 for zero scales), g's update: every
         // thread computes the same gexp from the same values, so it is workgroup-uniform.
         let vexp = min((atomicLoad(&vmax_at) >> 23u) & 0xFFu, 253u);
@@ -249,6 +298,22 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             frag_store(c, r0 * SS + cb * 16u, SS);
         }
         workgroupBarrier();
+        if ((DEBUG_SKIP & 1024u) != 0u) {
+            debug_dump(inf, tid, 3u);
+            return;
+        }
+        if ((DEBUG_SKIP & 32768u) != 0u) {
+            debug_dump(inf, tid, 4u);
+            return;
+        }
+        if ((DEBUG_SKIP & 8192u) != 0u) {
+            debug_dump(inf, tid, 0u);
+            return;
+        }
+        if ((DEBUG_SKIP & 16384u) != 0u) {
+            debug_dump(inf, tid, 1u);
+            return;
+        }
         // V tile (K is no longer read); scores finished in place; partial row maxima.
         stage_tile(tid, TK * d4, key0, inf.kv_len, true);
         var part = NEG;
@@ -292,6 +357,10 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             atomicMax(&resc_at, 1u);
         }
         workgroupBarrier();
+        if ((DEBUG_SKIP & 2048u) != 0u) {
+            debug_dump(inf, tid, 1u);
+            return;
+        }
         // P = exp(S - M); p' = p s_v to the multiply-add, Σ p and Σ p' z_v per row.
         let mu = m_sh[rm];
         var psum = 0.0;
@@ -318,6 +387,10 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             atomicStore(&vmax_at, 0u);
         }
         workgroupBarrier();
+        if ((DEBUG_SKIP & 4096u) != 0u) {
+            debug_dump(inf, tid, 2u);
+            return;
+        }
         if (rsub == 0u) {
             var sum = 0.0;
             for (var r = 0u; r < rt; r++) {
@@ -371,7 +444,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
                 v = (vec4<f32>(s_sh[b], s_sh[b + 1u], s_sh[b + 2u], s_sh[b + 3u])
                     * o_unit) / l_sh[m];
             }
-            if (HAS_TRANSFORM) {
+            if (xf) {
                 put_q4(m, db * 4u + cg, model_round4(v));
             } else {
                 let qm = m / hg;
@@ -383,7 +456,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         }
         workgroupBarrier();
     }
-    if (HAS_TRANSFORM) {
+    if (xf) {
         for (var rb = 0u; rb < ROW_BLOCKS; rb++) {
             for (var e = tid; e < 16u * d4; e += WG_SIZE) {
                 q_sh[e] = get_q4(rb * 16u + e / d4, e % d4);

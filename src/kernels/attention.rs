@@ -491,7 +491,14 @@ pub fn prefill_source(
                 "S_LEN",
                 super::plan::prefill_s_len(&tiling, d, f16) as f64,
             ),
-            ("Q_SH_LEN", if transform { 4 * d } else { 1 } as f64),
+            (
+                "Q_SH_LEN",
+                if transform && debug_skip() & 65536 == 0 {
+                    4 * d
+                } else {
+                    1
+                } as f64,
+            ),
             ("HAS_MM", flag(f, Features::MM_PREFIX)),
             ("DEBUG_SKIP", debug_skip() as f64),
         ]

@@ -353,10 +353,12 @@ pub fn coop_admits(caps: &Caps, g: &Geometry) -> bool {
         && caps.subgroup_min_size >= 16
         && g.dtype != crate::types::Dtype::F32
         // The rotation modes (INT4 and INT2 alike) give wrong outputs on cooperative matrices
-        // on an H200 (BENCHMARKS.md) that their scalar twin, with the same arithmetic, does not
-        // give there or on lavapipe; until that is understood they take the twin (forced) or
-        // the unified kernel (Auto). `QUANTKV_DEBUG_SKIP=32` (feature `debug-knobs`) lets
-        // them through, for investigating.
+        // on an H200: their K and V tiles' 16x16 loads read about one tile row further on
+        // than the tiles' scalar stores wrote (BENCHMARKS.md, "Rotation modes on cooperative
+        // matrices"), though the kernel text they run differs from FP8's, which is right,
+        // only in code that the debug knobs can switch off. Until that is understood they
+        // take the twin (forced) or the unified kernel (Auto). `QUANTKV_DEBUG_SKIP=32`
+        // (feature `debug-knobs`) lets them through, for investigating (tests/it/coop_probe.rs).
         && (!g.transform || super::debug_skip() & 32 != 0)
 }
 
@@ -428,6 +430,7 @@ pub fn prefill_tiling(caps: &Caps, g: &Geometry, coop: bool) -> Option<Tiling> {
             tile: tk,
             max_m: rb * 16,
         })
+        .filter(|t| prefill_tk_knob().is_none_or(|tk| t.tile == tk))
         .find(|t| {
             t.wg_size <= limits.max_compute_invocations_per_workgroup
                 && t.wg_size <= limits.max_compute_workgroup_size_x
@@ -635,6 +638,24 @@ fn decode_knobs() -> (Option<u32>, Option<u32>) {
     #[cfg(not(feature = "debug-knobs"))]
     {
         (None, None)
+    }
+}
+
+/// `QUANTKV_DEBUG_PREFILL_TK` (feature `debug-knobs`): the prefill kernel's keys per tile,
+/// where a tiling with it fits (for investigating tile-size-dependent results).
+fn prefill_tk_knob() -> Option<u32> {
+    #[cfg(feature = "debug-knobs")]
+    {
+        static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+        *KNOB.get_or_init(|| {
+            std::env::var("QUANTKV_DEBUG_PREFILL_TK")
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+        })
+    }
+    #[cfg(not(feature = "debug-knobs"))]
+    {
+        None
     }
 }
 
