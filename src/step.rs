@@ -241,6 +241,12 @@ impl Drop for BatchPlan {
                 .get_mut()
                 .unwrap_or_else(|p| p.into_inner())
                 .take();
+            b.rotated_q = self
+                .gpu
+                .rotated_q
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
             self.pool.put(b);
         }
     }
@@ -297,6 +303,7 @@ impl BatchPlan {
             pool: ctx.step_pool(),
             bufs: Some(StepBuffers {
                 partials: None,
+                rotated_q: None,
                 ..bufs.clone()
             }),
             gpu: StepGpu {
@@ -308,6 +315,7 @@ impl BatchPlan {
                 has_qq: input.qq_bias.is_some(),
                 has_mm: input.prefix_ranges.is_some(),
                 partials: Mutex::new(bufs.partials),
+                rotated_q: Mutex::new(bufs.rotated_q),
             },
         })
     }

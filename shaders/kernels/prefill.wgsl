@@ -8,8 +8,13 @@
 //
 // Every `unified_attention` parameter is supported as in kernels/unified.wgsl (varlen batch,
 // causal, window (only the window's tiles are visited), softcap, sinks, ALiBi, qq_bias,
-// prefix ranges, FP8 output, the mode's query/output transform); split-K does not apply
-// (the planner never splits batches with prompts). Rows are MAX_M = 16 * ROW_BLOCKS (query
+// prefix ranges, FP8 output). The kernel never holds a mode's query/output transform: a
+// mode with one has its query rows rotated by kernels/rotate_q.wgsl first, and this kernel
+// (IS_SPLIT) writes its rows unnormalised, as the one segment of the split-K partials, for
+// the reduce pass to normalise and un-rotate (spec §5.4, bit for bit as a fused transform).
+// (With the transform in this module, INT4 and INT2 came out wrong on cooperative matrices on
+// an H200: BENCHMARKS.md.) Key-axis split-K does not apply (the planner never splits batches
+// with prompts). Rows are MAX_M = 16 * ROW_BLOCKS (query
 // token, query head) pairs of ONE kv head (GQA packing as in unified.wgsl), so each K/V tile
 // is read from the cache and dequantized (by the mode's read contract) once per workgroup.
 //
@@ -53,7 +58,6 @@ override QH_LEN: u32 = 8704u;    // array lengths in the fragment include's elem
 override KV_LEN: u32 = 4352u;
 override P_LEN: u32 = 2560u;
 override S_LEN: u32 = 2304u;     // f32, >= 256 * ROW_BLOCKS
-override Q_SH_LEN: u32 = 1u;     // f32 staging (vec4) of 16 rows for the mode's transform
 override HAS_SOFTCAP: bool = false;
 override HAS_SINKS: bool = false;
 override ALIBI_MODE: u32 = 0u; // 0 off, 1 linear, 2 sqrt
@@ -62,11 +66,9 @@ override HAS_MM: bool = false;
 override IS_SPLIT: bool = false;
 // Diagnostics only (QUANTKV_DEBUG_SKIP): 1 skips K/V loads, 2 the Q K^T multiply-adds, 4 the
 // P V multiply-adds, 8 the score pipeline and mask (raw scores kept), 64 the lo half of P
-// (cooperative matrices), 128 the mode's query and output transforms; 256/512/1024/2048/4096
-// write the first key tile's staged Q / K / raw S / V / P rows to the output and stop
-// (debug_dump), 8192/16384/32768 the Q / K tile / scalar Q K^T once the scores are stored,
-// 262144 the mode's row scales (1 instead), 65536 (host side) the transform's staging array; 32 (host side) lets modes with a query transform take cooperative
-// matrices.
+// (cooperative matrices); 256/512/1024/2048/4096 write the first key tile's staged Q / K /
+// raw S / V / P rows to the output and stop (debug_dump), 8192/16384/32768 the Q / K tile /
+// scalar Q K^T once the scores are stored, 262144 the mode's row scales (1 instead).
 override DEBUG_SKIP: u32 = 0u;
 
 // A row's running maximum moves only when a tile's maximum exceeds it by more than TAU.
@@ -76,7 +78,13 @@ const TAU: f32 = 8.0;
 
 var<workgroup> info: WgInfo;
 var<workgroup> s_sh: array<f32, S_LEN>;
-var<workgroup> q_sh: array<vec4<f32>, Q_SH_LEN>;
+// A placeholder, never read: the cooperative-matrix kernel's 16x16 loads came out right on an
+// H200 (driver 580.159.04) only with this 16-byte variable here. Without it every mode's
+// loads read the wrong rows; with it 8 KiB long (the query-transform staging of INT4 and
+// INT2, before the transform went apart) those modes' loads did (BENCHMARKS.md). The
+// driver's workgroup layout rule is not known; tests/it/coop_probe.rs and the extended
+// matrix on a cooperative-matrix adapter check it.
+var<workgroup> layout_pad: array<vec4<f32>, 1>;
 var<workgroup> m_sh: array<f32, MAX_M>;
 var<workgroup> l_sh: array<f32, MAX_M>;
 var<workgroup> alpha_sh: array<f32, MAX_M>;
@@ -196,30 +204,17 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     let d4 = HEAD_DIM / 4u;
     let hg = ly.heads_per_wg;
 
-    // Prologue: Q rows (through the mode's transform, 16 rows at a time, where it has one).
-    let xf = HAS_TRANSFORM && (DEBUG_SKIP & 128u) == 0u;
-    if (xf) {
-        for (var rb = 0u; rb < ROW_BLOCKS; rb++) {
-            for (var e = tid; e < 16u * d4; e += WG_SIZE) {
-                q_sh[e] = q_row4(inf, rb * 16u + e / d4, e % d4);
-            }
-            workgroupBarrier();
-            q_transform(tid, 16u);
-            workgroupBarrier();
-            for (var e = tid; e < 16u * d4; e += WG_SIZE) {
-                put_q4(rb * 16u + e / d4, e % d4, model_round4(q_sh[e]));
-            }
-            workgroupBarrier();
-        }
-    } else {
-        for (var e = tid; e < MAX_M * d4; e += WG_SIZE) {
-            put_q4(e / d4, e % d4, q_row4(inf, e / d4, e % d4));
-        }
+    // Prologue: Q rows (a mode with a transform had them rotated by kernels/rotate_q.wgsl).
+    if (DEBUG_SKIP == 0xFFFFFFFFu) {
+        layout_pad[0] = vec4<f32>(0.0); // keeps layout_pad in the module (never runs)
+    }
+    for (var e = tid; e < MAX_M * d4; e += WG_SIZE) {
+        put_q4(e / d4, e % d4, q_row4(inf, e / d4, e % d4));
     }
     for (var r = tid; r < MAX_M; r += WG_SIZE) {
         var m0 = NEG;
         let hh = r % hg;
-        if (HAS_SINKS && hh < inf.nheads) {
+        if (HAS_SINKS && !IS_SPLIT && hh < inf.nheads) {
             m0 = real_score(laux[ly.off_sinks + inf.head0 + hh]);
         }
         m_sh[r] = m0;
@@ -423,11 +418,9 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     workgroupBarrier();
 
     // Epilogue: O / l through s_sh, 16 columns at a time (each fragment owner its own block).
-    // Without a transform the rows go straight out. With one, they are rounded to the model
-    // dtype into qh_sh (Q is no longer needed; model-dtype values are exact there, bf16 ones
-    // below f16's normal range aside), then transformed back 16 rows at a time once no
-    // fragment is live any more: fragments held across the transform's calls came back wrong
-    // on an H200.
+    // With IS_SPLIT (a mode with a transform: the reduce pass un-rotates the rows), the row's
+    // unnormalised O, running maximum and denominator go to the partials layout of
+    // kernels/unified.wgsl instead, as its one segment.
     // O's unit: g / P_SCALE.
     let o_unit = select(1.0, bitcast<f32>((gexp + 1u) << 23u), gexp != 0u) * (1.0 / P_SCALE);
     for (var db = 0u; db < D_BLOCKS; db++) {
@@ -438,41 +431,35 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             let r = (e % 64u) / 4u;
             let cg = e % 4u;
             let m = rb * 16u + r;
-            var v = vec4<f32>(0.0);
-            if (seen_sh[m] != 0u) {
+            let seen = seen_sh[m] != 0u;
+            var a = vec4<f32>(0.0);
+            if (seen) {
                 let b = rb * 256u + r * 16u + cg * 4u;
-                v = (vec4<f32>(s_sh[b], s_sh[b + 1u], s_sh[b + 2u], s_sh[b + 3u])
-                    * o_unit) / l_sh[m];
+                a = vec4<f32>(s_sh[b], s_sh[b + 1u], s_sh[b + 2u], s_sh[b + 3u]) * o_unit;
             }
-            if (xf) {
-                put_q4(m, db * 4u + cg, model_round4(v));
-            } else {
-                let qm = m / hg;
-                let hm = m % hg;
-                if (qm < inf.rows_q && hm < inf.nheads) {
-                    out_store4(out_elem(inf.q_first + qm, inf.head0 + hm, db * 4u + cg), v);
+            let qm = m / hg;
+            let hm = m % hg;
+            if (qm < inf.rows_q && hm < inf.nheads) {
+                let tok = inf.q_first + qm;
+                let head = inf.head0 + hm;
+                let j = db * 4u + cg;
+                if (IS_SPLIT) {
+                    let slot = tok * ly.num_q_heads + head;
+                    let b = slot * HEAD_DIM + 4u * j;
+                    out[b] = bitcast<u32>(a.x);
+                    out[b + 1u] = bitcast<u32>(a.y);
+                    out[b + 2u] = bitcast<u32>(a.z);
+                    out[b + 3u] = bitcast<u32>(a.w);
+                    if (j == 0u) {
+                        let sb = ly.seg_rows * ly.num_q_heads * HEAD_DIM + slot * 2u;
+                        out[sb] = bitcast<u32>(select(NEG, m_sh[m], seen));
+                        out[sb + 1u] = bitcast<u32>(select(0.0, l_sh[m], seen));
+                    }
+                } else {
+                    out_store4(out_elem(tok, head, j), select(vec4<f32>(0.0), a / l_sh[m], seen));
                 }
             }
         }
         workgroupBarrier();
-    }
-    if (xf) {
-        for (var rb = 0u; rb < ROW_BLOCKS; rb++) {
-            for (var e = tid; e < 16u * d4; e += WG_SIZE) {
-                q_sh[e] = get_q4(rb * 16u + e / d4, e % d4);
-            }
-            workgroupBarrier();
-            out_transform(tid, 16u);
-            workgroupBarrier();
-            for (var e = tid; e < 16u * d4; e += WG_SIZE) {
-                let m = rb * 16u + e / d4;
-                let qm = m / hg;
-                let hm = m % hg;
-                if (qm < inf.rows_q && hm < inf.nheads) {
-                    out_store4(out_elem(inf.q_first + qm, inf.head0 + hm, e % d4), q_sh[e]);
-                }
-            }
-            workgroupBarrier();
-        }
     }
 }

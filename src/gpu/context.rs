@@ -98,6 +98,8 @@ pub struct StepBuffers {
     /// The split-K partials buffer the last plan on these buffers used (kept with them, so the
     /// next step's layer calls bind the same buffer and find their bind groups cached).
     pub partials: Option<std::sync::Arc<wgpu::Buffer>>,
+    /// The rotated-query scratch the last plan on these buffers used (likewise).
+    pub rotated_q: Option<std::sync::Arc<wgpu::Buffer>>,
 }
 
 /// Step buffers of dropped plans, ready for the next ones (a few; larger ones first).
@@ -530,6 +532,7 @@ impl Context {
             uniform: make("step uniform", 64, wgpu::BufferUsages::UNIFORM)?,
             meta: make("step metadata", cap, wgpu::BufferUsages::STORAGE)?,
             partials: None,
+            rotated_q: None,
         })
     }
 

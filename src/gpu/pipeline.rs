@@ -26,6 +26,8 @@ pub enum Kernel {
     /// unified_attention's tiled prefill kernel (fragment twin, or cooperative matrices with
     /// `Features::COOP`).
     Prefill,
+    /// The mode's query transform as a pass of its own (ahead of the prefill kernel).
+    RotateQ,
 }
 
 impl Kernel {
@@ -38,6 +40,7 @@ impl Kernel {
             Kernel::Decode => "decode",
             Kernel::WriteRows => "write_rows",
             Kernel::Prefill => "prefill",
+            Kernel::RotateQ => "rotate_q",
         }
     }
 }

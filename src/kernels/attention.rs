@@ -256,13 +256,17 @@ pub(crate) fn encode(
     let abuf = ctx.intern(wgpu::BufferUsages::STORAGE, bytemuck::cast_slice(&aux))?;
 
     let features = p.features(step.has_qq, step.has_mm);
-    let (compiled, reduce_pipe) = pipelines(ctx, layer, &lp, features)?;
+    let Pipelines {
+        main: compiled,
+        reduce: reduce_pipe,
+        rotate: rotate_pipe,
+    } = pipelines(ctx, layer, &lp, features)?;
     let d = g.head_size;
 
     let pooled;
     let need = segment_buffer_bytes(sum.num_tokens_q, hq, segments, d);
-    let partials = if segments > 1 {
-        Some(match p.segment_buffer {
+    let partials = if segments > 1 || rotate_pipe.is_some() {
+        Some(match p.segment_buffer.filter(|_| segments > 1) {
             Some(b) => {
                 if b.size() < need
                     || !b.usage().contains(wgpu::BufferUsages::STORAGE)
@@ -292,6 +296,38 @@ pub(crate) fn encode(
         Some(part) => exact(part, need),
         None => o_bind.clone(),
     };
+    // A transform apart: Q rotated into a scratch [rows, hq, d] of the model dtype, which the
+    // prefill kernel reads as its q (a layer uniform of its own, with contiguous strides).
+    let rotated = match rotate_pipe {
+        Some(rot) => {
+            let bytes = rows as u64 * hq as u64 * d as u64 * g.dtype.size() as u64;
+            let scratch = scratch_buffer(ctx, &step.rotated_q, "rotated q", bytes)?;
+            let contiguous = (0, hq * d, d);
+            let mut lu_rot = lu;
+            (lu_rot.o_off, lu_rot.o_tok, lu_rot.o_head) = contiguous;
+            let mut lu_pre = lu;
+            (lu_pre.q_off, lu_pre.q_tok, lu_pre.q_head) = contiguous;
+            let rbuf = ctx.intern(wgpu::BufferUsages::UNIFORM, bytemuck::bytes_of(&lu_rot))?;
+            let pbuf = ctx.intern(wgpu::BufferUsages::UNIFORM, bytemuck::bytes_of(&lu_pre))?;
+            let qbg = ctx.bind_group(
+                "rotate_q bind group",
+                rot.id,
+                &rot.layout,
+                &[
+                    bind(0, &step.uniform),
+                    bind(1, &rbuf),
+                    entry(4, q_bind.clone()),
+                    entry(9, exact(&scratch, bytes)),
+                ],
+            )?;
+            Some((rot, qbg, scratch, bytes, pbuf))
+        }
+        None => None,
+    };
+    let (main_lbuf, main_q) = match &rotated {
+        Some((_, _, scratch, bytes, pbuf)) => (pbuf, exact(scratch, *bytes)),
+        None => (&lbuf, q_bind),
+    };
     // Everything is built (and checked by wgpu under error scopes) before anything is
     // recorded, so a failed call leaves the encoder as it was.
     let bg = ctx.bind_group(
@@ -300,10 +336,10 @@ pub(crate) fn encode(
         &compiled.layout,
         &[
             bind(0, &step.uniform),
-            bind(1, &lbuf),
+            bind(1, main_lbuf),
             bind(2, &step.meta),
             bind(3, &abuf),
-            entry(4, q_bind),
+            entry(4, main_q),
             bind(5, layer.k),
             bind(6, layer.v),
             bind(7, layer.k_scale),
@@ -329,7 +365,17 @@ pub(crate) fn encode(
         }
         _ => None,
     };
+    // Workgroups of the rotate pass: 16 rows each.
+    let rot_grid = crate::gpu::bind::grid_2d(
+        (rows as u64 * hq as u64).div_ceil(16),
+        limits.max_compute_workgroups_per_dimension,
+    );
     rec.record("quantkv/unified_attention", |pass| {
+        if let Some((rot, qbg, ..)) = &rotated {
+            pass.set_pipeline(&rot.pipeline);
+            pass.set_bind_group(0, qbg, &[]);
+            pass.dispatch_workgroups(rot_grid.0, rot_grid.1, 1);
+        }
         pass.set_pipeline(&compiled.pipeline);
         pass.set_bind_group(0, &bg, &[]);
         pass.dispatch_workgroups(gx, gy, segments);
@@ -349,9 +395,10 @@ pub(crate) fn pipelines(
     layer: &LayerRef<'_>,
     lp: &LaunchPlan,
     mut features: Features,
-) -> Result<(Arc<Compiled>, Option<Arc<Compiled>>)> {
+) -> Result<Pipelines> {
     let g = &layer.geometry;
-    if lp.segments > 1 {
+    let apart = transform_apart(lp, g);
+    if lp.segments > 1 || apart {
         features.0 |= Features::SPLIT;
     }
     if lp.subgroups {
@@ -392,8 +439,28 @@ pub(crate) fn pipelines(
         ),
         _ => attention_source(codec, d, features, tiling),
     })?;
-    if lp.segments <= 1 {
-        return Ok((main, None));
+    let rotate = if apart {
+        let qkey = PipelineKey {
+            kernel: Kernel::RotateQ,
+            features: Features(0),
+            tiling: Tiling {
+                wg_size: ROTATE_WG,
+                tile: 0,
+                max_m: 0,
+            },
+            debug: 0,
+            ..key
+        };
+        Some(ctx.pipelines.get(ctx, qkey, || rotate_q_source(codec, d))?)
+    } else {
+        None
+    };
+    if lp.segments <= 1 && !apart {
+        return Ok(Pipelines {
+            main,
+            reduce: None,
+            rotate,
+        });
     }
     let rkey = PipelineKey {
         kernel: Kernel::Reduce,
@@ -409,7 +476,52 @@ pub(crate) fn pipelines(
     let reduce = ctx
         .pipelines
         .get(ctx, rkey, || reduce_source(codec, d, features))?;
-    Ok((main, Some(reduce)))
+    Ok(Pipelines {
+        main,
+        reduce: Some(reduce),
+        rotate,
+    })
+}
+
+/// The pipelines one attention call runs.
+pub(crate) struct Pipelines {
+    /// The attention kernel.
+    pub main: Arc<Compiled>,
+    /// The split-K reduce pass (split-K, or a transform apart).
+    pub reduce: Option<Arc<Compiled>>,
+    /// The query-transform pass (a transform apart).
+    pub rotate: Option<Arc<Compiled>>,
+}
+
+/// Whether the call runs the mode's query/output transform apart from the attention kernel:
+/// the prefill kernel never holds it (kernels/prefill.wgsl); kernels/rotate_q.wgsl rotates
+/// Q first and the reduce pass un-rotates the output.
+pub(crate) fn transform_apart(lp: &LaunchPlan, g: &crate::kernels::Geometry) -> bool {
+    lp.kernel == Kernel::Prefill && g.transform
+}
+
+/// Workgroup size of kernels/rotate_q.wgsl.
+const ROTATE_WG: u32 = 64;
+
+/// kernels/rotate_q.wgsl's source and constants.
+pub fn rotate_q_source(codec: &Codec, d: u32) -> PipelineSource<'static> {
+    PipelineSource {
+        kernel: include_str!("../../shaders/kernels/rotate_q.wgsl"),
+        codec: vec![codec.transform_source()],
+        prelude: String::new(),
+        includes: codec.includes,
+        constants: vec![
+            ("HEAD_DIM", d as f64),
+            ("WG_SIZE", ROTATE_WG as f64),
+            ("Q_SH_LEN", (4 * d) as f64),
+        ],
+        entries: vec![
+            uniform_entry(0),
+            uniform_entry(1),
+            storage_entry(4, true),
+            storage_entry(9, false),
+        ],
+    }
 }
 
 /// The attention kernel's source, override constants and layout for one variant.
@@ -460,14 +572,14 @@ pub fn prefill_source(
     } else {
         ("alias ET = f32;", "3.4028235e38")
     };
-    let transform = codec.transform.is_some();
     PipelineSource {
         kernel: if coop {
             include_str!("../../shaders/kernels/frag_coop.wgsl")
         } else {
             include_str!("../../shaders/kernels/frag_twin.wgsl")
         },
-        codec: vec![codec.decode, codec.transform_source()],
+        // The mode's transform runs apart (kernels/rotate_q.wgsl, the reduce pass).
+        codec: vec![codec.decode, codec.transform_apart_source()],
         prelude: format!(
             "{et}\nconst ET_MAX: f32 = {et_max};\nconst D_BLOCKS: u32 = {}u;\nconst T_BLOCKS: u32 = {}u;\n",
             d / 16,
@@ -491,15 +603,8 @@ pub fn prefill_source(
                 "S_LEN",
                 super::plan::prefill_s_len(&tiling, d, f16) as f64,
             ),
-            (
-                "Q_SH_LEN",
-                if transform && debug_skip() & 65536 == 0 {
-                    4 * d
-                } else {
-                    1
-                } as f64,
-            ),
             ("HAS_MM", flag(f, Features::MM_PREFIX)),
+            ("IS_SPLIT", flag(f, Features::SPLIT)),
             ("DEBUG_SKIP", debug_skip() as f64),
         ]
         .into_iter()
@@ -698,14 +803,26 @@ fn attention_entries() -> Vec<wgpu::BindGroupLayoutEntry> {
 /// more), so layers of one step share it instead of creating one per call; it returns to the
 /// context's step pool with the plan's buffers, so later steps bind the same buffer.
 fn partials_buffer(ctx: &Context, step: &StepGpu, bytes: u64) -> Result<Arc<wgpu::Buffer>> {
+    scratch_buffer(ctx, &step.partials, "split-K partials", bytes)
+}
+
+/// A step scratch buffer kept in `slot` (see `partials_buffer`).
+fn scratch_buffer(
+    ctx: &Context,
+    slot: &std::sync::Mutex<Option<Arc<wgpu::Buffer>>>,
+    what: &'static str,
+    bytes: u64,
+) -> Result<Arc<wgpu::Buffer>> {
     let limit = ctx.limits().max_storage_buffer_binding_size;
     if bytes > limit {
         return Err(Error::InvalidBuffer {
-            what: "split-K partials",
-            detail: format!("{bytes} bytes exceed the binding limit {limit}; use fewer segments"),
+            what,
+            detail: format!(
+                "{bytes} bytes exceed the binding limit {limit}; use fewer segments or tokens per call"
+            ),
         });
     }
-    let mut slot = step.partials.lock().unwrap_or_else(|p| p.into_inner());
+    let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(b) = slot.as_ref() {
         if b.size() >= bytes {
             return Ok(b.clone());
@@ -714,9 +831,9 @@ fn partials_buffer(ctx: &Context, step: &StepGpu, bytes: u64) -> Result<Arc<wgpu
     // Rounded up to a power of two (within the limit): the buffer stays with the step
     // buffers for later steps, so a batch that grows by a few rows does not replace it.
     let size = bytes.next_power_of_two().min(limit).max(bytes).max(16);
-    let b = Arc::new(ctx.guarded("split-K partials", size, || {
+    let b = Arc::new(ctx.guarded(what, size, || {
         ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("quantkv/split_partials"),
+            label: Some(what),
             size,
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,

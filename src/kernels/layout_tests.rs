@@ -12,6 +12,7 @@ use std::sync::Mutex;
 
 use super::attention::{
     attention_source, decode_source, decode_stream_source, prefill_source, reduce_source,
+    rotate_q_source,
 };
 use super::plan::{
     attention_smem, attention_tiling, coop_admits, decode_smem, decode_tiling, prefill_f16,
@@ -81,6 +82,7 @@ fn test_geometry(mode: KvQuantMode, dtype: Dtype, d: u32) -> Geometry {
             .codec(dtype, &ModeOptions::default())
             .transform
             .is_some(),
+        raw_f16_exact: backend.raw_values_exact_in_f16(),
     }
 }
 
@@ -292,10 +294,9 @@ fn variants() -> Vec<Variant> {
                         continue;
                     };
                     let et16 = prefill_f16(&caps, &g, coop);
-                    let singles = (0..9)
-                        .map(|b| 1u32 << b)
-                        .filter(|&b| b != Features::SPLIT && b != 128);
-                    for f in singles.chain([0, ALL_FEATURES & !Features::SPLIT]) {
+                    // SPLIT: the one-segment partials a mode with a transform writes.
+                    let singles = (0..9).map(|b| 1u32 << b).filter(|&b| b != 128);
+                    for f in singles.chain([0, ALL_FEATURES & !Features::SPLIT, ALL_FEATURES]) {
                         let f = Features(f | if coop { Features::COOP } else { 0 });
                         out.push(variant(
                             format!("prefill/{base}/{f}/f16{et16}"),
@@ -304,6 +305,14 @@ fn variants() -> Vec<Variant> {
                             if coop { C::all() } else { no_subgroups() },
                         ));
                     }
+                }
+                if g.transform {
+                    out.push(variant(
+                        format!("rotate_q/{base}"),
+                        dtype,
+                        &rotate_q_source(&codec, d),
+                        no_subgroups(),
+                    ));
                 }
                 for f in [0, Features::SINKS, Features::SINKS | Features::OUT_FP8] {
                     out.push(variant(
@@ -684,7 +693,7 @@ fn prefill_workgroup_memory_matches_naga_for_every_tiling() {
                         let (m, _) = resolve("prefill", &m, &i, &src.constants);
                         let actual = workgroup_bytes(&m);
                         let label = format!("prefill {} d{d} {t:?} coop {coop}", mode.id());
-                        assert_eq!(prefill_smem(&t, d, et16, g.transform), actual, "{label}");
+                        assert_eq!(prefill_smem(&t, d, et16), actual, "{label}");
                         assert!(actual <= smem, "{label}: {actual} > {smem}");
                         checked += 1;
                     }

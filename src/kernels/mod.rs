@@ -44,6 +44,9 @@ pub struct Geometry {
     pub dtype: Dtype,
     /// The mode rotates queries and outputs (its codec has a transform contract).
     pub transform: bool,
+    /// Every raw value the mode's read contract gives (before scale and zero point) is exact
+    /// in f16 (false for INT2's codebook centroids).
+    pub raw_f16_exact: bool,
 }
 
 /// What validation learned about a step (also an input of [`plan_split`], so constructible).
@@ -73,6 +76,8 @@ pub(crate) struct StepGpu {
     /// Split-K partials, created on the first split call of this step and reused by later
     /// layers.
     pub partials: Mutex<Option<Arc<wgpu::Buffer>>>,
+    /// Rotated query rows of calls that run the mode's transform apart (see `partials`).
+    pub rotated_q: Mutex<Option<Arc<wgpu::Buffer>>>,
 }
 
 /// One layer of a cache as the kernels see it.

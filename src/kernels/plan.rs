@@ -344,7 +344,9 @@ pub fn attention_tiling(head_dim: u32, limits: &wgpu::Limits, max_m: u32) -> Opt
 /// Whether the prefill kernel's cooperative-matrix path applies to `g` on `caps`: the
 /// adapter's 16×16×16 f16 → f32 configuration with subgroups of one fixed size, an f16 or
 /// bf16 model (Q and P enter the multiply-adds as f16; an f32 model keeps f32 operands on
-/// the scalar twin), and a mode without a query transform.
+/// the scalar twin), and a mode whose raw values f16 holds exactly. Modes with a query
+/// transform run it apart (kernels/rotate_q.wgsl and the reduce pass), as everywhere on the
+/// prefill kernel.
 pub fn coop_admits(caps: &Caps, g: &Geometry) -> bool {
     caps.coop_f16
         && caps.shader_f16
@@ -352,21 +354,18 @@ pub fn coop_admits(caps: &Caps, g: &Geometry) -> bool {
         && caps.subgroup_min_size == caps.subgroup_max_size
         && caps.subgroup_min_size >= 16
         && g.dtype != crate::types::Dtype::F32
-        // The rotation modes (INT4 and INT2 alike) give wrong outputs on cooperative matrices
-        // on an H200: their K and V tiles' 16x16 loads read about one tile row further on
-        // than the tiles' scalar stores wrote (BENCHMARKS.md, "Rotation modes on cooperative
-        // matrices"), though the kernel text they run differs from FP8's, which is right,
-        // only in code that the debug knobs can switch off. Until that is understood they
-        // take the twin (forced) or the unified kernel (Auto). `QUANTKV_DEBUG_SKIP=32`
-        // (feature `debug-knobs`) lets them through, for investigating (tests/it/coop_probe.rs).
-        && (!g.transform || super::debug_skip() & 32 != 0)
+        // Tiles hold raw values as f16: INT2's codebook centroids are not exact there, and
+        // FP8 output near zero then missed the reference by more than one code on an H200
+        // (extended matrix); such modes take the twin's f32 tiles (forced) or the unified
+        // kernel (Auto).
+        && g.raw_f16_exact
 }
 
 /// Whether the prefill kernel's tiles hold f16 (else f32): always on cooperative matrices,
 /// on the twin where `SHADER_F16` exists, the model is not f32 and the mode has no query
 /// transform: INT2's raw values are its codebook's centroids, which f16 does not hold exactly
 /// (a 2^-12 relative error that FP8 output near zero showed on an H200, one test seed of the
-/// extended matrix), and INT4 stays with it (it is kept off cooperative matrices too).
+/// extended matrix), and INT4 stays with it.
 pub fn prefill_f16(caps: &Caps, g: &Geometry, coop: bool) -> bool {
     coop || (caps.shader_f16 && g.dtype != crate::types::Dtype::F32 && !g.transform)
 }
@@ -379,9 +378,8 @@ pub fn prefill_strides(head_dim: u32, tk: u32, f16: bool) -> (u32, u32, u32, u32
     (head_dim + pad, head_dim + pad, tk + pad, tk + 4)
 }
 
-/// Workgroup memory the prefill kernel needs with this tiling, in bytes (`transform`: the
-/// mode has a query transform, which stages 16 f32 rows).
-pub fn prefill_smem(t: &Tiling, head_dim: u32, f16: bool, transform: bool) -> u32 {
+/// Workgroup memory the prefill kernel needs with this tiling, in bytes.
+pub fn prefill_smem(t: &Tiling, head_dim: u32, f16: bool) -> u32 {
     // One term per `var<workgroup>` of prefill.wgsl and the fragment includes, each rounded
     // to 16 bytes; a test checks this against naga's module for every tiling.
     let es = if f16 { 2 } else { 4 };
@@ -396,12 +394,12 @@ pub fn prefill_smem(t: &Tiling, head_dim: u32, f16: bool, transform: bool) -> u3
         r16(t.max_m * ps * 4)
     };
     let s = r16(prefill_s_len(t, head_dim, f16) * 4);
-    let stage = if transform { 16 * head_dim * 4 } else { 16 };
+    let pad = 16; // layout_pad
     let rows = 4 * r16(t.max_m * 4); // m_sh, l_sh, alpha_sh, seen_sh
     let red = r16(t.wg_size * 4); // red_sh
     let keys = 4 * r16(t.tile * 4); // row_sh, ks_sh, vs_sh, vbad_at
     let flags = 3 * 16; // resc_at, resc_sh, vmax_at
-    info + qh + kv + p + s + stage + rows + red + keys + flags
+    info + qh + kv + p + s + pad + rows + red + keys + flags
 }
 
 /// f32 elements of the prefill kernel's score tile (also the fragments' scratch: a 16×16
@@ -435,7 +433,7 @@ pub fn prefill_tiling(caps: &Caps, g: &Geometry, coop: bool) -> Option<Tiling> {
             t.wg_size <= limits.max_compute_invocations_per_workgroup
                 && t.wg_size <= limits.max_compute_workgroup_size_x
                 && t.wg_size % t.max_m == 0
-                && prefill_smem(t, d, f16, g.transform) <= limits.max_compute_workgroup_storage_size
+                && prefill_smem(t, d, f16) <= limits.max_compute_workgroup_storage_size
         })
 }
 

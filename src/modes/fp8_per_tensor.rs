@@ -24,6 +24,7 @@ impl QuantKvBackend for Fp8PerTensor {
                 "../../shaders/modes/fp8_per_tensor/encode.wgsl"
             )),
             transform: None,
+            transform_apart: None,
             includes: &[],
             encode_constants: Vec::new(),
         }

@@ -21,6 +21,7 @@ impl QuantKvBackend for Fp8PerTokenHead {
                 "../../shaders/modes/fp8_per_token_head/encode.wgsl"
             )),
             transform: None,
+            transform_apart: None,
             includes: &[],
             encode_constants: Vec::new(),
         }

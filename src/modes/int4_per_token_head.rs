@@ -28,6 +28,9 @@ impl QuantKvBackend for Int4PerTokenHead {
             transform: Some(include_str!(
                 "../../shaders/modes/int4_per_token_head/transform.wgsl"
             )),
+            transform_apart: Some(include_str!(
+                "../../shaders/modes/int4_per_token_head/transform_apart.wgsl"
+            )),
             includes: rotation::INCLUDES,
             encode_constants: Vec::new(),
         }

@@ -24,6 +24,7 @@ impl QuantKvBackend for Int8PerTensor {
                 "../../shaders/modes/int8_per_tensor/encode.wgsl"
             )),
             transform: None,
+            transform_apart: None,
             includes: &[],
             encode_constants: Vec::new(),
         }

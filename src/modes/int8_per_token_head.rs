@@ -70,6 +70,7 @@ impl QuantKvBackend for Int8PerTokenHead {
                 "../../shaders/modes/int8_per_token_head/encode.wgsl"
             )),
             transform: None,
+            transform_apart: None,
             includes: &[],
             encode_constants: vec![("INT8_ROUNDING", options.int8_rounding.code() as f64)],
         }

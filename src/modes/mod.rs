@@ -53,6 +53,11 @@ pub struct Codec {
     /// Query/output transform contract (`HAS_TRANSFORM`, `q_transform`, `out_transform`,
     /// `transform_score_scale`, see `common/no_transform.wgsl`); `None` = identity.
     pub transform: Option<&'static str>,
+    /// The same contract for a kernel whose query rows were transformed by a pass of their own
+    /// and whose output rows a later pass transforms back (the prefill kernel): no transform
+    /// (`HAS_TRANSFORM = false`, identity `q_transform`/`out_transform`) but the mode's
+    /// `transform_score_scale`. Required where `transform` is set.
+    pub transform_apart: Option<&'static str>,
     /// Extra WGSL files the contracts include, as (path, source).
     pub includes: &'static [(&'static str, &'static str)],
     /// Override constants the mode's encode contract declares (its options, e.g. INT8
@@ -64,6 +69,13 @@ impl Codec {
     /// The transform contract, the core's identity one when the mode has none.
     pub fn transform_source(&self) -> &'static str {
         self.transform
+            .unwrap_or(include_str!("../../shaders/common/no_transform.wgsl"))
+    }
+
+    /// The transform contract for kernels that run with the transform apart (see
+    /// `transform_apart`), the core's identity one when the mode has no transform.
+    pub fn transform_apart_source(&self) -> &'static str {
+        self.transform_apart
             .unwrap_or(include_str!("../../shaders/common/no_transform.wgsl"))
     }
 }
@@ -130,6 +142,12 @@ pub trait QuantKvBackend: Send + Sync + 'static {
     /// Whether the mode's write path is a plain row copy (rows stored as given).
     fn stores_rows_as_given(&self) -> bool {
         false
+    }
+    /// Whether every raw value of the read contract (`k_raw4`/`v_raw4`, less the zero point)
+    /// is exact in f16, so tiles of f16 hold the cache without rounding (the prefill kernel on
+    /// cooperative matrices needs it).
+    fn raw_values_exact_in_f16(&self) -> bool {
+        true
     }
     /// Whether the mode reads one caller-given scale for K and one for V.
     fn uses_tensor_scales(&self) -> bool {

@@ -27,6 +27,7 @@ impl QuantKvBackend for NoneBackend {
             },
             encode: None,
             transform: None,
+            transform_apart: None,
             includes: &[],
             encode_constants: Vec::new(),
         }

@@ -14,7 +14,6 @@ mod attention_none;
 mod attention_params;
 mod blocks;
 mod cold_start;
-#[cfg(feature = "debug-knobs")]
 mod coop_probe;
 mod quant_formats;
 mod registry;
