@@ -7,7 +7,7 @@ use crate::types::KvQuantMode;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No wgpu adapter could be found (no GPU driver and no software Vulkan driver such as lavapipe).
-    #[error("no wgpu adapter found: {0}. Install a Vulkan driver (Debian: apt-get install mesa-vulkan-drivers for lavapipe)")]
+    #[error("no wgpu adapter found: {0}. Install a Vulkan driver (Debian: apt-get install mesa-vulkan-drivers for lavapipe); OpenGL adapters are used only when WGPU_BACKEND names gl")]
     NoAdapter(String),
     /// The adapter refused to create a device.
     #[error("device request failed: {0}")]

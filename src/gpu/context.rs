@@ -173,6 +173,24 @@ fn wanted_features(available: wgpu::Features) -> wgpu::Features {
     available & wanted
 }
 
+/// The backends [`Context::instance`] enables: `from_env` (what `WGPU_BACKEND` gave, or all),
+/// less OpenGL unless the variable names it.
+fn instance_backends(from_env: wgpu::Backends, var: Option<String>) -> wgpu::Backends {
+    let asks_gl = var.is_some_and(|v| {
+        v.split(',').any(|b| {
+            matches!(
+                b.trim().to_ascii_lowercase().as_str(),
+                "gl" | "gles" | "opengl"
+            )
+        })
+    });
+    if asks_gl {
+        from_env
+    } else {
+        from_env & !wgpu::Backends::GL
+    }
+}
+
 /// Whether `adapter` offers the cooperative-matrix configuration the prefill kernel uses
 /// (16×16×16, f16 A/B, f32 accumulator) with the features that kernel also needs.
 fn coop_usable(adapter: &wgpu::Adapter) -> bool {
@@ -219,10 +237,18 @@ impl Context {
     /// [`Error::ForeignBuffer`]); resources of separate instances carry ids wgpu cannot tell
     /// apart, so an app that creates its own instance should build its contexts on it
     /// ([`Context::from_adapter`] / [`Context::from_device`]) and never mix instances.
+    ///
+    /// OpenGL is left out unless `WGPU_BACKEND` names it: wgpu-hal 30's EGL contexts are not
+    /// safe when several threads request adapters or build pipelines at once (seen as
+    /// `EglContext::make_current: BadAccess` panics inside wgpu when a machine without a
+    /// Vulkan driver ran the test suite on llvmpipe's GL), and with GL in the instance every
+    /// adapter request initialises EGL even where Vulkan answers.
     pub fn instance() -> &'static wgpu::Instance {
         static INSTANCE: std::sync::OnceLock<wgpu::Instance> = std::sync::OnceLock::new();
         INSTANCE.get_or_init(|| {
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+            let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+            desc.backends = instance_backends(desc.backends, std::env::var("WGPU_BACKEND").ok());
+            wgpu::Instance::new(desc)
         })
     }
 
@@ -787,5 +813,29 @@ impl Context {
     pub fn zeroed(&self, label: &'static str, size: u64) -> wgpu::Buffer {
         self.try_zeroed(label, size)
             .unwrap_or_else(|e| panic!("zeroed {label}: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::instance_backends;
+    use wgpu::Backends;
+
+    #[test]
+    fn gl_only_when_wgpu_backend_names_it() {
+        assert_eq!(
+            instance_backends(Backends::all(), None),
+            Backends::all() - Backends::GL
+        );
+        assert_eq!(
+            instance_backends(Backends::VULKAN, Some("vulkan".into())),
+            Backends::VULKAN
+        );
+        for v in ["gl", "GL", "vulkan, gl", "gles", "opengl"] {
+            assert!(
+                instance_backends(Backends::all(), Some(v.into())).contains(Backends::GL),
+                "{v}"
+            );
+        }
     }
 }
