@@ -724,3 +724,48 @@ fn write_rows_tiling_fits_the_default_workgroup_memory_for_every_head_size() {
         }
     }
 }
+
+/// A mode with a transform takes the prefill kernel only where its rows fit the split-K
+/// partials in one binding (the transform runs apart: kernels/rotate_q.wgsl, the reduce
+/// pass); otherwise the unified kernel, transform fused. Modes without one are unaffected.
+#[test]
+fn prefill_with_a_transform_apart_needs_the_partials_to_fit_one_binding() {
+    use super::plan::launch_plan;
+    use super::{AttentionParams, StepSummary};
+    let sum = StepSummary {
+        num_seqs: 1,
+        num_tokens_q: 512,
+        num_write: 512,
+        max_seqlen_q: 512,
+        max_seqlen_k: 512,
+    };
+    let p = AttentionParams {
+        num_q_heads: 8,
+        ..Default::default()
+    };
+    let need = super::attention::segment_buffer_bytes(512, 8, 1, 64);
+    for (mode, limit, want) in [
+        (
+            KvQuantMode::Int4PerTokenHead,
+            need,
+            crate::gpu::pipeline::Kernel::Prefill,
+        ),
+        (
+            KvQuantMode::Int4PerTokenHead,
+            need - 4,
+            crate::gpu::pipeline::Kernel::Attention,
+        ),
+        (
+            KvQuantMode::None,
+            need - 4,
+            crate::gpu::pipeline::Kernel::Prefill,
+        ),
+    ] {
+        let mut caps = test_caps(32, true, true, 49152);
+        caps.limits.max_storage_buffer_binding_size = limit;
+        let mut g = test_geometry(mode, Dtype::F16, 64);
+        g.num_kv_heads = 2;
+        let lp = launch_plan(&caps, &g, &sum, &p, false).unwrap();
+        assert_eq!(lp.kernel, want, "{mode:?} limit {limit}");
+    }
+}

@@ -163,7 +163,13 @@ pub fn launch_plan(
             head_chunks: chunks,
         });
     }
-    if p.path != AttentionPath::Unified {
+    // A mode with a transform runs it apart from the prefill kernel, whose rows then pass
+    // through the split-K partials (kernels/prefill.wgsl): where those would not fit one
+    // binding, the unified kernel (transform fused) runs instead.
+    let apart_fits = !g.transform
+        || super::attention::segment_buffer_bytes(sum.num_tokens_q, p.num_q_heads, 1, g.head_size)
+            <= limits.max_storage_buffer_binding_size;
+    if p.path != AttentionPath::Unified && apart_fits {
         let coop = p.path != AttentionPath::PrefillTiled && coop_admits(caps, g);
         // Auto takes the prefill kernel only on cooperative matrices: its scalar twin measured
         // no faster than the unified kernel on an H200 (BENCHMARKS.md).
