@@ -235,18 +235,12 @@ pub struct BatchPlan {
 impl Drop for BatchPlan {
     fn drop(&mut self) {
         if let Some(mut b) = self.bufs.take() {
-            b.partials = self
-                .gpu
-                .partials
-                .get_mut()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
-            b.rotated_q = self
-                .gpu
-                .rotated_q
-                .get_mut()
-                .unwrap_or_else(|p| p.into_inner())
-                .take();
+            // The step's scratch buffers go back with the plan's buffers.
+            let take = |m: &mut Mutex<Option<std::sync::Arc<wgpu::Buffer>>>| {
+                m.get_mut().unwrap_or_else(|p| p.into_inner()).take()
+            };
+            b.partials = take(&mut self.gpu.partials);
+            b.rotated_q = take(&mut self.gpu.rotated_q);
             self.pool.put(b);
         }
     }
