@@ -248,6 +248,78 @@ fn copy_kernel_gbs(ctx: &Context, bytes: u64) -> Result<f64> {
     Ok(2.0 * bytes as f64 / us / 1e3)
 }
 
+/// `--micro` (cooperative-matrix adapters): the prefill kernel's softmax loop shape (two
+/// threads per row of a 64 x 36 f32 workgroup tile, 16 reads and writes each, then a barrier)
+/// timed in three modules: plain; with a cooperative-matrix store into the same array; with
+/// one into another array. Whether scalar workgroup accesses cost more once a module (or an
+/// array) holds cooperative-matrix operations.
+fn micro_workgroup_loops(ctx: &Context) -> Result<()> {
+    let body = |coop: &str, arr: &str| {
+        format!(
+            "{}@group(0) @binding(0) var<storage, read_write> dst: array<f32>;\n\
+             var<workgroup> s: array<f32, 2304>;\nvar<workgroup> s2: array<f32, 2304>;\n\
+             @compute @workgroup_size(128) fn main(@builtin(local_invocation_index) tid: u32, \
+             @builtin(workgroup_id) w: vec3<u32>) {{\n\
+             for (var e = tid; e < 2304u; e += 128u) {{ s[e] = f32(e) * 1e-3; s2[e] = f32(e) * 2e-3; }}\n\
+             workgroupBarrier();\n{coop}\n workgroupBarrier();\n\
+             let rm = tid / 2u; let rsub = tid % 2u; var acc = 0.0;\n\
+             for (var it = 0u; it < 256u; it++) {{ var part = -1e30;\n\
+             for (var t = rsub; t < 32u; t += 2u) {{ let v = {arr}[rm * 36u + t] * 1.0001 + acc * 1e-9; \
+             {arr}[rm * 36u + t] = v; part = max(part, v); }}\n\
+             acc += part; workgroupBarrier(); }}\n\
+             if (acc == 12345.0) {{ dst[w.x % 256u] = acc + s[tid] + s2[tid]; }} }}\n",
+            if coop.is_empty() { "" } else { "enable f16;\nenable wgpu_cooperative_matrix;\n" }
+        )
+    };
+    let store = |a: &str| {
+        format!(
+            "let c = coopLoadT<coop_mat16x16<f32, C>>(&{a}[0], 16u); \
+             coopStoreT(c, &{a}[256u * (tid / 32u)], 16u);"
+        )
+    };
+    let d = ctx.zeroed("micro_out", 1024);
+    for (name, src) in [
+        ("plain module", body("", "s")),
+        ("coop store into the looped array", body(&store("s"), "s")),
+        ("coop store into another array", body(&store("s2"), "s")),
+        ("plain module (again)", body("", "s")),
+    ] {
+        let us = simple_kernel_us(ctx, &src, &[&d], 132 * 8)?;
+        println!("micro workgroup loop, {name}: {us:.1} us");
+    }
+    Ok(())
+}
+
+/// `--residency`: how many workgroups of 128 threads share a multiprocessor as a function of
+/// their workgroup memory. A latency-bound kernel (one dependent FMA chain per thread) is
+/// timed at 1, 2, 4 and 8 workgroups per multiprocessor of a 132-multiprocessor GPU: where
+/// the time stays flat, that many workgroups run at once.
+fn micro_residency(ctx: &Context) -> Result<()> {
+    let d = ctx.zeroed("residency_out", 1024);
+    let limit = ctx.limits().max_compute_workgroup_storage_size / 4;
+    for kib in [8u32, 16, 24, 32, 40, 47] {
+        let words = (kib * 256).min(limit);
+        let src = format!(
+            "@group(0) @binding(0) var<storage, read_write> dst: array<f32>;\n\
+             var<workgroup> big: array<f32, {words}>;\n\
+             @compute @workgroup_size(128) fn main(@builtin(local_invocation_index) tid: u32, \
+             @builtin(workgroup_id) w: vec3<u32>) {{\n\
+             for (var e = tid; e < {words}u; e += 128u) {{ big[e] = f32(e); }}\n\
+             workgroupBarrier();\n\
+             var a = big[(tid * 37u) % {words}u];\n\
+             for (var i = 0u; i < 4096u; i++) {{ a = fma(a, 0.99999, 1e-5); }}\n\
+             if (a == 12345.0) {{ dst[w.x % 256u] = a; }} }}\n"
+        );
+        let mut line = format!("residency, {kib} KiB workgroup memory:");
+        for per_sm in [1u64, 2, 3, 4, 8] {
+            let us = simple_kernel_us(ctx, &src, &[&d], 132 * per_sm)?;
+            line.push_str(&format!(" {per_sm}/SM {us:.1} us;"));
+        }
+        println!("{line}");
+    }
+    Ok(())
+}
+
 /// f32 FMA throughput (TFLOP/s) of a kernel with eight independent FMA chains per thread: what
 /// the shader cores reach through this driver, next to the attention kernels' figures.
 fn fma_kernel_tflops(ctx: &Context, groups: u64) -> Result<f64> {
@@ -616,6 +688,23 @@ fn main() -> Result<()> {
         let parts: Vec<&str> = f.split(',').collect();
         list.retain(|s| parts.iter().any(|p| s.name.contains(p)));
     }
+    // `--chunks LQ:LKV,...`: chunked-prefill shapes (B=1, Hq 32, Hkv 8, D 128) added to the
+    // list as `chunk_<LQ>_over_<LKV>` (e.g. to find how many prefill workgroups run at once:
+    // the time stays flat while the workgroups fit).
+    if let Some(c) = opt("--chunks") {
+        for part in c.split(',') {
+            let (lq, lkv) = part
+                .split_once(':')
+                .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)))
+                .ok_or_else(|| anyhow::anyhow!("--chunks wants LQ:LKV pairs, got {part}"))?;
+            list.push(Shape {
+                name: format!("chunk_{lq}_over_{lkv}"),
+                lq,
+                lkv,
+                ..decode("", 1, lkv, 128, SplitK::Auto)
+            });
+        }
+    }
     // `--paths auto,unified,portable,subgroups,stream,tiled,coop`: only shapes run on these paths.
     if let Some(p) = opt("--paths") {
         let ids: Vec<&str> = p.split(',').collect();
@@ -667,6 +756,12 @@ fn main() -> Result<()> {
     println!("copy kernel: {copy:.1} GB/s");
     let fma = fma_kernel_tflops(&ctx, if quick { 64 } else { 16384 })?;
     println!("fma kernel: {fma:.2} TFLOP/s (f32)");
+    if flag("--micro") && ctx.caps().coop_f16 {
+        micro_workgroup_loops(&ctx)?;
+    }
+    if flag("--residency") {
+        micro_residency(&ctx)?;
+    }
     let mut rng = SplitMix64::new(0xBE7C4);
     // `--repeat N`: the whole list N times in alternation (fresh caches each pass); each row
     // reports the median pass (the lower one of an even count: a rare slow pass is noise, not

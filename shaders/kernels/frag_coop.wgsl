@@ -77,6 +77,9 @@ fn frag_pv(c: FragC, r0: u32, t0: u32, d0: u32) -> FragC {
     let hi = coopLoadT<coop_mat16x16<f16, A>>(&p_sh[r0 * PS + t0], PS);
     let lo = coopLoadT<coop_mat16x16<f16, A>>(&pl_sh[r0 * PS + t0], PS);
     let b = coopLoadT<coop_mat16x16<f16, B>>(&kv_sh[t0 * KS + d0], KS);
+    if ((DEBUG_SKIP & 2097152u) != 0u) {
+        return coopMultiplyAdd(hi, b, c);
+    }
     return coopMultiplyAdd(lo, b, coopMultiplyAdd(hi, b, c));
 }
 

@@ -68,7 +68,10 @@ override IS_SPLIT: bool = false;
 // P V multiply-adds, 8 the score pipeline and mask (raw scores kept), 64 the lo half of P
 // (cooperative matrices); 256/512/1024/2048/4096 write the first key tile's staged Q / K /
 // raw S / V / P rows to the output and stop (debug_dump), 8192/16384/32768 the Q / K tile /
-// scalar Q K^T once the scores are stored, 262144 the mode's row scales (1 instead).
+// scalar Q K^T once the scores are stored, 262144 the mode's row scales (1 instead). Timing
+// only (results wrong): 524288 the per-tile row lookup (row = key), 1048576 the softmax loops,
+// 2097152 the lo half's multiply-add (cooperative matrices), 4194304 the tile loop's barriers,
+// 8388608 the lazy rescale (never), 16777216 the P loop, 33554432 the score loop.
 override DEBUG_SKIP: u32 = 0u;
 
 // A row's running maximum moves only when a tile's maximum exceeds it by more than TAU.
@@ -106,6 +109,13 @@ var<workgroup> vbad_at: array<atomic<u32>, TK>;
 var<workgroup> vmax_at: atomic<u32>;
 var<workgroup> resc_at: atomic<u32>;
 var<workgroup> resc_sh: u32;
+
+// The tile loop's workgroup barrier (diagnostics can leave it out).
+fn tile_barrier() {
+    if ((DEBUG_SKIP & 4194304u) == 0u) {
+        workgroupBarrier();
+    }
+}
 
 // Raw values less the row's zero point (integers for zero-point codes: exact in f16) of
 // elements 4j..4j+3 of tile key t (rows past the sequence read row 0, always in bounds).
@@ -244,11 +254,13 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     var gexp = 0u; // biased exponent of g (0 = no nonzero V scale yet)
     for (var tile = inf.tile_lo; tile < inf.tile_hi; tile++) {
         let key0 = tile * TK;
-        workgroupBarrier();
+        tile_barrier();
         for (var t = tid; t < TK; t += WG_SIZE) {
             let key = key0 + t;
             var r = 0u;
-            if (key < inf.kv_len) {
+            if ((DEBUG_SKIP & 524288u) != 0u) {
+                r = key;
+            } else if (key < inf.kv_len) {
                 r = physical_row(inf.seq, key, inf.kv_head);
             }
             row_sh[t] = r;
@@ -263,9 +275,9 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
                 atomicMax(&vmax_at, vbits);
             }
         }
-        workgroupBarrier();
+        tile_barrier();
         stage_tile(tid, TK * d4, key0, inf.kv_len, false);
-        workgroupBarrier();
+        tile_barrier();
         if ((DEBUG_SKIP & 512u) != 0u) {
             debug_dump(inf, tid, 1u);
             return;
@@ -292,7 +304,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             }
             frag_store(c, r0 * SS + cb * 16u, SS);
         }
-        workgroupBarrier();
+        tile_barrier();
         if ((DEBUG_SKIP & 1024u) != 0u) {
             debug_dump(inf, tid, 3u);
             return;
@@ -312,7 +324,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         // V tile (K is no longer read); scores finished in place; partial row maxima.
         stage_tile(tid, TK * d4, key0, inf.kv_len, true);
         var part = NEG;
-        for (var t = rsub; t < TK; t += rt) {
+        for (var t = rsub; t < TK * u32((DEBUG_SKIP & 34603008u) == 0u); t += rt) {
             let key = key0 + t;
             var s = NEG;
             if ((DEBUG_SKIP & 8u) != 0u) {
@@ -324,7 +336,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             part = max(part, s);
         }
         red_sh[tid] = part;
-        workgroupBarrier();
+        tile_barrier();
         if (rsub == 0u) {
             var mx = NEG;
             for (var r = 0u; r < rt; r++) {
@@ -340,7 +352,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
                         alpha = exp_diff(m_old, mx);
                     }
                     seen_sh[rm] = 1u;
-                } else if (mx > m_old + TAU) {
+                } else if (mx > m_old + TAU && (DEBUG_SKIP & 8388608u) == 0u) {
                     m_sh[rm] = mx;
                     alpha = exp_diff(m_old, mx);
                     atomicMax(&resc_at, 1u);
@@ -351,7 +363,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         if (tid == 0u && gfac != 1.0) {
             atomicMax(&resc_at, 1u);
         }
-        workgroupBarrier();
+        tile_barrier();
         if ((DEBUG_SKIP & 2048u) != 0u) {
             debug_dump(inf, tid, 1u);
             return;
@@ -360,7 +372,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         let mu = m_sh[rm];
         var psum = 0.0;
         var poisoned = false;
-        for (var t = rsub; t < TK; t += rt) {
+        for (var t = rsub; t < TK * u32((DEBUG_SKIP & 17825792u) == 0u); t += rt) {
             let sv = s_sh[rm * SS + t];
             var p = 0.0;
             if (sv > NEG_HALF) {
@@ -381,7 +393,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             atomicStore(&resc_at, 0u);
             atomicStore(&vmax_at, 0u);
         }
-        workgroupBarrier();
+        tile_barrier();
         if ((DEBUG_SKIP & 4096u) != 0u) {
             debug_dump(inf, tid, 2u);
             return;

@@ -374,9 +374,55 @@ fn hoist_enables(text: &str) -> String {
     out
 }
 
+/// `QUANTKV_DEBUG_DUMP_PIPELINES=<dir>` (feature `debug-knobs`): every pipeline built writes
+/// its composed WGSL (`<pid>-<n>.wgsl`) and a description (`<pid>-<n>.txt`: label, `const NAME=value`
+/// lines, `binding N uniform|storage-ro|storage-rw` lines) to `dir`, for tools that compile
+/// the same pipeline outside wgpu (`examples/pipeline_stats.rs` reads the driver's register
+/// and spill statistics from them).
+#[cfg(feature = "debug-knobs")]
+fn dump_pipeline(label: &str, text: &str, src: &PipelineSource<'_>) {
+    use std::fmt::Write as _;
+    let Some(dir) = std::env::var_os("QUANTKV_DEBUG_DUMP_PIPELINES") else {
+        return;
+    };
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir = std::path::PathBuf::from(dir);
+    let mut desc = format!("label {label}\n");
+    for (k, v) in &src.constants {
+        let _ = writeln!(desc, "const {k}={v}");
+    }
+    for e in &src.entries {
+        let kind = match e.ty {
+            wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                ..
+            } => "uniform",
+            wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only: true },
+                ..
+            } => "storage-ro",
+            _ => "storage-rw",
+        };
+        let _ = writeln!(desc, "binding {} {kind}", e.binding);
+    }
+    let stem = format!("{}-{n:04}", std::process::id());
+    let ok = std::fs::create_dir_all(&dir).is_ok()
+        && std::fs::write(dir.join(format!("{stem}.wgsl")), text).is_ok()
+        && std::fs::write(dir.join(format!("{stem}.txt")), desc).is_ok();
+    if !ok {
+        log::warn!(
+            "quantkv: could not dump pipeline {label} to {}",
+            dir.display()
+        );
+    }
+}
+
 fn build(ctx: &Context, key: &PipelineKey, src: PipelineSource<'_>) -> Result<Compiled> {
     let label = key.to_string();
     let text = full_source(src.kernel, key.dtype, &src.parts(), src.includes)?;
+    #[cfg(feature = "debug-knobs")]
+    dump_pipeline(&label, &text, &src);
     let device = &ctx.device;
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let desc = wgpu::ShaderModuleDescriptor {

@@ -435,6 +435,7 @@ pub fn prefill_tiling(caps: &Caps, g: &Geometry, coop: bool) -> Option<Tiling> {
             max_m: rb * 16,
         })
         .filter(|t| prefill_tk_knob().is_none_or(|tk| t.tile == tk))
+        .filter(|t| prefill_rows_knob().is_none_or(|m| t.max_m == m))
         .find(|t| {
             t.wg_size <= limits.max_compute_invocations_per_workgroup
                 && t.wg_size <= limits.max_compute_workgroup_size_x
@@ -653,6 +654,24 @@ fn prefill_tk_knob() -> Option<u32> {
         static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
         *KNOB.get_or_init(|| {
             std::env::var("QUANTKV_DEBUG_PREFILL_TK")
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+        })
+    }
+    #[cfg(not(feature = "debug-knobs"))]
+    {
+        None
+    }
+}
+
+/// `QUANTKV_DEBUG_PREFILL_ROWS` (feature `debug-knobs`): the prefill kernel's rows per
+/// workgroup (16, 32 or 64), where a tiling with it fits (for timing the tilings).
+fn prefill_rows_knob() -> Option<u32> {
+    #[cfg(feature = "debug-knobs")]
+    {
+        static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+        *KNOB.get_or_init(|| {
+            std::env::var("QUANTKV_DEBUG_PREFILL_ROWS")
                 .ok()
                 .and_then(|v| v.parse::<u32>().ok())
         })
