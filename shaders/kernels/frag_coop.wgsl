@@ -9,7 +9,14 @@ enable wgpu_cooperative_matrix;
 // #include "kernels/prefill.wgsl"
 
 alias FragC = coop_mat16x16<f32, C>;
+alias FragQ = coop_mat16x16<f16, A>;
 
+// Q_HELD (the prelude's, head sizes up to 128): each subgroup holds its 16 query rows as A
+// fragments for the whole key loop, staged once through kv_sh (TK rows at a time), so no Q
+// tile stays in workgroup memory (qh_sh is a 16-byte stub then). Workgroup memory is what
+// limits residency on an H200 through Vulkan (a 47 KiB workgroup runs alone on its
+// multiprocessor; BENCHMARKS.md). Larger heads keep the Q tile in qh_sh (the fragments would
+// not fit in registers next to O's).
 var<workgroup> qh_sh: array<f16, QH_LEN>;
 var<workgroup> kv_sh: array<f16, KV_LEN>;
 var<workgroup> p_sh: array<f16, P_LEN>;  // P as hi + lo f16 pairs
@@ -21,16 +28,42 @@ fn to_h4(v: vec4<f32>) -> vec4<f16> {
     return vec4<f16>(clamp(v, vec4<f32>(-F16_MAX), vec4<f32>(F16_MAX)));
 }
 
-fn put_q4(row: u32, j: u32, v: vec4<f32>) {
-    let b = row * QS + 4u * j;
-    let h = to_h4(v);
-    qh_sh[b] = h.x;
-    qh_sh[b + 1u] = h.y;
-    qh_sh[b + 2u] = h.z;
-    qh_sh[b + 3u] = h.w;
+// Query rows staged per round (rows of the staging tile).
+fn q_stage_rows() -> u32 {
+    return select(MAX_M, TK, Q_HELD);
 }
 
+// Query row `row` of the current staging round (elements 4j..4j+3).
+fn put_q4(row: u32, j: u32, v: vec4<f32>) {
+    let h = to_h4(v);
+    if (Q_HELD) {
+        let b = row * KS + 4u * j;
+        kv_sh[b] = h.x;
+        kv_sh[b + 1u] = h.y;
+        kv_sh[b + 2u] = h.z;
+        kv_sh[b + 3u] = h.w;
+    } else {
+        let b = row * QS + 4u * j;
+        qh_sh[b] = h.x;
+        qh_sh[b + 1u] = h.y;
+        qh_sh[b + 2u] = h.z;
+        qh_sh[b + 3u] = h.w;
+    }
+}
+
+// The Q fragment of staged rows lr.. (16), columns k0.. (16).
+fn load_q(lr: u32, k0: u32) -> FragQ {
+    if (Q_HELD) {
+        return coopLoadT<FragQ>(&kv_sh[lr * KS + k0], KS);
+    }
+    return coopLoadT<FragQ>(&qh_sh[lr * QS + k0], QS);
+}
+
+// Diagnostics (debug_dump): the staged Q tile; zeros where Q is held in fragments.
 fn get_q4(row: u32, j: u32) -> vec4<f32> {
+    if (Q_HELD) {
+        return vec4<f32>(0.0);
+    }
     let b = row * QS + 4u * j;
     return vec4<f32>(f32(qh_sh[b]), f32(qh_sh[b + 1u]), f32(qh_sh[b + 2u]), f32(qh_sh[b + 3u]));
 }
@@ -65,10 +98,14 @@ fn get_p(row: u32, t: u32) -> f32 {
     return f32(p_sh[row * PS + t]) + f32(pl_sh[row * PS + t]);
 }
 
-// c + Q[r0.., k0..] K[t0.., k0..]^T (16x16x16).
-fn frag_qk(c: FragC, r0: u32, t0: u32, k0: u32) -> FragC {
-    let a = coopLoadT<coop_mat16x16<f16, A>>(&qh_sh[r0 * QS + k0], QS);
+// c + Q[r0.., k0..] K[t0.., k0..]^T (16x16x16); q is the held fragment of those rows and
+// columns (Q_HELD), else the Q tile is read again.
+fn frag_qk(c: FragC, q: FragQ, r0: u32, t0: u32, k0: u32) -> FragC {
     let b = coopLoad<coop_mat16x16<f16, B>>(&kv_sh[t0 * KS + k0], KS);
+    if (Q_HELD) {
+        return coopMultiplyAdd(q, b, c);
+    }
+    let a = coopLoadT<FragQ>(&qh_sh[r0 * QS + k0], QS);
     return coopMultiplyAdd(a, b, c);
 }
 

@@ -9,6 +9,7 @@
 // #include "kernels/prefill.wgsl"
 
 alias FragC = mat4x4<f32>; // column i = row 4*(lane/4)+i of the block, 4 columns
+alias FragQ = u32;         // the twin reads Q from qh_sh in every multiply-add
 
 var<private> lane: u32;
 
@@ -22,6 +23,14 @@ fn to_et4(v: vec4<f32>) -> vec4<ET> {
 
 fn put_q4(row: u32, j: u32, v: vec4<f32>) {
     qh_sh[row * (QS / 4u) + j] = to_et4(v);
+}
+
+fn q_stage_rows() -> u32 {
+    return MAX_M;
+}
+
+fn load_q(lr: u32, k0: u32) -> FragQ {
+    return 0u;
 }
 
 fn get_q4(row: u32, j: u32) -> vec4<f32> {
@@ -46,7 +55,7 @@ fn get_p(row: u32, t: u32) -> f32 {
     return p_sh[row * (PS / 4u) + t / 4u][t % 4u];
 }
 
-fn frag_qk(c: FragC, r0: u32, t0: u32, k0: u32) -> FragC {
+fn frag_qk(c: FragC, q: FragQ, r0: u32, t0: u32, k0: u32) -> FragC {
     let qb = (r0 + 4u * (lane / 4u)) * (QS / 4u) + k0 / 4u;
     let kb = (t0 + 4u * (lane % 4u)) * (KS / 4u) + k0 / 4u;
     let q4 = QS / 4u;

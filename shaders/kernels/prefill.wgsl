@@ -33,12 +33,14 @@
 // multiply-add as a hi + lo pair of ET values where ET is f16, so products and sums carry f32
 // precision.
 //
-// The fragment include provides: alias FragC; var<workgroup> qh_sh, kv_sh and its P tile(s);
-// put_q4 / get_q4, put_kv4 / get_kv4, put_p / get_p (of p' * P_SCALE, a power of two the
-// include picks; O is divided by it at the end), frag_qk, frag_pv, frag_store /
-// frag_load (s_sh, f32, row-major), and the entry point, which calls prefill_main with the
-// fragment owner's row block. The prelude defines ET, ET_MAX, D_BLOCKS = HEAD_DIM / 16 and
-// T_BLOCKS = TK / 16.
+// The fragment include provides: aliases FragC and FragQ (a query fragment an owner may hold
+// through the key loop); var<workgroup> qh_sh, kv_sh and its P tile(s); q_stage_rows /
+// put_q4 / load_q (query rows staged per round, and the fragment of staged rows), get_q4,
+// put_kv4 / get_kv4, put_p / get_p (of p' * P_SCALE, a power of two the include picks; O is
+// divided by it at the end), frag_qk, frag_pv, frag_store / frag_load (s_sh, f32,
+// row-major), and the entry point, which calls prefill_main with the fragment owner's row
+// block. The prelude defines ET, ET_MAX, D_BLOCKS = HEAD_DIM / 16, T_BLOCKS = TK / 16 and
+// Q_HELD (query fragments held in registers, cooperative matrices up to head size 128).
 // #include "common/uniforms.wgsl"
 // #include "common/out.wgsl"
 // #include "common/kv_read.wgsl"
@@ -218,9 +220,6 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     if (DEBUG_SKIP == 0xFFFFFFFFu) {
         layout_pad[0] = vec4<f32>(0.0); // keeps layout_pad in the module (never runs)
     }
-    for (var e = tid; e < MAX_M * d4; e += WG_SIZE) {
-        put_q4(e / d4, e % d4, q_row4(inf, e / d4, e % d4));
-    }
     for (var r = tid; r < MAX_M; r += WG_SIZE) {
         var m0 = NEG;
         let hh = r % hg;
@@ -234,17 +233,36 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     for (var e = tid; e < 256u; e += WG_SIZE) {
         s_sh[e] = 0.0;
     }
-    workgroupBarrier();
-    if ((DEBUG_SKIP & 256u) != 0u) {
-        debug_dump(inf, tid, 0u);
-        return;
+    // Q rows, q_stage_rows() per round; a fragment owner whose rows are staged takes its Q
+    // fragments (every owner loads in every round: fragment operations stay in uniform
+    // control flow; only the copy is conditional).
+    let r0 = sg * 16u;
+    var qf: array<FragQ, D_BLOCKS>;
+    let qrows = q_stage_rows();
+    for (var q0 = 0u; q0 < MAX_M; q0 += qrows) {
+        for (var e = tid; e < qrows * d4; e += WG_SIZE) {
+            put_q4(e / d4, e % d4, q_row4(inf, q0 + e / d4, e % d4));
+        }
+        workgroupBarrier();
+        let mine = r0 >= q0 && r0 < q0 + qrows;
+        let lr = select(0u, r0 - q0, mine);
+        for (var kb = 0u; kb < D_BLOCKS; kb++) {
+            let f = load_q(lr, kb * 16u);
+            if (mine) {
+                qf[kb] = f;
+            }
+        }
+        if ((DEBUG_SKIP & 256u) != 0u) {
+            debug_dump(inf, tid, 0u);
+            return;
+        }
+        workgroupBarrier();
     }
     let zero = frag_load(0u, 16u);
     var o: array<FragC, D_BLOCKS>;
     for (var db = 0u; db < D_BLOCKS; db++) {
         o[db] = zero;
     }
-    let r0 = sg * 16u;
     let rt = WG_SIZE / MAX_M; // threads per row in the softmax
     let rm = tid / rt;
     let rsub = tid % rt;
@@ -300,7 +318,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         for (var cb = 0u; cb < T_BLOCKS; cb++) {
             var c = zero;
             for (var kb = 0u; kb < D_BLOCKS * u32((DEBUG_SKIP & 2u) == 0u); kb++) {
-                c = frag_qk(c, r0, cb * 16u, kb * 16u);
+                c = frag_qk(c, qf[kb], r0, cb * 16u, kb * 16u);
             }
             frag_store(c, r0 * SS + cb * 16u, SS);
         }

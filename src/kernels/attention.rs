@@ -565,6 +565,7 @@ pub fn prefill_source(
 ) -> PipelineSource<'static> {
     let coop = f.has(Features::COOP);
     let (qs, ks, ps, ss) = super::plan::prefill_strides(d, tiling.tile, f16);
+    let q_held = super::plan::prefill_q_held(coop, d);
     // The twin holds its tiles as vec4s, the cooperative version as scalars.
     let unit = if coop { 1 } else { 4 };
     let (et, et_max) = if f16 {
@@ -581,7 +582,7 @@ pub fn prefill_source(
         // The mode's transform runs apart (kernels/rotate_q.wgsl, the reduce pass).
         codec: vec![codec.decode, codec.transform_apart_source()],
         prelude: format!(
-            "{et}\nconst ET_MAX: f32 = {et_max};\nconst D_BLOCKS: u32 = {}u;\nconst T_BLOCKS: u32 = {}u;\n",
+            "{et}\nconst ET_MAX: f32 = {et_max};\nconst D_BLOCKS: u32 = {}u;\nconst T_BLOCKS: u32 = {}u;\nconst Q_HELD: bool = {q_held};\n",
             d / 16,
             tiling.tile / 16
         ),
@@ -596,7 +597,15 @@ pub fn prefill_source(
             ("KS", ks as f64),
             ("PS", ps as f64),
             ("SS", ss as f64),
-            ("QH_LEN", (tiling.max_m * qs / unit) as f64),
+            // Held query fragments leave a 16-byte stub.
+            (
+                "QH_LEN",
+                if q_held {
+                    8.0
+                } else {
+                    (tiling.max_m * qs / unit) as f64
+                },
+            ),
             ("KV_LEN", (tiling.tile * ks / unit) as f64),
             ("P_LEN", (tiling.max_m * ps / unit) as f64),
             (

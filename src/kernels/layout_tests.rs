@@ -693,7 +693,7 @@ fn prefill_workgroup_memory_matches_naga_for_every_tiling() {
                         let (m, _) = resolve("prefill", &m, &i, &src.constants);
                         let actual = workgroup_bytes(&m);
                         let label = format!("prefill {} d{d} {t:?} coop {coop}", mode.id());
-                        assert_eq!(prefill_smem(&t, d, et16), actual, "{label}");
+                        assert_eq!(prefill_smem(&t, d, et16, coop), actual, "{label}");
                         assert!(actual <= smem, "{label}: {actual} > {smem}");
                         checked += 1;
                     }
@@ -768,4 +768,23 @@ fn prefill_with_a_transform_apart_needs_the_partials_to_fit_one_binding() {
         let lp = launch_plan(&caps, &g, &sum, &p, false).unwrap();
         assert_eq!(lp.kernel, want, "{mode:?} limit {limit}");
     }
+}
+
+/// On cooperative matrices the prefill kernel takes 16-key tiles of 64 rows with the query
+/// held in fragments (17.5 KiB at head size 128: three workgroups per multiprocessor on an
+/// H200, where 30 KiB ran one); larger heads keep the Q tile and fall back to what fits. The
+/// twin keeps its order (64 rows × 64 keys first where they fit).
+#[test]
+fn coop_prefill_prefers_small_resident_tilings() {
+    let caps = test_caps(32, true, true, 48 << 10);
+    let g = test_geometry(KvQuantMode::None, Dtype::F16, 128);
+    let t = prefill_tiling(&caps, &g, true).unwrap();
+    assert_eq!((t.max_m, t.tile, t.wg_size), (64, 16, 128));
+    assert!(prefill_smem(&t, 128, true, true) <= 18 << 10);
+    let g256 = test_geometry(KvQuantMode::None, Dtype::F16, 256);
+    let t = prefill_tiling(&caps, &g256, true).unwrap();
+    assert_eq!((t.max_m, t.tile), (32, 16));
+    assert!(prefill_smem(&t, 256, true, true) <= 48 << 10);
+    let twin = prefill_tiling(&caps, &g, false).unwrap();
+    assert_eq!(twin.tile, 32, "the twin's order is unchanged: {twin:?}");
 }

@@ -384,14 +384,27 @@ pub fn prefill_strides(head_dim: u32, tk: u32, f16: bool) -> (u32, u32, u32, u32
     (head_dim + pad, head_dim + pad, tk + pad, tk + 4)
 }
 
-/// Workgroup memory the prefill kernel needs with this tiling, in bytes.
-pub fn prefill_smem(t: &Tiling, head_dim: u32, f16: bool) -> u32 {
+/// Whether the prefill kernel's fragment owners hold their query rows as fragments through
+/// the key loop (no Q tile in workgroup memory): on cooperative matrices up to head size 128.
+/// Workgroup memory decides residency: on an H200 through Vulkan a workgroup of 32 KiB or more
+/// runs alone on its multiprocessor, 24 KiB two at a time (BENCHMARKS.md).
+pub fn prefill_q_held(coop: bool, head_dim: u32) -> bool {
+    coop && head_dim <= 128
+}
+
+/// Workgroup memory the prefill kernel needs with this tiling, in bytes (`coop`: on
+/// cooperative matrices).
+pub fn prefill_smem(t: &Tiling, head_dim: u32, f16: bool, coop: bool) -> u32 {
     // One term per `var<workgroup>` of prefill.wgsl and the fragment includes, each rounded
     // to 16 bytes; a test checks this against naga's module for every tiling.
     let es = if f16 { 2 } else { 4 };
     let (qs, ks, ps, _) = prefill_strides(head_dim, t.tile, f16);
     let info = r16(12 * 4);
-    let qh = r16(t.max_m * qs * es);
+    let qh = if prefill_q_held(coop, head_dim) {
+        16
+    } else {
+        r16(t.max_m * qs * es)
+    };
     let kv = r16(t.tile * ks * es);
     // P: f32 on the twin, an f16 hi + lo pair on cooperative matrices; 4 bytes either way.
     let p = if f16 {
@@ -416,9 +429,15 @@ pub fn prefill_s_len(t: &Tiling, head_dim: u32, f16: bool) -> u32 {
 }
 
 /// The prefill kernel's tiling for `g` on `caps` (`coop`: on cooperative matrices, one 16-row
-/// block per subgroup; else the twin, one per 16 lanes): the first of 64 rows × 64, 32 or 16
-/// keys, then 32 and 16 rows, whose workgroup memory fits. `None` where none fits, or the head
-/// size is not a multiple of 16 up to 256: the unified kernel runs then.
+/// block per subgroup; else the twin, one per 16 lanes): the first whose workgroup memory
+/// fits, in an order per path. The twin takes 64 rows × 64, 32 or 16 keys, then 32 and 16
+/// rows. Cooperative matrices take 16-key tiles first (64 rows, then 32): the kernel is bound
+/// by latency, and on an H200 through Vulkan a workgroup's memory decides how many run on a
+/// multiprocessor (measured: 32 KiB or more, one; 24 KiB, two; 16 KiB, three), so the small
+/// tiling (17.5 KiB with held query fragments) ran an 8k causal prompt in 24.9 ms against
+/// 33.1 ms for 32-key tiles (30 KiB) and chunked prefill 512 over 32k in 11.9 against 15.9
+/// ms (BENCHMARKS.md). `None` where none fits, or the head size is not a multiple of 16 up to
+/// 256: the unified kernel runs then.
 pub fn prefill_tiling(caps: &Caps, g: &Geometry, coop: bool) -> Option<Tiling> {
     let d = g.head_size;
     if !d.is_multiple_of(16) || d == 0 || d > 256 {
@@ -427,8 +446,14 @@ pub fn prefill_tiling(caps: &Caps, g: &Geometry, coop: bool) -> Option<Tiling> {
     let lanes = if coop { caps.subgroup_min_size } else { 16 };
     let f16 = prefill_f16(caps, g, coop);
     let limits = &caps.limits;
-    [(4, 64), (4, 32), (4, 16), (2, 32), (2, 16), (1, 16)]
-        .into_iter()
+    let order: &[(u32, u32)] = if coop {
+        &[(4, 16), (2, 16), (4, 32), (2, 32), (1, 16), (4, 64)]
+    } else {
+        &[(4, 64), (4, 32), (4, 16), (2, 32), (2, 16), (1, 16)]
+    };
+    order
+        .iter()
+        .copied()
         .map(|(rb, tk)| Tiling {
             wg_size: rb * lanes,
             tile: tk,
@@ -440,7 +465,7 @@ pub fn prefill_tiling(caps: &Caps, g: &Geometry, coop: bool) -> Option<Tiling> {
             t.wg_size <= limits.max_compute_invocations_per_workgroup
                 && t.wg_size <= limits.max_compute_workgroup_size_x
                 && t.wg_size % t.max_m == 0
-                && prefill_smem(t, d, f16) <= limits.max_compute_workgroup_storage_size
+                && prefill_smem(t, d, f16, coop) <= limits.max_compute_workgroup_storage_size
         })
 }
 
