@@ -391,33 +391,19 @@ unsafe fn print_ir(
     info: &vk::PipelineExecutableInfoKHR,
 ) -> Result<()> {
     let fp = pep.fp();
+    let query = |n: &mut u32, reps: *mut vk::PipelineExecutableInternalRepresentationKHR| {
+        (fp.get_pipeline_executable_internal_representations_khr)(pep.device(), info, n, reps)
+            .result()
+    };
     let mut n = 0u32;
-    (fp.get_pipeline_executable_internal_representations_khr)(
-        pep.device(),
-        info,
-        &mut n,
-        std::ptr::null_mut(),
-    )
-    .result()?;
+    query(&mut n, std::ptr::null_mut())?;
     let mut reps = vec![vk::PipelineExecutableInternalRepresentationKHR::default(); n as usize];
-    (fp.get_pipeline_executable_internal_representations_khr)(
-        pep.device(),
-        info,
-        &mut n,
-        reps.as_mut_ptr(),
-    )
-    .result()?;
+    query(&mut n, reps.as_mut_ptr())?;
     let mut bufs: Vec<Vec<u8>> = reps.iter().map(|r| vec![0u8; r.data_size]).collect();
     for (r, b) in reps.iter_mut().zip(bufs.iter_mut()) {
         r.p_data = b.as_mut_ptr().cast();
     }
-    (fp.get_pipeline_executable_internal_representations_khr)(
-        pep.device(),
-        info,
-        &mut n,
-        reps.as_mut_ptr(),
-    )
-    .result()?;
+    query(&mut n, reps.as_mut_ptr())?;
     for (r, b) in reps.iter().zip(&bufs) {
         println!(
             "    -- {} ({}; {} bytes)",

@@ -677,11 +677,7 @@ fn prefill_tk_knob() -> Option<u32> {
     #[cfg(feature = "debug-knobs")]
     {
         static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-        *KNOB.get_or_init(|| {
-            std::env::var("QUANTKV_DEBUG_PREFILL_TK")
-                .ok()
-                .and_then(|v| v.parse::<u32>().ok())
-        })
+        env_knob(&KNOB, "QUANTKV_DEBUG_PREFILL_TK")
     }
     #[cfg(not(feature = "debug-knobs"))]
     {
@@ -695,16 +691,18 @@ fn prefill_rows_knob() -> Option<u32> {
     #[cfg(feature = "debug-knobs")]
     {
         static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-        *KNOB.get_or_init(|| {
-            std::env::var("QUANTKV_DEBUG_PREFILL_ROWS")
-                .ok()
-                .and_then(|v| v.parse::<u32>().ok())
-        })
+        env_knob(&KNOB, "QUANTKV_DEBUG_PREFILL_ROWS")
     }
     #[cfg(not(feature = "debug-knobs"))]
     {
         None
     }
+}
+
+/// A numeric diagnostics knob read from the environment once (feature `debug-knobs`).
+#[cfg(feature = "debug-knobs")]
+fn env_knob(cell: &'static std::sync::OnceLock<Option<u32>>, name: &str) -> Option<u32> {
+    *cell.get_or_init(|| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok()))
 }
 
 fn r16(x: u32) -> u32 {
