@@ -18,7 +18,8 @@ alias FragQ = coop_mat16x16<f16, A>;
 // multiprocessor; BENCHMARKS.md). Larger heads keep the Q tile in qh_sh (the fragments would
 // not fit in registers next to O's).
 var<workgroup> qh_sh: array<f16, QH_LEN>;
-var<workgroup> kv_sh: array<f16, KV_LEN>;
+var<workgroup> kv_sh: array<f16, KV_LEN>; // K tile (and the query staging rounds)
+var<workgroup> v_sh: array<f16, KV_LEN>;  // V tile (staged with K: their loads overlap)
 var<workgroup> p_sh: array<f16, P_LEN>;  // P as hi + lo f16 pairs
 var<workgroup> pl_sh: array<f16, P_LEN>;
 
@@ -82,6 +83,38 @@ fn get_kv4(t: u32, j: u32) -> vec4<f32> {
     return vec4<f32>(f32(kv_sh[b]), f32(kv_sh[b + 1u]), f32(kv_sh[b + 2u]), f32(kv_sh[b + 3u]));
 }
 
+fn put_v4(t: u32, j: u32, v: vec4<f32>) {
+    let b = t * KS + 4u * j;
+    let h = to_h4(v);
+    v_sh[b] = h.x;
+    v_sh[b + 1u] = h.y;
+    v_sh[b + 2u] = h.z;
+    v_sh[b + 3u] = h.w;
+}
+
+fn get_v4(t: u32, j: u32) -> vec4<f32> {
+    let b = t * KS + 4u * j;
+    return vec4<f32>(f32(v_sh[b]), f32(v_sh[b + 1u]), f32(v_sh[b + 2u]), f32(v_sh[b + 3u]));
+}
+
+// Maximum and sum over the RT = WG_SIZE / MAX_M adjacent lanes that share a row in the
+// softmax (RT divides the subgroup size: the workgroup is ROW_BLOCKS whole subgroups).
+fn row_max(x: f32) -> f32 {
+    var r = x;
+    for (var k = 1u; k < WG_SIZE / MAX_M; k <<= 1u) {
+        r = max(r, subgroupShuffleXor(r, k));
+    }
+    return r;
+}
+
+fn row_sum(x: f32) -> f32 {
+    var r = x;
+    for (var k = 1u; k < WG_SIZE / MAX_M; k <<= 1u) {
+        r += subgroupShuffleXor(r, k);
+    }
+    return r;
+}
+
 // P arrives scaled by 16 (p <= 16 e^TAU < 65504), so the lo half of any p that matters is
 // an f16 normal number (tensor cores may flush subnormal inputs).
 const P_SCALE: f32 = 16.0;
@@ -113,7 +146,7 @@ fn frag_qk(c: FragC, q: FragQ, r0: u32, t0: u32, k0: u32) -> FragC {
 fn frag_pv(c: FragC, r0: u32, t0: u32, d0: u32) -> FragC {
     let hi = coopLoadT<coop_mat16x16<f16, A>>(&p_sh[r0 * PS + t0], PS);
     let lo = coopLoadT<coop_mat16x16<f16, A>>(&pl_sh[r0 * PS + t0], PS);
-    let b = coopLoadT<coop_mat16x16<f16, B>>(&kv_sh[t0 * KS + d0], KS);
+    let b = coopLoadT<coop_mat16x16<f16, B>>(&v_sh[t0 * KS + d0], KS);
     if ((DEBUG_SKIP & 2097152u) != 0u) {
         return coopMultiplyAdd(hi, b, c);
     }

@@ -19,13 +19,15 @@
 // is read from the cache and dequantized (by the mode's read contract) once per workgroup.
 //
 // Per key tile of TK keys:
-//   1. K tile -> kv_sh (model values rounded to the fragment element type ET)
+//   1. K tile -> kv_sh, V tile -> v_sh, their loads in flight together (model values less
+//      zero points, rounded to the fragment element type ET)
 //   2. S = Q K^T by fragments (row block `sg` of each fragment owner), stored to s_sh (f32)
-//   3. V tile -> kv_sh; scores finished (spec §6.1 pipeline and mask) in place, row maxima
-//   4. online softmax with lazy rescaling: a row's running maximum only moves when the tile's
-//      maximum exceeds it by more than TAU (so P <= e^TAU fits f16); O, held in fragments, is
-//      rescaled (through s_sh) only on tiles where some row's maximum moved
-//   5. P (ET) -> p_sh, O += P V by fragments
+//   3. scores finished (spec §6.1 pipeline and mask) in place and the online softmax in
+//      registers, the threads of a row combining by shuffles: a row's running maximum only
+//      moves when the tile's maximum exceeds it by more than TAU (so P <= e^TAU fits f16);
+//      O, held in fragments, is rescaled (through s_sh) only on tiles where some row's
+//      maximum moved
+//   4. P (ET) -> p_sh, O += P V by fragments
 // Precision: the tiles hold the cache's raw values less their zero points (codes as the read
 // contract gives them, before the scale: exact in f16 for every mode) and Q as ET (f16 where
 // SHADER_F16 allows; f32 for f32 models); a key's scale is applied to its score column after
@@ -34,9 +36,10 @@
 // precision.
 //
 // The fragment include provides: aliases FragC and FragQ (a query fragment an owner may hold
-// through the key loop); var<workgroup> qh_sh, kv_sh and its P tile(s); q_stage_rows /
+// through the key loop); var<workgroup> qh_sh, kv_sh, v_sh and its P tile(s); q_stage_rows /
 // put_q4 / load_q (query rows staged per round, and the fragment of staged rows), get_q4,
-// put_kv4 / get_kv4, put_p / get_p (of p' * P_SCALE, a power of two the include picks; O is
+// put_kv4 / get_kv4 (K), put_v4 / get_v4 (V), row_max / row_sum (over the WG_SIZE / MAX_M
+// threads of a softmax row), put_p / get_p (of p' * P_SCALE, a power of two the include picks; O is
 // divided by it at the end), frag_qk, frag_pv, frag_store / frag_load (s_sh, f32,
 // row-major), and the entry point, which calls prefill_main with the fragment owner's row
 // block. The prelude defines ET, ET_MAX, D_BLOCKS = HEAD_DIM / 16, T_BLOCKS = TK / 16 and
@@ -94,7 +97,6 @@ var<workgroup> m_sh: array<f32, MAX_M>;
 var<workgroup> l_sh: array<f32, MAX_M>;
 var<workgroup> alpha_sh: array<f32, MAX_M>;
 var<workgroup> seen_sh: array<u32, MAX_M>;
-var<workgroup> red_sh: array<f32, WG_SIZE>;
 var<workgroup> row_sh: array<u32, TK>;
 var<workgroup> ks_sh: array<f32, TK>;  // per tile key: K scale, V scale
 var<workgroup> vs_sh: array<f32, TK>;
@@ -102,6 +104,7 @@ var<workgroup> vs_sh: array<f32, TK>;
 // 0 of a masked key's p into NaN); a row that gives such a key weight gets a NaN sum, so its
 // output is NaN as the reference's is, and no other row sees it.
 var<workgroup> vbad_at: array<atomic<u32>, TK>;
+var<workgroup> vbad_any: atomic<u32>; // some key of the tile has a non-finite V row
 // Largest V scale of the tile (f32 bits; scales are >= 0, so their bits order like them).
 // P is multiplied by s_v / g, g a power of two at least every V scale seen so far (the first
 // tile's binade to start with), so P stays below 16 e^TAU whatever the scales; O is held in
@@ -150,8 +153,13 @@ fn tile_put(e: u32, v: vec4<f32>, key0: u32, kv_len: u32, is_v: bool) {
         if (is_v && any(bad)) {
             x = select(x, vec4<f32>(0.0), bad);
             atomicOr(&vbad_at[e / d4], 1u);
+            atomicOr(&vbad_any, 1u);
         }
-        put_kv4(e / d4, e % d4, x);
+        if (is_v) {
+            put_v4(e / d4, e % d4, x);
+        } else {
+            put_kv4(e / d4, e % d4, x);
+        }
     }
 }
 
@@ -166,9 +174,9 @@ fn q_row4(inf: WgInfo, m: u32, j: u32) -> vec4<f32> {
     return vec4<f32>(0.0);
 }
 
-// Diagnostics: writes row m of a staged tile (what: 0 Q, 1 the K or V tile's row m % TK,
-// 2 P, 3 the raw scores s_sh, 4 the raw scores recomputed by scalar code from the Q and K
-// tiles; columns past TK are 0) to output row m.
+// Diagnostics: writes row m of a staged tile (what: 0 Q, 1 the K tile's row m % TK, 5 the V
+// tile's, 2 P, 3 the raw scores s_sh, 4 the raw scores recomputed by scalar code from the Q
+// and K tiles; columns past TK are 0) to output row m.
 fn debug_dump(inf: WgInfo, tid: u32, what: u32) {
     let d4 = HEAD_DIM / 4u;
     let hg = ly.heads_per_wg;
@@ -180,6 +188,8 @@ fn debug_dump(inf: WgInfo, tid: u32, what: u32) {
             v = get_q4(m, j);
         } else if (what == 1u) {
             v = get_kv4(m % TK, j);
+        } else if (what == 5u) {
+            v = get_v4(m % TK, j);
         } else if (4u * j < TK) {
             for (var c = 0u; c < 4u; c++) {
                 if (what == 2u) {
@@ -203,6 +213,140 @@ fn debug_dump(inf: WgInfo, tid: u32, what: u32) {
     }
 }
 
+// Takes the query fragment of block kb from the staged rows (every owner loads: fragment
+// operations stay in uniform control flow; only the owner of the staged rows keeps it).
+fn take_q(cur: FragQ, lr: u32, kb: u32, mine: bool) -> FragQ {
+    let f = load_q(lr, kb * 16u);
+    if (mine) {
+        return f;
+    }
+    return cur;
+}
+
+// O block `acc` (columns 16 db..) += P V of this tile (this owner's rows r0..).
+fn pv_block(acc0: FragC, r0: u32, db: u32) -> FragC {
+    var acc = acc0;
+    for (var kb = 0u; kb < T_BLOCKS * u32((DEBUG_SKIP & 4u) == 0u); kb++) {
+        acc = frag_pv(acc, r0, kb * 16u, db * 16u);
+    }
+    return acc;
+}
+
+// O block `f` with each row scaled by its alpha_sh (and by gfac), through s_sh.
+fn rescale_block(f: FragC, sg: u32, tid: u32, gfac: f32) -> FragC {
+    frag_store(f, sg * 256u, 16u);
+    workgroupBarrier();
+    for (var e = tid; e < ROW_BLOCKS * 256u; e += WG_SIZE) {
+        s_sh[e] *= alpha_sh[(e / 256u) * 16u + (e % 256u) / 16u] * gfac;
+    }
+    workgroupBarrier();
+    let r = frag_load(sg * 256u, 16u);
+    workgroupBarrier();
+    return r;
+}
+
+// Epilogue: O block `f` (columns 16 db..) / l to the output, through s_sh (each fragment
+// owner its own 16 rows). With IS_SPLIT (a mode with a transform: the reduce pass un-rotates
+// the rows), the row's unnormalised O, running maximum and denominator go to the partials
+// layout of kernels/unified.wgsl instead, as its one segment. O's unit: g / P_SCALE.
+fn store_block(f: FragC, db: u32, sg: u32, tid: u32, inf: WgInfo, o_unit: f32) {
+    let hg = ly.heads_per_wg;
+    frag_store(f, sg * 256u, 16u);
+    workgroupBarrier();
+    for (var e = tid; e < ROW_BLOCKS * 64u; e += WG_SIZE) {
+        let rb = e / 64u;
+        let r = (e % 64u) / 4u;
+        let cg = e % 4u;
+        let m = rb * 16u + r;
+        let seen = seen_sh[m] != 0u;
+        var a = vec4<f32>(0.0);
+        if (seen) {
+            let b = rb * 256u + r * 16u + cg * 4u;
+            a = vec4<f32>(s_sh[b], s_sh[b + 1u], s_sh[b + 2u], s_sh[b + 3u]) * o_unit;
+        }
+        let qm = m / hg;
+        let hm = m % hg;
+        if (qm < inf.rows_q && hm < inf.nheads) {
+            let tok = inf.q_first + qm;
+            let head = inf.head0 + hm;
+            let j = db * 4u + cg;
+            if (IS_SPLIT) {
+                let slot = tok * ly.num_q_heads + head;
+                let b = slot * HEAD_DIM + 4u * j;
+                out[b] = bitcast<u32>(a.x);
+                out[b + 1u] = bitcast<u32>(a.y);
+                out[b + 2u] = bitcast<u32>(a.z);
+                out[b + 3u] = bitcast<u32>(a.w);
+                if (j == 0u) {
+                    let sb = ly.seg_rows * ly.num_q_heads * HEAD_DIM + slot * 2u;
+                    out[sb] = bitcast<u32>(select(NEG, m_sh[m], seen));
+                    out[sb + 1u] = bitcast<u32>(select(0.0, l_sh[m], seen));
+                }
+            } else {
+                out_store4(out_elem(tok, head, j), select(vec4<f32>(0.0), a / l_sh[m], seen));
+            }
+        }
+    }
+    workgroupBarrier();
+}
+
+// The K and V tiles of `n` vec4 elements each into workgroup memory: four K and four V loads
+// issued per thread before any is stored, so both tiles' latencies overlap.
+fn stage_kv(tid: u32, n: u32, key0: u32, kv_len: u32) {
+    for (var k = 0u; k < n; k += 4u * WG_SIZE) {
+        let e0 = tid + k;
+        let e1 = e0 + WG_SIZE;
+        let e2 = e1 + WG_SIZE;
+        let e3 = e2 + WG_SIZE;
+        let k0 = tile_fetch(e0, false);
+        let k1 = tile_fetch(e1, false);
+        let k2 = tile_fetch(e2, false);
+        let k3 = tile_fetch(e3, false);
+        let v0 = tile_fetch(e0, true);
+        let v1 = tile_fetch(e1, true);
+        let v2 = tile_fetch(e2, true);
+        let v3 = tile_fetch(e3, true);
+        tile_put(e0, k0, key0, kv_len, false);
+        tile_put(e1, k1, key0, kv_len, false);
+        tile_put(e2, k2, key0, kv_len, false);
+        tile_put(e3, k3, key0, kv_len, false);
+        tile_put(e0, v0, key0, kv_len, true);
+        tile_put(e1, v1, key0, kv_len, true);
+        tile_put(e2, v2, key0, kv_len, true);
+        tile_put(e3, v3, key0, kv_len, true);
+    }
+}
+
+// The finished score of tile key t for row rm (query token qi, head slot hh) from its raw
+// q·c in s_sh; NEG where masked.
+fn tile_score(inf: WgInfo, qi: u32, hh: u32, rm: u32, key0: u32, t: u32) -> f32 {
+    let key = key0 + t;
+    let raw = s_sh[rm * SS + t];
+    if ((DEBUG_SKIP & 8u) != 0u) {
+        return select(NEG, raw, key < inf.kv_len);
+    }
+    if (key_visible(inf, qi, hh, key)) {
+        return finish_score(inf, qi, hh, key, raw * ks_sh[t]);
+    }
+    return NEG;
+}
+
+// p = exp(s - mu) of tile key t for row rm; p' = p s_v / g (times P_SCALE) goes to the P
+// tile. A masked key's scale and zero point are never read (they may be anything).
+fn tile_p(rm: u32, t: u32, mu: f32, inv_g: f32) -> f32 {
+    let sv = s_sh[rm * SS + t];
+    var p = 0.0;
+    if (sv > NEG_HALF) {
+        p = exp_diff(sv, mu);
+    }
+    var pv = 0.0;
+    if (p != 0.0) {
+        pv = p * vs_sh[t];
+    }
+    put_p(rm, t, pv * inv_g * P_SCALE);
+    return p;
+}
+
 fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     if (tid == 0u) {
         info = plan_workgroup(wid, 1u, TK);
@@ -220,16 +364,6 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     if (DEBUG_SKIP == 0xFFFFFFFFu) {
         layout_pad[0] = vec4<f32>(0.0); // keeps layout_pad in the module (never runs)
     }
-    for (var r = tid; r < MAX_M; r += WG_SIZE) {
-        var m0 = NEG;
-        let hh = r % hg;
-        if (HAS_SINKS && !IS_SPLIT && hh < inf.nheads) {
-            m0 = real_score(laux[ly.off_sinks + inf.head0 + hh]);
-        }
-        m_sh[r] = m0;
-        l_sh[r] = 1.0;
-        seen_sh[r] = 0u;
-    }
     for (var e = tid; e < 256u; e += WG_SIZE) {
         s_sh[e] = 0.0;
     }
@@ -237,7 +371,11 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     // fragments (every owner loads in every round: fragment operations stay in uniform
     // control flow; only the copy is conditional).
     let r0 = sg * 16u;
-    var qf: array<FragQ, D_BLOCKS>;
+    // The fragments a subgroup holds through the key loop (query: up to 8 blocks, O: up to
+    // 16) are indexed by constants only, every per-block step written out below: with a loop
+    // index the H200's driver kept both arrays in local memory (384 bytes per thread at head
+    // size 128; BENCHMARKS.md), and every multiply-add went through it.
+    var qf: array<FragQ, 8>;
     let qrows = q_stage_rows();
     for (var q0 = 0u; q0 < MAX_M; q0 += qrows) {
         for (var e = tid; e < qrows * d4; e += WG_SIZE) {
@@ -246,11 +384,16 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         workgroupBarrier();
         let mine = r0 >= q0 && r0 < q0 + qrows;
         let lr = select(0u, r0 - q0, mine);
-        for (var kb = 0u; kb < D_BLOCKS; kb++) {
-            let f = load_q(lr, kb * 16u);
-            if (mine) {
-                qf[kb] = f;
-            }
+        if (Q_HELD) {
+            // Constant indices only (see `o` below); Q_HELD: at most 8 blocks.
+            qf[0] = take_q(qf[0], lr, 0u, mine);
+            if (D_BLOCKS > 1u) { qf[1] = take_q(qf[1], lr, 1u, mine); }
+            if (D_BLOCKS > 2u) { qf[2] = take_q(qf[2], lr, 2u, mine); }
+            if (D_BLOCKS > 3u) { qf[3] = take_q(qf[3], lr, 3u, mine); }
+            if (D_BLOCKS > 4u) { qf[4] = take_q(qf[4], lr, 4u, mine); }
+            if (D_BLOCKS > 5u) { qf[5] = take_q(qf[5], lr, 5u, mine); }
+            if (D_BLOCKS > 6u) { qf[6] = take_q(qf[6], lr, 6u, mine); }
+            if (D_BLOCKS > 7u) { qf[7] = take_q(qf[7], lr, 7u, mine); }
         }
         if ((DEBUG_SKIP & 256u) != 0u) {
             debug_dump(inf, tid, 0u);
@@ -259,20 +402,48 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         workgroupBarrier();
     }
     let zero = frag_load(0u, 16u);
-    var o: array<FragC, D_BLOCKS>;
-    for (var db = 0u; db < D_BLOCKS; db++) {
-        o[db] = zero;
-    }
-    let rt = WG_SIZE / MAX_M; // threads per row in the softmax
+    var o: array<FragC, 16>;
+    o[0] = zero;
+    if (D_BLOCKS > 1u) { o[1] = zero; }
+    if (D_BLOCKS > 2u) { o[2] = zero; }
+    if (D_BLOCKS > 3u) { o[3] = zero; }
+    if (D_BLOCKS > 4u) { o[4] = zero; }
+    if (D_BLOCKS > 5u) { o[5] = zero; }
+    if (D_BLOCKS > 6u) { o[6] = zero; }
+    if (D_BLOCKS > 7u) { o[7] = zero; }
+    if (D_BLOCKS > 8u) { o[8] = zero; }
+    if (D_BLOCKS > 9u) { o[9] = zero; }
+    if (D_BLOCKS > 10u) { o[10] = zero; }
+    if (D_BLOCKS > 11u) { o[11] = zero; }
+    if (D_BLOCKS > 12u) { o[12] = zero; }
+    if (D_BLOCKS > 13u) { o[13] = zero; }
+    if (D_BLOCKS > 14u) { o[14] = zero; }
+    if (D_BLOCKS > 15u) { o[15] = zero; }
+    // The softmax runs on registers: RT = WG_SIZE / MAX_M adjacent threads share row rm
+    // (one on the twin, subgroup lanes / 16 on cooperative matrices), each with EPT
+    // consecutive keys of the tile, and combine by row_max / row_sum (shuffles); every thread
+    // of a row holds the row's running maximum, denominator and whether it saw a key.
+    let rt = WG_SIZE / MAX_M;
+    let ept = TK / rt;
     let rm = tid / rt;
-    let rsub = tid % rt;
+    let tb = (tid % rt) * ept;
     let qi = rm / hg;
     let hh = rm % hg;
+    var m_run = NEG;
+    if (HAS_SINKS && !IS_SPLIT && hh < inf.nheads) {
+        m_run = real_score(laux[ly.off_sinks + inf.head0 + hh]);
+    }
+    var l_run = 1.0;
+    var seen = false;
 
+    // Per tile, five barriers: (1) the tile's rows, scales and flags are set; (2) its K and V
+    // are staged (their loads in flight together); (3) S is stored; (4) P is written and row
+    // factors set; (5) the rescale flag read uniformly. Nothing needs one at the top: the
+    // row lookup writes only what the previous tile read before its barrier (4), and
+    // staging waits at (1) for every owner's previous O += P V.
     var gexp = 0u; // biased exponent of g (0 = no nonzero V scale yet)
     for (var tile = inf.tile_lo; tile < inf.tile_hi; tile++) {
         let key0 = tile * TK;
-        tile_barrier();
         for (var t = tid; t < TK; t += WG_SIZE) {
             let key = key0 + t;
             var r = 0u;
@@ -283,6 +454,9 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             }
             row_sh[t] = r;
             atomicStore(&vbad_at[t], 0u);
+            if (t == 0u) {
+                atomicStore(&vbad_any, 0u);
+            }
             ks_sh[t] = select(k_row_scale(r), 1.0, (DEBUG_SKIP & 262144u) != 0u);
             let vsc = select(v_row_scale(r), 1.0, (DEBUG_SKIP & 262144u) != 0u);
             vs_sh[t] = vsc;
@@ -294,10 +468,14 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             }
         }
         tile_barrier();
-        stage_tile(tid, TK * d4, key0, inf.kv_len, false);
+        stage_kv(tid, TK * d4, key0, inf.kv_len);
         tile_barrier();
         if ((DEBUG_SKIP & 512u) != 0u) {
             debug_dump(inf, tid, 1u);
+            return;
+        }
+        if ((DEBUG_SKIP & 2048u) != 0u) {
+            debug_dump(inf, tid, 5u);
             return;
         }
         // The tile's binade of V scales (biased exponent; 0 for zero scales), g's update: every
@@ -317,8 +495,20 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         // S = Q K^T for this owner's 16 rows.
         for (var cb = 0u; cb < T_BLOCKS; cb++) {
             var c = zero;
-            for (var kb = 0u; kb < D_BLOCKS * u32((DEBUG_SKIP & 2u) == 0u); kb++) {
-                c = frag_qk(c, qf[kb], r0, cb * 16u, kb * 16u);
+            if ((DEBUG_SKIP & 2u) == 0u) {
+                let t0 = cb * 16u;
+                c = frag_qk(c, qf[0], r0, t0, 0u);
+                if (D_BLOCKS > 1u) { c = frag_qk(c, qf[1], r0, t0, 16u); }
+                if (D_BLOCKS > 2u) { c = frag_qk(c, qf[2], r0, t0, 32u); }
+                if (D_BLOCKS > 3u) { c = frag_qk(c, qf[3], r0, t0, 48u); }
+                if (D_BLOCKS > 4u) { c = frag_qk(c, qf[4], r0, t0, 64u); }
+                if (D_BLOCKS > 5u) { c = frag_qk(c, qf[5], r0, t0, 80u); }
+                if (D_BLOCKS > 6u) { c = frag_qk(c, qf[6], r0, t0, 96u); }
+                if (D_BLOCKS > 7u) { c = frag_qk(c, qf[7], r0, t0, 112u); }
+                // Past 8 blocks Q is not held (frag_qk reads the Q tile).
+                for (var kb = 8u; kb < D_BLOCKS; kb++) {
+                    c = frag_qk(c, qf[0], r0, t0, kb * 16u);
+                }
             }
             frag_store(c, r0 * SS + cb * 16u, SS);
         }
@@ -339,157 +529,142 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             debug_dump(inf, tid, 1u);
             return;
         }
-        // V tile (K is no longer read); scores finished in place; partial row maxima.
-        stage_tile(tid, TK * d4, key0, inf.kv_len, true);
-        var part = NEG;
-        for (var t = rsub; t < TK * u32((DEBUG_SKIP & 34603008u) == 0u); t += rt) {
-            let key = key0 + t;
-            var s = NEG;
-            if ((DEBUG_SKIP & 8u) != 0u) {
-                s = select(NEG, s_sh[rm * SS + t], key < inf.kv_len);
-            } else if (key_visible(inf, qi, hh, key)) {
-                s = finish_score(inf, qi, hh, key, s_sh[rm * SS + t] * ks_sh[t]);
-            }
-            s_sh[rm * SS + t] = s;
-            part = max(part, s);
+        // Every thread has read vmax_at (before barrier 3).
+        if (tid == 0u) {
+            atomicStore(&vmax_at, 0u);
         }
-        red_sh[tid] = part;
-        tile_barrier();
-        if (rsub == 0u) {
-            var mx = NEG;
-            for (var r = 0u; r < rt; r++) {
-                mx = max(mx, red_sh[tid + r]);
+        // Scores finished in place (spec §6.1 pipeline and mask), the tile's row maximum.
+        var part = NEG;
+        if ((DEBUG_SKIP & 34603008u) == 0u) {
+            for (var i = 0u; i < ept; i += 4u) {
+                let t = tb + i;
+                let s0 = tile_score(inf, qi, hh, rm, key0, t);
+                let s1 = tile_score(inf, qi, hh, rm, key0, t + 1u);
+                let s2 = tile_score(inf, qi, hh, rm, key0, t + 2u);
+                let s3 = tile_score(inf, qi, hh, rm, key0, t + 3u);
+                let b = rm * SS + t;
+                s_sh[b] = s0;
+                s_sh[b + 1u] = s1;
+                s_sh[b + 2u] = s2;
+                s_sh[b + 3u] = s3;
+                part = max(part, max(max(s0, s1), max(s2, s3)));
             }
-            let m_old = m_sh[rm];
-            var alpha = 1.0;
-            if (mx > NEG_HALF) {
-                if (seen_sh[rm] == 0u) {
-                    // First visible key of the row: O is still zero.
-                    if (mx > m_old) {
-                        m_sh[rm] = mx;
-                        alpha = exp_diff(m_old, mx);
-                    }
-                    seen_sh[rm] = 1u;
-                } else if (mx > m_old + TAU && (DEBUG_SKIP & 8388608u) == 0u) {
-                    m_sh[rm] = mx;
-                    alpha = exp_diff(m_old, mx);
-                    atomicMax(&resc_at, 1u);
+        }
+        let mx = row_max(part);
+        // Online softmax with lazy rescaling (every thread of the row decides alike).
+        var alpha = 1.0;
+        if (mx > NEG_HALF) {
+            if (!seen) {
+                // First visible key of the row: O is still zero.
+                if (mx > m_run) {
+                    alpha = exp_diff(m_run, mx);
+                    m_run = mx;
                 }
+                seen = true;
+            } else if (mx > m_run + TAU && (DEBUG_SKIP & 8388608u) == 0u) {
+                alpha = exp_diff(m_run, mx);
+                m_run = mx;
+                atomicMax(&resc_at, 1u);
             }
+        }
+        if (tb == 0u) {
             alpha_sh[rm] = alpha;
         }
         if (tid == 0u && gfac != 1.0) {
             atomicMax(&resc_at, 1u);
         }
-        tile_barrier();
-        if ((DEBUG_SKIP & 2048u) != 0u) {
-            debug_dump(inf, tid, 1u);
-            return;
-        }
-        // P = exp(S - M); p' = p s_v to the multiply-add, Σ p and Σ p' z_v per row.
-        let mu = m_sh[rm];
+        // P = exp(S - M); p' = p s_v to the multiply-add, Σ p per row (NaN where the row gives
+        // weight to a key whose V row is not finite).
+        let any_bad = atomicLoad(&vbad_any) != 0u;
         var psum = 0.0;
         var poisoned = false;
-        for (var t = rsub; t < TK * u32((DEBUG_SKIP & 17825792u) == 0u); t += rt) {
-            let sv = s_sh[rm * SS + t];
-            var p = 0.0;
-            if (sv > NEG_HALF) {
-                p = exp_diff(sv, mu);
-                poisoned = poisoned || (p != 0.0 && atomicLoad(&vbad_at[t]) != 0u);
+        if ((DEBUG_SKIP & 17825792u) == 0u) {
+            for (var i = 0u; i < ept; i += 4u) {
+                let t = tb + i;
+                let p0 = tile_p(rm, t, m_run, inv_g);
+                let p1 = tile_p(rm, t + 1u, m_run, inv_g);
+                let p2 = tile_p(rm, t + 2u, m_run, inv_g);
+                let p3 = tile_p(rm, t + 3u, m_run, inv_g);
+                psum += (p0 + p1) + (p2 + p3);
+                if (any_bad) {
+                    poisoned = poisoned || (p0 != 0.0 && atomicLoad(&vbad_at[t]) != 0u)
+                        || (p1 != 0.0 && atomicLoad(&vbad_at[t + 1u]) != 0u)
+                        || (p2 != 0.0 && atomicLoad(&vbad_at[t + 2u]) != 0u)
+                        || (p3 != 0.0 && atomicLoad(&vbad_at[t + 3u]) != 0u);
+                }
             }
-            // A masked key's scale and zero point are never read (they may be anything).
-            var pv = 0.0;
-            if (p != 0.0) {
-                pv = p * vs_sh[t];
-            }
-            put_p(rm, t, pv * inv_g * P_SCALE);
-            psum += p;
         }
-        red_sh[tid] = select(psum, bitcast<f32>(0x7FC00000u), poisoned);
-        if (tid == 0u) {
-            resc_sh = atomicLoad(&resc_at);
-            atomicStore(&resc_at, 0u);
-            atomicStore(&vmax_at, 0u);
-        }
+        let sum = row_sum(select(psum, bitcast<f32>(0x7FC00000u), poisoned));
+        l_run = l_run * alpha + sum;
         tile_barrier();
         if ((DEBUG_SKIP & 4096u) != 0u) {
             debug_dump(inf, tid, 2u);
             return;
         }
-        if (rsub == 0u) {
-            var sum = 0.0;
-            for (var r = 0u; r < rt; r++) {
-                sum += red_sh[tid + r];
-            }
-            l_sh[rm] = l_sh[rm] * alpha_sh[rm] + sum;
+        if (tid == 0u) {
+            resc_sh = atomicLoad(&resc_at);
+            atomicStore(&resc_at, 0u);
         }
         // Rows whose maximum moved: O rescaled through s_sh (free once P is written).
         if (workgroupUniformLoad(&resc_sh) != 0u) {
-            for (var db = 0u; db < D_BLOCKS; db++) {
-                frag_store(o[db], sg * 256u, 16u);
-                workgroupBarrier();
-                for (var e = tid; e < ROW_BLOCKS * 256u; e += WG_SIZE) {
-                    s_sh[e] *= alpha_sh[(e / 256u) * 16u + (e % 256u) / 16u] * gfac;
-                }
-                workgroupBarrier();
-                o[db] = frag_load(sg * 256u, 16u);
-                workgroupBarrier();
-            }
+            o[0] = rescale_block(o[0], sg, tid, gfac);
+            if (D_BLOCKS > 1u) { o[1] = rescale_block(o[1], sg, tid, gfac); }
+            if (D_BLOCKS > 2u) { o[2] = rescale_block(o[2], sg, tid, gfac); }
+            if (D_BLOCKS > 3u) { o[3] = rescale_block(o[3], sg, tid, gfac); }
+            if (D_BLOCKS > 4u) { o[4] = rescale_block(o[4], sg, tid, gfac); }
+            if (D_BLOCKS > 5u) { o[5] = rescale_block(o[5], sg, tid, gfac); }
+            if (D_BLOCKS > 6u) { o[6] = rescale_block(o[6], sg, tid, gfac); }
+            if (D_BLOCKS > 7u) { o[7] = rescale_block(o[7], sg, tid, gfac); }
+            if (D_BLOCKS > 8u) { o[8] = rescale_block(o[8], sg, tid, gfac); }
+            if (D_BLOCKS > 9u) { o[9] = rescale_block(o[9], sg, tid, gfac); }
+            if (D_BLOCKS > 10u) { o[10] = rescale_block(o[10], sg, tid, gfac); }
+            if (D_BLOCKS > 11u) { o[11] = rescale_block(o[11], sg, tid, gfac); }
+            if (D_BLOCKS > 12u) { o[12] = rescale_block(o[12], sg, tid, gfac); }
+            if (D_BLOCKS > 13u) { o[13] = rescale_block(o[13], sg, tid, gfac); }
+            if (D_BLOCKS > 14u) { o[14] = rescale_block(o[14], sg, tid, gfac); }
+            if (D_BLOCKS > 15u) { o[15] = rescale_block(o[15], sg, tid, gfac); }
         }
         // O += P V, in units of g.
-        for (var db = 0u; db < D_BLOCKS; db++) {
-            var acc = o[db];
-            for (var kb = 0u; kb < T_BLOCKS * u32((DEBUG_SKIP & 4u) == 0u); kb++) {
-                acc = frag_pv(acc, r0, kb * 16u, db * 16u);
-            }
-            o[db] = acc;
-        }
+        o[0] = pv_block(o[0], r0, 0u);
+        if (D_BLOCKS > 1u) { o[1] = pv_block(o[1], r0, 1u); }
+        if (D_BLOCKS > 2u) { o[2] = pv_block(o[2], r0, 2u); }
+        if (D_BLOCKS > 3u) { o[3] = pv_block(o[3], r0, 3u); }
+        if (D_BLOCKS > 4u) { o[4] = pv_block(o[4], r0, 4u); }
+        if (D_BLOCKS > 5u) { o[5] = pv_block(o[5], r0, 5u); }
+        if (D_BLOCKS > 6u) { o[6] = pv_block(o[6], r0, 6u); }
+        if (D_BLOCKS > 7u) { o[7] = pv_block(o[7], r0, 7u); }
+        if (D_BLOCKS > 8u) { o[8] = pv_block(o[8], r0, 8u); }
+        if (D_BLOCKS > 9u) { o[9] = pv_block(o[9], r0, 9u); }
+        if (D_BLOCKS > 10u) { o[10] = pv_block(o[10], r0, 10u); }
+        if (D_BLOCKS > 11u) { o[11] = pv_block(o[11], r0, 11u); }
+        if (D_BLOCKS > 12u) { o[12] = pv_block(o[12], r0, 12u); }
+        if (D_BLOCKS > 13u) { o[13] = pv_block(o[13], r0, 13u); }
+        if (D_BLOCKS > 14u) { o[14] = pv_block(o[14], r0, 14u); }
+        if (D_BLOCKS > 15u) { o[15] = pv_block(o[15], r0, 15u); }
+    }
+    if (tb == 0u) {
+        m_sh[rm] = m_run;
+        l_sh[rm] = l_run;
+        seen_sh[rm] = u32(seen);
     }
     workgroupBarrier();
 
-    // Epilogue: O / l through s_sh, 16 columns at a time (each fragment owner its own block).
-    // With IS_SPLIT (a mode with a transform: the reduce pass un-rotates the rows), the row's
-    // unnormalised O, running maximum and denominator go to the partials layout of
-    // kernels/unified.wgsl instead, as its one segment.
-    // O's unit: g / P_SCALE.
+    // Epilogue (store_block), 16 columns at a time; O's unit: g / P_SCALE.
     let o_unit = select(1.0, bitcast<f32>((gexp + 1u) << 23u), gexp != 0u) * (1.0 / P_SCALE);
-    for (var db = 0u; db < D_BLOCKS; db++) {
-        frag_store(o[db], sg * 256u, 16u);
-        workgroupBarrier();
-        for (var e = tid; e < ROW_BLOCKS * 64u; e += WG_SIZE) {
-            let rb = e / 64u;
-            let r = (e % 64u) / 4u;
-            let cg = e % 4u;
-            let m = rb * 16u + r;
-            let seen = seen_sh[m] != 0u;
-            var a = vec4<f32>(0.0);
-            if (seen) {
-                let b = rb * 256u + r * 16u + cg * 4u;
-                a = vec4<f32>(s_sh[b], s_sh[b + 1u], s_sh[b + 2u], s_sh[b + 3u]) * o_unit;
-            }
-            let qm = m / hg;
-            let hm = m % hg;
-            if (qm < inf.rows_q && hm < inf.nheads) {
-                let tok = inf.q_first + qm;
-                let head = inf.head0 + hm;
-                let j = db * 4u + cg;
-                if (IS_SPLIT) {
-                    let slot = tok * ly.num_q_heads + head;
-                    let b = slot * HEAD_DIM + 4u * j;
-                    out[b] = bitcast<u32>(a.x);
-                    out[b + 1u] = bitcast<u32>(a.y);
-                    out[b + 2u] = bitcast<u32>(a.z);
-                    out[b + 3u] = bitcast<u32>(a.w);
-                    if (j == 0u) {
-                        let sb = ly.seg_rows * ly.num_q_heads * HEAD_DIM + slot * 2u;
-                        out[sb] = bitcast<u32>(select(NEG, m_sh[m], seen));
-                        out[sb + 1u] = bitcast<u32>(select(0.0, l_sh[m], seen));
-                    }
-                } else {
-                    out_store4(out_elem(tok, head, j), select(vec4<f32>(0.0), a / l_sh[m], seen));
-                }
-            }
-        }
-        workgroupBarrier();
-    }
+    store_block(o[0], 0u, sg, tid, inf, o_unit);
+    if (D_BLOCKS > 1u) { store_block(o[1], 1u, sg, tid, inf, o_unit); }
+    if (D_BLOCKS > 2u) { store_block(o[2], 2u, sg, tid, inf, o_unit); }
+    if (D_BLOCKS > 3u) { store_block(o[3], 3u, sg, tid, inf, o_unit); }
+    if (D_BLOCKS > 4u) { store_block(o[4], 4u, sg, tid, inf, o_unit); }
+    if (D_BLOCKS > 5u) { store_block(o[5], 5u, sg, tid, inf, o_unit); }
+    if (D_BLOCKS > 6u) { store_block(o[6], 6u, sg, tid, inf, o_unit); }
+    if (D_BLOCKS > 7u) { store_block(o[7], 7u, sg, tid, inf, o_unit); }
+    if (D_BLOCKS > 8u) { store_block(o[8], 8u, sg, tid, inf, o_unit); }
+    if (D_BLOCKS > 9u) { store_block(o[9], 9u, sg, tid, inf, o_unit); }
+    if (D_BLOCKS > 10u) { store_block(o[10], 10u, sg, tid, inf, o_unit); }
+    if (D_BLOCKS > 11u) { store_block(o[11], 11u, sg, tid, inf, o_unit); }
+    if (D_BLOCKS > 12u) { store_block(o[12], 12u, sg, tid, inf, o_unit); }
+    if (D_BLOCKS > 13u) { store_block(o[13], 13u, sg, tid, inf, o_unit); }
+    if (D_BLOCKS > 14u) { store_block(o[14], 14u, sg, tid, inf, o_unit); }
+    if (D_BLOCKS > 15u) { store_block(o[15], 15u, sg, tid, inf, o_unit); }
 }

@@ -389,7 +389,7 @@ pub fn prefill_strides(head_dim: u32, tk: u32, f16: bool) -> (u32, u32, u32, u32
 /// Workgroup memory decides residency: on an H200 through Vulkan a workgroup of 32 KiB or more
 /// runs alone on its multiprocessor, 24 KiB two at a time (BENCHMARKS.md).
 pub fn prefill_q_held(coop: bool, head_dim: u32) -> bool {
-    coop && head_dim <= 128
+    coop && head_dim <= 128 && prefill_qheld_knob() != Some(0)
 }
 
 /// Workgroup memory the prefill kernel needs with this tiling, in bytes (`coop`: on
@@ -405,7 +405,8 @@ pub fn prefill_smem(t: &Tiling, head_dim: u32, f16: bool, coop: bool) -> u32 {
     } else {
         r16(t.max_m * qs * es)
     };
-    let kv = r16(t.tile * ks * es);
+    // K and V tiles.
+    let kv = 2 * r16(t.tile * ks * es);
     // P: f32 on the twin, an f16 hi + lo pair on cooperative matrices; 4 bytes either way.
     let p = if f16 {
         2 * r16(t.max_m * ps * 2)
@@ -415,10 +416,9 @@ pub fn prefill_smem(t: &Tiling, head_dim: u32, f16: bool, coop: bool) -> u32 {
     let s = r16(prefill_s_len(t, head_dim, f16) * 4);
     let pad = 16; // layout_pad
     let rows = 4 * r16(t.max_m * 4); // m_sh, l_sh, alpha_sh, seen_sh
-    let red = r16(t.wg_size * 4); // red_sh
     let keys = 4 * r16(t.tile * 4); // row_sh, ks_sh, vs_sh, vbad_at
-    let flags = 3 * 16; // resc_at, resc_sh, vmax_at
-    info + qh + kv + p + s + pad + rows + red + keys + flags
+    let flags = 4 * 16; // resc_at, resc_sh, vmax_at, vbad_any
+    info + qh + kv + p + s + pad + rows + keys + flags
 }
 
 /// f32 elements of the prefill kernel's score tile (also the fragments' scratch: a 16×16
@@ -678,6 +678,20 @@ fn prefill_tk_knob() -> Option<u32> {
     {
         static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
         env_knob(&KNOB, "QUANTKV_DEBUG_PREFILL_TK")
+    }
+    #[cfg(not(feature = "debug-knobs"))]
+    {
+        None
+    }
+}
+
+/// `QUANTKV_DEBUG_PREFILL_QHELD=0` (feature `debug-knobs`): the cooperative prefill kernel
+/// keeps its Q tile in workgroup memory instead of holding query fragments (for timing).
+fn prefill_qheld_knob() -> Option<u32> {
+    #[cfg(feature = "debug-knobs")]
+    {
+        static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+        env_knob(&KNOB, "QUANTKV_DEBUG_PREFILL_QHELD")
     }
     #[cfg(not(feature = "debug-knobs"))]
     {
