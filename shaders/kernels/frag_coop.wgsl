@@ -20,6 +20,7 @@ alias FragQ = coop_mat16x16<f16, A>;
 var<workgroup> qh_sh: array<f16, QH_LEN>;
 var<workgroup> kv_sh: array<f16, KV_LEN>; // K tile (and the query staging rounds)
 var<workgroup> v_sh: array<f16, KV_LEN>;  // V tile (staged with K: their loads overlap)
+const V_APART: bool = true;
 var<workgroup> p_sh: array<f16, P_LEN>;  // P as hi + lo f16 pairs
 var<workgroup> pl_sh: array<f16, P_LEN>;
 

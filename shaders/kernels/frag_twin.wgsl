@@ -14,8 +14,10 @@ alias FragQ = u32;         // the twin reads Q from qh_sh in every multiply-add
 var<private> lane: u32;
 
 var<workgroup> qh_sh: array<vec4<ET>, QH_LEN>;
-var<workgroup> kv_sh: array<vec4<ET>, KV_LEN>; // K tile
-var<workgroup> v_sh: array<vec4<ET>, KV_LEN>;  // V tile
+// One tile for K, then V (V_APART false: the kernel stages V once Q K^T is done), so the
+// twin's larger tilings fit where cooperative matrices' separate tiles would not.
+var<workgroup> kv_sh: array<vec4<ET>, KV_LEN>;
+const V_APART: bool = false;
 var<workgroup> p_sh: array<vec4<f32>, P_LEN>;
 
 fn to_et4(v: vec4<f32>) -> vec4<ET> {
@@ -47,11 +49,11 @@ fn get_kv4(t: u32, j: u32) -> vec4<f32> {
 }
 
 fn put_v4(t: u32, j: u32, v: vec4<f32>) {
-    v_sh[t * (KS / 4u) + j] = to_et4(v);
+    put_kv4(t, j, v);
 }
 
 fn get_v4(t: u32, j: u32) -> vec4<f32> {
-    return vec4<f32>(v_sh[t * (KS / 4u) + j]);
+    return get_kv4(t, j);
 }
 
 // The twin's tilings give each row one thread (WG_SIZE == MAX_M): nothing to combine.
@@ -108,10 +110,10 @@ fn frag_pv(c: FragC, r0: u32, t0: u32, d0: u32) -> FragC {
         let p2 = p_sh[pb + 2u * p4 + k];
         let p3 = p_sh[pb + 3u * p4 + k];
         let v = vb + 4u * k * k4;
-        let v0 = vec4<f32>(v_sh[v]);
-        let v1 = vec4<f32>(v_sh[v + k4]);
-        let v2 = vec4<f32>(v_sh[v + 2u * k4]);
-        let v3 = vec4<f32>(v_sh[v + 3u * k4]);
+        let v0 = vec4<f32>(kv_sh[v]);
+        let v1 = vec4<f32>(kv_sh[v + k4]);
+        let v2 = vec4<f32>(kv_sh[v + 2u * k4]);
+        let v3 = vec4<f32>(kv_sh[v + 3u * k4]);
         r[0] += p0.x * v0 + p0.y * v1 + p0.z * v2 + p0.w * v3;
         r[1] += p1.x * v0 + p1.y * v1 + p1.z * v2 + p1.w * v3;
         r[2] += p2.x * v0 + p2.y * v1 + p2.z * v2 + p2.w * v3;

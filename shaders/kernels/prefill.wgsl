@@ -20,7 +20,9 @@
 //
 // Per key tile of TK keys:
 //   1. K tile -> kv_sh, V tile -> v_sh, their loads in flight together (model values less
-//      zero points, rounded to the fragment element type ET)
+//      zero points, rounded to the fragment element type ET); where the include has no
+//      separate V tile (V_APART false, the twin), V goes over K after step 2, its loads in
+//      flight during the score pass
 //   2. S = Q K^T by fragments (row block `sg` of each fragment owner), stored to s_sh (f32)
 //   3. scores finished (spec §6.1 pipeline and mask) in place and the online softmax in
 //      registers, the threads of a row combining by shuffles: a row's running maximum only
@@ -36,7 +38,7 @@
 // precision.
 //
 // The fragment include provides: aliases FragC and FragQ (a query fragment an owner may hold
-// through the key loop); var<workgroup> qh_sh, kv_sh, v_sh and its P tile(s); q_stage_rows /
+// through the key loop); var<workgroup> qh_sh, kv_sh, v_sh (where V_APART) and its P tile(s); q_stage_rows /
 // put_q4 / load_q (query rows staged per round, and the fragment of staged rows), get_q4,
 // put_kv4 / get_kv4 (K), put_v4 / get_v4 (V), row_max / row_sum (over the WG_SIZE / MAX_M
 // threads of a softmax row), put_p / get_p (of p' * P_SCALE, a power of two the include picks; O is
@@ -290,6 +292,24 @@ fn store_block(f: FragC, db: u32, sg: u32, tid: u32, inf: WgInfo, o_unit: f32) {
     workgroupBarrier();
 }
 
+// A tile key's cached row (row 0 past the sequence: always in bounds) and K / V scales.
+struct KeyInfo {
+    row: u32,
+    ks: f32,
+    vs: f32,
+}
+
+fn key_info(inf: WgInfo, key: u32) -> KeyInfo {
+    var r = 0u;
+    if ((DEBUG_SKIP & 524288u) != 0u) {
+        r = key;
+    } else if (key < inf.kv_len) {
+        r = physical_row(inf.seq, key, inf.kv_head);
+    }
+    let unit = (DEBUG_SKIP & 262144u) != 0u;
+    return KeyInfo(r, select(k_row_scale(r), 1.0, unit), select(v_row_scale(r), 1.0, unit));
+}
+
 // The K and V tiles of `n` vec4 elements each into workgroup memory: four K and four V loads
 // issued per thread before any is stored, so both tiles' latencies overlap.
 fn stage_kv(tid: u32, n: u32, key0: u32, kv_len: u32) {
@@ -436,46 +456,43 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     var l_run = 1.0;
     var seen = false;
 
-    // Per tile, five barriers: (1) the tile's rows, scales and flags are set; (2) its K and V
+    // Per tile, five barriers on cooperative matrices (six on the twin, where V is staged
+    // over K): (1) the tile's rows, scales and flags are set; (2) its K and V
     // are staged (their loads in flight together); (3) S is stored; (4) P is written and row
     // factors set; (5) the rescale flag read uniformly. Nothing needs one at the top: the
     // row lookup writes only what the previous tile read before its barrier (4), and
     // staging waits at (1) for every owner's previous O += P V.
+    // (Looking each tile's rows and scales up one tile ahead, in registers, was 5 % slower on
+    // an H200: 182 registers; BENCHMARKS.md.)
     var gexp = 0u; // biased exponent of g (0 = no nonzero V scale yet)
     for (var tile = inf.tile_lo; tile < inf.tile_hi; tile++) {
         let key0 = tile * TK;
         for (var t = tid; t < TK; t += WG_SIZE) {
             let key = key0 + t;
-            var r = 0u;
-            if ((DEBUG_SKIP & 524288u) != 0u) {
-                r = key;
-            } else if (key < inf.kv_len) {
-                r = physical_row(inf.seq, key, inf.kv_head);
-            }
-            row_sh[t] = r;
+            let ki = key_info(inf, key);
+            row_sh[t] = ki.row;
             atomicStore(&vbad_at[t], 0u);
             if (t == 0u) {
                 atomicStore(&vbad_any, 0u);
             }
-            ks_sh[t] = select(k_row_scale(r), 1.0, (DEBUG_SKIP & 262144u) != 0u);
-            let vsc = select(v_row_scale(r), 1.0, (DEBUG_SKIP & 262144u) != 0u);
-            vs_sh[t] = vsc;
+            ks_sh[t] = ki.ks;
+            vs_sh[t] = ki.vs;
             // (A scale that is not a finite positive number, e.g. of a block no row sees,
             // is left out: it is never multiplied by a nonzero p.)
-            let vbits = bitcast<u32>(vsc);
+            let vbits = bitcast<u32>(ki.vs);
             if (key < inf.kv_len && vbits < 0x7F800000u) {
                 atomicMax(&vmax_at, vbits);
             }
         }
         tile_barrier();
-        stage_kv(tid, TK * d4, key0, inf.kv_len);
+        if (V_APART) {
+            stage_kv(tid, TK * d4, key0, inf.kv_len);
+        } else {
+            stage_tile(tid, TK * d4, key0, inf.kv_len, false);
+        }
         tile_barrier();
         if ((DEBUG_SKIP & 512u) != 0u) {
             debug_dump(inf, tid, 1u);
-            return;
-        }
-        if ((DEBUG_SKIP & 2048u) != 0u) {
-            debug_dump(inf, tid, 5u);
             return;
         }
         // The tile's binade of V scales (biased exponent; 0 for zero scales), g's update: every
@@ -533,6 +550,11 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         if (tid == 0u) {
             atomicStore(&vmax_at, 0u);
         }
+        // V over K where they share a tile (K is no longer read), its loads in flight during
+        // the score pass.
+        if (!V_APART) {
+            stage_tile(tid, TK * d4, key0, inf.kv_len, true);
+        }
         // Scores finished in place (spec §6.1 pipeline and mask), the tile's row maximum.
         var part = NEG;
         if ((DEBUG_SKIP & 34603008u) == 0u) {
@@ -573,6 +595,9 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         if (tid == 0u && gfac != 1.0) {
             atomicMax(&resc_at, 1u);
         }
+        if (!V_APART) {
+            tile_barrier(); // V staged, its non-finite flags final
+        }
         // P = exp(S - M); p' = p s_v to the multiply-add, Σ p per row (NaN where the row gives
         // weight to a key whose V row is not finite).
         let any_bad = atomicLoad(&vbad_any) != 0u;
@@ -599,6 +624,10 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         tile_barrier();
         if ((DEBUG_SKIP & 4096u) != 0u) {
             debug_dump(inf, tid, 2u);
+            return;
+        }
+        if ((DEBUG_SKIP & 2048u) != 0u) {
+            debug_dump(inf, tid, 5u);
             return;
         }
         if (tid == 0u) {

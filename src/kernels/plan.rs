@@ -405,8 +405,8 @@ pub fn prefill_smem(t: &Tiling, head_dim: u32, f16: bool, coop: bool) -> u32 {
     } else {
         r16(t.max_m * qs * es)
     };
-    // K and V tiles.
-    let kv = 2 * r16(t.tile * ks * es);
+    // K and V tiles (one shared tile on the twin).
+    let kv = if coop { 2 } else { 1 } * r16(t.tile * ks * es);
     // P: f32 on the twin, an f16 hi + lo pair on cooperative matrices; 4 bytes either way.
     let p = if f16 {
         2 * r16(t.max_m * ps * 2)
@@ -434,9 +434,9 @@ pub fn prefill_s_len(t: &Tiling, head_dim: u32, f16: bool) -> u32 {
 /// rows. Cooperative matrices take 16-key tiles first (64 rows, then 32): the kernel is bound
 /// by latency, and on an H200 through Vulkan a workgroup's memory decides how many run on a
 /// multiprocessor (measured: 32 KiB or more, one; 24 KiB, two; 16 KiB, three), so the small
-/// tiling (17.5 KiB with held query fragments) ran an 8k causal prompt in 24.9 ms against
-/// 33.1 ms for 32-key tiles (30 KiB) and chunked prefill 512 over 32k in 11.9 against 15.9
-/// ms (BENCHMARKS.md). `None` where none fits, or the head size is not a multiple of 16 up to
+/// tiling (17.5 KiB with held query fragments, 21.3 KiB since K and V have separate tiles) ran
+/// an 8k causal prompt in 24.9 ms against 33.1 ms for 32-key tiles (30 KiB); with the kernel
+/// of `07a82d7`, 14.4 ms against 26.5 ms (BENCHMARKS.md). `None` where none fits, or the head size is not a multiple of 16 up to
 /// 256: the unified kernel runs then.
 pub fn prefill_tiling(caps: &Caps, g: &Geometry, coop: bool) -> Option<Tiling> {
     let d = g.head_size;
