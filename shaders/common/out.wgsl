@@ -15,6 +15,20 @@ fn out_elem(tok: u32, head: u32, col: u32) -> u32 {
     return ly.o_off + tok * ly.o_tok + head * ly.o_head + 4u * col;
 }
 
+// Split-K partials (f32 bits in `out`): 4 accumulator elements at word b, and a row's
+// running maximum and denominator at word sb.
+fn partial_store4(b: u32, v: vec4<f32>) {
+    out[b] = bitcast<u32>(v.x);
+    out[b + 1u] = bitcast<u32>(v.y);
+    out[b + 2u] = bitcast<u32>(v.z);
+    out[b + 3u] = bitcast<u32>(v.w);
+}
+
+fn partial_store_ml(sb: u32, m: f32, l: f32) {
+    out[sb] = bitcast<u32>(m);
+    out[sb + 1u] = bitcast<u32>(l);
+}
+
 fn out_store4(e: u32, v: vec4<f32>) {
     if (OUT_FP8) {
         let y = clamp(v * ly.out_inv_scale, vec4<f32>(-448.0), vec4<f32>(448.0));

@@ -133,14 +133,10 @@ fn store_row4(m: u32, col: u32, a: vec4<f32>, l: f32, mx: f32, inf: DecInfo, seg
             let slot = (inf.tok * ly.num_q_heads + inf.head0 + m) * ly.num_segments + seg;
             let v = select(vec4<f32>(0.0), a, seen);
             let b = slot * HEAD_DIM + 4u * col;
-            out[b] = bitcast<u32>(v.x);
-            out[b + 1u] = bitcast<u32>(v.y);
-            out[b + 2u] = bitcast<u32>(v.z);
-            out[b + 3u] = bitcast<u32>(v.w);
+            partial_store4(b, v);
             if (col == 0u) {
                 let sb = ly.seg_rows * ly.num_q_heads * ly.num_segments * HEAD_DIM + slot * 2u;
-                out[sb] = bitcast<u32>(select(NEG, mx, seen));
-                out[sb + 1u] = bitcast<u32>(select(0.0, l, seen));
+                partial_store_ml(sb, select(NEG, mx, seen), select(0.0, l, seen));
             }
         }
         return;

@@ -38,14 +38,14 @@
 // precision.
 //
 // The fragment include provides: aliases FragC and FragQ (a query fragment an owner may hold
-// through the key loop); var<workgroup> qh_sh, kv_sh, v_sh (where V_APART) and its P tile(s); q_stage_rows /
-// put_q4 / load_q (query rows staged per round, and the fragment of staged rows), get_q4,
-// put_kv4 / get_kv4 (K), put_v4 / get_v4 (V), row_max / row_sum (over the WG_SIZE / MAX_M
+// through the key loop); var<workgroup> qh_sh, kv_sh, v_sh (where V_APART) and its P tile(s);
+// q_stage_rows / put_q4 / load_q (query rows staged per round, and the fragment of staged rows),
+// get_q4, put_kv4 / get_kv4 (K), put_v4 / get_v4 (V), row_max / row_sum (over the WG_SIZE / MAX_M
 // threads of a softmax row), put_p / get_p (of p' * P_SCALE, a power of two the include picks; O is
-// divided by it at the end), frag_qk, frag_pv, frag_store / frag_load (s_sh, f32,
-// row-major), and the entry point, which calls prefill_main with the fragment owner's row
-// block. The prelude defines ET, ET_MAX, D_BLOCKS = HEAD_DIM / 16, T_BLOCKS = TK / 16 and
-// Q_HELD (query fragments held in registers, cooperative matrices up to head size 128).
+// divided by it at the end), frag_qk, frag_pv, frag_store / frag_load (s_sh, f32, row-major), and
+// the entry point, which calls prefill_main with the fragment owner's row block. The prelude
+// defines ET, ET_MAX, D_BLOCKS = HEAD_DIM / 16, T_BLOCKS = TK / 16 and Q_HELD (query fragments held
+// in registers, cooperative matrices up to head size 128).
 // #include "common/uniforms.wgsl"
 // #include "common/out.wgsl"
 // #include "common/kv_read.wgsl"
@@ -275,14 +275,10 @@ fn store_block(f: FragC, db: u32, sg: u32, tid: u32, inf: WgInfo, o_unit: f32) {
             if (IS_SPLIT) {
                 let slot = tok * ly.num_q_heads + head;
                 let b = slot * HEAD_DIM + 4u * j;
-                out[b] = bitcast<u32>(a.x);
-                out[b + 1u] = bitcast<u32>(a.y);
-                out[b + 2u] = bitcast<u32>(a.z);
-                out[b + 3u] = bitcast<u32>(a.w);
+                partial_store4(b, a);
                 if (j == 0u) {
                     let sb = ly.seg_rows * ly.num_q_heads * HEAD_DIM + slot * 2u;
-                    out[sb] = bitcast<u32>(select(NEG, m_sh[m], seen));
-                    out[sb + 1u] = bitcast<u32>(select(0.0, l_sh[m], seen));
+                    partial_store_ml(sb, select(NEG, m_sh[m], seen), select(0.0, l_sh[m], seen));
                 }
             } else {
                 out_store4(out_elem(tok, head, j), select(vec4<f32>(0.0), a / l_sh[m], seen));

@@ -290,14 +290,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
                         a = vec4<f32>(0.0);
                     }
                     let b = slot * HEAD_DIM + 4u * j;
-                    out[b] = bitcast<u32>(a.x);
-                    out[b + 1u] = bitcast<u32>(a.y);
-                    out[b + 2u] = bitcast<u32>(a.z);
-                    out[b + 3u] = bitcast<u32>(a.w);
+                    partial_store4(b, a);
                     if (j == 0u) {
                         let sb = ly.seg_rows * ly.num_q_heads * ns * HEAD_DIM + slot * 2u;
-                        out[sb] = bitcast<u32>(select(NEG, m_sh[m], seen));
-                        out[sb + 1u] = bitcast<u32>(select(0.0, l_sh[m], seen));
+                        let ms = select(NEG, m_sh[m], seen);
+                        partial_store_ml(sb, ms, select(0.0, l_sh[m], seen));
                     }
                 } else {
                     var v = vec4<f32>(0.0);
