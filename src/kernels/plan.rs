@@ -674,49 +674,32 @@ fn decode_knobs() -> (Option<u32>, Option<u32>) {
 /// `QUANTKV_DEBUG_PREFILL_TK` (feature `debug-knobs`): the prefill kernel's keys per tile,
 /// where a tiling with it fits (for investigating tile-size-dependent results).
 fn prefill_tk_knob() -> Option<u32> {
-    #[cfg(feature = "debug-knobs")]
-    {
-        static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-        env_knob(&KNOB, "QUANTKV_DEBUG_PREFILL_TK")
-    }
-    #[cfg(not(feature = "debug-knobs"))]
-    {
-        None
-    }
+    static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    env_knob(&KNOB, "QUANTKV_DEBUG_PREFILL_TK")
 }
 
 /// `QUANTKV_DEBUG_PREFILL_QHELD=0` (feature `debug-knobs`): the cooperative prefill kernel
 /// keeps its Q tile in workgroup memory instead of holding query fragments (for timing).
 fn prefill_qheld_knob() -> Option<u32> {
-    #[cfg(feature = "debug-knobs")]
-    {
-        static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-        env_knob(&KNOB, "QUANTKV_DEBUG_PREFILL_QHELD")
-    }
-    #[cfg(not(feature = "debug-knobs"))]
-    {
-        None
-    }
+    static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    env_knob(&KNOB, "QUANTKV_DEBUG_PREFILL_QHELD")
 }
 
 /// `QUANTKV_DEBUG_PREFILL_ROWS` (feature `debug-knobs`): the prefill kernel's rows per
 /// workgroup (16, 32 or 64), where a tiling with it fits (for timing the tilings).
 fn prefill_rows_knob() -> Option<u32> {
-    #[cfg(feature = "debug-knobs")]
-    {
-        static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-        env_knob(&KNOB, "QUANTKV_DEBUG_PREFILL_ROWS")
-    }
-    #[cfg(not(feature = "debug-knobs"))]
-    {
-        None
-    }
+    static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    env_knob(&KNOB, "QUANTKV_DEBUG_PREFILL_ROWS")
 }
 
-/// A numeric diagnostics knob read from the environment once (feature `debug-knobs`).
-#[cfg(feature = "debug-knobs")]
+/// A numeric diagnostics knob read from the environment once; `None` without the
+/// `debug-knobs` feature.
 fn env_knob(cell: &'static std::sync::OnceLock<Option<u32>>, name: &str) -> Option<u32> {
-    *cell.get_or_init(|| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok()))
+    if cfg!(feature = "debug-knobs") {
+        *cell.get_or_init(|| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok()))
+    } else {
+        None
+    }
 }
 
 fn r16(x: u32) -> u32 {
