@@ -21,6 +21,9 @@ var<workgroup> qh_sh: array<f16, QH_LEN>;
 var<workgroup> kv_sh: array<f16, KV_LEN>; // K tile (and the query staging rounds)
 var<workgroup> v_sh: array<f16, KV_LEN>;  // V tile (staged with K: their loads overlap)
 const V_APART: bool = true;
+// Every per-block step of the kernel written out with constant fragment indices: indexed by
+// a loop counter, the H200's driver kept the query and O fragments in local memory.
+const WRITTEN_OUT: bool = true;
 var<workgroup> p_sh: array<f16, P_LEN>;  // P as hi + lo f16 pairs
 var<workgroup> pl_sh: array<f16, P_LEN>;
 

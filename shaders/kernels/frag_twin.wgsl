@@ -18,6 +18,10 @@ var<workgroup> qh_sh: array<vec4<ET>, QH_LEN>;
 // twin's larger tilings fit where cooperative matrices' separate tiles would not.
 var<workgroup> kv_sh: array<vec4<ET>, KV_LEN>;
 const V_APART: bool = false;
+// The per-block steps run as loops: written out (as on cooperative matrices) they made the
+// twin 6x slower to compile on lavapipe (22 s at head size 128 with every parameter on), and
+// on an H200 the looped twin was no slower (BENCHMARKS.md).
+const WRITTEN_OUT: bool = false;
 var<workgroup> p_sh: array<vec4<f32>, P_LEN>;
 
 fn to_et4(v: vec4<f32>) -> vec4<ET> {

@@ -39,6 +39,7 @@
 //
 // The fragment include provides: aliases FragC and FragQ (a query fragment an owner may hold
 // through the key loop); var<workgroup> qh_sh, kv_sh, v_sh (where V_APART) and its P tile(s);
+// WRITTEN_OUT (per-block steps with constant fragment indices, or loops);
 // q_stage_rows / put_q4 / load_q (query rows staged per round, and the fragment of staged rows),
 // get_q4, put_kv4 / get_kv4 (K), put_v4 / get_v4 (V), row_max / row_sum (over the WG_SIZE / MAX_M
 // threads of a softmax row), put_p / get_p (of p' * P_SCALE, a power of two the include picks; O is
@@ -388,9 +389,10 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     // control flow; only the copy is conditional).
     let r0 = sg * 16u;
     // The fragments a subgroup holds through the key loop (query: up to 8 blocks, O: up to
-    // 16) are indexed by constants only, every per-block step written out below: with a loop
-    // index the H200's driver kept both arrays in local memory (384 bytes per thread at head
-    // size 128; BENCHMARKS.md), and every multiply-add went through it.
+    // 16) are indexed by constants only where the include sets WRITTEN_OUT, every per-block
+    // step written out below: with a loop index the H200's driver kept both arrays in local
+    // memory (384 bytes per thread at head size 128; BENCHMARKS.md), and every multiply-add went
+    // through it. The twin runs the same steps as loops (lavapipe compiles them 6x faster).
     var qf: array<FragQ, 8>;
     let qrows = q_stage_rows();
     for (var q0 = 0u; q0 < MAX_M; q0 += qrows) {
@@ -419,22 +421,26 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     }
     let zero = frag_load(0u, 16u);
     var o: array<FragC, 16>;
-    o[0] = zero;
-    if (D_BLOCKS > 1u) { o[1] = zero; }
-    if (D_BLOCKS > 2u) { o[2] = zero; }
-    if (D_BLOCKS > 3u) { o[3] = zero; }
-    if (D_BLOCKS > 4u) { o[4] = zero; }
-    if (D_BLOCKS > 5u) { o[5] = zero; }
-    if (D_BLOCKS > 6u) { o[6] = zero; }
-    if (D_BLOCKS > 7u) { o[7] = zero; }
-    if (D_BLOCKS > 8u) { o[8] = zero; }
-    if (D_BLOCKS > 9u) { o[9] = zero; }
-    if (D_BLOCKS > 10u) { o[10] = zero; }
-    if (D_BLOCKS > 11u) { o[11] = zero; }
-    if (D_BLOCKS > 12u) { o[12] = zero; }
-    if (D_BLOCKS > 13u) { o[13] = zero; }
-    if (D_BLOCKS > 14u) { o[14] = zero; }
-    if (D_BLOCKS > 15u) { o[15] = zero; }
+    if (WRITTEN_OUT) {
+        o[0] = zero;
+        if (D_BLOCKS > 1u) { o[1] = zero; }
+        if (D_BLOCKS > 2u) { o[2] = zero; }
+        if (D_BLOCKS > 3u) { o[3] = zero; }
+        if (D_BLOCKS > 4u) { o[4] = zero; }
+        if (D_BLOCKS > 5u) { o[5] = zero; }
+        if (D_BLOCKS > 6u) { o[6] = zero; }
+        if (D_BLOCKS > 7u) { o[7] = zero; }
+        if (D_BLOCKS > 8u) { o[8] = zero; }
+        if (D_BLOCKS > 9u) { o[9] = zero; }
+        if (D_BLOCKS > 10u) { o[10] = zero; }
+        if (D_BLOCKS > 11u) { o[11] = zero; }
+        if (D_BLOCKS > 12u) { o[12] = zero; }
+        if (D_BLOCKS > 13u) { o[13] = zero; }
+        if (D_BLOCKS > 14u) { o[14] = zero; }
+        if (D_BLOCKS > 15u) { o[15] = zero; }
+    } else {
+        for (var db = 0u; db < D_BLOCKS; db++) { o[db] = zero; }
+    }
     // The softmax runs on registers: RT = WG_SIZE / MAX_M adjacent threads share row rm
     // (one on the twin, subgroup lanes / 16 on cooperative matrices), each with EPT
     // consecutive keys of the tile, and combine by row_max / row_sum (shuffles); every thread
@@ -510,16 +516,20 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             var c = zero;
             if ((DEBUG_SKIP & 2u) == 0u) {
                 let t0 = cb * 16u;
-                c = frag_qk(c, qf[0], r0, t0, 0u);
-                if (D_BLOCKS > 1u) { c = frag_qk(c, qf[1], r0, t0, 16u); }
-                if (D_BLOCKS > 2u) { c = frag_qk(c, qf[2], r0, t0, 32u); }
-                if (D_BLOCKS > 3u) { c = frag_qk(c, qf[3], r0, t0, 48u); }
-                if (D_BLOCKS > 4u) { c = frag_qk(c, qf[4], r0, t0, 64u); }
-                if (D_BLOCKS > 5u) { c = frag_qk(c, qf[5], r0, t0, 80u); }
-                if (D_BLOCKS > 6u) { c = frag_qk(c, qf[6], r0, t0, 96u); }
-                if (D_BLOCKS > 7u) { c = frag_qk(c, qf[7], r0, t0, 112u); }
-                // Past 8 blocks Q is not held (frag_qk reads the Q tile).
-                for (var kb = 8u; kb < D_BLOCKS; kb++) {
+                var kb_lo = 0u;
+                if (WRITTEN_OUT) {
+                    c = frag_qk(c, qf[0], r0, t0, 0u);
+                    if (D_BLOCKS > 1u) { c = frag_qk(c, qf[1], r0, t0, 16u); }
+                    if (D_BLOCKS > 2u) { c = frag_qk(c, qf[2], r0, t0, 32u); }
+                    if (D_BLOCKS > 3u) { c = frag_qk(c, qf[3], r0, t0, 48u); }
+                    if (D_BLOCKS > 4u) { c = frag_qk(c, qf[4], r0, t0, 64u); }
+                    if (D_BLOCKS > 5u) { c = frag_qk(c, qf[5], r0, t0, 80u); }
+                    if (D_BLOCKS > 6u) { c = frag_qk(c, qf[6], r0, t0, 96u); }
+                    if (D_BLOCKS > 7u) { c = frag_qk(c, qf[7], r0, t0, 112u); }
+                    kb_lo = min(D_BLOCKS, 8u);
+                }
+                // Past 8 blocks (and on the twin) Q is not held: frag_qk reads the Q tile.
+                for (var kb = kb_lo; kb < D_BLOCKS; kb++) {
                     c = frag_qk(c, qf[0], r0, t0, kb * 16u);
                 }
             }
@@ -632,40 +642,48 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         }
         // Rows whose maximum moved: O rescaled through s_sh (free once P is written).
         if (workgroupUniformLoad(&resc_sh) != 0u) {
-            o[0] = rescale_block(o[0], sg, tid, gfac);
-            if (D_BLOCKS > 1u) { o[1] = rescale_block(o[1], sg, tid, gfac); }
-            if (D_BLOCKS > 2u) { o[2] = rescale_block(o[2], sg, tid, gfac); }
-            if (D_BLOCKS > 3u) { o[3] = rescale_block(o[3], sg, tid, gfac); }
-            if (D_BLOCKS > 4u) { o[4] = rescale_block(o[4], sg, tid, gfac); }
-            if (D_BLOCKS > 5u) { o[5] = rescale_block(o[5], sg, tid, gfac); }
-            if (D_BLOCKS > 6u) { o[6] = rescale_block(o[6], sg, tid, gfac); }
-            if (D_BLOCKS > 7u) { o[7] = rescale_block(o[7], sg, tid, gfac); }
-            if (D_BLOCKS > 8u) { o[8] = rescale_block(o[8], sg, tid, gfac); }
-            if (D_BLOCKS > 9u) { o[9] = rescale_block(o[9], sg, tid, gfac); }
-            if (D_BLOCKS > 10u) { o[10] = rescale_block(o[10], sg, tid, gfac); }
-            if (D_BLOCKS > 11u) { o[11] = rescale_block(o[11], sg, tid, gfac); }
-            if (D_BLOCKS > 12u) { o[12] = rescale_block(o[12], sg, tid, gfac); }
-            if (D_BLOCKS > 13u) { o[13] = rescale_block(o[13], sg, tid, gfac); }
-            if (D_BLOCKS > 14u) { o[14] = rescale_block(o[14], sg, tid, gfac); }
-            if (D_BLOCKS > 15u) { o[15] = rescale_block(o[15], sg, tid, gfac); }
+            if (WRITTEN_OUT) {
+                o[0] = rescale_block(o[0], sg, tid, gfac);
+                if (D_BLOCKS > 1u) { o[1] = rescale_block(o[1], sg, tid, gfac); }
+                if (D_BLOCKS > 2u) { o[2] = rescale_block(o[2], sg, tid, gfac); }
+                if (D_BLOCKS > 3u) { o[3] = rescale_block(o[3], sg, tid, gfac); }
+                if (D_BLOCKS > 4u) { o[4] = rescale_block(o[4], sg, tid, gfac); }
+                if (D_BLOCKS > 5u) { o[5] = rescale_block(o[5], sg, tid, gfac); }
+                if (D_BLOCKS > 6u) { o[6] = rescale_block(o[6], sg, tid, gfac); }
+                if (D_BLOCKS > 7u) { o[7] = rescale_block(o[7], sg, tid, gfac); }
+                if (D_BLOCKS > 8u) { o[8] = rescale_block(o[8], sg, tid, gfac); }
+                if (D_BLOCKS > 9u) { o[9] = rescale_block(o[9], sg, tid, gfac); }
+                if (D_BLOCKS > 10u) { o[10] = rescale_block(o[10], sg, tid, gfac); }
+                if (D_BLOCKS > 11u) { o[11] = rescale_block(o[11], sg, tid, gfac); }
+                if (D_BLOCKS > 12u) { o[12] = rescale_block(o[12], sg, tid, gfac); }
+                if (D_BLOCKS > 13u) { o[13] = rescale_block(o[13], sg, tid, gfac); }
+                if (D_BLOCKS > 14u) { o[14] = rescale_block(o[14], sg, tid, gfac); }
+                if (D_BLOCKS > 15u) { o[15] = rescale_block(o[15], sg, tid, gfac); }
+            } else {
+                for (var db = 0u; db < D_BLOCKS; db++) { o[db] = rescale_block(o[db], sg, tid, gfac); }
+            }
         }
         // O += P V, in units of g.
-        o[0] = pv_block(o[0], r0, 0u);
-        if (D_BLOCKS > 1u) { o[1] = pv_block(o[1], r0, 1u); }
-        if (D_BLOCKS > 2u) { o[2] = pv_block(o[2], r0, 2u); }
-        if (D_BLOCKS > 3u) { o[3] = pv_block(o[3], r0, 3u); }
-        if (D_BLOCKS > 4u) { o[4] = pv_block(o[4], r0, 4u); }
-        if (D_BLOCKS > 5u) { o[5] = pv_block(o[5], r0, 5u); }
-        if (D_BLOCKS > 6u) { o[6] = pv_block(o[6], r0, 6u); }
-        if (D_BLOCKS > 7u) { o[7] = pv_block(o[7], r0, 7u); }
-        if (D_BLOCKS > 8u) { o[8] = pv_block(o[8], r0, 8u); }
-        if (D_BLOCKS > 9u) { o[9] = pv_block(o[9], r0, 9u); }
-        if (D_BLOCKS > 10u) { o[10] = pv_block(o[10], r0, 10u); }
-        if (D_BLOCKS > 11u) { o[11] = pv_block(o[11], r0, 11u); }
-        if (D_BLOCKS > 12u) { o[12] = pv_block(o[12], r0, 12u); }
-        if (D_BLOCKS > 13u) { o[13] = pv_block(o[13], r0, 13u); }
-        if (D_BLOCKS > 14u) { o[14] = pv_block(o[14], r0, 14u); }
-        if (D_BLOCKS > 15u) { o[15] = pv_block(o[15], r0, 15u); }
+        if (WRITTEN_OUT) {
+            o[0] = pv_block(o[0], r0, 0u);
+            if (D_BLOCKS > 1u) { o[1] = pv_block(o[1], r0, 1u); }
+            if (D_BLOCKS > 2u) { o[2] = pv_block(o[2], r0, 2u); }
+            if (D_BLOCKS > 3u) { o[3] = pv_block(o[3], r0, 3u); }
+            if (D_BLOCKS > 4u) { o[4] = pv_block(o[4], r0, 4u); }
+            if (D_BLOCKS > 5u) { o[5] = pv_block(o[5], r0, 5u); }
+            if (D_BLOCKS > 6u) { o[6] = pv_block(o[6], r0, 6u); }
+            if (D_BLOCKS > 7u) { o[7] = pv_block(o[7], r0, 7u); }
+            if (D_BLOCKS > 8u) { o[8] = pv_block(o[8], r0, 8u); }
+            if (D_BLOCKS > 9u) { o[9] = pv_block(o[9], r0, 9u); }
+            if (D_BLOCKS > 10u) { o[10] = pv_block(o[10], r0, 10u); }
+            if (D_BLOCKS > 11u) { o[11] = pv_block(o[11], r0, 11u); }
+            if (D_BLOCKS > 12u) { o[12] = pv_block(o[12], r0, 12u); }
+            if (D_BLOCKS > 13u) { o[13] = pv_block(o[13], r0, 13u); }
+            if (D_BLOCKS > 14u) { o[14] = pv_block(o[14], r0, 14u); }
+            if (D_BLOCKS > 15u) { o[15] = pv_block(o[15], r0, 15u); }
+        } else {
+            for (var db = 0u; db < D_BLOCKS; db++) { o[db] = pv_block(o[db], r0, db); }
+        }
     }
     if (tb == 0u) {
         m_sh[rm] = m_run;
@@ -676,20 +694,24 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
 
     // Epilogue (store_block), 16 columns at a time; O's unit: g / P_SCALE.
     let o_unit = select(1.0, bitcast<f32>((gexp + 1u) << 23u), gexp != 0u) * (1.0 / P_SCALE);
-    store_block(o[0], 0u, sg, tid, inf, o_unit);
-    if (D_BLOCKS > 1u) { store_block(o[1], 1u, sg, tid, inf, o_unit); }
-    if (D_BLOCKS > 2u) { store_block(o[2], 2u, sg, tid, inf, o_unit); }
-    if (D_BLOCKS > 3u) { store_block(o[3], 3u, sg, tid, inf, o_unit); }
-    if (D_BLOCKS > 4u) { store_block(o[4], 4u, sg, tid, inf, o_unit); }
-    if (D_BLOCKS > 5u) { store_block(o[5], 5u, sg, tid, inf, o_unit); }
-    if (D_BLOCKS > 6u) { store_block(o[6], 6u, sg, tid, inf, o_unit); }
-    if (D_BLOCKS > 7u) { store_block(o[7], 7u, sg, tid, inf, o_unit); }
-    if (D_BLOCKS > 8u) { store_block(o[8], 8u, sg, tid, inf, o_unit); }
-    if (D_BLOCKS > 9u) { store_block(o[9], 9u, sg, tid, inf, o_unit); }
-    if (D_BLOCKS > 10u) { store_block(o[10], 10u, sg, tid, inf, o_unit); }
-    if (D_BLOCKS > 11u) { store_block(o[11], 11u, sg, tid, inf, o_unit); }
-    if (D_BLOCKS > 12u) { store_block(o[12], 12u, sg, tid, inf, o_unit); }
-    if (D_BLOCKS > 13u) { store_block(o[13], 13u, sg, tid, inf, o_unit); }
-    if (D_BLOCKS > 14u) { store_block(o[14], 14u, sg, tid, inf, o_unit); }
-    if (D_BLOCKS > 15u) { store_block(o[15], 15u, sg, tid, inf, o_unit); }
+    if (WRITTEN_OUT) {
+        store_block(o[0], 0u, sg, tid, inf, o_unit);
+        if (D_BLOCKS > 1u) { store_block(o[1], 1u, sg, tid, inf, o_unit); }
+        if (D_BLOCKS > 2u) { store_block(o[2], 2u, sg, tid, inf, o_unit); }
+        if (D_BLOCKS > 3u) { store_block(o[3], 3u, sg, tid, inf, o_unit); }
+        if (D_BLOCKS > 4u) { store_block(o[4], 4u, sg, tid, inf, o_unit); }
+        if (D_BLOCKS > 5u) { store_block(o[5], 5u, sg, tid, inf, o_unit); }
+        if (D_BLOCKS > 6u) { store_block(o[6], 6u, sg, tid, inf, o_unit); }
+        if (D_BLOCKS > 7u) { store_block(o[7], 7u, sg, tid, inf, o_unit); }
+        if (D_BLOCKS > 8u) { store_block(o[8], 8u, sg, tid, inf, o_unit); }
+        if (D_BLOCKS > 9u) { store_block(o[9], 9u, sg, tid, inf, o_unit); }
+        if (D_BLOCKS > 10u) { store_block(o[10], 10u, sg, tid, inf, o_unit); }
+        if (D_BLOCKS > 11u) { store_block(o[11], 11u, sg, tid, inf, o_unit); }
+        if (D_BLOCKS > 12u) { store_block(o[12], 12u, sg, tid, inf, o_unit); }
+        if (D_BLOCKS > 13u) { store_block(o[13], 13u, sg, tid, inf, o_unit); }
+        if (D_BLOCKS > 14u) { store_block(o[14], 14u, sg, tid, inf, o_unit); }
+        if (D_BLOCKS > 15u) { store_block(o[15], 15u, sg, tid, inf, o_unit); }
+    } else {
+        for (var db = 0u; db < D_BLOCKS; db++) { store_block(o[db], db, sg, tid, inf, o_unit); }
+    }
 }

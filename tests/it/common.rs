@@ -1,30 +1,65 @@
-//! Shared test harness: one Context per test binary, random paged batches, and comparison
+//! Shared test harness: a few Contexts per test binary, random paged batches, and comparison
 //! against the f64 CPU reference.
 
+use std::cell::OnceCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use quantkv::reference::attention::RefGeometry;
 use quantkv::reference::rng::SplitMix64;
 use quantkv::*;
 
-/// The shared context. Under `CI=true` a missing adapter fails the test; elsewhere it skips
-/// loudly (returns None) so a laptop without a Vulkan driver can still run the CPU tests.
+/// How many devices the tests spread over. lavapipe runs a device's submissions on one queue
+/// thread and compiles each pipeline there at its first dispatch, so with one shared device
+/// every compile of the suite ran on one core; tests on different devices compile in parallel.
+const DEVICES: usize = 2;
+
+/// Tests running on each device.
+static BUSY: [AtomicUsize; DEVICES] = [const { AtomicUsize::new(0) }; DEVICES];
+
+/// A test thread's hold on its device, given back when the thread ends (libtest runs each
+/// test on a thread of its own).
+struct Lease(usize);
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        BUSY[self.0].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The test thread's context: the device running the fewest tests when the test first asks,
+/// kept for the whole test. Under `CI=true` a missing adapter fails the test; elsewhere it
+/// skips loudly (returns None) so a laptop without a Vulkan driver can still run the CPU tests.
 pub fn context() -> Option<&'static Context> {
-    static CTX: OnceLock<Option<Context>> = OnceLock::new();
-    CTX.get_or_init(|| match Context::new() {
-        Ok(c) => {
-            eprintln!("quantkv tests on {}", c.adapter());
-            Some(c)
-        }
-        Err(e) => {
-            if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
-                panic!("CI=true and no GPU adapter: {e}");
+    static CTX: [OnceLock<Option<Context>>; DEVICES] = [const { OnceLock::new() }; DEVICES];
+    thread_local! {
+        static LEASE: OnceCell<Lease> = const { OnceCell::new() };
+    }
+    let i = LEASE.with(|l| {
+        l.get_or_init(|| {
+            let i = (0..DEVICES)
+                .min_by_key(|&i| BUSY[i].load(Ordering::Relaxed))
+                .unwrap_or(0);
+            BUSY[i].fetch_add(1, Ordering::Relaxed);
+            Lease(i)
+        })
+        .0
+    });
+    CTX[i]
+        .get_or_init(|| match Context::new() {
+            Ok(c) => {
+                eprintln!("quantkv tests on {} (device {i})", c.adapter());
+                Some(c)
             }
-            eprintln!("SKIPPING GPU TESTS: {e}");
-            None
-        }
-    })
-    .as_ref()
+            Err(e) => {
+                if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
+                    panic!("CI=true and no GPU adapter: {e}");
+                }
+                eprintln!("SKIPPING GPU TESTS: {e}");
+                None
+            }
+        })
+        .as_ref()
 }
 
 /// Shape of one randomized case.
