@@ -24,6 +24,13 @@ const V_APART: bool = true;
 // Every per-block step of the kernel written out with constant fragment indices: indexed by
 // a loop counter, the H200's driver kept the query and O fragments in local memory.
 const WRITTEN_OUT: bool = true;
+// RAW_SPLIT (the prelude's: a mode whose raw values f16 does not hold exactly, INT2's
+// codebook centroids): K and V are held as hi + lo f16 pairs too, hi in kv_sh / v_sh and the
+// remainder here, and every multiply-add with K or V takes both halves, so the scores and
+// P V see the raw values to f32 precision (P's lo times V's lo, below 2^-22 of the product,
+// is left out). Stubs of 8 elements otherwise.
+var<workgroup> kl_sh: array<f16, KL_LEN>;
+var<workgroup> vl_sh: array<f16, KL_LEN>;
 var<workgroup> p_sh: array<f16, P_LEN>;  // P as hi + lo f16 pairs
 var<workgroup> pl_sh: array<f16, P_LEN>;
 
@@ -31,6 +38,12 @@ const F16_MAX: f32 = ET_MAX;
 
 fn to_h4(v: vec4<f32>) -> vec4<f16> {
     return vec4<f16>(clamp(v, vec4<f32>(-F16_MAX), vec4<f32>(F16_MAX)));
+}
+
+// The remainder v - hi rounded to f16 (RAW_SPLIT: raw values are O(1), so it is a normal
+// f16 number or zero).
+fn lo_h4(v: vec4<f32>, hi: vec4<f16>) -> vec4<f16> {
+    return vec4<f16>(v - vec4<f32>(hi));
 }
 
 // Query rows staged per round (rows of the staging tile).
@@ -80,6 +93,13 @@ fn put_kv4(t: u32, j: u32, v: vec4<f32>) {
     kv_sh[b + 1u] = h.y;
     kv_sh[b + 2u] = h.z;
     kv_sh[b + 3u] = h.w;
+    if (RAW_SPLIT) {
+        let l = lo_h4(v, h);
+        kl_sh[b] = l.x;
+        kl_sh[b + 1u] = l.y;
+        kl_sh[b + 2u] = l.z;
+        kl_sh[b + 3u] = l.w;
+    }
 }
 
 fn get_kv4(t: u32, j: u32) -> vec4<f32> {
@@ -94,6 +114,13 @@ fn put_v4(t: u32, j: u32, v: vec4<f32>) {
     v_sh[b + 1u] = h.y;
     v_sh[b + 2u] = h.z;
     v_sh[b + 3u] = h.w;
+    if (RAW_SPLIT) {
+        let l = lo_h4(v, h);
+        vl_sh[b] = l.x;
+        vl_sh[b + 1u] = l.y;
+        vl_sh[b + 2u] = l.z;
+        vl_sh[b + 3u] = l.w;
+    }
 }
 
 fn get_v4(t: u32, j: u32) -> vec4<f32> {
@@ -138,15 +165,24 @@ fn get_p(row: u32, t: u32) -> f32 {
 // c + Q[r0.., k0..] K[t0.., k0..]^T (16x16x16); q is the held fragment of those rows and
 // columns (Q_HELD), else the Q tile is read again.
 fn frag_qk(c: FragC, q: FragQ, r0: u32, t0: u32, k0: u32) -> FragC {
-    let b = coopLoad<coop_mat16x16<f16, B>>(&kv_sh[t0 * KS + k0], KS);
     if (Q_HELD) {
-        return coopMultiplyAdd(q, b, c);
+        return qk_mma(c, q, t0, k0);
     }
-    let a = coopLoadT<FragQ>(&qh_sh[r0 * QS + k0], QS);
-    return coopMultiplyAdd(a, b, c);
+    return qk_mma(c, coopLoadT<FragQ>(&qh_sh[r0 * QS + k0], QS), t0, k0);
 }
 
-// c + P[r0.., t0..] V[t0.., d0..] (16x16x16, P as hi + lo).
+// c + a K[t0.., k0..]^T (with K's lo half where RAW_SPLIT).
+fn qk_mma(c: FragC, a: FragQ, t0: u32, k0: u32) -> FragC {
+    let b = coopLoad<coop_mat16x16<f16, B>>(&kv_sh[t0 * KS + k0], KS);
+    let r = coopMultiplyAdd(a, b, c);
+    if (RAW_SPLIT) {
+        let bl = coopLoad<coop_mat16x16<f16, B>>(&kl_sh[t0 * KS + k0], KS);
+        return coopMultiplyAdd(a, bl, r);
+    }
+    return r;
+}
+
+// c + P[r0.., t0..] V[t0.., d0..] (16x16x16, P as hi + lo; V too where RAW_SPLIT).
 fn frag_pv(c: FragC, r0: u32, t0: u32, d0: u32) -> FragC {
     let hi = coopLoadT<coop_mat16x16<f16, A>>(&p_sh[r0 * PS + t0], PS);
     let lo = coopLoadT<coop_mat16x16<f16, A>>(&pl_sh[r0 * PS + t0], PS);
@@ -154,7 +190,12 @@ fn frag_pv(c: FragC, r0: u32, t0: u32, d0: u32) -> FragC {
     if ((DEBUG_SKIP & 2097152u) != 0u) {
         return coopMultiplyAdd(hi, b, c);
     }
-    return coopMultiplyAdd(lo, b, coopMultiplyAdd(hi, b, c));
+    let r = coopMultiplyAdd(lo, b, coopMultiplyAdd(hi, b, c));
+    if (RAW_SPLIT) {
+        let bl = coopLoadT<coop_mat16x16<f16, B>>(&vl_sh[t0 * KS + d0], KS);
+        return coopMultiplyAdd(hi, bl, r);
+    }
+    return r;
 }
 
 fn frag_store(c: FragC, off: u32, stride: u32) {

@@ -45,8 +45,9 @@
 // threads of a softmax row), put_p / get_p (of p' * P_SCALE, a power of two the include picks; O is
 // divided by it at the end), frag_qk, frag_pv, frag_store / frag_load (s_sh, f32, row-major), and
 // the entry point, which calls prefill_main with the fragment owner's row block. The prelude
-// defines ET, ET_MAX, D_BLOCKS = HEAD_DIM / 16, T_BLOCKS = TK / 16 and Q_HELD (query fragments held
-// in registers, cooperative matrices up to head size 128).
+// defines ET, ET_MAX, D_BLOCKS = HEAD_DIM / 16, T_BLOCKS = TK / 16, Q_HELD (query fragments held
+// in registers, cooperative matrices up to head size 128), and RAW_SPLIT / KL_LEN (K and V as
+// hi + lo f16 pairs on cooperative matrices, for raw values f16 does not hold exactly).
 // #include "common/uniforms.wgsl"
 // #include "common/out.wgsl"
 // #include "common/kv_read.wgsl"

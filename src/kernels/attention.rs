@@ -436,6 +436,7 @@ pub(crate) fn pipelines(
             features,
             tiling,
             super::plan::prefill_f16(ctx.caps(), g, lp.coop),
+            super::plan::prefill_raw_split(lp.coop, g),
         ),
         _ => attention_source(codec, d, features, tiling),
     })?;
@@ -555,15 +556,18 @@ pub fn attention_source(
 }
 
 /// The prefill kernel's source, override constants and layout for one variant
-/// (`Features::COOP`: on cooperative matrices, else the scalar twin; `f16`: tiles hold f16).
+/// (`Features::COOP`: on cooperative matrices, else the scalar twin; `f16`: tiles hold f16;
+/// `split`: K and V as hi + lo f16 pairs, cooperative matrices only).
 pub fn prefill_source(
     codec: &Codec,
     d: u32,
     f: Features,
     tiling: Tiling,
     f16: bool,
+    split: bool,
 ) -> PipelineSource<'static> {
     let coop = f.has(Features::COOP);
+    debug_assert!(coop || !split, "the twin holds raw values as they are");
     let (qs, ks, ps, ss) = super::plan::prefill_strides(d, tiling.tile, f16);
     let q_held = super::plan::prefill_q_held(coop, d);
     // The twin holds its tiles as vec4s, the cooperative version as scalars.
@@ -582,9 +586,11 @@ pub fn prefill_source(
         // The mode's transform runs apart (kernels/rotate_q.wgsl, the reduce pass).
         codec: vec![codec.decode, codec.transform_apart_source()],
         prelude: format!(
-            "{et}\nconst ET_MAX: f32 = {et_max};\nconst D_BLOCKS: u32 = {}u;\nconst T_BLOCKS: u32 = {}u;\nconst Q_HELD: bool = {q_held};\n",
+            "{et}\nconst ET_MAX: f32 = {et_max};\nconst D_BLOCKS: u32 = {}u;\nconst T_BLOCKS: u32 = {}u;\nconst Q_HELD: bool = {q_held};\nconst RAW_SPLIT: bool = {split};\nconst KL_LEN: u32 = {}u;\n",
             d / 16,
-            tiling.tile / 16
+            tiling.tile / 16,
+            // The lo halves of K and V (cooperative matrices, `split`), else 16-byte stubs.
+            if split { tiling.tile * ks } else { 8 },
         ),
         includes: codec.includes,
         constants: vec![

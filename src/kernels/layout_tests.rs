@@ -16,7 +16,7 @@ use super::attention::{
 };
 use super::plan::{
     attention_smem, attention_tiling, coop_admits, decode_smem, decode_tiling, prefill_f16,
-    prefill_smem, prefill_tiling, stream_lanes, stream_smem, stream_tiling,
+    prefill_raw_split, prefill_smem, prefill_tiling, stream_lanes, stream_smem, stream_tiling,
 };
 use super::write::{
     lane_elems, write_copy_source, write_rows_source, write_rows_tiling, write_subgroups,
@@ -301,7 +301,7 @@ fn variants() -> Vec<Variant> {
                         out.push(variant(
                             format!("prefill/{base}/{f}/f16{et16}"),
                             dtype,
-                            &prefill_source(&codec, d, f, pt, et16),
+                            &prefill_source(&codec, d, f, pt, et16, prefill_raw_split(coop, &g)),
                             if coop { C::all() } else { no_subgroups() },
                         ));
                     }
@@ -672,7 +672,12 @@ fn workgroup_memory_estimates_match_naga_for_every_tiling() {
 #[test]
 fn prefill_workgroup_memory_matches_naga_for_every_tiling() {
     let mut checked = 0;
-    for mode in [KvQuantMode::None, KvQuantMode::Int4PerTokenHead] {
+    // INT2: K and V as hi + lo pairs on cooperative matrices.
+    for mode in [
+        KvQuantMode::None,
+        KvQuantMode::Int4PerTokenHead,
+        KvQuantMode::Int2PerTokenHead,
+    ] {
         for dtype in [Dtype::F16, Dtype::F32] {
             let codec = create(mode).unwrap().codec(dtype, &ModeOptions::default());
             for smem in [16384, 32768, 49152, 65536] {
@@ -686,14 +691,15 @@ fn prefill_workgroup_memory_matches_naga_for_every_tiling() {
                         };
                         let et16 = prefill_f16(&caps, &g, coop);
                         let f = Features(if coop { Features::COOP } else { 0 });
-                        let src = prefill_source(&codec, d, f, t, et16);
+                        let split = prefill_raw_split(coop, &g);
+                        let src = prefill_source(&codec, d, f, t, et16, split);
                         let text =
                             full_source(src.kernel, dtype, &src.parts(), src.includes).unwrap();
                         let (m, i) = parse("prefill", &text, C::all());
                         let (m, _) = resolve("prefill", &m, &i, &src.constants);
                         let actual = workgroup_bytes(&m);
                         let label = format!("prefill {} d{d} {t:?} coop {coop}", mode.id());
-                        assert_eq!(prefill_smem(&t, d, et16, coop), actual, "{label}");
+                        assert_eq!(prefill_smem(&t, d, et16, coop, split), actual, "{label}");
                         assert!(actual <= smem, "{label}: {actual} > {smem}");
                         checked += 1;
                     }
@@ -770,6 +776,43 @@ fn prefill_with_a_transform_apart_needs_the_partials_to_fit_one_binding() {
     }
 }
 
+/// INT2 (raw values f16 does not hold exactly) takes cooperative matrices with K and V as
+/// hi + lo pairs (30 KiB at 64 x 16, within 48 KiB), except with FP8 output, which stays on
+/// the unified kernel; INT4 takes them either way.
+#[test]
+fn inexact_raw_values_take_cooperative_matrices_as_pairs_but_not_for_fp8_output() {
+    use super::plan::launch_plan;
+    use super::{AttentionParams, StepSummary};
+    let sum = StepSummary {
+        num_seqs: 1,
+        num_tokens_q: 64,
+        num_write: 64,
+        max_seqlen_q: 64,
+        max_seqlen_k: 64,
+    };
+    let caps = test_caps(32, true, true, 48 << 10);
+    for (mode, fp8, coop) in [
+        (KvQuantMode::Int2PerTokenHead, None, true),
+        (KvQuantMode::Int2PerTokenHead, Some(0.5), false),
+        (KvQuantMode::Int4PerTokenHead, Some(0.5), true),
+    ] {
+        let g = test_geometry(mode, Dtype::F16, 128);
+        let p = AttentionParams {
+            num_q_heads: 32,
+            output_scale: fp8,
+            ..Default::default()
+        };
+        let lp = launch_plan(&caps, &g, &sum, &p, false).unwrap();
+        assert_eq!(lp.coop, coop, "{mode:?} fp8 {fp8:?}: {lp:?}");
+        if coop {
+            assert_eq!(lp.kernel, crate::gpu::pipeline::Kernel::Prefill);
+            let split = prefill_raw_split(true, &g);
+            assert_eq!(split, mode == KvQuantMode::Int2PerTokenHead);
+            assert!(prefill_smem(&lp.tiling, 128, true, true, split) <= 30 << 10);
+        }
+    }
+}
+
 /// On cooperative matrices the prefill kernel takes 16-key tiles of 64 rows with the query
 /// held in fragments (21.3 KiB at head size 128 with separate K and V tiles: two workgroups
 /// per multiprocessor on an H200, as its 173 registers allow, where 30 KiB ran one); larger heads keep the Q tile and fall back to what fits. The
@@ -780,11 +823,11 @@ fn coop_prefill_prefers_small_resident_tilings() {
     let g = test_geometry(KvQuantMode::None, Dtype::F16, 128);
     let t = prefill_tiling(&caps, &g, true).unwrap();
     assert_eq!((t.max_m, t.tile, t.wg_size), (64, 16, 128));
-    assert!(prefill_smem(&t, 128, true, true) <= 22 << 10);
+    assert!(prefill_smem(&t, 128, true, true, false) <= 22 << 10);
     let g256 = test_geometry(KvQuantMode::None, Dtype::F16, 256);
     let t = prefill_tiling(&caps, &g256, true).unwrap();
     assert_eq!((t.max_m, t.tile), (32, 16));
-    assert!(prefill_smem(&t, 256, true, true) <= 48 << 10);
+    assert!(prefill_smem(&t, 256, true, true, false) <= 48 << 10);
     let twin = prefill_tiling(&caps, &g, false).unwrap();
     assert_eq!(twin.tile, 32, "the twin's order is unchanged: {twin:?}");
 }

@@ -170,7 +170,12 @@ pub fn launch_plan(
         || super::attention::segment_buffer_bytes(sum.num_tokens_q, p.num_q_heads, 1, g.head_size)
             <= limits.max_storage_buffer_binding_size;
     if p.path != AttentionPath::Unified && apart_fits {
-        let coop = p.path != AttentionPath::PrefillTiled && coop_admits(caps, g);
+        // FP8 output of a mode whose raw values f16 does not hold exactly (INT2) stays off
+        // cooperative matrices: with K and V as hi + lo pairs every other parameter meets spec
+        // §7 level 2 on an H200, but outputs near zero missed the reference by up to five e4m3
+        // codes (subnormal steps of 2^-9 of the output scale; BENCHMARKS.md).
+        let fp8_inexact = p.output_scale.is_some() && !g.raw_f16_exact;
+        let coop = p.path != AttentionPath::PrefillTiled && coop_admits(caps, g) && !fp8_inexact;
         // Auto takes the prefill kernel only on cooperative matrices: its scalar twin measured
         // no faster than the unified kernel on an H200 (BENCHMARKS.md).
         let tiled = prefill_path || (coop && (sum.max_seqlen_q > 1 || prefix_ranges));
@@ -350,7 +355,8 @@ pub fn attention_tiling(head_dim: u32, limits: &wgpu::Limits, max_m: u32) -> Opt
 /// Whether the prefill kernel's cooperative-matrix path applies to `g` on `caps`: the
 /// adapter's 16×16×16 f16 → f32 configuration with subgroups of one fixed size, an f16 or
 /// bf16 model (Q and P enter the multiply-adds as f16; an f32 model keeps f32 operands on
-/// the scalar twin), and a mode whose raw values f16 holds exactly. Modes with a query
+/// the scalar twin); raw values f16 does not hold exactly go in as hi + lo pairs
+/// ([`prefill_raw_split`]). Modes with a query
 /// transform run it apart (kernels/rotate_q.wgsl and the reduce pass), as everywhere on the
 /// prefill kernel.
 pub fn coop_admits(caps: &Caps, g: &Geometry) -> bool {
@@ -360,11 +366,14 @@ pub fn coop_admits(caps: &Caps, g: &Geometry) -> bool {
         && caps.subgroup_min_size == caps.subgroup_max_size
         && caps.subgroup_min_size >= 16
         && g.dtype != crate::types::Dtype::F32
-        // Tiles hold raw values as f16: INT2's codebook centroids are not exact there, and
-        // FP8 output near zero then missed the reference by more than one code on an H200
-        // (extended matrix); such modes take the twin's f32 tiles (forced) or the unified
-        // kernel (Auto).
-        && g.raw_f16_exact
+}
+
+/// Whether the cooperative prefill kernel holds K and V as hi + lo f16 pairs
+/// (`RAW_SPLIT`): modes whose raw values f16 does not hold exactly (INT2's codebook
+/// centroids; held as f16 alone, FP8 output near zero missed the reference by more than one
+/// code on an H200), so the multiply-adds see them to f32 precision.
+pub fn prefill_raw_split(coop: bool, g: &Geometry) -> bool {
+    coop && !g.raw_f16_exact
 }
 
 /// Whether the prefill kernel's tiles hold f16 (else f32): always on cooperative matrices,
@@ -393,8 +402,8 @@ pub fn prefill_q_held(coop: bool, head_dim: u32) -> bool {
 }
 
 /// Workgroup memory the prefill kernel needs with this tiling, in bytes (`coop`: on
-/// cooperative matrices).
-pub fn prefill_smem(t: &Tiling, head_dim: u32, f16: bool, coop: bool) -> u32 {
+/// cooperative matrices; `split`: K and V as hi + lo pairs, [`prefill_raw_split`]).
+pub fn prefill_smem(t: &Tiling, head_dim: u32, f16: bool, coop: bool, split: bool) -> u32 {
     // One term per `var<workgroup>` of prefill.wgsl and the fragment includes, each rounded
     // to 16 bytes; a test checks this against naga's module for every tiling.
     let es = if f16 { 2 } else { 4 };
@@ -405,8 +414,14 @@ pub fn prefill_smem(t: &Tiling, head_dim: u32, f16: bool, coop: bool) -> u32 {
     } else {
         r16(t.max_m * qs * es)
     };
-    // K and V tiles (one shared tile on the twin).
+    // K and V tiles (one shared tile on the twin); on cooperative matrices their lo halves
+    // (`split`), else two 16-byte stubs.
     let kv = if coop { 2 } else { 1 } * r16(t.tile * ks * es);
+    let lo = match (coop, split) {
+        (true, true) => 2 * r16(t.tile * ks * es),
+        (true, false) => 2 * 16,
+        _ => 0,
+    };
     // P: f32 on the twin, an f16 hi + lo pair on cooperative matrices; 4 bytes either way.
     let p = if f16 {
         2 * r16(t.max_m * ps * 2)
@@ -418,7 +433,7 @@ pub fn prefill_smem(t: &Tiling, head_dim: u32, f16: bool, coop: bool) -> u32 {
     let rows = 4 * r16(t.max_m * 4); // m_sh, l_sh, alpha_sh, seen_sh
     let keys = 4 * r16(t.tile * 4); // row_sh, ks_sh, vs_sh, vbad_at
     let flags = 4 * 16; // resc_at, resc_sh, vmax_at, vbad_any
-    info + qh + kv + p + s + pad + rows + keys + flags
+    info + qh + kv + lo + p + s + pad + rows + keys + flags
 }
 
 /// f32 elements of the prefill kernel's score tile (also the fragments' scratch: a 16×16
@@ -465,7 +480,8 @@ pub fn prefill_tiling(caps: &Caps, g: &Geometry, coop: bool) -> Option<Tiling> {
             t.wg_size <= limits.max_compute_invocations_per_workgroup
                 && t.wg_size <= limits.max_compute_workgroup_size_x
                 && t.wg_size % t.max_m == 0
-                && prefill_smem(t, d, f16, coop) <= limits.max_compute_workgroup_storage_size
+                && prefill_smem(t, d, f16, coop, prefill_raw_split(coop, g))
+                    <= limits.max_compute_workgroup_storage_size
         })
 }
 

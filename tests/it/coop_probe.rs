@@ -1,10 +1,10 @@
 //! The prefill kernel on cooperative matrices, mode by mode, beside its scalar twin (extended
-//! matrix; on an adapter with cooperative matrices): modes with 16-bit, 8-bit and 4-bit rows
-//! and a query transform (none, FP8 per-(token, head), INT4), head sizes 32, 64 and 128, a
+//! matrix; on an adapter with cooperative matrices): modes with 16-bit, 8-bit, 4-bit and 2-bit
+//! rows and a query transform (none, FP8 per-(token, head), INT4, INT2, whose centroids f16
+//! does not hold exactly: K and V go in as hi + lo pairs), head sizes 32, 64 and 128, a
 //! prompt and a chunk over context with a decode row. Prints where the output leaves spec §7
 //! level 2 (which query tokens, heads and columns) and where the two kernels part, and fails
-//! if any case leaves level 2 or did not run on cooperative matrices. INT2 does not take them
-//! (`coop_admits`: its centroids are not exact in f16).
+//! if any case leaves level 2 or did not run on cooperative matrices.
 //!
 //! With the prefill kernel's dump knobs (feature `debug-knobs`, `QUANTKV_DEBUG_SKIP` 256 and
 //! up, see kernels/prefill.wgsl) the outputs are staged tiles instead, so only "vs twin" means
@@ -26,6 +26,7 @@ fn coop_prefill_every_mode_family_beside_the_twin() {
         KvQuantMode::None,
         KvQuantMode::Fp8PerTokenHead,
         KvQuantMode::Int4PerTokenHead,
+        KvQuantMode::Int2PerTokenHead,
     ] {
         for d in [32u32, 64, 128] {
             for seqs in [&[(40u32, 40u32)][..], &[(12, 90), (1, 33)][..]] {
