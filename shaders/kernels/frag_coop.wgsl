@@ -40,10 +40,17 @@ fn to_h4(v: vec4<f32>) -> vec4<f16> {
     return vec4<f16>(clamp(v, vec4<f32>(-F16_MAX), vec4<f32>(F16_MAX)));
 }
 
-// The remainder v - hi rounded to f16 (RAW_SPLIT: raw values are O(1), so it is a normal
-// f16 number or zero).
-fn lo_h4(v: vec4<f32>, hi: vec4<f16>) -> vec4<f16> {
-    return vec4<f16>(v - vec4<f32>(hi));
+// RAW_SPLIT: v as hi + lo f16 halves. hi is v truncated to f16's 11 significant bits by
+// masking the f32 (exact in f16 for raw values of order one, and no compiler can fold the split
+// away, as it may fold f32(f16(v)) back to v); lo is the exact remainder rounded to f16.
+struct Halves {
+    hi: vec4<f16>,
+    lo: vec4<f16>,
+}
+
+fn split_h4(v: vec4<f32>) -> Halves {
+    let hi = bitcast<vec4<f32>>(bitcast<vec4<u32>>(v) & vec4<u32>(0xFFFFE000u));
+    return Halves(to_h4(hi), vec4<f16>(v - hi));
 }
 
 // Query rows staged per round (rows of the staging tile).
@@ -88,18 +95,19 @@ fn get_q4(row: u32, j: u32) -> vec4<f32> {
 
 fn put_kv4(t: u32, j: u32, v: vec4<f32>) {
     let b = t * KS + 4u * j;
-    let h = to_h4(v);
+    var h = to_h4(v);
+    if (RAW_SPLIT) {
+        let p = split_h4(v);
+        h = p.hi;
+        kl_sh[b] = p.lo.x;
+        kl_sh[b + 1u] = p.lo.y;
+        kl_sh[b + 2u] = p.lo.z;
+        kl_sh[b + 3u] = p.lo.w;
+    }
     kv_sh[b] = h.x;
     kv_sh[b + 1u] = h.y;
     kv_sh[b + 2u] = h.z;
     kv_sh[b + 3u] = h.w;
-    if (RAW_SPLIT) {
-        let l = lo_h4(v, h);
-        kl_sh[b] = l.x;
-        kl_sh[b + 1u] = l.y;
-        kl_sh[b + 2u] = l.z;
-        kl_sh[b + 3u] = l.w;
-    }
 }
 
 fn get_kv4(t: u32, j: u32) -> vec4<f32> {
@@ -109,18 +117,19 @@ fn get_kv4(t: u32, j: u32) -> vec4<f32> {
 
 fn put_v4(t: u32, j: u32, v: vec4<f32>) {
     let b = t * KS + 4u * j;
-    let h = to_h4(v);
+    var h = to_h4(v);
+    if (RAW_SPLIT) {
+        let p = split_h4(v);
+        h = p.hi;
+        vl_sh[b] = p.lo.x;
+        vl_sh[b + 1u] = p.lo.y;
+        vl_sh[b + 2u] = p.lo.z;
+        vl_sh[b + 3u] = p.lo.w;
+    }
     v_sh[b] = h.x;
     v_sh[b + 1u] = h.y;
     v_sh[b + 2u] = h.z;
     v_sh[b + 3u] = h.w;
-    if (RAW_SPLIT) {
-        let l = lo_h4(v, h);
-        vl_sh[b] = l.x;
-        vl_sh[b + 1u] = l.y;
-        vl_sh[b + 2u] = l.z;
-        vl_sh[b + 3u] = l.w;
-    }
 }
 
 fn get_v4(t: u32, j: u32) -> vec4<f32> {

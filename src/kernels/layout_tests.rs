@@ -777,10 +777,9 @@ fn prefill_with_a_transform_apart_needs_the_partials_to_fit_one_binding() {
 }
 
 /// INT2 (raw values f16 does not hold exactly) takes cooperative matrices with K and V as
-/// hi + lo pairs (30 KiB at 64 x 16, within 48 KiB), except with FP8 output, which stays on
-/// the unified kernel; INT4 takes them either way.
+/// hi + lo pairs (30 KiB at 64 x 16, within 48 KiB), FP8 output included; INT4 as they are.
 #[test]
-fn inexact_raw_values_take_cooperative_matrices_as_pairs_but_not_for_fp8_output() {
+fn inexact_raw_values_take_cooperative_matrices_as_hi_lo_pairs() {
     use super::plan::launch_plan;
     use super::{AttentionParams, StepSummary};
     let sum = StepSummary {
@@ -791,10 +790,10 @@ fn inexact_raw_values_take_cooperative_matrices_as_pairs_but_not_for_fp8_output(
         max_seqlen_k: 64,
     };
     let caps = test_caps(32, true, true, 48 << 10);
-    for (mode, fp8, coop) in [
-        (KvQuantMode::Int2PerTokenHead, None, true),
-        (KvQuantMode::Int2PerTokenHead, Some(0.5), false),
-        (KvQuantMode::Int4PerTokenHead, Some(0.5), true),
+    for (mode, fp8) in [
+        (KvQuantMode::Int2PerTokenHead, None),
+        (KvQuantMode::Int2PerTokenHead, Some(0.5)),
+        (KvQuantMode::Int4PerTokenHead, Some(0.5)),
     ] {
         let g = test_geometry(mode, Dtype::F16, 128);
         let p = AttentionParams {
@@ -803,13 +802,11 @@ fn inexact_raw_values_take_cooperative_matrices_as_pairs_but_not_for_fp8_output(
             ..Default::default()
         };
         let lp = launch_plan(&caps, &g, &sum, &p, false).unwrap();
-        assert_eq!(lp.coop, coop, "{mode:?} fp8 {fp8:?}: {lp:?}");
-        if coop {
-            assert_eq!(lp.kernel, crate::gpu::pipeline::Kernel::Prefill);
-            let split = prefill_raw_split(true, &g);
-            assert_eq!(split, mode == KvQuantMode::Int2PerTokenHead);
-            assert!(prefill_smem(&lp.tiling, 128, true, true, split) <= 30 << 10);
-        }
+        assert!(lp.coop, "{mode:?} fp8 {fp8:?}: {lp:?}");
+        assert_eq!(lp.kernel, crate::gpu::pipeline::Kernel::Prefill);
+        let split = prefill_raw_split(true, &g);
+        assert_eq!(split, mode == KvQuantMode::Int2PerTokenHead);
+        assert!(prefill_smem(&lp.tiling, 128, true, true, split) <= 30 << 10);
     }
 }
 
