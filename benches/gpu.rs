@@ -102,6 +102,7 @@ fn shapes(quick: bool, sweep: bool) -> Vec<Shape> {
             AttentionPath::DecodePortable,
             AttentionPath::DecodeSubgroups,
             AttentionPath::DecodeStream,
+            AttentionPath::PrefillCoop,
         ] {
             v.push(Shape {
                 path,
@@ -113,6 +114,10 @@ fn shapes(quick: bool, sweep: bool) -> Vec<Shape> {
                 v.push(decode(&name, b, l, 128, SplitK::Segments(n)));
                 v.push(Shape {
                     path: AttentionPath::DecodeStream,
+                    ..decode(&name, b, l, 128, SplitK::Segments(n))
+                });
+                v.push(Shape {
+                    path: AttentionPath::PrefillCoop,
                     ..decode(&name, b, l, 128, SplitK::Segments(n))
                 });
             }
@@ -129,6 +134,11 @@ fn shapes(quick: bool, sweep: bool) -> Vec<Shape> {
                 v.push(Shape {
                     mode,
                     path: AttentionPath::DecodeStream,
+                    ..decode(&name, b, l, 128, SplitK::Auto)
+                });
+                v.push(Shape {
+                    mode,
+                    path: AttentionPath::PrefillCoop,
                     ..decode(&name, b, l, 128, SplitK::Auto)
                 });
             }

@@ -2,15 +2,18 @@
 // Same plan, bindings, prologue, score rules and epilogue as decode.wgsl (decode_common.wgsl);
 // the key loop is different: no workgroup barrier and no per-thread array inside it.
 //
-//   * Every lane holds 8 consecutive elements of a cached row; a row is read by LPR =
-//     HEAD_DIM / 8 lanes (a key group), with one load per lane and row whose width follows
-//     the code width (16 bytes for 16-bit rows, 2 x 16 for f32, 8 for 8-bit codes, 4 for
-//     4-bit, half a word for 2-bit). A subgroup of S lanes reads S / LPR rows per load.
+//   * Every lane holds EL = 8 HALVES consecutive elements of a cached row (HALVES = 1 or 2);
+//     a row is read by LPR = HEAD_DIM / EL lanes (a key group), with one load per lane and
+//     row whose width follows the code width (at 8 elements: 16 bytes for 16-bit rows, 2 x 16
+//     for f32, 8 for 8-bit codes, 4 for 4-bit, half a word for 2-bit; twice that at 16). A
+//     subgroup of S lanes reads S / LPR rows per load. Two halves share each key's per-key
+//     work (the dot's finish over the key group, the softmax) over twice the bytes.
 //   * The query heads of the workgroup (at most 4) are the components of a vec4: the lane's
-//     query is 8 vec4s (element i of every head), a score is one vec4 (every head), the
-//     running maximum, denominator and V zero-point correction are vec4s, and the accumulator
-//     is 8 vec4s (the lane's 8 output elements of every head). Nothing is indexed at run time,
-//     so all of it stays in registers whatever the driver does with loops.
+//     query is 8 vec4s per half (element i of every head), a score is one vec4 (every head),
+//     the running maximum, denominator and V zero-point correction are vec4s, and the
+//     accumulator is 8 vec4s per half (the lane's output elements of every head). Nothing is
+//     indexed at run time, so all of it stays in registers whatever the driver does with
+//     loops.
 //   * Each key group streams U consecutive keys per step, its subgroup's steps being
 //     sid, sid + nsg, ...; the K and V words (and scales) of the next step are loaded before
 //     the current step is computed, and the block-table entries two steps ahead.
@@ -26,10 +29,11 @@
 // The host picks this rung only where the adapter's smallest subgroup holds at least LPR
 // lanes (LPR a power of two <= 32), with 4 query heads per workgroup (padding heads past the
 // KV head's group are masked); nothing assumes the subgroup size itself.
-// Prelude (the host prepends it, per code width): M_MAX (= 4), LPR, the K/V bindings (5, 6) at
-// the lane's load width, the word type KW, k_word(row, lane) / v_word(row, lane) -> KW (the
-// lane's load of a row) and k_unpack(w, lane) / v_unpack(w, lane) -> E8 (its 8 raw values
-// through the mode's read contract, k_raw4 / v_raw4).
+// Prelude (the host prepends it, per code width): M_MAX (= 4), LPR, HALVES, the K/V bindings
+// (5, 6) at the lane's load width, the word type KW, k_word(row, lane) / v_word(row, lane) ->
+// KW (the lane's load of a row) and k_unpack(w, lane, half) / v_unpack(w, lane, half) -> E8
+// (8 raw values of the given half through the mode's read contract, k_raw4 / v_raw4; `half`
+// is a constant at every call).
 //
 // Bindings: as decode.wgsl, K and V pools at the lane's load width.
 // Dispatch: as decode.wgsl: x = num_seqs, y = num_kv_heads * head_chunks, z = num_segments.
@@ -56,19 +60,31 @@ struct Q8 {
     e7: vec4<f32>,
 }
 
+// The lane's query, both halves (`hi` is zero and unused with HALVES = 1).
+struct QL {
+    lo: Q8,
+    hi: Q8,
+}
+
+// Accumulators of 8 elements: e_i = element i of every head.
+struct Acc8 {
+    e0: vec4<f32>,
+    e1: vec4<f32>,
+    e2: vec4<f32>,
+    e3: vec4<f32>,
+    e4: vec4<f32>,
+    e5: vec4<f32>,
+    e6: vec4<f32>,
+    e7: vec4<f32>,
+}
+
 // A key group's running state (identical in its LPR lanes but for the accumulators' elements).
 struct Run {
     m: vec4<f32>, // running maximum per head (may trail the true one by up to TAU)
     l: vec4<f32>, // denominator
     z: vec4<f32>, // V zero-point correction (modes with a zero point)
-    a0: vec4<f32>, // accumulator of element i of every head
-    a1: vec4<f32>,
-    a2: vec4<f32>,
-    a3: vec4<f32>,
-    a4: vec4<f32>,
-    a5: vec4<f32>,
-    a6: vec4<f32>,
-    a7: vec4<f32>,
+    a: Acc8, // the lane's first 8 elements
+    b: Acc8, // the next 8 (HALVES = 2)
 }
 
 // One step's loads: U keys' K and V words (as loaded: they are unpacked where they are used,
@@ -127,6 +143,26 @@ fn row_sum4(x: vec4<f32>, lane: u32, base: u32) -> vec4<f32> {
                      subgroupShuffle(y, base + o1), subgroupShuffle(y, base + o1 + o2));
 }
 
+// Elements 4c .. 4c + 7 of every head's query row (q_sh: row h at h d4).
+fn q_half(c: u32, d4: u32) -> Q8 {
+    let h0a = q_sh[c];
+    let h0b = q_sh[c + 1u];
+    let h1a = q_sh[d4 + c];
+    let h1b = q_sh[d4 + c + 1u];
+    let h2a = q_sh[2u * d4 + c];
+    let h2b = q_sh[2u * d4 + c + 1u];
+    let h3a = q_sh[3u * d4 + c];
+    let h3b = q_sh[3u * d4 + c + 1u];
+    return Q8(vec4<f32>(h0a.x, h1a.x, h2a.x, h3a.x), vec4<f32>(h0a.y, h1a.y, h2a.y, h3a.y),
+              vec4<f32>(h0a.z, h1a.z, h2a.z, h3a.z), vec4<f32>(h0a.w, h1a.w, h2a.w, h3a.w),
+              vec4<f32>(h0b.x, h1b.x, h2b.x, h3b.x), vec4<f32>(h0b.y, h1b.y, h2b.y, h3b.y),
+              vec4<f32>(h0b.z, h1b.z, h2b.z, h3b.z), vec4<f32>(h0b.w, h1b.w, h2b.w, h3b.w));
+}
+
+fn q8_sum(q: Q8) -> vec4<f32> {
+    return ((q.e0 + q.e1) + (q.e2 + q.e3)) + ((q.e4 + q.e5) + (q.e6 + q.e7));
+}
+
 fn dot8(q: Q8, k: E8) -> vec4<f32> {
     var s = q.e0 * k.a.x;
     s = fma(q.e1, vec4<f32>(k.a.y), s);
@@ -139,12 +175,22 @@ fn dot8(q: Q8, k: E8) -> vec4<f32> {
     return s;
 }
 
-// A key's finished scores (every head): the dot finished over the key group, the row scale
-// and zero point, then spec 6.1's terms; NEG for keys outside the segment. Padding heads
-// (past the KV head's group) have a zero query and are never stored, so they are not masked.
-fn score4(q: Q8, k: E8, ks: f32, kz: f32, qsum: vec4<f32>, key: u32, valid: bool,
+// The lane's part of a key's dot (every head), both halves.
+fn dot_lane(q: QL, w: KW, lane: u32) -> vec4<f32> {
+    var s = dot8(q.lo, k_unpack(w, lane, 0u));
+    if (HALVES == 2u) {
+        s += dot8(q.hi, k_unpack(w, lane, 1u));
+    }
+    return s;
+}
+
+// A key's finished scores (every head): the lane's part of the dot (`part`) finished over
+// the key group, the row scale and zero point, then spec 6.1's terms; NEG for keys outside
+// the segment. Padding heads (past the KV head's group) have a zero query and are never
+// stored, so they are not masked.
+fn score4(part: vec4<f32>, ks: f32, kz: f32, qsum: vec4<f32>, key: u32, valid: bool,
           lane: u32, base: u32, inf: DecInfo) -> vec4<f32> {
-    let raw = fma(row_sum4(dot8(q, k), lane, base), vec4<f32>(ks), -kz * qsum);
+    let raw = fma(row_sum4(part, lane, base), vec4<f32>(ks), -kz * qsum);
     var s: vec4<f32>;
     if (HAS_SOFTCAP || ALIBI_MODE != 0u || HAS_QQ) {
         let last = inf.nheads - 1u; // padding heads read a real head's ALiBi slope
@@ -165,33 +211,49 @@ fn p_of(s: vec4<f32>, m: vec4<f32>) -> vec4<f32> {
 
 // acc += p (every head) * the key's 8 values; a key outside the segment adds exactly 0, even
 // where its (clamped) row holds a non-finite value.
-fn pv8(r: Run, p: vec4<f32>, v: E8, valid: bool) -> Run {
-    var o = r;
+fn fma8(acc: Acc8, p: vec4<f32>, v: E8, valid: bool) -> Acc8 {
     let a = select(vec4<f32>(0.0), v.a, valid);
     let b = select(vec4<f32>(0.0), v.b, valid);
-    o.a0 = fma(p, vec4<f32>(a.x), o.a0);
-    o.a1 = fma(p, vec4<f32>(a.y), o.a1);
-    o.a2 = fma(p, vec4<f32>(a.z), o.a2);
-    o.a3 = fma(p, vec4<f32>(a.w), o.a3);
-    o.a4 = fma(p, vec4<f32>(b.x), o.a4);
-    o.a5 = fma(p, vec4<f32>(b.y), o.a5);
-    o.a6 = fma(p, vec4<f32>(b.z), o.a6);
-    o.a7 = fma(p, vec4<f32>(b.w), o.a7);
+    return Acc8(fma(p, vec4<f32>(a.x), acc.e0), fma(p, vec4<f32>(a.y), acc.e1),
+                fma(p, vec4<f32>(a.z), acc.e2), fma(p, vec4<f32>(a.w), acc.e3),
+                fma(p, vec4<f32>(b.x), acc.e4), fma(p, vec4<f32>(b.y), acc.e5),
+                fma(p, vec4<f32>(b.z), acc.e6), fma(p, vec4<f32>(b.w), acc.e7));
+}
+
+// The key's V word into the accumulators, both halves.
+fn pv_lane(r: Run, p: vec4<f32>, w: KW, lane: u32, valid: bool) -> Run {
+    var o = r;
+    o.a = fma8(o.a, p, v_unpack(w, lane, 0u), valid);
+    if (HALVES == 2u) {
+        o.b = fma8(o.b, p, v_unpack(w, lane, 1u), valid);
+    }
     return o;
+}
+
+fn scale8(a: Acc8, f: vec4<f32>) -> Acc8 {
+    return Acc8(a.e0 * f, a.e1 * f, a.e2 * f, a.e3 * f, a.e4 * f, a.e5 * f, a.e6 * f, a.e7 * f);
+}
+
+fn add8(x: Acc8, y: Acc8) -> Acc8 {
+    return Acc8(x.e0 + y.e0, x.e1 + y.e1, x.e2 + y.e2, x.e3 + y.e3, x.e4 + y.e4, x.e5 + y.e5,
+                x.e6 + y.e6, x.e7 + y.e7);
+}
+
+fn shuffle8(a: Acc8, o: u32) -> Acc8 {
+    return Acc8(subgroupShuffleXor(a.e0, o), subgroupShuffleXor(a.e1, o),
+                subgroupShuffleXor(a.e2, o), subgroupShuffleXor(a.e3, o),
+                subgroupShuffleXor(a.e4, o), subgroupShuffleXor(a.e5, o),
+                subgroupShuffleXor(a.e6, o), subgroupShuffleXor(a.e7, o));
 }
 
 fn scale_run(r: Run, f: vec4<f32>) -> Run {
     var o = r;
     o.l *= f;
     o.z *= f;
-    o.a0 *= f;
-    o.a1 *= f;
-    o.a2 *= f;
-    o.a3 *= f;
-    o.a4 *= f;
-    o.a5 *= f;
-    o.a6 *= f;
-    o.a7 *= f;
+    o.a = scale8(o.a, f);
+    if (HALVES == 2u) {
+        o.b = scale8(o.b, f);
+    }
     return o;
 }
 
@@ -200,34 +262,26 @@ fn merge_run(a: Run, b: Run) -> Run {
     let mn = max(a.m, b.m);
     let x = scale_run(a, exp_diff4(a.m, mn));
     let y = scale_run(b, exp_diff4(b.m, mn));
-    var o: Run;
+    var o = x;
     o.m = mn;
     o.l = x.l + y.l;
     o.z = x.z + y.z;
-    o.a0 = x.a0 + y.a0;
-    o.a1 = x.a1 + y.a1;
-    o.a2 = x.a2 + y.a2;
-    o.a3 = x.a3 + y.a3;
-    o.a4 = x.a4 + y.a4;
-    o.a5 = x.a5 + y.a5;
-    o.a6 = x.a6 + y.a6;
-    o.a7 = x.a7 + y.a7;
+    o.a = add8(x.a, y.a);
+    if (HALVES == 2u) {
+        o.b = add8(x.b, y.b);
+    }
     return o;
 }
 
 fn shuffle_run(r: Run, o: u32) -> Run {
-    var s: Run;
+    var s = r;
     s.m = subgroupShuffleXor(r.m, o);
     s.l = subgroupShuffleXor(r.l, o);
     s.z = subgroupShuffleXor(r.z, o);
-    s.a0 = subgroupShuffleXor(r.a0, o);
-    s.a1 = subgroupShuffleXor(r.a1, o);
-    s.a2 = subgroupShuffleXor(r.a2, o);
-    s.a3 = subgroupShuffleXor(r.a3, o);
-    s.a4 = subgroupShuffleXor(r.a4, o);
-    s.a5 = subgroupShuffleXor(r.a5, o);
-    s.a6 = subgroupShuffleXor(r.a6, o);
-    s.a7 = subgroupShuffleXor(r.a7, o);
+    s.a = shuffle8(r.a, o);
+    if (HALVES == 2u) {
+        s.b = shuffle8(r.b, o);
+    }
     return s;
 }
 
@@ -283,20 +337,20 @@ fn load_step(r: vec4<u32>, lane: u32) -> Loads {
 }
 
 // One step of a key group: keys k0 .. k0 + 3.
-fn run_step(run: Run, q: Q8, qsum: vec4<f32>, ld: Loads, k0: u32, lo: u32, hi: u32,
+fn run_step(run: Run, q: QL, qsum: vec4<f32>, ld: Loads, k0: u32, lo: u32, hi: u32,
             lane: u32, base: u32, inf: DecInfo) -> Run {
     let ok0 = k0 >= lo && k0 < hi;
     let ok1 = k0 + 1u >= lo && k0 + 1u < hi;
     let ok2 = k0 + 2u >= lo && k0 + 2u < hi;
     let ok3 = k0 + 3u >= lo && k0 + 3u < hi;
     let kz = ld.ks * ld.kz; // scale * zero
-    let s0 = score4(q, k_unpack(ld.k0, lane), ld.ks.x, kz.x, qsum, k0, ok0, lane, base,
+    let s0 = score4(dot_lane(q, ld.k0, lane), ld.ks.x, kz.x, qsum, k0, ok0, lane, base,
                       inf);
-    let s1 = score4(q, k_unpack(ld.k1, lane), ld.ks.y, kz.y, qsum, k0 + 1u, ok1, lane, base,
+    let s1 = score4(dot_lane(q, ld.k1, lane), ld.ks.y, kz.y, qsum, k0 + 1u, ok1, lane, base,
                       inf);
-    let s2 = score4(q, k_unpack(ld.k2, lane), ld.ks.z, kz.z, qsum, k0 + 2u, ok2, lane, base,
+    let s2 = score4(dot_lane(q, ld.k2, lane), ld.ks.z, kz.z, qsum, k0 + 2u, ok2, lane, base,
                       inf);
-    let s3 = score4(q, k_unpack(ld.k3, lane), ld.ks.w, kz.w, qsum, k0 + 3u, ok3, lane, base,
+    let s3 = score4(dot_lane(q, ld.k3, lane), ld.ks.w, kz.w, qsum, k0 + 3u, ok3, lane, base,
                       inf);
     var r = run;
     let mx = max(max(s0, s1), max(s2, s3));
@@ -318,11 +372,20 @@ fn run_step(run: Run, q: Q8, qsum: vec4<f32>, ld: Loads, k0: u32, lo: u32, hi: u
     if (V_HAS_ZERO) {
         r.z += (q0 * ld.vz.x + q1 * ld.vz.y) + (q2 * ld.vz.z + q3 * ld.vz.w);
     }
-    r = pv8(r, q0, v_unpack(ld.v0, lane), ok0);
-    r = pv8(r, q1, v_unpack(ld.v1, lane), ok1);
-    r = pv8(r, q2, v_unpack(ld.v2, lane), ok2);
-    r = pv8(r, q3, v_unpack(ld.v3, lane), ok3);
+    r = pv_lane(r, q0, ld.v0, lane, ok0);
+    r = pv_lane(r, q1, ld.v1, lane, ok1);
+    r = pv_lane(r, q2, ld.v2, lane, ok2);
+    r = pv_lane(r, q3, ld.v3, lane, ok3);
     return r;
+}
+
+// q_sh[e] = its merged value times f (subgroup g > 0; the first overwrites q) + x.
+fn merge_into(e: u32, g: u32, f: f32, x: vec4<f32>) {
+    var old = vec4<f32>(0.0);
+    if (g > 0u) {
+        old = q_sh[e] * f;
+    }
+    q_sh[e] = old + x;
 }
 
 @compute @workgroup_size(WG_SIZE)
@@ -347,25 +410,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let nkg = ss / LPR;
     let kbase = si - lane; // the key group's first lane
 
-    // This lane's query elements of every head (q_sh holds M_MAX = 4 rows, padding rows 0).
-    let c = 2u * lane;
-    let h0a = q_sh[c];
-    let h0b = q_sh[c + 1u];
-    let h1a = q_sh[d4 + c];
-    let h1b = q_sh[d4 + c + 1u];
-    let h2a = q_sh[2u * d4 + c];
-    let h2b = q_sh[2u * d4 + c + 1u];
-    let h3a = q_sh[3u * d4 + c];
-    let h3b = q_sh[3u * d4 + c + 1u];
-    let q = Q8(vec4<f32>(h0a.x, h1a.x, h2a.x, h3a.x), vec4<f32>(h0a.y, h1a.y, h2a.y, h3a.y),
-               vec4<f32>(h0a.z, h1a.z, h2a.z, h3a.z), vec4<f32>(h0a.w, h1a.w, h2a.w, h3a.w),
-               vec4<f32>(h0b.x, h1b.x, h2b.x, h3b.x), vec4<f32>(h0b.y, h1b.y, h2b.y, h3b.y),
-               vec4<f32>(h0b.z, h1b.z, h2b.z, h3b.z), vec4<f32>(h0b.w, h1b.w, h2b.w, h3b.w));
-    // Each head's element sum (zero points): the lane's 8 elements, then the key group.
+    // This lane's query elements of every head (q_sh holds M_MAX = 4 rows, padding rows 0):
+    // elements EL lane .. EL lane + EL - 1, vec4s c .. c + 2 HALVES - 1 of each row.
+    let c = 2u * HALVES * lane;
+    var q: QL;
+    q.lo = q_half(c, d4);
+    var qs8 = q8_sum(q.lo);
+    if (HALVES == 2u) {
+        q.hi = q_half(c + 2u, d4);
+        qs8 += q8_sum(q.hi);
+    }
+    // Each head's element sum (zero points): the lane's elements, then the key group.
     var qsum = vec4<f32>(0.0);
     if (K_HAS_ZERO) {
-        qsum = row_sum4(((q.e0 + q.e1) + (q.e2 + q.e3)) + ((q.e4 + q.e5) + (q.e6 + q.e7)), lane,
-                        kbase);
+        qsum = row_sum4(qs8, lane, kbase);
     }
 
     var run: Run;
@@ -420,22 +478,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             }
             let fb = exp_diff4(run.m, mn);
             let r = scale_run(run, fb);
-            // Head h's elements 8 lane .. 8 lane + 7 sit in q_sh[h d4 + c], [h d4 + c + 1].
-            let rows = array<vec4<f32>, 8>(
-                vec4<f32>(r.a0.x, r.a1.x, r.a2.x, r.a3.x), vec4<f32>(r.a4.x, r.a5.x, r.a6.x, r.a7.x),
-                vec4<f32>(r.a0.y, r.a1.y, r.a2.y, r.a3.y), vec4<f32>(r.a4.y, r.a5.y, r.a6.y, r.a7.y),
-                vec4<f32>(r.a0.z, r.a1.z, r.a2.z, r.a3.z), vec4<f32>(r.a4.z, r.a5.z, r.a6.z, r.a7.z),
-                vec4<f32>(r.a0.w, r.a1.w, r.a2.w, r.a3.w), vec4<f32>(r.a4.w, r.a5.w, r.a6.w, r.a7.w));
+            // Head h's elements EL lane .. sit in q_sh[h d4 + c ..].
             for (var h = 0u; h < 4u; h++) {
                 let e = h * d4 + c;
-                var old_a = vec4<f32>(0.0);
-                var old_b = vec4<f32>(0.0);
-                if (g > 0u) {
-                    old_a = q_sh[e] * fa[h];
-                    old_b = q_sh[e + 1u] * fa[h];
+                let f = fa[h];
+                merge_into(e, g, f, vec4<f32>(r.a.e0[h], r.a.e1[h], r.a.e2[h], r.a.e3[h]));
+                merge_into(e + 1u, g, f, vec4<f32>(r.a.e4[h], r.a.e5[h], r.a.e6[h], r.a.e7[h]));
+                if (HALVES == 2u) {
+                    merge_into(e + 2u, g, f,
+                               vec4<f32>(r.b.e0[h], r.b.e1[h], r.b.e2[h], r.b.e3[h]));
+                    merge_into(e + 3u, g, f,
+                               vec4<f32>(r.b.e4[h], r.b.e5[h], r.b.e6[h], r.b.e7[h]));
                 }
-                q_sh[e] = old_a + rows[2u * h];
-                q_sh[e + 1u] = old_b + rows[2u * h + 1u];
             }
             if (lane == 0u) {
                 var l0 = vec4<f32>(0.0);

@@ -13,8 +13,9 @@
 // (IS_SPLIT) writes its rows unnormalised, as the one segment of the split-K partials, for
 // the reduce pass to normalise and un-rotate (spec §5.4, bit for bit as a fused transform).
 // (With the transform in this module, INT4 and INT2 came out wrong on cooperative matrices on
-// an H200: BENCHMARKS.md.) Key-axis split-K does not apply (the planner never splits batches
-// with prompts). Rows are MAX_M = 16 * ROW_BLOCKS (query
+// an H200: BENCHMARKS.md.) Key-axis split-K applies to decode batches forced onto this kernel
+// (segment wid.z of ly.num_segments, partials as kernels/unified.wgsl writes them); batches
+// with prompts are never split. Rows are MAX_M = 16 * ROW_BLOCKS (query
 // token, query head) pairs of ONE kv head (GQA packing as in unified.wgsl), so each K/V tile
 // is read from the cache and dequantized (by the mode's read contract) once per workgroup.
 //
@@ -253,7 +254,7 @@ fn rescale_block(f: FragC, sg: u32, tid: u32, gfac: f32) -> FragC {
 // owner its own 16 rows). With IS_SPLIT (a mode with a transform: the reduce pass un-rotates
 // the rows), the row's unnormalised O, running maximum and denominator go to the partials
 // layout of kernels/unified.wgsl instead, as its one segment. O's unit: g / P_SCALE.
-fn store_block(f: FragC, db: u32, sg: u32, tid: u32, inf: WgInfo, o_unit: f32) {
+fn store_block(f: FragC, db: u32, sg: u32, tid: u32, inf: WgInfo, o_unit: f32, seg: u32) {
     let hg = ly.heads_per_wg;
     frag_store(f, sg * 256u, 16u);
     workgroupBarrier();
@@ -275,11 +276,12 @@ fn store_block(f: FragC, db: u32, sg: u32, tid: u32, inf: WgInfo, o_unit: f32) {
             let head = inf.head0 + hm;
             let j = db * 4u + cg;
             if (IS_SPLIT) {
-                let slot = tok * ly.num_q_heads + head;
+                let ns = ly.num_segments;
+                let slot = (tok * ly.num_q_heads + head) * ns + seg;
                 let b = slot * HEAD_DIM + 4u * j;
                 partial_store4(b, a);
                 if (j == 0u) {
-                    let sb = ly.seg_rows * ly.num_q_heads * HEAD_DIM + slot * 2u;
+                    let sb = ly.seg_rows * ly.num_q_heads * ns * HEAD_DIM + slot * 2u;
                     partial_store_ml(sb, select(NEG, m_sh[m], seen), select(0.0, l_sh[m], seen));
                 }
             } else {
@@ -367,7 +369,7 @@ fn tile_p(rm: u32, t: u32, mu: f32, inv_g: f32) -> f32 {
 
 fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     if (tid == 0u) {
-        info = plan_workgroup(wid, 1u, TK);
+        info = plan_workgroup(wid, ly.num_segments, TK);
         atomicStore(&resc_at, 0u);
         atomicStore(&vmax_at, 0u);
     }
@@ -696,23 +698,23 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     // Epilogue (store_block), 16 columns at a time; O's unit: g / P_SCALE.
     let o_unit = select(1.0, bitcast<f32>((gexp + 1u) << 23u), gexp != 0u) * (1.0 / P_SCALE);
     if (WRITTEN_OUT) {
-        store_block(o[0], 0u, sg, tid, inf, o_unit);
-        if (D_BLOCKS > 1u) { store_block(o[1], 1u, sg, tid, inf, o_unit); }
-        if (D_BLOCKS > 2u) { store_block(o[2], 2u, sg, tid, inf, o_unit); }
-        if (D_BLOCKS > 3u) { store_block(o[3], 3u, sg, tid, inf, o_unit); }
-        if (D_BLOCKS > 4u) { store_block(o[4], 4u, sg, tid, inf, o_unit); }
-        if (D_BLOCKS > 5u) { store_block(o[5], 5u, sg, tid, inf, o_unit); }
-        if (D_BLOCKS > 6u) { store_block(o[6], 6u, sg, tid, inf, o_unit); }
-        if (D_BLOCKS > 7u) { store_block(o[7], 7u, sg, tid, inf, o_unit); }
-        if (D_BLOCKS > 8u) { store_block(o[8], 8u, sg, tid, inf, o_unit); }
-        if (D_BLOCKS > 9u) { store_block(o[9], 9u, sg, tid, inf, o_unit); }
-        if (D_BLOCKS > 10u) { store_block(o[10], 10u, sg, tid, inf, o_unit); }
-        if (D_BLOCKS > 11u) { store_block(o[11], 11u, sg, tid, inf, o_unit); }
-        if (D_BLOCKS > 12u) { store_block(o[12], 12u, sg, tid, inf, o_unit); }
-        if (D_BLOCKS > 13u) { store_block(o[13], 13u, sg, tid, inf, o_unit); }
-        if (D_BLOCKS > 14u) { store_block(o[14], 14u, sg, tid, inf, o_unit); }
-        if (D_BLOCKS > 15u) { store_block(o[15], 15u, sg, tid, inf, o_unit); }
+        store_block(o[0], 0u, sg, tid, inf, o_unit, wid.z);
+        if (D_BLOCKS > 1u) { store_block(o[1], 1u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 2u) { store_block(o[2], 2u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 3u) { store_block(o[3], 3u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 4u) { store_block(o[4], 4u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 5u) { store_block(o[5], 5u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 6u) { store_block(o[6], 6u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 7u) { store_block(o[7], 7u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 8u) { store_block(o[8], 8u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 9u) { store_block(o[9], 9u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 10u) { store_block(o[10], 10u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 11u) { store_block(o[11], 11u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 12u) { store_block(o[12], 12u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 13u) { store_block(o[13], 13u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 14u) { store_block(o[14], 14u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 15u) { store_block(o[15], 15u, sg, tid, inf, o_unit, wid.z); }
     } else {
-        for (var db = 0u; db < D_BLOCKS; db++) { store_block(o[db], db, sg, tid, inf, o_unit); }
+        for (var db = 0u; db < D_BLOCKS; db++) { store_block(o[db], db, sg, tid, inf, o_unit, wid.z); }
     }
 }

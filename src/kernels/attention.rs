@@ -425,9 +425,8 @@ pub(crate) fn pipelines(
     };
     let main = ctx.pipelines.get(ctx, key, || match lp.kernel {
         Kernel::Decode if lp.stream => {
-            let (_, lpr) = super::plan::stream_lanes(ctx.caps(), g)
-                .expect("the planner checked the streaming rung");
-            decode_stream_source(codec, d, features, tiling, g.elems_per_word, lpr)
+            let (el, lpr) = super::plan::stream_geometry(&tiling, d);
+            decode_stream_source(codec, d, features, tiling, g.elems_per_word, el, lpr)
         }
         Kernel::Decode => decode_source(codec, d, features, tiling),
         Kernel::Prefill => prefill_source(
@@ -659,8 +658,8 @@ pub fn decode_source(
     }
 }
 
-/// The streaming decode rung's source (`epw` elements per cached u32 word, `lpr` lanes per
-/// row; see `shaders/kernels/decode_stream.wgsl`), override constants and layout. The prelude
+/// The streaming decode rung's source (`epw` elements per cached u32 word, `el` elements per
+/// lane, `lpr` lanes per row; see `shaders/kernels/decode_stream.wgsl`), override constants and layout. The prelude
 /// gives the lane's load of a row at the code width: the K/V bindings' element type, the word
 /// type `KW`, `k_word` / `v_word` and `k_unpack` / `v_unpack`.
 pub fn decode_stream_source(
@@ -669,63 +668,103 @@ pub fn decode_stream_source(
     f: Features,
     tiling: Tiling,
     epw: u32,
+    el: u32,
     lpr: u32,
 ) -> PipelineSource<'static> {
     PipelineSource {
         kernel: include_str!("../../shaders/kernels/decode_stream.wgsl"),
         codec: vec![codec.decode, codec.transform_source()],
-        prelude: stream_prelude(epw, lpr),
+        prelude: stream_prelude(epw, el, lpr),
         includes: codec.includes,
         constants: shared_constants(d, f, tiling).into_iter().collect(),
         entries: attention_entries(),
     }
 }
 
-/// The streaming rung's per-width prelude (8 elements per lane).
-fn stream_prelude(epw: u32, lpr: u32) -> String {
-    // (binding element, KW, load of K (`@X` = k or v, `@R` = its row words), unpack arguments of
-    // the two groups of four)
-    let (elem, kw, load, a, b) = match epw {
-        1 => (
+/// The streaming rung's per-width prelude (`el` = 8 or 16 elements per lane).
+fn stream_prelude(epw: u32, el: u32, lpr: u32) -> String {
+    // (binding element, KW, load of K (`@X` = k or v, `@R` = its row words), the half's words
+    // `x` from the lane's load `w` (`half` = 0 or 1), unpack arguments of its two groups of
+    // four)
+    let (elem, kw, load, pre, a, b) = match (epw, el) {
+        (1, 8) => (
             "vec4<u32>",
             "W8",
             "let i = row * (ly.@R / 4u) + 2u * lane;\n    return W8(@X_cache[i], @X_cache[i + 1u]);",
-            "w.a, 0u",
-            "w.b, 0u",
+            "let x = w;",
+            "x.a, 0u",
+            "x.b, 0u",
         ),
-        2 => (
+        (2, 8) => (
             "vec4<u32>",
             "vec4<u32>",
             "return @X_cache[row * (ly.@R / 4u) + lane];",
-            "vec4<u32>(w.x, w.y, 0u, 0u), 0u",
-            "vec4<u32>(w.z, w.w, 0u, 0u), 0u",
+            "let x = w;",
+            "vec4<u32>(x.x, x.y, 0u, 0u), 0u",
+            "vec4<u32>(x.z, x.w, 0u, 0u), 0u",
         ),
-        4 => (
+        (2, 16) => (
+            "vec4<u32>",
+            "W8",
+            "let i = row * (ly.@R / 4u) + 2u * lane;\n    return W8(@X_cache[i], @X_cache[i + 1u]);",
+            "let x = select(w.a, w.b, half == 1u);",
+            "vec4<u32>(x.x, x.y, 0u, 0u), 0u",
+            "vec4<u32>(x.z, x.w, 0u, 0u), 0u",
+        ),
+        (4, 8) => (
             "vec2<u32>",
             "vec2<u32>",
             "return @X_cache[row * (ly.@R / 2u) + lane];",
-            "vec4<u32>(w.x, 0u, 0u, 0u), 0u",
-            "vec4<u32>(w.y, 0u, 0u, 0u), 0u",
+            "let x = w;",
+            "vec4<u32>(x.x, 0u, 0u, 0u), 0u",
+            "vec4<u32>(x.y, 0u, 0u, 0u), 0u",
         ),
-        8 => (
+        (4, 16) => (
+            "vec4<u32>",
+            "vec4<u32>",
+            "return @X_cache[row * (ly.@R / 4u) + lane];",
+            "let x = select(w.xy, w.zw, half == 1u);",
+            "vec4<u32>(x.x, 0u, 0u, 0u), 0u",
+            "vec4<u32>(x.y, 0u, 0u, 0u), 0u",
+        ),
+        (8, 8) => (
             "u32",
             "u32",
             "return @X_cache[row * ly.@R + lane];",
-            "vec4<u32>(w, 0u, 0u, 0u), 0u",
-            "vec4<u32>(w, 0u, 0u, 0u), 1u",
+            "let x = w;",
+            "vec4<u32>(x, 0u, 0u, 0u), 0u",
+            "vec4<u32>(x, 0u, 0u, 0u), 1u",
         ),
-        16 => (
+        (8, 16) => (
+            "vec2<u32>",
+            "vec2<u32>",
+            "return @X_cache[row * (ly.@R / 2u) + lane];",
+            "let x = select(w.x, w.y, half == 1u);",
+            "vec4<u32>(x, 0u, 0u, 0u), 0u",
+            "vec4<u32>(x, 0u, 0u, 0u), 1u",
+        ),
+        (16, 8) => (
             "u32",
             "u32",
             "return @X_cache[row * ly.@R + lane / 2u];",
-            "vec4<u32>(w, 0u, 0u, 0u), 2u * (lane & 1u)",
-            "vec4<u32>(w, 0u, 0u, 0u), 2u * (lane & 1u) + 1u",
+            "let x = w;",
+            "vec4<u32>(x, 0u, 0u, 0u), 2u * (lane & 1u)",
+            "vec4<u32>(x, 0u, 0u, 0u), 2u * (lane & 1u) + 1u",
         ),
-        _ => unreachable!("stream_lanes admits 1, 2, 4, 8 and 16 elements per word"),
+        (16, 16) => (
+            "u32",
+            "u32",
+            "return @X_cache[row * ly.@R + lane];",
+            "let x = w;",
+            "vec4<u32>(x, 0u, 0u, 0u), 2u * half",
+            "vec4<u32>(x, 0u, 0u, 0u), 2u * half + 1u",
+        ),
+        _ => unreachable!("stream_lanes admits these widths and lane sizes"),
     };
     let mut s = format!(
-        "const M_MAX: u32 = {}u;\nconst LPR: u32 = {lpr}u;\nstruct W8 {{\n    a: vec4<u32>,\n    b: vec4<u32>,\n}}\nalias KW = {kw};\n",
-        super::plan::STREAM_HEADS
+        "const M_MAX: u32 = {}u;\nconst LPR: u32 = {lpr}u;\nconst HALVES: u32 = {}u;\nstruct W8 {{\n    a: vec4<u32>,\n    b: vec4<u32>,\n}}\nalias KW = {kw};\n",
+        super::plan::STREAM_HEADS,
+        el / 8
     );
     for (x, rw, bind) in [("k", "k_row_words", 5), ("v", "v_row_words", 6)] {
         let load = load.replace("@X", x).replace("@R", rw);
@@ -733,7 +772,7 @@ fn stream_prelude(epw: u32, lpr: u32) -> String {
             s,
             "@group(0) @binding({bind}) var<storage, read> {x}_cache: array<{elem}>;\n\
              fn {x}_word(row: u32, lane: u32) -> KW {{\n    {load}\n}}\n\
-             fn {x}_unpack(w: KW, lane: u32) -> E8 {{\n    return E8({x}_raw4({a}), {x}_raw4({b}));\n}}\n"
+             fn {x}_unpack(w: KW, lane: u32, half: u32) -> E8 {{\n    {pre}\n    return E8({x}_raw4({a}), {x}_raw4({b}));\n}}\n"
         );
     }
     s

@@ -16,7 +16,8 @@ use super::attention::{
 };
 use super::plan::{
     attention_smem, attention_tiling, coop_admits, decode_smem, decode_tiling, prefill_f16,
-    prefill_raw_split, prefill_smem, prefill_tiling, stream_lanes, stream_smem, stream_tiling,
+    prefill_raw_split, prefill_smem, prefill_tiling, stream_lanes, stream_lanes_at, stream_smem,
+    stream_tiling,
 };
 use super::write::{
     lane_elems, write_copy_source, write_rows_source, write_rows_tiling, write_subgroups,
@@ -259,18 +260,31 @@ fn variants() -> Vec<Variant> {
                         if m != 4 {
                             continue;
                         }
-                        // The streaming rung (4 heads per workgroup), at subgroups of 8 and 32.
-                        for sg_min in [8, 32] {
-                            let caps = test_caps(sg_min, false, false, 32768);
-                            let g = test_geometry(mode, dtype, d);
-                            if let (Some((el, lpr)), Some(t)) =
-                                (stream_lanes(&caps, &g), stream_tiling(&caps, &g))
+                        // The streaming rung (4 heads per workgroup), at 8 and 16 elements
+                        // per lane, subgroups of 32.
+                        let caps = test_caps(32, false, false, 32768);
+                        let g = test_geometry(mode, dtype, d);
+                        for el in [8, 16] {
+                            if let (Some(lpr), Some(t)) =
+                                (stream_lanes_at(&caps, &g, el), stream_tiling(&caps, &g, 0))
                             {
+                                let t = Tiling {
+                                    tile: 4 * t.wg_size / lpr,
+                                    ..t
+                                };
                                 let st = Features(sg.0 | Features::STREAM);
                                 out.push(variant(
                                     format!("decode/{base}/{st}/el{el}/lpr{lpr}"),
                                     dtype,
-                                    &decode_stream_source(&codec, d, st, t, g.elems_per_word, lpr),
+                                    &decode_stream_source(
+                                        &codec,
+                                        d,
+                                        st,
+                                        t,
+                                        g.elems_per_word,
+                                        el,
+                                        lpr,
+                                    ),
                                     C::all(),
                                 ));
                             }
@@ -653,12 +667,15 @@ fn workgroup_memory_estimates_match_naga_for_every_tiling() {
         for d in [64, 128, 256] {
             let g = test_geometry(mode, Dtype::F16, d);
             let caps = test_caps(32, false, false, 32768);
-            let (Some((_, lpr)), Some(t)) = (stream_lanes(&caps, &g), stream_tiling(&caps, &g))
-            else {
+            let keys = u64::MAX;
+            let (Some((el, lpr)), Some(t)) = (
+                stream_lanes(&caps, &g, keys),
+                stream_tiling(&caps, &g, keys),
+            ) else {
                 panic!("{mode:?} d{d}: the streaming rung must admit subgroups of 32");
             };
             let f = Features(Features::SUBGROUPS | Features::STREAM);
-            let src = decode_stream_source(&codec, d, f, t, g.elems_per_word, lpr);
+            let src = decode_stream_source(&codec, d, f, t, g.elems_per_word, el, lpr);
             let text = full_source(src.kernel, Dtype::F16, &src.parts(), src.includes).unwrap();
             let (m, i) = parse("stream", &text, C::all());
             let (m, _) = resolve("stream", &m, &i, &src.constants);

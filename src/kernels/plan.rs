@@ -52,7 +52,10 @@ pub enum AttentionPath {
     PrefillTiled,
     /// The tiled prefill kernel on cooperative matrices (tensor cores), for any batch, where
     /// the adapter has them ([`crate::Caps::coop_f16`]) and the model dtype is f16 or bf16;
-    /// [`AttentionPath::PrefillTiled`] elsewhere.
+    /// [`AttentionPath::PrefillTiled`] elsewhere. Decode batches run on it with one 16-row
+    /// block per workgroup, split over the key axis; `Auto` does not take it for them (3–8×
+    /// slower than the streaming rung on an H200: it stages every key tile through workgroup
+    /// memory between barriers, so a workgroup waits on each tile's loads; BENCHMARKS.md).
     PrefillCoop,
 }
 
@@ -117,7 +120,10 @@ pub fn launch_plan(
     let stream_ok = decode && matches!(p.path, AttentionPath::Auto | AttentionPath::DecodeStream);
     let decode_plan = if !decode {
         None
-    } else if let Some(t) = stream_ok.then(|| stream_tiling(caps, g)).flatten() {
+    } else if let Some(t) = stream_ok
+        .then(|| stream_tiling(caps, g, sum.num_seqs as u64 * sum.max_seqlen_k as u64))
+        .flatten()
+    {
         Some((t, true))
     } else {
         decode_tiling(g.head_size, limits, rows).map(|t| (t, false))
@@ -174,15 +180,44 @@ pub fn launch_plan(
         // Auto takes the prefill kernel only on cooperative matrices: its scalar twin measured
         // no faster than the unified kernel on an H200 (BENCHMARKS.md).
         let tiled = prefill_path || (coop && (sum.max_seqlen_q > 1 || prefix_ranges));
-        if let Some(tiling) = tiled.then(|| prefill_tiling(caps, g, coop)).flatten() {
+        // A decode batch on the prefill kernel (forced): one row block per workgroup, split
+        // over the key axis to fill the GPU.
+        let decode_rows = sum.max_seqlen_q <= 1 && !prefix_ranges;
+        if let Some(tiling) = tiled
+            .then(|| prefill_tiling_for(caps, g, coop, decode_rows))
+            .flatten()
+        {
             let rg = row_grid(qpk, tiling.max_m, sum, g.num_kv_heads, max_dim)?;
+            let segments = if decode_rows {
+                let fit = (limits.max_storage_buffer_binding_size
+                    / super::attention::segment_buffer_bytes(
+                        sum.num_tokens_q.max(1),
+                        p.num_q_heads,
+                        1,
+                        g.head_size,
+                    )
+                    .max(1)) as u32;
+                let n = fill_segments(
+                    p.split,
+                    p.seq_threshold_3d,
+                    sum,
+                    sum.num_seqs * rg.gy,
+                    tiling.tile,
+                    coop_decode_fill(),
+                    COOP_DECODE_SEGMENT_KEYS,
+                    coop_decode_fill(),
+                );
+                n.min(fit.max(1))
+            } else {
+                1
+            };
             return Ok(LaunchPlan {
                 kernel: Kernel::Prefill,
                 subgroups: coop,
                 stream: false,
                 coop,
-                segments: 1,
-                grid: [rg.gx, rg.gy, 1],
+                segments,
+                grid: [rg.gx, rg.gy, segments],
                 tiling,
                 heads_per_wg: rg.hg,
                 q_per_wg: rg.bq,
@@ -449,7 +484,16 @@ pub fn prefill_s_len(t: &Tiling, head_dim: u32, f16: bool) -> u32 {
 /// an 8k causal prompt in 24.9 ms against 33.1 ms for 32-key tiles (30 KiB); with the kernel
 /// of `07a82d7`, 14.4 ms against 26.5 ms (BENCHMARKS.md). `None` where none fits, or the head size is not a multiple of 16 up to
 /// 256: the unified kernel runs then.
+#[cfg(test)]
 pub fn prefill_tiling(caps: &Caps, g: &Geometry, coop: bool) -> Option<Tiling> {
+    prefill_tiling_for(caps, g, coop, false)
+}
+
+/// [`prefill_tiling`], or with `decode` (a batch whose every query length is <= 1, split over
+/// the key axis) the one-row-block tilings first: a decode row holds one token's query heads
+/// of a KV head, so 16 rows hold a GQA group of up to 16 heads, and a workgroup of one
+/// subgroup (16-key tiles, then 32) leaves room for many per multiprocessor.
+pub fn prefill_tiling_for(caps: &Caps, g: &Geometry, coop: bool, decode: bool) -> Option<Tiling> {
     let d = g.head_size;
     if !d.is_multiple_of(16) || d == 0 || d > 256 {
         return None;
@@ -457,10 +501,10 @@ pub fn prefill_tiling(caps: &Caps, g: &Geometry, coop: bool) -> Option<Tiling> {
     let lanes = if coop { caps.subgroup_min_size } else { 16 };
     let f16 = prefill_f16(caps, g, coop);
     let limits = &caps.limits;
-    let order: &[(u32, u32)] = if coop {
-        &[(4, 16), (2, 16), (4, 32), (2, 32), (1, 16), (4, 64)]
-    } else {
-        &[(4, 64), (4, 32), (4, 16), (2, 32), (2, 16), (1, 16)]
+    let order: &[(u32, u32)] = match (coop, decode) {
+        (_, true) => &[(1, 16), (1, 32), (2, 16)],
+        (true, false) => &[(4, 16), (2, 16), (4, 32), (2, 32), (1, 16), (4, 64)],
+        (false, false) => &[(4, 64), (4, 32), (4, 16), (2, 32), (2, 16), (1, 16)],
     };
     order
         .iter()
@@ -528,27 +572,75 @@ pub fn decode_tiling(head_dim: u32, limits: &wgpu::Limits, max_m: u32) -> Option
 }
 
 /// The streaming decode rung's lane geometry `(EL, LPR)` for `g` on a device with `caps`, or
-/// `None` where it does not apply: each lane holds `EL` = 8 consecutive elements of a row
-/// (one load of 16 bytes for 16-bit rows, two for f32, 8 bytes for 8-bit codes, 4 for 4-bit,
-/// half a word for 2-bit), `LPR = head_size / 8` lanes per row, a power of two of at most 32
+/// `None` where it does not apply: each lane holds `EL` consecutive elements of a row, 8 (one
+/// load of 16 bytes for 16-bit rows, two for f32, 8 bytes for 8-bit codes, 4 for 4-bit, half a
+/// word for 2-bit) or 16 ([`stream_el`]: twice the bytes per load, the per-key work shared by
+/// twice the elements), `LPR = head_size / EL` lanes per row, a power of two of at most 32
 /// that the adapter's smallest subgroup holds. The workgroup's query heads (at most 4) are the
-/// components of a vec4, so query and accumulators take 64 registers whatever the mode.
-pub fn stream_lanes(caps: &Caps, g: &Geometry) -> Option<(u32, u32)> {
+/// components of a vec4, so query and accumulators take 64 registers per 8 elements.
+pub fn stream_lanes(caps: &Caps, g: &Geometry, keys: u64) -> Option<(u32, u32)> {
+    let first = stream_el(g, keys);
+    // The preferred width, else the other one.
+    [first, 24 - first]
+        .into_iter()
+        .find_map(|el| stream_lanes_at(caps, g, el).map(|lpr| (el, lpr)))
+}
+
+/// `LPR` of the streaming rung at `el` (8 or 16) elements per lane, where that fits.
+pub fn stream_lanes_at(caps: &Caps, g: &Geometry, el: u32) -> Option<u32> {
     let d = g.head_size;
     let epw = g.elems_per_word;
-    let lpr = d / STREAM_EL;
+    let lpr = d / el;
     let fits = caps.subgroups
-        && d.is_multiple_of(STREAM_EL)
+        && (el == 8 || el == 16)
+        && d.is_multiple_of(el)
         && lpr.is_power_of_two()
         && lpr <= 32
         && lpr <= caps.subgroup_min_size
         && matches!(epw, 1 | 2 | 4 | 8 | 16)
-        && (epw <= STREAM_EL || d.is_multiple_of(epw));
-    fits.then_some((STREAM_EL, lpr))
+        && (el == 8 || epw >= 2)
+        && (epw <= el || d.is_multiple_of(epw));
+    fits.then_some(lpr)
 }
 
-/// Elements per lane of the streaming decode rung.
-const STREAM_EL: u32 = 8;
+/// Elements per lane of the streaming decode rung for `g` on a batch of up to `keys` keys
+/// (sequences × longest context) it prefers: 16 for 16-bit rows and codes of at most 8 bits
+/// at head sizes of at least 128 on batches of at least [`STREAM_WIDE_KEYS`] keys, else 8
+/// (`QUANTKV_DEBUG_STREAM_EL` = 8 or 16 with `debug-knobs`; f32 rows always 8). Measured on an
+/// H200 (BENCHMARKS.md): 16 is 1.03–1.22× faster from B=1 L=32k and B=8 L=8k up (the per-key
+/// work shared by twice the elements), but slower on the latency-bound B=1 L ≤ 4k (22.5 vs
+/// 24.8 µs at 1k) and at head size 64 (4 lanes per row: 51.4 vs 52.8 µs).
+pub fn stream_el(g: &Geometry, keys: u64) -> u32 {
+    let wide = g.elems_per_word >= 2 && g.head_size.is_multiple_of(16);
+    #[cfg(feature = "debug-knobs")]
+    {
+        static EL: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+        if let Some(el) = *EL.get_or_init(|| {
+            std::env::var("QUANTKV_DEBUG_STREAM_EL")
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+                .filter(|v| *v == 8 || *v == 16)
+        }) {
+            return if wide { el } else { 8 };
+        }
+    }
+    if wide && g.head_size >= 128 && keys >= STREAM_WIDE_KEYS {
+        16
+    } else {
+        8
+    }
+}
+
+/// Keys (sequences × longest context) from which the streaming rung takes 16 elements per
+/// lane ([`stream_el`]).
+pub const STREAM_WIDE_KEYS: u64 = 16384;
+
+/// `(EL, LPR)` of a streaming-rung tiling for head size `d` (its `tile` is `U` keys per key
+/// group of `LPR` lanes).
+pub fn stream_geometry(t: &Tiling, d: u32) -> (u32, u32) {
+    let lpr = STREAM_U * t.wg_size / t.tile;
+    (d / lpr, lpr)
+}
 
 /// Query heads per workgroup of the streaming decode rung (the components of a vec4).
 pub const STREAM_HEADS: u32 = 4;
@@ -559,8 +651,8 @@ const STREAM_U: u32 = 4;
 /// The streaming rung's tiling: `wg_size` threads (128, or the `QUANTKV_DEBUG_DECODE_WG`
 /// knob), 4 query heads, `tile` = keys one round of the workgroup's subgroups streams at the
 /// adapter's smallest subgroup (`U` per key group).
-pub fn stream_tiling(caps: &Caps, g: &Geometry) -> Option<Tiling> {
-    let (_, lpr) = stream_lanes(caps, g)?;
+pub fn stream_tiling(caps: &Caps, g: &Geometry, keys: u64) -> Option<Tiling> {
+    let (_, lpr) = stream_lanes(caps, g, keys)?;
     let wg_size = decode_knobs().0.unwrap_or(128).clamp(32, 1024);
     let limits = &caps.limits;
     let fits = wg_size <= limits.max_compute_invocations_per_workgroup
@@ -593,6 +685,56 @@ pub fn stream_segments(
     grid_2d: u32,
     tile: u32,
 ) -> u32 {
+    fill_segments(
+        split,
+        seq_threshold_3d,
+        sum,
+        grid_2d,
+        tile,
+        STREAM_FILL_WORKGROUPS,
+        STREAM_SEGMENT_KEYS,
+        stream_target(),
+    )
+}
+
+/// Workgroups the prefill kernel's split-K fills the GPU with first on a decode batch (its
+/// workgroups are one subgroup: eight per multiprocessor of a 132-multiprocessor GPU).
+pub const COOP_DECODE_FILL_WORKGROUPS: u32 = 1056;
+
+/// Keys per segment of the prefill kernel's split-K on a decode batch once the GPU is filled.
+pub const COOP_DECODE_SEGMENT_KEYS: u32 = 512;
+
+fn coop_decode_fill() -> u32 {
+    #[cfg(feature = "debug-knobs")]
+    {
+        static T: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+        if let Some(t) = *T.get_or_init(|| {
+            std::env::var("QUANTKV_DEBUG_COOP_DECODE_FILL")
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+                .filter(|v| *v > 0)
+        }) {
+            return t;
+        }
+    }
+    COOP_DECODE_FILL_WORKGROUPS
+}
+
+/// Split-K segments that give a decode batch's `grid_2d` workgroups at least `fill`
+/// workgroups where the context allows segments of four tiles, else segments of `seg_keys`
+/// keys, never more than `target` workgroups or [`MAX_SEGMENTS`] segments; 1 for batches with
+/// prompts or past the 3D threshold.
+#[allow(clippy::too_many_arguments)]
+fn fill_segments(
+    split: SplitK,
+    seq_threshold_3d: Option<u32>,
+    sum: &StepSummary,
+    grid_2d: u32,
+    tile: u32,
+    fill: u32,
+    seg_keys: u32,
+    target: u32,
+) -> u32 {
     if sum.max_seqlen_q > 1 || seq_threshold_3d.is_some_and(|t| sum.num_seqs > t) {
         return 1;
     }
@@ -600,15 +742,14 @@ pub fn stream_segments(
         SplitK::Off => 1,
         SplitK::Segments(n) => n,
         SplitK::Auto => {
-            let target = stream_target();
             let grid = grid_2d.max(1);
             if grid >= target / 2 {
                 return 1;
             }
             let l = sum.max_seqlen_k;
-            let n = STREAM_FILL_WORKGROUPS
+            let n = fill
                 .div_ceil(grid)
-                .max(l / STREAM_SEGMENT_KEYS)
+                .max(l / seg_keys)
                 .min(target.div_ceil(grid))
                 .min(l / (4 * tile))
                 .min(MAX_SEGMENTS);

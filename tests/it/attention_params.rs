@@ -37,6 +37,7 @@ fn extended_every_parameter_on_every_mode() {
     gemma_softcap_and_window();
     everything_at_once();
     prefill_kernel_rescales_tiles_and_pads_rows();
+    decode_rows_on_the_prefill_kernel_split_over_keys();
     window_visits_only_blocks_near_the_window();
     fp8_output_scale();
 }
@@ -371,6 +372,45 @@ fn prefill_kernel_rescales_tiles_and_pads_rows() {
             check(0x5E0 + 4 * i as u64 + j as u64, seqs, hq, hkv, d, ex);
         }
     }
+}
+
+/// Decode batches forced onto the prefill kernel (on cooperative matrices where the adapter
+/// has them, its scalar twin elsewhere; `Auto` never takes it for decode), split over the
+/// key axis: the planner's
+/// segments, forced segments with sinks, softcap, ALiBi and a window (sinks join in the reduce
+/// pass), GQA 4 at head size 128 (extended matrix), and a segment count that leaves some
+/// segments without keys.
+#[test]
+fn decode_rows_on_the_prefill_kernel_split_over_keys() {
+    let all = Extras {
+        path: AttentionPath::PrefillCoop,
+        softcap: 2.0,
+        sinks: true,
+        alibi: true,
+        window_left: Some(70),
+        split: SplitK::Segments(4),
+        ..Default::default()
+    };
+    check(0x3C0, DECODE, 8, 2, 64, all);
+    let auto = Extras {
+        path: AttentionPath::PrefillCoop,
+        ..Default::default()
+    };
+    if extended() {
+        check(0x3C1, &[(1, 700), (1, 45)], 8, 2, 128, auto.clone());
+    }
+    // 16-key tiles: 40 keys are 3 tiles, so 8 segments leave most of them empty.
+    check(
+        0x3C2,
+        &[(1, 40), (1, 3)],
+        4,
+        1,
+        64,
+        Extras {
+            split: SplitK::Segments(8),
+            ..auto
+        },
+    );
 }
 
 #[test]
@@ -808,5 +848,61 @@ fn decode_stream_rung() {
         };
         let out = run_case(ctx, 0x57F0, &s, &ex).unwrap();
         assert_close(&out, Dtype::F16);
+    }
+}
+
+/// The streaming rung at 16 elements per lane (head size 128 on a batch of at least
+/// `STREAM_WIDE_KEYS` keys: 13 sequences, the longest 1300), every code width it takes
+/// there (16-bit rows, 8-bit codes with and without a scale cache, 4- and 2-bit rotation
+/// modes), split with sinks, ALiBi and softcap. On lavapipe (subgroups of 8) 16 elements per
+/// lane is the only width that fits head size 128.
+#[test]
+fn decode_stream_rung_sixteen_elements_per_lane() {
+    let Some(ctx) = context() else { return };
+    let mut seqs = vec![(1u32, 1300u32), (1, 700)];
+    seqs.extend((0..11).map(|i| (1, 2 + 7 * i)));
+    assert!(seqs.len() as u64 * 1300 >= 16384); // the planner's STREAM_WIDE_KEYS
+    let mut ran = 0;
+    for (i, mode) in [
+        KvQuantMode::None,
+        KvQuantMode::Int8PerTokenHead,
+        KvQuantMode::Fp8PerTensor,
+        KvQuantMode::Int4PerTokenHead,
+        KvQuantMode::Int2PerTokenHead,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if !takes_stream(ctx, mode, Dtype::F16, 8, 2, 128) && !ctx.caps().subgroups {
+            eprintln!("SKIPPING 16 elements per lane for {mode:?}: this adapter has no subgroups");
+            continue;
+        }
+        let ex = Extras {
+            split: SplitK::Segments(3),
+            path: AttentionPath::DecodeStream,
+            sinks: true,
+            alibi: true,
+            softcap: 30.0,
+            llm_like: true,
+            ..Default::default()
+        };
+        let mut s = shape(&seqs, 8, 2, 128, Dtype::F16);
+        s.mode = mode;
+        let out =
+            run_case(ctx, 0x5800 + i as u64, &s, &ex).unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+        assert_close(&out, Dtype::F16);
+        ran += 1;
+    }
+    if ctx.caps().subgroups {
+        assert_eq!(ran, 5);
+        // 16 elements per lane at head size 128: 8 lanes per row, 64 keys per round of a
+        // 128-thread workgroup.
+        let built = ctx.built_pipelines();
+        assert!(
+            built
+                .iter()
+                .any(|l| l.contains("int2_per_token_head") && l.contains("stream/t64w128m4")),
+            "no 16-element streaming pipeline was built: {built:?}"
+        );
     }
 }
