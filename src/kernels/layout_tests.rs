@@ -337,17 +337,19 @@ fn variants() -> Vec<Variant> {
                     ));
                 }
             }
-            let wt = Tiling {
-                wg_size: 64,
-                tile: 0,
-                max_m: 0,
-            };
-            out.push(variant(
-                format!("write_copy/{}", dtype.name()),
-                dtype,
-                &write_copy_source(wt),
-                no_subgroups(),
-            ));
+            for ch in [1, 2, 4] {
+                let wt = Tiling {
+                    wg_size: 64,
+                    tile: ch,
+                    max_m: 0,
+                };
+                out.push(variant(
+                    format!("write_copy/{}/ch{ch}", dtype.name()),
+                    dtype,
+                    &write_copy_source(wt),
+                    no_subgroups(),
+                ));
+            }
             if codec.encode.is_some() {
                 for d in (32..=256).step_by(16) {
                     let t = write_rows_tiling(d, backend.packing_factor());

@@ -78,7 +78,7 @@ pub(crate) fn encode(
     let groups = if copy {
         let words = n as u64 * cfg.num_kv_heads as u64 * lu.k_row_words as u64;
         debug_assert!(lu.k_row_words.is_multiple_of(4));
-        (words / 4).div_ceil(tiling.wg_size as u64)
+        (words / (4 * tiling.tile as u64)).div_ceil(tiling.wg_size as u64)
     } else {
         (n as u64 * cfg.num_kv_heads as u64 * 2).div_ceil(tiling.tile as u64)
     };
@@ -138,13 +138,32 @@ pub(crate) fn pipeline(ctx: &Context, layer: &LayerRef<'_>) -> Result<(Arc<Compi
     Ok((compiled, tiling))
 }
 
-/// Geometry of the row-copy write kernel: 256 threads, four u32 words each.
+/// Geometry of the row-copy write kernel: 256 threads, each `tile` = CH = 2 16-byte pieces
+/// (the `QUANTKV_DEBUG_WRITE_CH` knob: 1, 2 or 4), consecutive threads on consecutive pieces.
+/// Measured on an H200, 4096 tokens (BENCHMARKS.md): CH 1 17.2 µs, 2 16.1, 4 16.8; with each
+/// thread's pieces adjacent instead (loads strided across the subgroup) 2 and 4 were slower
+/// than 1 (22.5, 27.7 µs).
 pub fn write_copy_tiling() -> Tiling {
     Tiling {
         wg_size: 256,
-        tile: 0,
+        tile: write_ch_knob().unwrap_or(2),
         max_m: 0,
     }
+}
+
+fn write_ch_knob() -> Option<u32> {
+    #[cfg(feature = "debug-knobs")]
+    {
+        static CH: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+        return *CH.get_or_init(|| {
+            std::env::var("QUANTKV_DEBUG_WRITE_CH")
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+                .filter(|v| matches!(v, 1 | 2 | 4))
+        });
+    }
+    #[allow(unreachable_code)]
+    None
 }
 
 /// Elements per lane of the quantizing write kernel (`E` in write_rows.wgsl): whole code words,
@@ -174,7 +193,10 @@ pub fn write_copy_source(tiling: Tiling) -> PipelineSource<'static> {
         codec: vec![],
         prelude: String::new(),
         includes: &[],
-        constants: vec![("WG_SIZE", tiling.wg_size as f64)],
+        constants: vec![
+            ("WG_SIZE", tiling.wg_size as f64),
+            ("CH", tiling.tile.max(1) as f64),
+        ],
         entries: vec![
             uniform_entry(0),
             uniform_entry(1),
@@ -209,6 +231,7 @@ pub fn write_rows_source(
     subgroups: bool,
 ) -> PipelineSource<'static> {
     let mut src = write_copy_source(tiling);
+    src.constants.retain(|(k, _)| *k != "CH"); // the row copy's alone
     src.kernel = if subgroups {
         include_str!("../../shaders/kernels/write_entry_sg.wgsl")
     } else {

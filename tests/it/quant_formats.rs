@@ -731,3 +731,73 @@ fn gpu_row_scales_are_the_exact_quotients() {
         }
     }
 }
+
+/// The row copy of mode `none` (kernels/write_copy.wgsl) moves several 16-byte pieces per
+/// thread (2; a thread's pieces a workgroup apart, so they cross rows and tokens): rows of 6,
+/// 8, 12 and 10 pieces (f16 at head size 48 and 64, f32 at 48, bf16 at 80), two kv heads, a
+/// last workgroup only partly filled, slots out of order with padding; rows bit for bit in
+/// their slots and nothing else written (`QUANTKV_DEBUG_WRITE_CH` runs it at 1 and 4).
+#[test]
+fn row_copy_moves_several_pieces_per_thread() {
+    let Some(ctx) = context() else { return };
+    for (i, (dtype, d)) in [
+        (Dtype::F16, 48u32),
+        (Dtype::F16, 64),
+        (Dtype::F32, 48),
+        (Dtype::Bf16, 80),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (n, hkv) = (37usize, 2u32);
+        let cfg = CacheConfig {
+            num_layers: 1,
+            num_blocks: 4,
+            block_size: 16,
+            num_kv_heads: hkv,
+            head_size: d,
+            mode: KvQuantMode::None,
+            dtype,
+            ..Default::default()
+        };
+        let cache = KvCache::new(ctx, &cfg).unwrap();
+        let mut slots: Vec<i32> = (0..n as i32).map(|t| (t * 7 + 3) % 61).collect();
+        slots[5] = -1;
+        let plan = BatchPlan::new(
+            ctx,
+            &cfg,
+            &StepInput {
+                slot_mapping: &slots,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut rng = quantkv::reference::rng::SplitMix64::new(0x7C0 + i as u64);
+        let len = n * (hkv * d) as usize;
+        // Values every dtype holds exactly (multiples of 1/64 in [-4, 4)).
+        let keys: Vec<f64> = (0..len)
+            .map(|_| (rng.next_u64() % 512) as f64 / 64.0 - 4.0)
+            .collect();
+        let vals: Vec<f64> = (0..len)
+            .map(|_| (rng.next_u64() % 512) as f64 / 64.0 - 4.0)
+            .collect();
+        let (kb, vb) = (
+            ctx.upload("k", &dtype.encode(&keys)),
+            ctx.upload("v", &dtype.encode(&vals)),
+        );
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        cache
+            .reshape_and_cache(
+                ctx,
+                &mut enc,
+                &plan,
+                0,
+                Tensor::new(&kb, dtype, [n as u32, hkv, d]),
+                Tensor::new(&vb, dtype, [n as u32, hkv, d]),
+            )
+            .unwrap();
+        ctx.queue.submit([enc.finish()]);
+        check_layout(ctx, &cache, &keys, &vals, &slots)
+            .unwrap_or_else(|e| panic!("{dtype:?} d{d}: {e}"));
+    }
+}
