@@ -48,8 +48,8 @@ struct E8 {
     b: vec4<f32>,
 }
 
-// The lane's query: e_i = element i of every head.
-struct Q8 {
+// Eight elements of every head: e_i = element i of the four heads.
+struct H8 {
     e0: vec4<f32>,
     e1: vec4<f32>,
     e2: vec4<f32>,
@@ -59,6 +59,9 @@ struct Q8 {
     e6: vec4<f32>,
     e7: vec4<f32>,
 }
+
+// The lane's query (8 elements).
+alias Q8 = H8;
 
 // The lane's query, both halves (`hi` is zero and unused with HALVES = 1).
 struct QL {
@@ -66,17 +69,8 @@ struct QL {
     hi: Q8,
 }
 
-// Accumulators of 8 elements: e_i = element i of every head.
-struct Acc8 {
-    e0: vec4<f32>,
-    e1: vec4<f32>,
-    e2: vec4<f32>,
-    e3: vec4<f32>,
-    e4: vec4<f32>,
-    e5: vec4<f32>,
-    e6: vec4<f32>,
-    e7: vec4<f32>,
-}
+// Accumulators of 8 elements.
+alias Acc8 = H8;
 
 // A key group's running state (identical in its LPR lanes but for the accumulators' elements).
 struct Run {

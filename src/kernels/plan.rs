@@ -612,17 +612,9 @@ pub fn stream_lanes_at(caps: &Caps, g: &Geometry, el: u32) -> Option<u32> {
 /// 24.8 µs at 1k) and at head size 64 (4 lanes per row: 51.4 vs 52.8 µs).
 pub fn stream_el(g: &Geometry, keys: u64) -> u32 {
     let wide = g.elems_per_word >= 2 && g.head_size.is_multiple_of(16);
-    #[cfg(feature = "debug-knobs")]
-    {
-        static EL: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-        if let Some(el) = *EL.get_or_init(|| {
-            std::env::var("QUANTKV_DEBUG_STREAM_EL")
-                .ok()
-                .and_then(|v| v.parse::<u32>().ok())
-                .filter(|v| *v == 8 || *v == 16)
-        }) {
-            return if wide { el } else { 8 };
-        }
+    static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    if let Some(el) = env_knob(&KNOB, "QUANTKV_DEBUG_STREAM_EL").filter(|v| *v == 8 || *v == 16) {
+        return if wide { el } else { 8 };
     }
     if wide && g.head_size >= 128 && keys >= STREAM_WIDE_KEYS {
         16
@@ -705,19 +697,10 @@ pub const COOP_DECODE_FILL_WORKGROUPS: u32 = 1056;
 pub const COOP_DECODE_SEGMENT_KEYS: u32 = 512;
 
 fn coop_decode_fill() -> u32 {
-    #[cfg(feature = "debug-knobs")]
-    {
-        static T: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-        if let Some(t) = *T.get_or_init(|| {
-            std::env::var("QUANTKV_DEBUG_COOP_DECODE_FILL")
-                .ok()
-                .and_then(|v| v.parse::<u32>().ok())
-                .filter(|v| *v > 0)
-        }) {
-            return t;
-        }
-    }
-    COOP_DECODE_FILL_WORKGROUPS
+    static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    env_knob(&KNOB, "QUANTKV_DEBUG_COOP_DECODE_FILL")
+        .filter(|v| *v > 0)
+        .unwrap_or(COOP_DECODE_FILL_WORKGROUPS)
 }
 
 /// Split-K segments that give a decode batch's `grid_2d` workgroups at least `fill`
@@ -773,19 +756,10 @@ pub const STREAM_SEGMENT_KEYS: u32 = 1024;
 pub const STREAM_TARGET_WORKGROUPS: u32 = 1024;
 
 fn stream_target() -> u32 {
-    #[cfg(feature = "debug-knobs")]
-    {
-        static T: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-        if let Some(t) = *T.get_or_init(|| {
-            std::env::var("QUANTKV_DEBUG_STREAM_TARGET")
-                .ok()
-                .and_then(|v| v.parse::<u32>().ok())
-                .filter(|v| *v > 0)
-        }) {
-            return t;
-        }
-    }
-    STREAM_TARGET_WORKGROUPS
+    static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    env_knob(&KNOB, "QUANTKV_DEBUG_STREAM_TARGET")
+        .filter(|v| *v > 0)
+        .unwrap_or(STREAM_TARGET_WORKGROUPS)
 }
 
 /// Rows per attention workgroup: all query heads of a KV head for decode batches (rounded

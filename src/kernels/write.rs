@@ -152,18 +152,16 @@ pub fn write_copy_tiling() -> Tiling {
 }
 
 fn write_ch_knob() -> Option<u32> {
-    #[cfg(feature = "debug-knobs")]
-    {
-        static CH: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-        return *CH.get_or_init(|| {
-            std::env::var("QUANTKV_DEBUG_WRITE_CH")
-                .ok()
-                .and_then(|v| v.parse::<u32>().ok())
-                .filter(|v| matches!(v, 1 | 2 | 4))
-        });
+    if !cfg!(feature = "debug-knobs") {
+        return None;
     }
-    #[allow(unreachable_code)]
-    None
+    static CH: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *CH.get_or_init(|| {
+        std::env::var("QUANTKV_DEBUG_WRITE_CH")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|v| matches!(v, 1 | 2 | 4))
+    })
 }
 
 /// Elements per lane of the quantizing write kernel (`E` in write_rows.wgsl): whole code words,
