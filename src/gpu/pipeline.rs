@@ -185,10 +185,12 @@ pub struct PipelineCache {
     clock: AtomicU64,
 }
 
-/// One key's slot: a per-key once-cell (its own mutex), so compiling one variant never blocks
-/// callers that need another, and two callers needing the same variant compile it once.
+/// One key's slot: a per-key once-cell, so compiling one variant never blocks callers that
+/// need another, two callers needing the same variant compile it once (under `building`), and
+/// once built a lookup takes no lock but the map's read lock.
 struct Entry {
-    compiled: std::sync::Mutex<Option<Arc<Compiled>>>,
+    compiled: std::sync::OnceLock<Arc<Compiled>>,
+    building: std::sync::Mutex<()>,
     last_used: AtomicU64,
 }
 
@@ -254,7 +256,7 @@ impl PipelineCache {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
         let mut v: Vec<String> = map
             .iter()
-            .filter(|(_, e)| e.compiled.lock().map(|c| c.is_some()).unwrap_or(false))
+            .filter(|(_, e)| e.compiled.get().is_some())
             .map(|(k, _)| k.to_string())
             .collect();
         v.sort();
@@ -300,7 +302,8 @@ impl PipelineCache {
                 map.entry(key)
                     .or_insert_with(|| {
                         Arc::new(Entry {
-                            compiled: std::sync::Mutex::new(None),
+                            compiled: std::sync::OnceLock::new(),
+                            building: std::sync::Mutex::new(()),
                             last_used: AtomicU64::new(now),
                         })
                     })
@@ -308,12 +311,17 @@ impl PipelineCache {
             }
         };
         slot.last_used.store(now, Ordering::Relaxed);
-        let mut cell = slot.compiled.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = cell.as_ref() {
+        if let Some(c) = slot.compiled.get() {
+            return Ok(c.clone());
+        }
+        // Not built yet: one caller builds it, others needing it wait here (a failed build
+        // leaves the cell empty, so the next caller tries again).
+        let _building = slot.building.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = slot.compiled.get() {
             return Ok(c.clone());
         }
         let built = Arc::new(build(ctx, &key, source())?);
-        *cell = Some(built.clone());
+        let _ = slot.compiled.set(built.clone());
         Ok(built)
     }
 }
