@@ -659,9 +659,10 @@ pub fn decode_source(
 }
 
 /// The streaming decode rung's source (`epw` elements per cached u32 word, `el` elements per
-/// lane, `lpr` lanes per row; see `shaders/kernels/decode_stream.wgsl`), override constants and layout. The prelude
-/// gives the lane's load of a row at the code width: the K/V bindings' element type, the word
-/// type `KW`, `k_word` / `v_word` and `k_unpack` / `v_unpack`.
+/// lane, `lpr` lanes per row; see `shaders/kernels/decode_stream.wgsl`), override constants
+/// and layout. The prelude gives the lane's load of a row at the code width: the K/V
+/// bindings' element type, the word type `KW`, `k_word` / `v_word` and `k_unpack` /
+/// `v_unpack`.
 pub fn decode_stream_source(
     codec: &Codec,
     d: u32,

@@ -139,25 +139,46 @@ fn gpu_write(ctx: &Context, mode: KvQuantMode, rows: &[f32], d: u32, tensor_scal
         .set_tensor_scales(0, tensor_scale, tensor_scale)
         .unwrap();
     let slots: Vec<i32> = (0..n as i32).rev().collect();
+    let vals: Vec<f64> = rows.iter().map(|&x| x as f64).collect();
+    write_and_check(ctx, &cache, &slots, &vals, &vals).unwrap();
+    cache
+}
+
+/// Writes `keys` / `values` (`[slots.len(), kv heads, head size]`, encoded as the cache's
+/// dtype) through the GPU write path into `slots` and checks the layout against the CPU
+/// quantizer (`check_layout`).
+fn write_and_check(
+    ctx: &Context,
+    cache: &KvCache,
+    slots: &[i32],
+    keys: &[f64],
+    values: &[f64],
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let cfg = *cache.config();
     let plan = BatchPlan::new(
         ctx,
         &cfg,
         &StepInput {
-            slot_mapping: &slots,
+            slot_mapping: slots,
             ..Default::default()
         },
-    )
-    .unwrap();
-    let buf = ctx.upload("rows", bytemuck::cast_slice(rows));
+    )?;
+    let (kb, vb) = (
+        ctx.upload("k", &cfg.dtype.encode(keys)),
+        ctx.upload("v", &cfg.dtype.encode(values)),
+    );
+    let shape = [slots.len() as u32, cfg.num_kv_heads, cfg.head_size];
     let mut enc = ctx.device.create_command_encoder(&Default::default());
-    let t = Tensor::new(&buf, Dtype::F32, [n as u32, 1, d]);
-    cache
-        .reshape_and_cache(ctx, &mut enc, &plan, 0, t, t)
-        .unwrap();
+    cache.reshape_and_cache(
+        ctx,
+        &mut enc,
+        &plan,
+        0,
+        Tensor::new(&kb, cfg.dtype, shape),
+        Tensor::new(&vb, cfg.dtype, shape),
+    )?;
     ctx.queue.submit([enc.finish()]);
-    let vals: Vec<f64> = rows.iter().map(|&x| x as f64).collect();
-    check_layout(ctx, &cache, &vals, &vals, &slots).unwrap();
-    cache
+    check_layout(ctx, cache, keys, values, slots)
 }
 
 #[test]
@@ -763,15 +784,6 @@ fn row_copy_moves_several_pieces_per_thread() {
         let cache = KvCache::new(ctx, &cfg).unwrap();
         let mut slots: Vec<i32> = (0..n as i32).map(|t| (t * 7 + 3) % 61).collect();
         slots[5] = -1;
-        let plan = BatchPlan::new(
-            ctx,
-            &cfg,
-            &StepInput {
-                slot_mapping: &slots,
-                ..Default::default()
-            },
-        )
-        .unwrap();
         let mut rng = quantkv::reference::rng::SplitMix64::new(0x7C0 + i as u64);
         let len = n * (hkv * d) as usize;
         // Values every dtype holds exactly (multiples of 1/64 in [-4, 4)).
@@ -781,23 +793,7 @@ fn row_copy_moves_several_pieces_per_thread() {
         let vals: Vec<f64> = (0..len)
             .map(|_| (rng.next_u64() % 512) as f64 / 64.0 - 4.0)
             .collect();
-        let (kb, vb) = (
-            ctx.upload("k", &dtype.encode(&keys)),
-            ctx.upload("v", &dtype.encode(&vals)),
-        );
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
-        cache
-            .reshape_and_cache(
-                ctx,
-                &mut enc,
-                &plan,
-                0,
-                Tensor::new(&kb, dtype, [n as u32, hkv, d]),
-                Tensor::new(&vb, dtype, [n as u32, hkv, d]),
-            )
-            .unwrap();
-        ctx.queue.submit([enc.finish()]);
-        check_layout(ctx, &cache, &keys, &vals, &slots)
+        write_and_check(ctx, &cache, &slots, &keys, &vals)
             .unwrap_or_else(|e| panic!("{dtype:?} d{d}: {e}"));
     }
 }
