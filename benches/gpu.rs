@@ -4,7 +4,7 @@
 //!
 //!   cargo bench --bench gpu -- [--quick] [--out DIR] [--shapes-json FILE] [--filter A,B,..]
 //!                               [--modes none,int4_per_token_head,..] [--paths auto,stream,..]
-//!                               [--no-subgroups]
+//!                               [--no-subgroups] [--batch N] [--one-pass] [--floor]
 //!
 //! `--shapes-json` writes the shapes for `benches/sdpa.py`, which times PyTorch SDPA on them in
 //! the same device command; `--sdpa FILE` reads its results back and adds the ratio columns.
@@ -347,11 +347,114 @@ fn warm_ms() -> f64 {
     WARM_MS.load(std::sync::atomic::Ordering::Relaxed) as f64
 }
 
+/// Calls recorded between one pair of timestamps (`--batch N`, default 1): the time per call
+/// is the span over N, as SDPA's CUDA-graph replay over N layers is timed, so the timestamps'
+/// own cost and the GPU's idle gap before the first dispatch are shared by N calls.
+static BATCH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
+fn batch() -> u32 {
+    BATCH.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `--one-pass` (with `--batch N`): the N calls of a span are recorded into one compute pass
+/// (`unified_attention_in`), as an engine records a step, instead of a pass per call.
+static ONE_PASS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `--floor`: what a call costs before it does any work, timed like the attention rows: one
+/// workgroup writing a word, two such dispatches where the second reads the first's word
+/// (a dependency, so a barrier between them), and copies of 4 and 16 MiB (the K/V bytes of
+/// B=1 L=1k and L=4k at Hkv 8, D 128); then a dependent chain of N global loads in 264
+/// workgroups (what each round trip to memory costs in a latency-bound kernel).
+fn micro_floor(ctx: &Context) -> Result<()> {
+    const ONE: &str = "@group(0) @binding(0) var<storage, read_write> d: array<u32>;\n\
+        @compute @workgroup_size(64) fn main(@builtin(local_invocation_index) l: u32) { if (l == 0u) { d[0] = d[0] + 1u; } }";
+    let d = ctx.zeroed("floor_d", 1 << 20);
+    let one = simple_kernel_us(ctx, ONE, &[&d], 1)?;
+    println!("floor: one workgroup, one dispatch per call: {one:.2} us");
+    let pipe = |src: &str| {
+        let m = ctx
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some("floor"),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            });
+        ctx.device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some("floor"),
+                layout: None,
+                module: &m,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+    };
+    let p = pipe(ONE);
+    let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &p.get_bind_group_layout(0),
+        entries: &[wgpu::BindGroupEntry {
+            binding: 0,
+            resource: d.as_entire_binding(),
+        }],
+    });
+    let two = time_runs(ctx, 5.min(runs()), runs(), |enc| {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&p);
+        pass.set_bind_group(0, &bg, &[]);
+        pass.dispatch_workgroups(1, 1, 1);
+        pass.dispatch_workgroups(1, 1, 1);
+        Ok(())
+    })?;
+    println!("floor: two dependent one-workgroup dispatches per call: {two:.2} us");
+    let eight = time_spans(ctx, 5.min(runs()), runs(), 1, 8, |enc| {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&p);
+        pass.set_bind_group(0, &bg, &[]);
+        for _ in 0..8 {
+            pass.dispatch_workgroups(1, 1, 1);
+        }
+        Ok(())
+    })?;
+    println!("floor: eight dependent one-workgroup dispatches in one pass: {eight:.2} us each");
+    for mib in [4u64, 16] {
+        let a = ctx.zeroed("floor_a", mib << 20);
+        let b = ctx.zeroed("floor_b", mib << 20);
+        const COPY: &str = "@group(0) @binding(0) var<storage, read> src: array<vec4<u32>>;\n@group(0) @binding(1) var<storage, read_write> dst: array<vec4<u32>>;\n@compute @workgroup_size(256) fn main(@builtin(global_invocation_id) g: vec3<u32>) { let i = g.x; if (i < arrayLength(&src)) { dst[i] = src[i]; } }";
+        let us = simple_kernel_us(ctx, COPY, &[&a, &b], (mib << 20) / 16 / 256)?;
+        println!("floor: copy of {mib} MiB: {us:.2} us");
+    }
+    for n in [1u32, 2, 4, 8] {
+        let src = format!(
+            "@group(0) @binding(0) var<storage, read_write> d: array<u32>;\n\
+             @compute @workgroup_size(128) fn main(@builtin(local_invocation_index) l: u32, \
+             @builtin(workgroup_id) w: vec3<u32>) {{ var i = (w.x * 4099u + l * 33u) % 262144u; \
+             for (var k = 0u; k < {n}u; k++) {{ i = (d[i] + i * 977u + 12345u) % 262144u; }} \
+             if (i == 0xFFFFFFFFu) {{ d[0] = i; }} }}"
+        );
+        let us = simple_kernel_us(ctx, &src, &[&d], 264)?;
+        println!("floor: chain of {n} dependent loads, 264 workgroups: {us:.2} us");
+    }
+    Ok(())
+}
+
 /// Median GPU microseconds of `record` over `runs` timed runs after `warmup` untimed ones.
 fn time_runs(
     ctx: &Context,
     warmup: u32,
     runs: u32,
+    record: impl FnMut(&mut wgpu::CommandEncoder) -> Result<()>,
+) -> Result<f64> {
+    time_spans(ctx, warmup, runs, batch(), batch(), record)
+}
+
+/// Like [`time_runs`], with `record` called `reps` times per timed span and the span's time
+/// divided by `calls` (`--one-pass` records the batch's calls itself, in one pass: reps 1).
+fn time_spans(
+    ctx: &Context,
+    warmup: u32,
+    runs: u32,
+    reps: u32,
+    calls: u32,
     mut record: impl FnMut(&mut wgpu::CommandEncoder) -> Result<()>,
 ) -> Result<f64> {
     for _ in 0..warmup {
@@ -384,13 +487,15 @@ fn time_runs(
             let mut enc = ctx.device.create_command_encoder(&Default::default());
             for _ in 0..per.min(runs - done) {
                 timer.start(&mut enc)?;
-                record(&mut enc)?;
+                for _ in 0..reps {
+                    record(&mut enc)?;
+                }
                 timer.end(&mut enc);
                 done += 1;
             }
             timer.resolve(&mut enc);
             ctx.queue.submit([enc.finish()]);
-            us.extend(timer.read_us(ctx)?);
+            us.extend(timer.read_us(ctx)?.into_iter().map(|t| t / calls as f64));
         }
     } else {
         for _ in 0..runs {
@@ -525,20 +630,36 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
     };
     let shape = [tokens, s.hq, s.d];
     let mut i = 0;
-    let us = time_runs(ctx, 5.min(runs()), runs(), |enc| {
-        let layer = cache.layer(i % layers as usize)?;
-        i += 1;
-        cache.unified_attention(
-            ctx,
-            enc,
-            &Attention {
+    let one_pass = ONE_PASS.load(std::sync::atomic::Ordering::Relaxed);
+    let (reps, per_record) = if one_pass { (1, batch()) } else { (batch(), 1) };
+    let us = time_spans(ctx, 5.min(runs()), runs(), reps, batch(), |enc| {
+        let mut record = |rec: Option<&mut wgpu::ComputePass<'_>>,
+                          enc: Option<&mut wgpu::CommandEncoder>| {
+            let layer = cache.layer(i % layers as usize)?;
+            i += 1;
+            let a = Attention {
                 plan: &plan,
                 layer,
                 q: Tensor::new(&qb, Dtype::F16, shape),
                 out: Tensor::new(&ob, Dtype::F16, shape),
                 params: &params,
-            },
-        )?;
+            };
+            match (rec, enc) {
+                (Some(pass), _) => cache.unified_attention_in(ctx, pass, &a)?,
+                (None, Some(enc)) => cache.unified_attention(ctx, enc, &a)?,
+                _ => unreachable!(),
+            }
+            anyhow::Ok(())
+        };
+        if one_pass {
+            // As an engine records a step: every layer's call in one compute pass.
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for _ in 0..per_record {
+                record(Some(&mut pass), None)?;
+            }
+        } else {
+            record(None, Some(enc))?;
+        }
         Ok(())
     })?;
     let kv_bytes = 2.0
@@ -692,6 +813,14 @@ fn main() -> Result<()> {
         },
         std::sync::atomic::Ordering::Relaxed,
     );
+    BATCH.store(
+        opt("--batch")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1u32)
+            .max(1),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    ONE_PASS.store(flag("--one-pass"), std::sync::atomic::Ordering::Relaxed);
     let filter = opt("--filter");
     let mut list = shapes(quick, flag("--sweep"));
     if let Some(f) = &filter {
@@ -771,6 +900,9 @@ fn main() -> Result<()> {
     }
     if flag("--residency") {
         micro_residency(&ctx)?;
+    }
+    if flag("--floor") {
+        micro_floor(&ctx)?;
     }
     let mut rng = SplitMix64::new(0xBE7C4);
     // `--repeat N`: the whole list N times in alternation (fresh caches each pass); each row

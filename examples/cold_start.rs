@@ -24,6 +24,10 @@ fn main() -> Result<()> {
     let warm_up = args.iter().any(|a| a == "--warm-up");
     let layers: u32 = opt("--layers").and_then(|v| v.parse().ok()).unwrap_or(32);
     let t0 = Instant::now();
+    // The process-wide wgpu instance (Vulkan loader and driver loaded), then the adapter and
+    // device of `Context::new`.
+    let _ = Context::instance();
+    let t_instance = t0.elapsed();
     let mut ctx = Context::new()?;
     if let Some(dir) = opt("--cache") {
         ctx = ctx.with_pipeline_cache_dir(dir);
@@ -68,6 +72,8 @@ fn main() -> Result<()> {
     let kv = ctx.try_zeroed("kv", (hkv * d * 2) as u64)?;
     let q = ctx.try_zeroed("q", (hq * d * 2) as u64)?;
     let out = ctx.try_zeroed("out", (hq * d * 2) as u64)?;
+    let t_plan = t0.elapsed();
+    let mut t_first = t_plan;
     let mut enc = ctx.device.create_command_encoder(&Default::default());
     for l in 0..layers as usize {
         let t = Tensor::new(&kv, Dtype::F16, [1, hkv, d]);
@@ -83,6 +89,10 @@ fn main() -> Result<()> {
                 params: &params,
             },
         )?;
+        if l == 0 {
+            // The pipelines are built (or loaded from the cache) in the first layer's calls.
+            t_first = t0.elapsed();
+        }
     }
     ctx.queue.submit([enc.finish()]);
     let t_submit = t0.elapsed();
@@ -102,6 +112,13 @@ fn main() -> Result<()> {
             ),
             None => "none".into(),
         }
+    );
+    println!(
+        "breakdown: instance {:.1} ms, adapter + device {:.1} ms, plan and buffers {:.1} ms, first layer recorded {:.1} ms",
+        ms(t_instance),
+        ms(t_ctx - t_instance),
+        ms(t_plan - t_warm),
+        ms(t_first - t_plan)
     );
     println!(
         "{layers} layers: context {:.1} ms, cache {:.1} ms, warm-up {:.1} ms, first step submitted {:.1} ms, finished {:.1} ms ({} pipelines)",

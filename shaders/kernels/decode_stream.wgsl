@@ -40,6 +40,9 @@
 // #include "kernels/decode_common.wgsl"
 
 const U: u32 = 4u; // consecutive keys per key group and step
+// Diagnostics only (QUANTKV_DEBUG_SKIP): 1 no keys (the loop and its loads), 2 no merge of the
+// subgroups, 8 no query load; results are wrong while set.
+override DEBUG_SKIP: u32 = 0u;
 const TAU: f32 = 8.0; // lazy rescale threshold (natural log units)
 
 // Eight consecutive raw values of a row.
@@ -398,7 +401,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     let d4 = HEAD_DIM / 4u;
-    load_q(tid, inf);
+    if ((DEBUG_SKIP & 8u) == 0u) {
+        load_q(tid, inf);
+    }
     let lane = si % LPR; // position in the row
     let kg = si / LPR; // key group in the subgroup
     let nkg = ss / LPR;
@@ -436,7 +441,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     // Steps start at a key aligned to U (keys below key_lo are masked), so a step's keys share
     // a page whenever the block size is a multiple of U.
     let lo = inf.key_lo;
-    let hi = inf.key_hi;
+    let hi = select(inf.key_hi, lo, (DEBUG_SKIP & 1u) != 0u);
     let base = lo - lo % U;
     let per_step = U * nkg;
     let nsteps = (hi - base + per_step - 1u) / per_step;
@@ -458,7 +463,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     }
     // Subgroups, one after another, into (mlz_sh, q_sh); a fixed order keeps the result
     // deterministic.
-    for (var g = 0u; g < nsg; g++) {
+    for (var g = 0u; g < nsg * u32((DEBUG_SKIP & 2u) == 0u); g++) {
         let m_old = mlz_sh[0];
         let l_old = mlz_sh[1];
         let z_old = mlz_sh[2];

@@ -376,10 +376,14 @@ pub(crate) fn encode(
             pass.set_bind_group(0, qbg, &[]);
             pass.dispatch_workgroups(rot_grid.0, rot_grid.1, 1);
         }
-        pass.set_pipeline(&compiled.pipeline);
-        pass.set_bind_group(0, &bg, &[]);
-        pass.dispatch_workgroups(gx, gy, segments);
-        if let Some((reduce, rbg)) = reduce {
+        // Diagnostics (`QUANTKV_DEBUG_SKIP`, host bits): 2^20 leaves out the split-K
+        // reduce, 2^21 the attention kernel.
+        if debug_skip() & (1 << 21) == 0 {
+            pass.set_pipeline(&compiled.pipeline);
+            pass.set_bind_group(0, &bg, &[]);
+            pass.dispatch_workgroups(gx, gy, segments);
+        }
+        if let Some((reduce, rbg)) = reduce.filter(|_| debug_skip() & (1 << 20) == 0) {
             pass.set_pipeline(&reduce.pipeline);
             pass.set_bind_group(0, &rbg, &[]);
             pass.dispatch_workgroups(rows, hq, 1);
@@ -677,7 +681,10 @@ pub fn decode_stream_source(
         codec: vec![codec.decode, codec.transform_source()],
         prelude: stream_prelude(epw, el, lpr),
         includes: codec.includes,
-        constants: shared_constants(d, f, tiling).into_iter().collect(),
+        constants: shared_constants(d, f, tiling)
+            .into_iter()
+            .chain([("DEBUG_SKIP", debug_skip() as f64)])
+            .collect(),
         entries: attention_entries(),
     }
 }
