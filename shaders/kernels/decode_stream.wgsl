@@ -22,8 +22,9 @@
 //     same bits).
 //   * Online softmax per key group with a lazy rescale: the accumulators are rescaled only
 //     when a step's maximum rises more than TAU above the running one (p <= e^TAU otherwise).
-//   * After the loop: key groups merged by shuffles, subgroups one after another through
-//     workgroup memory (q_sh, free once q is in registers), then stored by
+//   * After the loop: key groups merged by shuffles; the subgroups' maxima combined, then
+//     their runs added one after another through workgroup memory (q_sh, free once q is in
+//     registers), then stored by
 //     decode_common.wgsl's store_row4 / store_transformed (split-K partials included).
 //
 // The host picks this rung only where the adapter's smallest subgroup holds at least LPR
@@ -102,6 +103,10 @@ struct Loads {
 }
 
 var<workgroup> mlz_sh: array<vec4<f32>, 3>; // merged maximum, denominator, correction
+// Each subgroup's maximum: at most WG_SIZE / LPR subgroups (the host sets NSG_MAX so; every
+// subgroup holds at least a row's LPR lanes).
+override NSG_MAX: u32 = 8u;
+var<workgroup> ms_sh: array<vec4<f32>, NSG_MAX>;
 
 fn exp_diff4(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
     let h = a * 0.5 - b * 0.5;
@@ -376,11 +381,11 @@ fn run_step(run: Run, q: QL, qsum: vec4<f32>, ld: Loads, k0: u32, lo: u32, hi: u
     return r;
 }
 
-// q_sh[e] = its merged value times f (subgroup g > 0; the first overwrites q) + x.
-fn merge_into(e: u32, g: u32, f: f32, x: vec4<f32>) {
+// q_sh[e] = its merged value (subgroup g > 0; the first overwrites q) + x.
+fn merge_into(e: u32, g: u32, x: vec4<f32>) {
     var old = vec4<f32>(0.0);
     if (g > 0u) {
-        old = q_sh[e] * f;
+        old = q_sh[e];
     }
     q_sh[e] = old + x;
 }
@@ -461,41 +466,40 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     for (var o = LPR; o < ss; o <<= 1u) {
         run = merge_run(run, shuffle_run(run, o));
     }
-    // Subgroups, one after another, into (mlz_sh, q_sh); a fixed order keeps the result
-    // deterministic.
-    for (var g = 0u; g < nsg * u32((DEBUG_SKIP & 2u) == 0u); g++) {
-        let m_old = mlz_sh[0];
-        let l_old = mlz_sh[1];
-        let z_old = mlz_sh[2];
-        workgroupBarrier(); // read before subgroup g's lane 0 writes
+    // Subgroups: their maxima first (one barrier), then each subgroup's run scaled to the
+    // common maximum and added into (mlz_sh, q_sh) one subgroup after another, one barrier
+    // each; the fixed order keeps the result deterministic.
+    let skip_merge = (DEBUG_SKIP & 2u) != 0u;
+    if (kg == 0u && lane == 0u && !skip_merge) {
+        ms_sh[sid] = run.m;
+    }
+    workgroupBarrier();
+    var mn = run.m;
+    if (!skip_merge) {
+        mn = ms_sh[0];
+        for (var g = 1u; g < nsg; g++) {
+            mn = max(mn, ms_sh[g]);
+        }
+    }
+    let r = scale_run(run, exp_diff4(run.m, mn));
+    for (var g = 0u; g < nsg * u32(!skip_merge); g++) {
         if (sid == g && kg == 0u) {
-            var mn = run.m;
-            var fa = vec4<f32>(0.0);
-            if (g > 0u) {
-                mn = max(m_old, run.m);
-                fa = exp_diff4(m_old, mn);
-            }
-            let fb = exp_diff4(run.m, mn);
-            let r = scale_run(run, fb);
             // Head h's elements EL lane .. sit in q_sh[h d4 + c ..].
             for (var h = 0u; h < 4u; h++) {
                 let e = h * d4 + c;
-                let f = fa[h];
-                merge_into(e, g, f, vec4<f32>(r.a.e0[h], r.a.e1[h], r.a.e2[h], r.a.e3[h]));
-                merge_into(e + 1u, g, f, vec4<f32>(r.a.e4[h], r.a.e5[h], r.a.e6[h], r.a.e7[h]));
+                merge_into(e, g, vec4<f32>(r.a.e0[h], r.a.e1[h], r.a.e2[h], r.a.e3[h]));
+                merge_into(e + 1u, g, vec4<f32>(r.a.e4[h], r.a.e5[h], r.a.e6[h], r.a.e7[h]));
                 if (HALVES == 2u) {
-                    merge_into(e + 2u, g, f,
-                               vec4<f32>(r.b.e0[h], r.b.e1[h], r.b.e2[h], r.b.e3[h]));
-                    merge_into(e + 3u, g, f,
-                               vec4<f32>(r.b.e4[h], r.b.e5[h], r.b.e6[h], r.b.e7[h]));
+                    merge_into(e + 2u, g, vec4<f32>(r.b.e0[h], r.b.e1[h], r.b.e2[h], r.b.e3[h]));
+                    merge_into(e + 3u, g, vec4<f32>(r.b.e4[h], r.b.e5[h], r.b.e6[h], r.b.e7[h]));
                 }
             }
             if (lane == 0u) {
                 var l0 = vec4<f32>(0.0);
                 var z0 = vec4<f32>(0.0);
                 if (g > 0u) {
-                    l0 = l_old * fa;
-                    z0 = z_old * fa;
+                    l0 = mlz_sh[1];
+                    z0 = mlz_sh[2];
                 }
                 mlz_sh[0] = mn;
                 mlz_sh[1] = l0 + r.l;

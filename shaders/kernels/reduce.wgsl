@@ -1,8 +1,10 @@
 // kernels/reduce.wgsl — combines split-K partials into the output. One workgroup per
-// (token row, q head). Segment weights exp(M_g - Mx) / E are computed in parallel into
-// workgroup memory; then each thread sums a slice of the segments for one group of 4 output
-// elements, and the slices are added in a fixed order (deterministic). Segments that saw no
-// allowed key (M = NEG) weigh 0; sinks join the denominator once, here.
+// (token row, q head). Every segment's (M, E) is loaded once, in parallel, into workgroup
+// memory, and the weights exp(M_g - Mx) computed from there; then each thread sums a slice of
+// the segments for one group of 4 output elements, four segments' loads in flight at a time
+// (the sum's order is the slice's segment order whatever the unrolling), and the slices are
+// added in a fixed order (deterministic). Segments that saw no allowed key (M = NEG) weigh 0;
+// sinks join the denominator once, here.
 //
 // Bindings: 0 StepU, 1 LayerU, 3 laux (sinks), 4 partials (as written by unified.wgsl with
 //           IS_SPLIT), 9 out
@@ -25,10 +27,17 @@ const NS_MAX: u32 = 256u;
 @group(0) @binding(9) var<storage, read_write> out: array<u32>;
 
 var<workgroup> w_sh: array<f32, NS_MAX>;
+var<workgroup> m_sh: array<f32, NS_MAX>;
 var<workgroup> red_sh: array<f32, WG_SIZE>;
 var<workgroup> acc_sh: array<vec4<f32>, WG_SIZE>;
 override Q_SH_LEN: u32 = 32u; // HEAD_DIM / 4: one output row, staged for the mode's transform
 var<workgroup> q_sh: array<vec4<f32>, Q_SH_LEN>;
+
+// Output group j (elements 4j .. 4j + 3) of partial row `slot`.
+fn part4(slot: u32, j: u32) -> vec4<f32> {
+    let b = slot * HEAD_DIM + 4u * j;
+    return vec4<f32>(part[b], part[b + 1u], part[b + 2u], part[b + 3u]);
+}
 
 @compute @workgroup_size(WG_SIZE)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
@@ -43,7 +52,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     // Max over segments (and the sink).
     var mx = NEG;
     for (var g = tid; g < ns; g += WG_SIZE) {
-        mx = max(mx, part[stats + (first + g) * 2u]);
+        let mg = part[stats + (first + g) * 2u];
+        m_sh[g] = mg;
+        w_sh[g] = part[stats + (first + g) * 2u + 1u]; // E_g until the weights replace it
+        mx = max(mx, mg);
     }
     red_sh[tid] = mx;
     workgroupBarrier();
@@ -65,11 +77,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     // Unnormalised weights and their sum.
     var sum = 0.0;
     for (var g = tid; g < ns; g += WG_SIZE) {
-        let mg = part[stats + (first + g) * 2u];
+        let mg = m_sh[g];
         var w = 0.0;
         if (mg > NEG_HALF) {
             w = exp_diff(mg, gmax);
-            sum += part[stats + (first + g) * 2u + 1u] * w;
+            sum += w_sh[g] * w;
         }
         w_sh[g] = w;
     }
@@ -91,9 +103,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let j = tid % d4;
     let slice = tid / d4;
     var a = vec4<f32>(0.0);
-    for (var g = select(ns, slice, slice < slices); g < ns; g += slices) {
-        let b = (first + g) * HEAD_DIM + 4u * j;
-        a += vec4<f32>(part[b], part[b + 1u], part[b + 2u], part[b + 3u]) * w_sh[g];
+    var g = select(ns, slice, slice < slices);
+    // Four segments per round: their loads are independent, so all four are in flight
+    // before the first is added.
+    for (; g + 3u * slices < ns; g += 4u * slices) {
+        let x0 = part4(first + g, j);
+        let x1 = part4(first + g + slices, j);
+        let x2 = part4(first + g + 2u * slices, j);
+        let x3 = part4(first + g + 3u * slices, j);
+        a += x0 * w_sh[g];
+        a += x1 * w_sh[g + slices];
+        a += x2 * w_sh[g + 2u * slices];
+        a += x3 * w_sh[g + 3u * slices];
+    }
+    for (; g < ns; g += slices) {
+        a += part4(first + g, j) * w_sh[g];
     }
     acc_sh[tid] = a;
     workgroupBarrier();

@@ -683,7 +683,10 @@ pub fn decode_stream_source(
         includes: codec.includes,
         constants: shared_constants(d, f, tiling)
             .into_iter()
-            .chain([("DEBUG_SKIP", debug_skip() as f64)])
+            .chain([
+                ("DEBUG_SKIP", debug_skip() as f64),
+                ("NSG_MAX", (tiling.wg_size / lpr) as f64),
+            ])
             .collect(),
         entries: attention_entries(),
     }

@@ -16,8 +16,8 @@ use super::attention::{
 };
 use super::plan::{
     attention_smem, attention_tiling, coop_admits, decode_smem, decode_tiling, prefill_f16,
-    prefill_raw_split, prefill_smem, prefill_tiling, stream_lanes, stream_lanes_at, stream_smem,
-    stream_tiling,
+    prefill_raw_split, prefill_smem, prefill_tiling, stream_lanes, stream_lanes_at,
+    stream_segments, stream_smem, stream_tiling,
 };
 use super::write::{
     lane_elems, write_copy_source, write_rows_source, write_rows_tiling, write_subgroups,
@@ -681,7 +681,11 @@ fn workgroup_memory_estimates_match_naga_for_every_tiling() {
             let text = full_source(src.kernel, Dtype::F16, &src.parts(), src.includes).unwrap();
             let (m, i) = parse("stream", &text, C::all());
             let (m, _) = resolve("stream", &m, &i, &src.constants);
-            assert_eq!(stream_smem(d), workgroup_bytes(&m), "stream {mode:?} d{d}");
+            assert_eq!(
+                stream_smem(d, t.wg_size, lpr),
+                workgroup_bytes(&m),
+                "stream {mode:?} d{d}"
+            );
             checked += 1;
         }
     }
@@ -846,4 +850,36 @@ fn coop_prefill_prefers_small_resident_tilings() {
     assert!(prefill_smem(&t, 256, true, true, false) <= 48 << 10);
     let twin = prefill_tiling(&caps, &g, false).unwrap();
     assert_eq!(twin.tile, 32, "the twin's order is unchanged: {twin:?}");
+}
+
+/// The streaming rung's split-K rule at the H200-measured shapes (Hkv 8, 32-key rounds): four
+/// rounds per segment up to 264 workgroups; two rounds where four would fill less than half
+/// of that; one segment for prompts, a forced count as given.
+#[test]
+fn stream_segments_take_two_rounds_only_where_four_leave_the_gpu_half_empty() {
+    use crate::SplitK;
+    let decode = |b: u32, l: u32| super::StepSummary {
+        num_seqs: b,
+        num_tokens_q: b,
+        num_write: b,
+        max_seqlen_q: 1,
+        max_seqlen_k: l,
+    };
+    let seg = |b: u32, l: u32| stream_segments(SplitK::Auto, None, &decode(b, l), 8 * b, 32);
+    // 8 segments of four rounds would be 64 workgroups: 16 of two rounds.
+    assert_eq!(seg(1, 1024), 16);
+    // 32 of four rounds already give 256 workgroups.
+    assert_eq!(seg(1, 4096), 32);
+    assert_eq!(seg(1, 32768), 33);
+    assert_eq!(seg(1, 131072), 128);
+    assert_eq!(seg(8, 8192), 8);
+    // Too short for two segments of two rounds.
+    assert_eq!(seg(1, 100), 1);
+    let mut prompt = decode(1, 1024);
+    prompt.max_seqlen_q = 16;
+    assert_eq!(stream_segments(SplitK::Auto, None, &prompt, 8, 32), 1);
+    assert_eq!(
+        stream_segments(SplitK::Segments(5), None, &decode(1, 1024), 8, 32),
+        5
+    );
 }

@@ -206,6 +206,7 @@ pub fn launch_plan(
                     coop_decode_fill(),
                     COOP_DECODE_SEGMENT_KEYS,
                     coop_decode_fill(),
+                    4,
                 );
                 n.min(fit.max(1))
             } else {
@@ -650,7 +651,7 @@ pub fn stream_tiling(caps: &Caps, g: &Geometry, keys: u64) -> Option<Tiling> {
     let fits = wg_size <= limits.max_compute_invocations_per_workgroup
         && wg_size <= limits.max_compute_workgroup_size_x
         && wg_size >= caps.subgroup_max_size.max(lpr)
-        && stream_smem(g.head_size) <= limits.max_compute_workgroup_storage_size;
+        && stream_smem(g.head_size, wg_size, lpr) <= limits.max_compute_workgroup_storage_size;
     fits.then_some(Tiling {
         wg_size,
         tile: STREAM_U * wg_size / lpr,
@@ -658,16 +659,19 @@ pub fn stream_tiling(caps: &Caps, g: &Geometry, keys: u64) -> Option<Tiling> {
     })
 }
 
-/// Workgroup memory of the streaming decode rung.
-pub fn stream_smem(head_dim: u32) -> u32 {
-    // decode_common.wgsl's info and q_sh, decode_stream.wgsl's mlz_sh; a test checks this
-    // against naga's module.
-    r16(10 * 4) + r16(STREAM_HEADS * head_dim * 4) + r16(3 * 16)
+/// Workgroup memory of the streaming decode rung at `wg_size` threads and `lpr` lanes per
+/// row (at most `wg_size / lpr` subgroups: every subgroup holds a row's lanes).
+pub fn stream_smem(head_dim: u32, wg_size: u32, lpr: u32) -> u32 {
+    // decode_common.wgsl's info and q_sh, decode_stream.wgsl's mlz_sh and ms_sh; a test
+    // checks this against naga's module.
+    r16(10 * 4) + r16(STREAM_HEADS * head_dim * 4) + r16(3 * 16) + 16 * (wg_size / lpr)
 }
 
 /// Split-K segments of the streaming rung (measured on an H200, BENCHMARKS.md): at least
 /// [`STREAM_FILL_WORKGROUPS`] workgroups where the context allows segments of four rounds of
-/// keys, else segments of [`STREAM_SEGMENT_KEYS`] keys, never more than `target` workgroups
+/// keys (two rounds where four would leave the GPU less than half filled: B=1 L=1k 14.7 µs
+/// at 8 segments of four rounds, 12.7 at 16 of two), else segments of
+/// [`STREAM_SEGMENT_KEYS`] keys, never more than `target` workgroups
 /// ([`STREAM_TARGET_WORKGROUPS`]; `QUANTKV_DEBUG_STREAM_TARGET` with `debug-knobs`) or
 /// [`MAX_SEGMENTS`] segments.
 pub fn stream_segments(
@@ -686,6 +690,7 @@ pub fn stream_segments(
         STREAM_FILL_WORKGROUPS,
         STREAM_SEGMENT_KEYS,
         stream_target(),
+        2,
     )
 }
 
@@ -704,7 +709,8 @@ fn coop_decode_fill() -> u32 {
 }
 
 /// Split-K segments that give a decode batch's `grid_2d` workgroups at least `fill`
-/// workgroups where the context allows segments of four tiles, else segments of `seg_keys`
+/// workgroups where the context allows segments of four tiles (down to `min_tiles` tiles
+/// where four would leave fewer than `fill / 2` workgroups), else segments of `seg_keys`
 /// keys, never more than `target` workgroups or [`MAX_SEGMENTS`] segments; 1 for batches with
 /// prompts or past the 3D threshold.
 #[allow(clippy::too_many_arguments)]
@@ -717,6 +723,7 @@ fn fill_segments(
     fill: u32,
     seg_keys: u32,
     target: u32,
+    min_tiles: u32,
 ) -> u32 {
     if sum.max_seqlen_q > 1 || seq_threshold_3d.is_some_and(|t| sum.num_seqs > t) {
         return 1;
@@ -730,12 +737,17 @@ fn fill_segments(
                 return 1;
             }
             let l = sum.max_seqlen_k;
-            let n = fill
-                .div_ceil(grid)
-                .max(l / seg_keys)
-                .min(target.div_ceil(grid))
-                .min(l / (4 * tile))
-                .min(MAX_SEGMENTS);
+            let at = |tiles: u32| {
+                fill.div_ceil(grid)
+                    .max(l / seg_keys)
+                    .min(target.div_ceil(grid))
+                    .min(l / (tiles * tile))
+                    .min(MAX_SEGMENTS)
+            };
+            let mut n = at(4);
+            if grid * n < fill / 2 && min_tiles < 4 {
+                n = at(min_tiles.max(1));
+            }
             if n < 2 {
                 1
             } else {
