@@ -376,14 +376,14 @@ pub(crate) fn encode(
             pass.set_bind_group(0, qbg, &[]);
             pass.dispatch_workgroups(rot_grid.0, rot_grid.1, 1);
         }
-        // Diagnostics (`QUANTKV_DEBUG_SKIP`, host bits): 2^20 leaves out the split-K
-        // reduce, 2^21 the attention kernel.
-        if debug_skip() & (1 << 21) == 0 {
+        // Diagnostics (`QUANTKV_DEBUG_SKIP`, host bits no kernel uses): 2^28 leaves out the
+        // split-K reduce, 2^29 the attention kernel.
+        if debug_skip() & (1 << 29) == 0 {
             pass.set_pipeline(&compiled.pipeline);
             pass.set_bind_group(0, &bg, &[]);
             pass.dispatch_workgroups(gx, gy, segments);
         }
-        if let Some((reduce, rbg)) = reduce.filter(|_| debug_skip() & (1 << 20) == 0) {
+        if let Some((reduce, rbg)) = reduce.filter(|_| debug_skip() & (1 << 28) == 0) {
             pass.set_pipeline(&reduce.pipeline);
             pass.set_bind_group(0, &rbg, &[]);
             pass.dispatch_workgroups(rows, hq, 1);
