@@ -208,6 +208,26 @@ fn runs() -> u32 {
 /// Median GPU µs of a one-entry WGSL kernel over `bufs` (bindings 0..n, storage), dispatched
 /// as `groups` workgroups folded into x/y within the adapter's per-dimension limit.
 fn simple_kernel_us(ctx: &Context, src: &str, bufs: &[&wgpu::Buffer], groups: u64) -> Result<f64> {
+    let (pipeline, bg) = probe_kernel(ctx, src, bufs);
+    let maxd = ctx.limits().max_compute_workgroups_per_dimension as u64;
+    let y = groups.div_ceil(maxd);
+    let x = groups.div_ceil(y);
+    time_runs(ctx, 5.min(runs()), runs(), |enc| {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bg, &[]);
+        pass.dispatch_workgroups(x as u32, y as u32, 1);
+        Ok(())
+    })
+}
+
+/// The pipeline of a one-entry WGSL kernel (`main`) and its bind group over `bufs`
+/// (bindings 0..n, storage).
+fn probe_kernel(
+    ctx: &Context,
+    src: &str,
+    bufs: &[&wgpu::Buffer],
+) -> (wgpu::ComputePipeline, wgpu::BindGroup) {
     let module = ctx
         .device
         .create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -237,16 +257,7 @@ fn simple_kernel_us(ctx: &Context, src: &str, bufs: &[&wgpu::Buffer], groups: u6
         layout: &pipeline.get_bind_group_layout(0),
         entries: &entries,
     });
-    let maxd = ctx.limits().max_compute_workgroups_per_dimension as u64;
-    let y = groups.div_ceil(maxd);
-    let x = groups.div_ceil(y);
-    time_runs(ctx, 5.min(runs()), runs(), |enc| {
-        let mut pass = enc.begin_compute_pass(&Default::default());
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bg, &[]);
-        pass.dispatch_workgroups(x as u32, y as u32, 1);
-        Ok(())
-    })
+    (pipeline, bg)
 }
 
 /// GB/s (read + written) of a vec4 copy of `bytes`.
@@ -371,50 +382,22 @@ fn micro_floor(ctx: &Context) -> Result<()> {
     let d = ctx.zeroed("floor_d", 1 << 20);
     let one = simple_kernel_us(ctx, ONE, &[&d], 1)?;
     println!("floor: one workgroup, one dispatch per call: {one:.2} us");
-    let pipe = |src: &str| {
-        let m = ctx
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some("floor"),
-                source: wgpu::ShaderSource::Wgsl(src.into()),
-            });
-        ctx.device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some("floor"),
-                layout: None,
-                module: &m,
-                entry_point: Some("main"),
-                compilation_options: Default::default(),
-                cache: None,
-            })
+    let (p, bg) = probe_kernel(ctx, ONE, &[&d]);
+    // `n` dependent one-workgroup dispatches in one pass, the span divided by `calls`.
+    let chain = |n: u32, calls: u32| {
+        time_spans(ctx, 5.min(runs()), runs(), 1, calls, |enc| {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&p);
+            pass.set_bind_group(0, &bg, &[]);
+            for _ in 0..n {
+                pass.dispatch_workgroups(1, 1, 1);
+            }
+            Ok(())
+        })
     };
-    let p = pipe(ONE);
-    let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: None,
-        layout: &p.get_bind_group_layout(0),
-        entries: &[wgpu::BindGroupEntry {
-            binding: 0,
-            resource: d.as_entire_binding(),
-        }],
-    });
-    let two = time_runs(ctx, 5.min(runs()), runs(), |enc| {
-        let mut pass = enc.begin_compute_pass(&Default::default());
-        pass.set_pipeline(&p);
-        pass.set_bind_group(0, &bg, &[]);
-        pass.dispatch_workgroups(1, 1, 1);
-        pass.dispatch_workgroups(1, 1, 1);
-        Ok(())
-    })?;
+    let two = chain(2, 1)?;
     println!("floor: two dependent one-workgroup dispatches per call: {two:.2} us");
-    let eight = time_spans(ctx, 5.min(runs()), runs(), 1, 8, |enc| {
-        let mut pass = enc.begin_compute_pass(&Default::default());
-        pass.set_pipeline(&p);
-        pass.set_bind_group(0, &bg, &[]);
-        for _ in 0..8 {
-            pass.dispatch_workgroups(1, 1, 1);
-        }
-        Ok(())
-    })?;
+    let eight = chain(8, 8)?;
     println!("floor: eight dependent one-workgroup dispatches in one pass: {eight:.2} us each");
     for mib in [4u64, 16] {
         let a = ctx.zeroed("floor_a", mib << 20);
@@ -633,32 +616,26 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
     let one_pass = ONE_PASS.load(std::sync::atomic::Ordering::Relaxed);
     let (reps, per_record) = if one_pass { (1, batch()) } else { (batch(), 1) };
     let us = time_spans(ctx, 5.min(runs()), runs(), reps, batch(), |enc| {
-        let mut record = |rec: Option<&mut wgpu::ComputePass<'_>>,
-                          enc: Option<&mut wgpu::CommandEncoder>| {
+        // The next layer's call (rotating over the layers).
+        let mut next = || {
             let layer = cache.layer(i % layers as usize)?;
             i += 1;
-            let a = Attention {
+            anyhow::Ok(Attention {
                 plan: &plan,
                 layer,
                 q: Tensor::new(&qb, Dtype::F16, shape),
                 out: Tensor::new(&ob, Dtype::F16, shape),
                 params: &params,
-            };
-            match (rec, enc) {
-                (Some(pass), _) => cache.unified_attention_in(ctx, pass, &a)?,
-                (None, Some(enc)) => cache.unified_attention(ctx, enc, &a)?,
-                _ => unreachable!(),
-            }
-            anyhow::Ok(())
+            })
         };
         if one_pass {
             // As an engine records a step: every layer's call in one compute pass.
             let mut pass = enc.begin_compute_pass(&Default::default());
             for _ in 0..per_record {
-                record(Some(&mut pass), None)?;
+                cache.unified_attention_in(ctx, &mut pass, &next()?)?;
             }
         } else {
-            record(None, Some(enc))?;
+            cache.unified_attention(ctx, enc, &next()?)?;
         }
         Ok(())
     })?;
