@@ -351,10 +351,10 @@ fn tile_score(inf: WgInfo, qi: u32, hh: u32, rm: u32, key0: u32, t: u32) -> f32 
     return NEG;
 }
 
-// p = exp(s - mu) of tile key t for row rm; p' = p s_v / g (times P_SCALE) goes to the P
-// tile. A masked key's scale and zero point are never read (they may be anything).
-fn tile_p(rm: u32, t: u32, mu: f32, inv_g: f32) -> f32 {
-    let sv = s_sh[rm * SS + t];
+// p = exp(s - mu) of tile key t for row rm (sv: its finished score); p' = p s_v / g (times
+// P_SCALE) goes to the P tile. A masked key's scale and zero point are never read (they may
+// be anything).
+fn tile_p(rm: u32, t: u32, sv: f32, mu: f32, inv_g: f32) -> f32 {
     var p = 0.0;
     if (sv > NEG_HALF) {
         p = exp_diff(sv, mu);
@@ -365,6 +365,33 @@ fn tile_p(rm: u32, t: u32, mu: f32, inv_g: f32) -> f32 {
     }
     put_p(rm, t, pv * inv_g * P_SCALE);
     return p;
+}
+
+// Finished scores of keys t0, t0 + rt, t0 + 2 rt, t0 + 3 rt of row rm (NEG where masked).
+fn score4(inf: WgInfo, qi: u32, hh: u32, rm: u32, key0: u32, t0: u32, rt: u32) -> vec4<f32> {
+    return vec4<f32>(tile_score(inf, qi, hh, rm, key0, t0),
+                     tile_score(inf, qi, hh, rm, key0, t0 + rt),
+                     tile_score(inf, qi, hh, rm, key0, t0 + 2u * rt),
+                     tile_score(inf, qi, hh, rm, key0, t0 + 3u * rt));
+}
+
+// Whether a row gives weight (p != 0) to a tile key whose V row is not finite.
+fn poisons(p: f32, t: u32) -> bool {
+    return p != 0.0 && atomicLoad(&vbad_at[t]) != 0u;
+}
+
+// The P values of four keys (t0, t0 + rt, ...) with scores sv into the P tile; their sum, NaN
+// where `check` and a key that gets weight has a non-finite V row.
+fn p4(rm: u32, t0: u32, rt: u32, sv: vec4<f32>, mu: f32, inv_g: f32, check: bool) -> f32 {
+    let p0 = tile_p(rm, t0, sv.x, mu, inv_g);
+    let p1 = tile_p(rm, t0 + rt, sv.y, mu, inv_g);
+    let p2 = tile_p(rm, t0 + 2u * rt, sv.z, mu, inv_g);
+    let p3 = tile_p(rm, t0 + 3u * rt, sv.w, mu, inv_g);
+    if (check && (poisons(p0, t0) || poisons(p1, t0 + rt) || poisons(p2, t0 + 2u * rt)
+                  || poisons(p3, t0 + 3u * rt))) {
+        return bitcast<f32>(0x7FC00000u);
+    }
+    return (p0 + p1) + (p2 + p3);
 }
 
 fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
@@ -445,13 +472,18 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         for (var db = 0u; db < D_BLOCKS; db++) { o[db] = zero; }
     }
     // The softmax runs on registers: RT = WG_SIZE / MAX_M adjacent threads share row rm
-    // (one on the twin, subgroup lanes / 16 on cooperative matrices), each with EPT
-    // consecutive keys of the tile, and combine by row_max / row_sum (shuffles); every thread
-    // of a row holds the row's running maximum, denominator and whether it saw a key.
+    // (one on the twin, subgroup lanes / 16 on cooperative matrices), each with EPT keys of
+    // the tile, kq, kq + rt, kq + 2 rt, ... (interleaved, so the threads of a row read s_sh
+    // on different banks), and combine by row_max / row_sum (shuffles); every thread of a
+    // row holds the row's running maximum, denominator and whether it saw a key. Up to 16
+    // keys per thread (every cooperative tiling) the finished scores stay in registers (four
+    // vec4s, constant indices only) from the score pass to the P pass; more (the twin's
+    // tilings) go back to s_sh in between.
     let rt = WG_SIZE / MAX_M;
     let ept = TK / rt;
     let rm = tid / rt;
-    let tb = (tid % rt) * ept;
+    let kq = tid % rt;
+    let held = ept <= 16u;
     let qi = rm / hg;
     let hh = rm % hg;
     var m_run = NEG;
@@ -564,21 +596,30 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         if (!V_APART) {
             stage_tile(tid, TK * d4, key0, inf.kv_len, true);
         }
-        // Scores finished in place (spec §6.1 pipeline and mask), the tile's row maximum.
+        // Scores finished (spec §6.1 pipeline and mask), the tile's row maximum.
         var part = NEG;
+        var sc0 = vec4<f32>(NEG);
+        var sc1 = vec4<f32>(NEG);
+        var sc2 = vec4<f32>(NEG);
+        var sc3 = vec4<f32>(NEG);
         if ((DEBUG_SKIP & 34603008u) == 0u) {
-            for (var i = 0u; i < ept; i += 4u) {
-                let t = tb + i;
-                let s0 = tile_score(inf, qi, hh, rm, key0, t);
-                let s1 = tile_score(inf, qi, hh, rm, key0, t + 1u);
-                let s2 = tile_score(inf, qi, hh, rm, key0, t + 2u);
-                let s3 = tile_score(inf, qi, hh, rm, key0, t + 3u);
-                let b = rm * SS + t;
-                s_sh[b] = s0;
-                s_sh[b + 1u] = s1;
-                s_sh[b + 2u] = s2;
-                s_sh[b + 3u] = s3;
-                part = max(part, max(max(s0, s1), max(s2, s3)));
+            if (held) {
+                sc0 = score4(inf, qi, hh, rm, key0, kq, rt);
+                if (ept > 4u) { sc1 = score4(inf, qi, hh, rm, key0, kq + 4u * rt, rt); }
+                if (ept > 8u) { sc2 = score4(inf, qi, hh, rm, key0, kq + 8u * rt, rt); }
+                if (ept > 12u) { sc3 = score4(inf, qi, hh, rm, key0, kq + 12u * rt, rt); }
+                let m4 = max(max(sc0, sc1), max(sc2, sc3));
+                part = max(max(m4.x, m4.y), max(m4.z, m4.w));
+            } else {
+                for (var i = 0u; i < ept; i += 4u) {
+                    let t = kq + i * rt;
+                    let s4 = score4(inf, qi, hh, rm, key0, t, rt);
+                    s_sh[rm * SS + t] = s4.x;
+                    s_sh[rm * SS + t + rt] = s4.y;
+                    s_sh[rm * SS + t + 2u * rt] = s4.z;
+                    s_sh[rm * SS + t + 3u * rt] = s4.w;
+                    part = max(part, max(max(s4.x, s4.y), max(s4.z, s4.w)));
+                }
             }
         }
         let mx = row_max(part);
@@ -598,7 +639,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
                 atomicMax(&resc_at, 1u);
             }
         }
-        if (tb == 0u) {
+        if (kq == 0u) {
             alpha_sh[rm] = alpha;
         }
         if (tid == 0u && gfac != 1.0) {
@@ -611,24 +652,22 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         // weight to a key whose V row is not finite).
         let any_bad = atomicLoad(&vbad_any) != 0u;
         var psum = 0.0;
-        var poisoned = false;
         if ((DEBUG_SKIP & 17825792u) == 0u) {
-            for (var i = 0u; i < ept; i += 4u) {
-                let t = tb + i;
-                let p0 = tile_p(rm, t, m_run, inv_g);
-                let p1 = tile_p(rm, t + 1u, m_run, inv_g);
-                let p2 = tile_p(rm, t + 2u, m_run, inv_g);
-                let p3 = tile_p(rm, t + 3u, m_run, inv_g);
-                psum += (p0 + p1) + (p2 + p3);
-                if (any_bad) {
-                    poisoned = poisoned || (p0 != 0.0 && atomicLoad(&vbad_at[t]) != 0u)
-                        || (p1 != 0.0 && atomicLoad(&vbad_at[t + 1u]) != 0u)
-                        || (p2 != 0.0 && atomicLoad(&vbad_at[t + 2u]) != 0u)
-                        || (p3 != 0.0 && atomicLoad(&vbad_at[t + 3u]) != 0u);
+            if (held) {
+                psum = p4(rm, kq, rt, sc0, m_run, inv_g, any_bad);
+                if (ept > 4u) { psum += p4(rm, kq + 4u * rt, rt, sc1, m_run, inv_g, any_bad); }
+                if (ept > 8u) { psum += p4(rm, kq + 8u * rt, rt, sc2, m_run, inv_g, any_bad); }
+                if (ept > 12u) { psum += p4(rm, kq + 12u * rt, rt, sc3, m_run, inv_g, any_bad); }
+            } else {
+                for (var i = 0u; i < ept; i += 4u) {
+                    let t = kq + i * rt;
+                    let s4 = vec4<f32>(s_sh[rm * SS + t], s_sh[rm * SS + t + rt],
+                                       s_sh[rm * SS + t + 2u * rt], s_sh[rm * SS + t + 3u * rt]);
+                    psum += p4(rm, t, rt, s4, m_run, inv_g, any_bad);
                 }
             }
         }
-        let sum = row_sum(select(psum, bitcast<f32>(0x7FC00000u), poisoned));
+        let sum = row_sum(psum);
         l_run = l_run * alpha + sum;
         tile_barrier();
         if ((DEBUG_SKIP & 4096u) != 0u) {
@@ -688,7 +727,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             for (var db = 0u; db < D_BLOCKS; db++) { o[db] = pv_block(o[db], r0, db); }
         }
     }
-    if (tb == 0u) {
+    if (kq == 0u) {
         m_sh[rm] = m_run;
         l_sh[rm] = l_run;
         seen_sh[rm] = u32(seen);
