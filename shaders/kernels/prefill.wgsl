@@ -25,7 +25,8 @@
 //      separate V tile (V_APART false, the twin), V goes over K after step 2, its loads in
 //      flight during the score pass
 //   2. S = Q K^T by fragments (row block `sg` of each fragment owner), stored to s_sh (f32)
-//   3. scores finished (spec §6.1 pipeline and mask) in place and the online softmax in
+//   3. scores finished (spec §6.1 pipeline and mask) into registers (back to s_sh only where
+//      a thread holds more than 16 keys: the twin's tilings) and the online softmax in
 //      registers, the threads of a row combining by shuffles: a row's running maximum only
 //      moves when the tile's maximum exceeds it by more than TAU (so P <= e^TAU fits f16);
 //      O, held in fragments, is rescaled (through s_sh) only on tiles where some row's
