@@ -313,12 +313,13 @@ fn micro_workgroup_loops(ctx: &Context) -> Result<()> {
 
 /// `--residency`: how many workgroups of 128 threads share a multiprocessor as a function of
 /// their workgroup memory. A latency-bound kernel (one dependent FMA chain per thread) is
-/// timed at 1, 2, 4 and 8 workgroups per multiprocessor of a 132-multiprocessor GPU: where
-/// the time stays flat, that many workgroups run at once.
-fn micro_residency(ctx: &Context) -> Result<()> {
+/// timed at 1, 2, 3, 4 and 8 workgroups per multiprocessor of a 132-multiprocessor GPU: where
+/// the time stays flat, that many workgroups run at once. `kib`: the sizes to probe, in KiB
+/// (`--residency-kib 16,17,18`; default 8, 16, 24, 32, 40, 47).
+fn micro_residency(ctx: &Context, kib: &[u32]) -> Result<()> {
     let d = ctx.zeroed("residency_out", 1024);
     let limit = ctx.limits().max_compute_workgroup_storage_size / 4;
-    for kib in [8u32, 16, 24, 32, 40, 47] {
+    for &kib in kib {
         let words = (kib * 256).min(limit);
         let src = format!(
             "@group(0) @binding(0) var<storage, read_write> dst: array<f32>;\n\
@@ -894,7 +895,15 @@ fn main() -> Result<()> {
         micro_workgroup_loops(&ctx)?;
     }
     if flag("--residency") {
-        micro_residency(&ctx)?;
+        let kib: Vec<u32> = match opt("--residency-kib") {
+            Some(list) => list
+                .split(',')
+                .map(|k| k.parse::<u32>())
+                .collect::<Result<_, _>>()
+                .map_err(|e| anyhow::anyhow!("--residency-kib wants KiB sizes: {e}"))?,
+            None => vec![8, 16, 24, 32, 40, 47],
+        };
+        micro_residency(&ctx, &kib)?;
     }
     if flag("--floor") {
         micro_floor(&ctx)?;
