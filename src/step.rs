@@ -148,14 +148,22 @@ impl StepInput<'_> {
                     format!("sequence {s} needs {need} blocks for {kv} keys, table has {stride} columns"),
                 ));
             }
-            for c in 0..need {
-                let b = self.block_table[s * stride + c];
-                if b < 0 || b as u32 >= num_blocks {
-                    return Err(invalid(
-                        "block_table",
-                        format!("sequence {s}, column {c}: block {b} outside [0, {num_blocks})"),
-                    ));
-                }
+            // One pass without an early exit (it vectorizes),
+            // then the first bad column for the message.
+            let row = &self.block_table[s * stride..s * stride + need];
+            if row
+                .iter()
+                .fold(false, |bad, &b| bad | (b < 0) | (b as u32 >= num_blocks))
+            {
+                let c = row
+                    .iter()
+                    .position(|&b| b < 0 || b as u32 >= num_blocks)
+                    .unwrap_or(0);
+                let b = row[c];
+                return Err(invalid(
+                    "block_table",
+                    format!("sequence {s}, column {c}: block {b} outside [0, {num_blocks})"),
+                ));
             }
             max_q = max_q.max(q_len as u32);
             max_k = max_k.max(kv as u32);
@@ -258,7 +266,15 @@ impl BatchPlan {
         config.validate()?;
         ctx.alive()?;
         let summary = input.validate(config.num_blocks, config.block_size)?;
-        let mut meta: Vec<i32> = Vec::new();
+        let meta_words = input.slot_mapping.len()
+            + input.cu_seqlens_q.len()
+            + input.seqused_k.len()
+            + input.block_table.len()
+            + input.qq_bias.map_or(0, |q| q.values.len())
+            + input.prefix_ranges.map_or(0, |m| m.ranges.len());
+        let mut bufs = ctx.take_step_buffers(4 * meta_words.max(1) as u64)?;
+        let mut meta = std::mem::take(&mut bufs.scratch);
+        meta.clear();
         let mut u = StepUniform {
             num_seqs: summary.num_seqs,
             num_tokens_q: summary.num_tokens_q,
@@ -266,56 +282,173 @@ impl BatchPlan {
             bt_stride: input.block_table_stride as u32,
             ..Default::default()
         };
-        let mut push = |xs: &[i32]| -> u32 {
+        let push = |meta: &mut Vec<i32>, xs: &[i32]| -> u32 {
             let off = meta.len() as u32;
             meta.extend_from_slice(xs);
             off
         };
-        u.off_slot = push(input.slot_mapping);
-        u.off_cu = push(input.cu_seqlens_q);
-        u.off_su = push(input.seqused_k);
-        u.off_bt = push(input.block_table);
+        u.off_slot = push(&mut meta, input.slot_mapping);
+        u.off_cu = push(&mut meta, input.cu_seqlens_q);
+        u.off_su = push(&mut meta, input.seqused_k);
+        u.off_bt = push(&mut meta, input.block_table);
         if let Some(qq) = input.qq_bias {
-            let bits: Vec<i32> = qq.values.iter().map(|v| v.to_bits() as i32).collect();
-            u.off_qq = push(&bits);
+            u.off_qq = meta.len() as u32;
+            meta.extend(qq.values.iter().map(|v| v.to_bits() as i32));
             u.qq_rows = qq.rows as u32;
             u.qq_cols = qq.cols as u32;
         }
         if let Some(mm) = input.prefix_ranges {
-            u.off_mm = push(mm.ranges);
+            u.off_mm = push(&mut meta, mm.ranges);
             u.mm_per_seq = mm.ranges_per_seq as u32;
         }
         if meta.is_empty() {
             meta.push(0);
         }
-        let meta_bytes: &[u8] = bytemuck::cast_slice(&meta);
-        let bufs = ctx.take_step_buffers(meta_bytes.len() as u64)?;
         ctx.queue
             .write_buffer(&bufs.uniform, 0, bytemuck::bytes_of(&u));
-        ctx.queue.write_buffer(&bufs.meta, 0, meta_bytes);
+        upload_changed(&ctx.queue, &bufs.meta, &bufs.written, &meta);
+        // `meta` is what the buffer holds now; the old words become the next plan's scratch.
+        bufs.scratch = std::mem::replace(&mut bufs.written, meta);
+        let partials = bufs.partials.take();
+        let rotated_q = bufs.rotated_q.take();
         Ok(Self {
             pool: ctx.step_pool(),
-            bufs: Some(StepBuffers {
-                partials: None,
-                rotated_q: None,
-                ..bufs.clone()
-            }),
             gpu: StepGpu {
                 summary,
                 num_blocks: config.num_blocks,
                 block_size: config.block_size,
-                uniform: bufs.uniform,
-                meta: bufs.meta,
+                uniform: bufs.uniform.clone(),
+                meta: bufs.meta.clone(),
                 has_qq: input.qq_bias.is_some(),
                 has_mm: input.prefix_ranges.is_some(),
-                partials: Mutex::new(bufs.partials),
-                rotated_q: Mutex::new(bufs.rotated_q),
+                partials: Mutex::new(partials),
+                rotated_q: Mutex::new(rotated_q),
             },
+            bufs: Some(bufs),
         })
     }
 
     /// What validation learned about the step.
     pub fn summary(&self) -> StepSummary {
         self.gpu.summary
+    }
+}
+
+/// Words compared (and written) at a time by [`upload_changed`]: 256 bytes.
+const UPLOAD_CHUNK: usize = 64;
+
+/// Most separate writes [`upload_changed`] issues; past that, one write from the first
+/// changed chunk to the last.
+const UPLOAD_MAX_RUNS: usize = 16;
+
+/// The word ranges of `new` that differ from `old` (the buffer's current words): runs of
+/// changed [`UPLOAD_CHUNK`]-word chunks, adjacent ones merged, plus what lies past `old`;
+/// at most [`UPLOAD_MAX_RUNS`] (else one covering range). Words past `new.len()` are never
+/// read by the step that writes `new`, so they need no write.
+fn changed_runs(old: &[i32], new: &[i32]) -> Vec<(usize, usize)> {
+    let common = old.len().min(new.len());
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut add = |a: usize, b: usize| match runs.last_mut() {
+        Some(r) if r.1 == a => r.1 = b,
+        _ => runs.push((a, b)),
+    };
+    for (i, (o, n)) in old[..common]
+        .chunks(UPLOAD_CHUNK)
+        .zip(new[..common].chunks(UPLOAD_CHUNK))
+        .enumerate()
+    {
+        if o != n {
+            let a = i * UPLOAD_CHUNK;
+            add(a, a + n.len());
+        }
+    }
+    if new.len() > common {
+        add(common, new.len());
+    }
+    if runs.len() > UPLOAD_MAX_RUNS {
+        let (a, b) = (runs[0].0, runs[runs.len() - 1].1);
+        runs = vec![(a, b)];
+    }
+    runs
+}
+
+/// Writes the words of `new` that differ from `old` (what `buf` holds once the queue's
+/// earlier writes are done) into `buf`. A decode step changes a few words of its metadata
+/// (slots, lengths, a block appended now and then), so this writes a few hundred bytes where
+/// the whole block table (128 KiB at B=16 L=32k) went through a fresh staging buffer of
+/// wgpu's before.
+fn upload_changed(queue: &wgpu::Queue, buf: &wgpu::Buffer, old: &[i32], new: &[i32]) {
+    for (a, b) in changed_runs(old, new) {
+        queue.write_buffer(buf, 4 * a as u64, bytemuck::cast_slice(&new[a..b]));
+    }
+}
+
+#[cfg(test)]
+mod upload_tests {
+    use super::{changed_runs, UPLOAD_CHUNK, UPLOAD_MAX_RUNS};
+
+    /// `old` with `new`'s words of `runs` written over it (grown to `new`'s length).
+    fn apply(old: &[i32], new: &[i32], runs: &[(usize, usize)]) -> Vec<i32> {
+        let mut v = old.to_vec();
+        v.resize(v.len().max(new.len()), i32::MIN);
+        for &(a, b) in runs {
+            v[a..b].copy_from_slice(&new[a..b]);
+        }
+        v
+    }
+
+    #[test]
+    fn changed_runs_reproduce_the_new_words() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rnd = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        for case in 0..400 {
+            let old: Vec<i32> = (0..rnd(3000)).map(|i| i as i32 * 7).collect();
+            let mut new: Vec<i32> = old.clone();
+            new.resize(rnd(3000), 5);
+            // A few scattered changes (many in some cases, to pass the run limit).
+            let changes = if case % 5 == 0 { 200 } else { rnd(6) };
+            for _ in 0..changes {
+                if !new.is_empty() {
+                    let i = rnd(new.len());
+                    new[i] = new[i].wrapping_add(1 + rnd(9) as i32);
+                }
+            }
+            let runs = changed_runs(&old, &new);
+            assert!(
+                runs.len() <= UPLOAD_MAX_RUNS,
+                "case {case}: {} runs",
+                runs.len()
+            );
+            assert!(
+                runs.iter().all(|&(a, b)| a < b && b <= new.len()),
+                "case {case}"
+            );
+            let got = apply(&old, &new, &runs);
+            assert_eq!(&got[..new.len()], &new[..], "case {case}");
+        }
+    }
+
+    #[test]
+    fn unchanged_words_are_not_written_and_changes_stay_local() {
+        let old: Vec<i32> = (0..10 * UPLOAD_CHUNK as i32).collect();
+        assert!(changed_runs(&old, &old).is_empty());
+        assert!(changed_runs(&old, &old[..100]).is_empty());
+        let mut new = old.clone();
+        new[3 * UPLOAD_CHUNK + 5] = -1;
+        new[7 * UPLOAD_CHUNK] = -1;
+        assert_eq!(
+            changed_runs(&old, &new),
+            vec![
+                (3 * UPLOAD_CHUNK, 4 * UPLOAD_CHUNK),
+                (7 * UPLOAD_CHUNK, 8 * UPLOAD_CHUNK)
+            ]
+        );
+        // A fresh buffer (nothing written yet) takes everything.
+        assert_eq!(changed_runs(&[], &new), vec![(0, new.len())]);
     }
 }

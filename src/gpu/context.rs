@@ -89,7 +89,6 @@ pub struct Context {
 }
 
 /// A step's uniform and metadata buffers (the metadata buffer's size is its capacity).
-#[derive(Clone)]
 pub struct StepBuffers {
     /// The step uniform (`StepU`).
     pub uniform: wgpu::Buffer,
@@ -100,6 +99,12 @@ pub struct StepBuffers {
     pub partials: Option<std::sync::Arc<wgpu::Buffer>>,
     /// The rotated-query scratch the last plan on these buffers used (likewise).
     pub rotated_q: Option<std::sync::Arc<wgpu::Buffer>>,
+    /// The metadata words the last plan on these buffers wrote (what `meta` holds once the
+    /// queue's writes are done; empty for a new buffer), so the next plan writes only what
+    /// differs ([`crate::step`]'s `upload_changed`).
+    pub written: Vec<i32>,
+    /// A plan's metadata is built here, then swapped with `written`: no allocation per step.
+    pub scratch: Vec<i32>,
 }
 
 /// Step buffers of dropped plans, ready for the next ones (a few; larger ones first).
@@ -559,6 +564,8 @@ impl Context {
             meta: make("step metadata", cap, wgpu::BufferUsages::STORAGE)?,
             partials: None,
             rotated_q: None,
+            written: Vec::new(),
+            scratch: Vec::new(),
         })
     }
 
