@@ -76,6 +76,46 @@ fn bench(c: &mut Criterion) {
         c.bench_function(&format!("batch_plan_b{b}_l{l}"), |bench| {
             bench.iter(|| BatchPlan::new(s.ctx, &s.cfg, &step).unwrap())
         });
+        // A decode step's plan as a serving loop makes it: every length grows by one, every
+        // sequence's new token has a new slot, one sequence takes a new block, and the step
+        // is submitted (wgpu's queued writes flushed); the device is polled outside the
+        // timed part every 64 steps.
+        c.bench_function(&format!("batch_plan_decode_step_b{b}_l{l}"), |bench| {
+            let mut used = s.used.clone();
+            let mut table = s.table.clone();
+            let total_slots = s.cfg.num_blocks as usize * 16;
+            let mut i = 0usize;
+            bench.iter_custom(|iters| {
+                let mut spent = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    i += 1;
+                    for u in used.iter_mut() {
+                        *u = l as i32 - 64 + (i % 64) as i32;
+                    }
+                    let slots: Vec<i32> = (0..b as usize)
+                        .map(|k| ((i * b as usize + k) % total_slots) as i32)
+                        .collect();
+                    let seq = i % b as usize;
+                    table[seq * s.stride + i % s.stride] =
+                        ((i * 31) % s.cfg.num_blocks as usize) as i32;
+                    let step = StepInput {
+                        slot_mapping: &slots,
+                        seqused_k: &used,
+                        block_table: &table,
+                        ..step
+                    };
+                    let t = std::time::Instant::now();
+                    let plan = BatchPlan::new(s.ctx, &s.cfg, &step).unwrap();
+                    s.ctx.queue.submit([]);
+                    spent += t.elapsed();
+                    drop(plan);
+                    if i.is_multiple_of(64) {
+                        let _ = s.ctx.device.poll(wgpu::PollType::wait_indefinitely());
+                    }
+                }
+                spent
+            })
+        });
         let plan = BatchPlan::new(s.ctx, &s.cfg, &step).unwrap();
         let params = AttentionParams {
             num_q_heads: 32,
