@@ -148,17 +148,12 @@ impl StepInput<'_> {
                     format!("sequence {s} needs {need} blocks for {kv} keys, table has {stride} columns"),
                 ));
             }
-            // One pass without an early exit (it vectorizes),
-            // then the first bad column for the message.
+            // One pass without an early exit (it vectorizes), then the first bad column for
+            // the message.
+            let outside = |b: i32| (b < 0) | (b as u32 >= num_blocks);
             let row = &self.block_table[s * stride..s * stride + need];
-            if row
-                .iter()
-                .fold(false, |bad, &b| bad | (b < 0) | (b as u32 >= num_blocks))
-            {
-                let c = row
-                    .iter()
-                    .position(|&b| b < 0 || b as u32 >= num_blocks)
-                    .unwrap_or(0);
+            if row.iter().fold(false, |bad, &b| bad | outside(b)) {
+                let c = row.iter().position(|&b| outside(b)).unwrap_or(0);
                 let b = row[c];
                 return Err(invalid(
                     "block_table",
@@ -304,6 +299,7 @@ impl BatchPlan {
         if meta.is_empty() {
             meta.push(0);
         }
+        debug_assert_eq!(meta.len(), meta_words.max(1));
         ctx.queue
             .write_buffer(&bufs.uniform, 0, bytemuck::bytes_of(&u));
         upload_changed(&ctx.queue, &bufs.meta, &bufs.written, &meta);
@@ -341,16 +337,41 @@ const UPLOAD_CHUNK: usize = 64;
 /// changed chunk to the last.
 const UPLOAD_MAX_RUNS: usize = 16;
 
-/// The word ranges of `new` that differ from `old` (the buffer's current words): runs of
-/// changed [`UPLOAD_CHUNK`]-word chunks, adjacent ones merged, plus what lies past `old`;
-/// at most [`UPLOAD_MAX_RUNS`] (else one covering range). Words past `new.len()` are never
-/// read by the step that writes `new`, so they need no write.
-fn changed_runs(old: &[i32], new: &[i32]) -> Vec<(usize, usize)> {
+/// The word ranges `[a, b)` of `new` that differ from `old` (the buffer's current words):
+/// runs of changed [`UPLOAD_CHUNK`]-word chunks, adjacent ones merged, plus what lies past
+/// `old`; at most [`UPLOAD_MAX_RUNS`] (else one covering range). Words past `new.len()` are
+/// never read by the step that writes `new`, so they need no write. Held inline: a step
+/// allocates nothing for it.
+struct Runs {
+    list: [(usize, usize); UPLOAD_MAX_RUNS],
+    len: usize,
+}
+
+impl Runs {
+    fn as_slice(&self) -> &[(usize, usize)] {
+        &self.list[..self.len]
+    }
+
+    /// Adds `[a, b)`, merged into the last run where they touch; past the limit the runs
+    /// become one range from the first run's start.
+    fn add(&mut self, a: usize, b: usize) {
+        if self.len > 0 && self.list[self.len - 1].1 == a {
+            self.list[self.len - 1].1 = b;
+        } else if self.len < UPLOAD_MAX_RUNS {
+            self.list[self.len] = (a, b);
+            self.len += 1;
+        } else {
+            self.list[0].1 = b;
+            self.len = 1;
+        }
+    }
+}
+
+fn changed_runs(old: &[i32], new: &[i32]) -> Runs {
     let common = old.len().min(new.len());
-    let mut runs: Vec<(usize, usize)> = Vec::new();
-    let mut add = |a: usize, b: usize| match runs.last_mut() {
-        Some(r) if r.1 == a => r.1 = b,
-        _ => runs.push((a, b)),
+    let mut runs = Runs {
+        list: [(0, 0); UPLOAD_MAX_RUNS],
+        len: 0,
     };
     for (i, (o, n)) in old[..common]
         .chunks(UPLOAD_CHUNK)
@@ -359,15 +380,11 @@ fn changed_runs(old: &[i32], new: &[i32]) -> Vec<(usize, usize)> {
     {
         if o != n {
             let a = i * UPLOAD_CHUNK;
-            add(a, a + n.len());
+            runs.add(a, a + n.len());
         }
     }
     if new.len() > common {
-        add(common, new.len());
-    }
-    if runs.len() > UPLOAD_MAX_RUNS {
-        let (a, b) = (runs[0].0, runs[runs.len() - 1].1);
-        runs = vec![(a, b)];
+        runs.add(common, new.len());
     }
     runs
 }
@@ -378,7 +395,7 @@ fn changed_runs(old: &[i32], new: &[i32]) -> Vec<(usize, usize)> {
 /// the whole block table (128 KiB at B=16 L=32k) went through a fresh staging buffer of
 /// wgpu's before.
 fn upload_changed(queue: &wgpu::Queue, buf: &wgpu::Buffer, old: &[i32], new: &[i32]) {
-    for (a, b) in changed_runs(old, new) {
+    for &(a, b) in changed_runs(old, new).as_slice() {
         queue.write_buffer(buf, 4 * a as u64, bytemuck::cast_slice(&new[a..b]));
     }
 }
@@ -419,6 +436,7 @@ mod upload_tests {
                 }
             }
             let runs = changed_runs(&old, &new);
+            let runs = runs.as_slice();
             assert!(
                 runs.len() <= UPLOAD_MAX_RUNS,
                 "case {case}: {} runs",
@@ -428,7 +446,7 @@ mod upload_tests {
                 runs.iter().all(|&(a, b)| a < b && b <= new.len()),
                 "case {case}"
             );
-            let got = apply(&old, &new, &runs);
+            let got = apply(&old, &new, runs);
             assert_eq!(&got[..new.len()], &new[..], "case {case}");
         }
     }
@@ -436,19 +454,19 @@ mod upload_tests {
     #[test]
     fn unchanged_words_are_not_written_and_changes_stay_local() {
         let old: Vec<i32> = (0..10 * UPLOAD_CHUNK as i32).collect();
-        assert!(changed_runs(&old, &old).is_empty());
-        assert!(changed_runs(&old, &old[..100]).is_empty());
+        assert!(changed_runs(&old, &old).as_slice().is_empty());
+        assert!(changed_runs(&old, &old[..100]).as_slice().is_empty());
         let mut new = old.clone();
         new[3 * UPLOAD_CHUNK + 5] = -1;
         new[7 * UPLOAD_CHUNK] = -1;
         assert_eq!(
-            changed_runs(&old, &new),
-            vec![
+            changed_runs(&old, &new).as_slice(),
+            [
                 (3 * UPLOAD_CHUNK, 4 * UPLOAD_CHUNK),
                 (7 * UPLOAD_CHUNK, 8 * UPLOAD_CHUNK)
             ]
         );
         // A fresh buffer (nothing written yet) takes everything.
-        assert_eq!(changed_runs(&[], &new), vec![(0, new.len())]);
+        assert_eq!(changed_runs(&[], &new).as_slice(), [(0, new.len())]);
     }
 }
