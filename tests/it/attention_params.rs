@@ -374,6 +374,37 @@ fn prefill_kernel_rescales_tiles_and_pads_rows() {
     }
 }
 
+/// The prefill kernel (its twin on lavapipe) at block sizes 1 and 3, where a key tile spans
+/// many blocks (or a block boundary inside the tile), with sequences of several hundred
+/// blocks, a window that starts the key loop mid-sequence, a decode row and a short prompt in
+/// the batch, and a shuffled block table (`run_case`). (A version of the kernel that staged
+/// the block table 128 blocks at a time was checked by this test: it fails when a stale
+/// chunk is read.)
+#[test]
+fn prefill_kernel_small_blocks_long_tables() {
+    let Some(ctx) = context() else { return };
+    let seqs: &[(u32, u32)] = &[(40, 300), (1, 260), (20, 20), (70, 460)];
+    for (i, (bs, window)) in [(1u32, None), (3, None), (1, Some(150))]
+        .into_iter()
+        .enumerate()
+    {
+        for mode in modes() {
+            let mut s = shape(seqs, 4, 2, 32, Dtype::F16);
+            s.block_size = bs;
+            s.mode = mode;
+            let ex = Extras {
+                path: AttentionPath::PrefillCoop,
+                window_left: window,
+                ..Default::default()
+            };
+            let seed = 0x8C0 + i as u64;
+            let out = run_case(ctx, seed, &s, &ex)
+                .unwrap_or_else(|e| panic!("{mode:?} bs {bs} seed {seed:#x}: {e}"));
+            assert_close(&out, s.dtype);
+        }
+    }
+}
+
 /// Decode batches forced onto the prefill kernel (on cooperative matrices where the adapter
 /// has them, its scalar twin elsewhere; `Auto` never takes it for decode), split over the
 /// key axis: the planner's
