@@ -28,6 +28,11 @@ struct Shape {
     mode: KvQuantMode,
     split: SplitK,
     path: AttentionPath,
+    /// Decode rows (one query token each over `mixed_lkv` keys) in the batch after the `b`
+    /// sequences of (lq, lkv): a mixed batch, as a serving step that admits a prompt while
+    /// others decode; 0 for the plain shapes.
+    mixed_rows: u32,
+    mixed_lkv: u32,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -62,6 +67,32 @@ fn decode(name: &str, b: u32, lkv: u32, d: u32, split: SplitK) -> Shape {
         mode: KvQuantMode::None,
         split,
         path: AttentionPath::Auto,
+        mixed_rows: 0,
+        mixed_lkv: 0,
+    }
+}
+
+/// One causal prompt of `lq` tokens and `rows` decode rows over `lkv` keys each, in one batch.
+fn mixed(name: &str, lq: u32, rows: u32, lkv: u32) -> Shape {
+    Shape {
+        name: name.into(),
+        lq,
+        lkv: lq,
+        mixed_rows: rows,
+        mixed_lkv: lkv,
+        ..decode("", 1, lq, 128, SplitK::Auto)
+    }
+}
+
+impl Shape {
+    /// (query tokens, keys) of every sequence of the batch.
+    fn seqs(&self) -> Vec<(u32, u32)> {
+        let mut v = vec![(self.lq, self.lkv); self.b as usize];
+        v.extend(std::iter::repeat_n(
+            (1, self.mixed_lkv),
+            self.mixed_rows as usize,
+        ));
+        v
     }
 }
 
@@ -76,6 +107,7 @@ fn shapes(quick: bool, sweep: bool) -> Vec<Shape> {
                 lkv: 256,
                 ..decode("", 1, 256, 64, SplitK::Auto)
             },
+            mixed("mixed_prompt_128_decode_8x512", 128, 8, 512),
         ];
     }
     let mut v = Vec::new();
@@ -194,6 +226,13 @@ fn shapes(quick: bool, sweep: bool) -> Vec<Shape> {
     v.push(Shape {
         path: AttentionPath::PrefillTiled,
         ..chunk
+    });
+    // A mixed batch (issue 13): a 2k prompt admitted while 32 sequences decode over 4k keys.
+    let mix = mixed("mixed_prompt_2k_decode_32x4k", 2048, 32, 4096);
+    v.push(mix.clone());
+    v.push(Shape {
+        path: AttentionPath::Unified,
+        ..mix
     });
     v
 }
@@ -553,8 +592,10 @@ fn fill_llm_like(ctx: &Context, cache: &KvCache, rng: &mut SplitMix64) -> Result
 fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row> {
     let bs = 16u32;
     let backend = quantkv::modes::backend(s.mode)?;
-    let blocks_per_seq = s.lkv.div_ceil(bs);
-    let num_blocks = s.b * blocks_per_seq + 1;
+    let seqs = s.seqs();
+    let blocks_per_seq = seqs.iter().map(|&(_, l)| l.div_ceil(bs)).max().unwrap_or(1);
+    let nseq = seqs.len() as u32;
+    let num_blocks = nseq * blocks_per_seq + 1;
     let row_bytes = backend.row_bytes(s.d, Dtype::F16);
     let layer_bytes = 2 * num_blocks as u64 * bs as u64 * s.hkv as u64 * row_bytes;
     // Rotate over at least ROTATE_BYTES of K/V in total (and >= 2 layers), so no shape runs
@@ -575,12 +616,15 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
         fill_llm_like(ctx, &cache, rng)?;
     }
     let perm = rng.permutation(num_blocks as usize);
-    let block_table: Vec<i32> = perm[..(s.b * blocks_per_seq) as usize]
+    let block_table: Vec<i32> = perm[..(nseq * blocks_per_seq) as usize]
         .iter()
         .map(|&x| x as i32)
         .collect();
-    let cu: Vec<i32> = (0..=s.b).map(|i| (i * s.lq) as i32).collect();
-    let used = vec![s.lkv as i32; s.b as usize];
+    let mut cu = vec![0i32];
+    for &(lq, _) in &seqs {
+        cu.push(cu[cu.len() - 1] + lq as i32);
+    }
+    let used: Vec<i32> = seqs.iter().map(|&(_, l)| l as i32).collect();
     let plan = BatchPlan::new(
         ctx,
         &cfg,
@@ -592,7 +636,7 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
             ..Default::default()
         },
     )?;
-    let tokens = s.b * s.lq;
+    let tokens: u32 = seqs.iter().map(|&(lq, _)| lq).sum();
     let qn = (tokens * s.hq * s.d) as usize;
     let mut q: Vec<f64> = (0..qn).map(|_| rng.normal()).collect();
     quantkv::reference::data::shape_like_llm(
@@ -640,11 +684,9 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
         }
         Ok(())
     })?;
-    let kv_bytes = 2.0
-        * s.b as f64
-        * s.lkv as f64
-        * s.hkv as f64
-        * (row_bytes as f64 + backend.scale_cache_bytes(1, 1) as f64);
+    let keys: f64 = seqs.iter().map(|&(_, l)| l as f64).sum();
+    let kv_bytes =
+        2.0 * keys * s.hkv as f64 * (row_bytes as f64 + backend.scale_cache_bytes(1, 1) as f64);
     let lp = cache.launch_plan(ctx, &plan, &params)?;
     let segs = lp.segments;
     let partial_bytes = if segs > 1 {
@@ -653,14 +695,22 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
         0.0
     };
     let bytes =
-        kv_bytes + (s.b * blocks_per_seq * 4) as f64 + 2.0 * qn as f64 * 2.0 + partial_bytes;
-    let f16_bytes = 2.0 * s.b as f64 * s.lkv as f64 * s.hkv as f64 * s.d as f64 * 2.0;
-    let flops = if s.lq > 1 {
-        let full = s.lq as f64 * (s.lkv - s.lq) as f64 + s.lq as f64 * s.lq as f64 / 2.0;
-        4.0 * s.b as f64 * s.hq as f64 * full * s.d as f64
-    } else {
-        4.0 * s.b as f64 * s.hq as f64 * s.lkv as f64 * s.d as f64
-    };
+        kv_bytes + (nseq * blocks_per_seq * 4) as f64 + 2.0 * qn as f64 * 2.0 + partial_bytes;
+    let f16_bytes = 2.0 * keys * s.hkv as f64 * s.d as f64 * 2.0;
+    // Query-key pairs a causal batch visits (a prompt's rows see the context and the
+    // earlier prompt tokens: half the square).
+    let pairs: f64 = seqs
+        .iter()
+        .map(|&(lq, lkv)| {
+            let (lq, lkv) = (lq as f64, lkv as f64);
+            if lq > 1.0 {
+                lq * (lkv - lq) + lq * lq / 2.0
+            } else {
+                lkv
+            }
+        })
+        .sum();
+    let flops = 4.0 * s.hq as f64 * pairs * s.d as f64;
     Ok(Row {
         name: s.name.clone(),
         mode: s.mode.id().into(),
@@ -864,7 +914,7 @@ fn main() -> Result<()> {
         let mut js = String::from("[");
         let mut seen = std::collections::HashSet::new();
         for s in list.iter().filter(|s| seen.insert(s.name.clone())) {
-            let _ = write!(js, "{}{{\"name\":\"{}\",\"b\":{},\"lq\":{},\"lkv\":{},\"hq\":{},\"hkv\":{},\"d\":{},\"causal\":{}}}", if js.len() > 1 { "," } else { "" }, s.name, s.b, s.lq, s.lkv, s.hq, s.hkv, s.d, s.lq > 1);
+            let _ = write!(js, "{}{{\"name\":\"{}\",\"b\":{},\"lq\":{},\"lkv\":{},\"hq\":{},\"hkv\":{},\"d\":{},\"causal\":{},\"mixed_rows\":{},\"mixed_lkv\":{}}}", if js.len() > 1 { "," } else { "" }, s.name, s.b, s.lq, s.lkv, s.hq, s.hkv, s.d, s.lq > 1, s.mixed_rows, s.mixed_lkv);
         }
         js.push(']');
         std::fs::write(&path, js)?;
