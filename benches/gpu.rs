@@ -3,7 +3,7 @@
 //! in L2, next to a copy kernel measured in the same run. Prints a table and writes JSON + CSV.
 //!
 //!   cargo bench --bench gpu -- [--quick] [--out DIR] [--shapes-json FILE] [--filter A,B,..]
-//!                               [--modes none,int4_per_token_head,..] [--paths auto,stream,..]
+//!                               [--modes none,int4_per_token_head,..|all] [--paths auto,stream,..]
 //!                               [--no-subgroups] [--batch N] [--one-pass] [--floor]
 //!
 //! `--shapes-json` writes the shapes for `benches/sdpa.py`, which times PyTorch SDPA on them in
@@ -906,8 +906,17 @@ fn main() -> Result<()> {
             })
         });
     }
-    if let Some(m) = opt("--modes") {
+    // `--modes all` (or no flag) keeps every mode; an unknown id is an error, not an empty run.
+    if let Some(m) = opt("--modes").filter(|m| m != "all") {
         let ids: Vec<&str> = m.split(',').collect();
+        if let Some(bad) = ids
+            .iter()
+            .find(|id| !KvQuantMode::ALL.iter().any(|k| k.id() == **id))
+        {
+            anyhow::bail!(
+                "--modes: unknown mode {bad:?} (ids: none, int4_per_token_head, ..., or all)"
+            );
+        }
         list.retain(|s| ids.contains(&s.mode.id()));
     }
     if let Some(path) = opt("--shapes-json") {
