@@ -288,9 +288,126 @@ fn full_step_on(c: &mut Criterion, ctx: &Context, suffix: &str) {
     }
 }
 
+/// wgpu's own floor for a step's recording: 96 dispatches of a trivial pipeline (32 "layers" x 3,
+/// each layer with its own bind groups, as a 32-layer step's write, attention and split-K
+/// reduce) in one compute pass, finished and submitted, with bind groups of 3, 6 and 10 storage
+/// buffers (quantkv's attention binds 10, its write 9, its reduce 5). No quantkv code runs:
+/// this is what the per-step host cost cannot go below with that many dispatches and bindings.
+fn wgpu_floor(c: &mut Criterion) {
+    if let Ok(ctx) = Context::new() {
+        wgpu_floor_on(c, &ctx, "");
+    }
+    if let Some(ctx) = noop_context() {
+        wgpu_floor_on(c, &ctx, "_noop");
+    }
+}
+
+fn wgpu_floor_on(c: &mut Criterion, ctx: &Context, suffix: &str) {
+    let dev = &ctx.device;
+    for n in [3u32, 6, 10] {
+        let mut src = String::new();
+        for i in 0..n {
+            let access = if i == 0 { "read_write" } else { "read" };
+            src += &format!("@group(0) @binding({i}) var<storage, {access}> b{i}: array<u32>;\n");
+        }
+        let sum: Vec<String> = (1..n).map(|i| format!("b{i}[0]")).collect();
+        src += &format!(
+            "@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) id: vec3<u32>) {{ if (id.x == 0u) {{ b0[0] = {}; }} }}\n",
+            sum.join(" + ")
+        );
+        let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("floor"),
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        });
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = (0..n)
+            .map(|i| wgpu::BindGroupLayoutEntry {
+                binding: i,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only: i != 0 },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let bgl = dev.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: None,
+            entries: &entries,
+        });
+        let pl = dev.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: None,
+            bind_group_layouts: &[Some(&bgl)],
+            immediate_size: 0,
+        });
+        let pipes: Vec<wgpu::ComputePipeline> = (0..3)
+            .map(|_| {
+                dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: None,
+                    layout: Some(&pl),
+                    module: &module,
+                    entry_point: Some("main"),
+                    compilation_options: Default::default(),
+                    cache: None,
+                })
+            })
+            .collect();
+        // Per layer and dispatch its own output buffer, the inputs shared (as step buffers are).
+        let buf = |_: u32| ctx.zeroed("floor", 256);
+        let shared: Vec<wgpu::Buffer> = (1..n).map(buf).collect();
+        let groups: Vec<wgpu::BindGroup> = (0..96u32)
+            .map(|i| {
+                let out = buf(i);
+                let mut e = vec![wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: out.as_entire_binding(),
+                }];
+                for (k, b) in shared.iter().enumerate() {
+                    e.push(wgpu::BindGroupEntry {
+                        binding: k as u32 + 1,
+                        resource: b.as_entire_binding(),
+                    });
+                }
+                dev.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: None,
+                    layout: &bgl,
+                    entries: &e,
+                })
+            })
+            .collect();
+        c.bench_function(
+            &format!("wgpu_floor_96_dispatches_{n}_bindings{suffix}"),
+            |bench| {
+                bench.iter_custom(|iters| {
+                    let mut host = std::time::Duration::ZERO;
+                    for i in 0..iters {
+                        let t = std::time::Instant::now();
+                        let mut enc = dev.create_command_encoder(&Default::default());
+                        {
+                            let mut pass = enc.begin_compute_pass(&Default::default());
+                            for (k, g) in groups.iter().enumerate() {
+                                pass.set_pipeline(&pipes[k % 3]);
+                                pass.set_bind_group(0, g, &[]);
+                                pass.dispatch_workgroups(1, 1, 1);
+                            }
+                        }
+                        ctx.queue.submit([enc.finish()]);
+                        host += t.elapsed();
+                        if i % 4 == 3 {
+                            let _ = dev.poll(wgpu::PollType::wait_indefinitely());
+                        }
+                    }
+                    host
+                })
+            },
+        );
+        let _ = dev.poll(wgpu::PollType::wait_indefinitely());
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).measurement_time(std::time::Duration::from_secs(2)).warm_up_time(std::time::Duration::from_millis(500));
-    targets = bench, full_step
+    targets = bench, full_step, wgpu_floor
 }
 criterion_main!(benches);

@@ -37,6 +37,7 @@ fn extended_every_parameter_on_every_mode() {
     gemma_softcap_and_window();
     everything_at_once();
     prefill_kernel_rescales_tiles_and_pads_rows();
+    prefill_kernel_small_blocks_long_tables();
     decode_rows_on_the_prefill_kernel_split_over_keys();
     window_visits_only_blocks_near_the_window();
     fp8_output_scale();
@@ -384,11 +385,15 @@ fn prefill_kernel_rescales_tiles_and_pads_rows() {
 fn prefill_kernel_small_blocks_long_tables() {
     let Some(ctx) = context() else { return };
     let seqs: &[(u32, u32)] = &[(40, 300), (1, 260), (20, 20), (70, 460)];
-    for (i, (bs, window)) in [(1u32, None), (3, None), (1, Some(150))]
-        .into_iter()
-        .enumerate()
-    {
-        for mode in modes() {
+    // The quick suite runs one mode (the block-table walk is mode-free); the extended matrix
+    // every mode and a windowless block size 1 too.
+    let (configs, modes): (&[(u32, Option<i32>)], Vec<KvQuantMode>) = if extended() {
+        (&[(1, Some(150)), (3, None), (1, None)], modes())
+    } else {
+        (&[(1, Some(150)), (3, None)], vec![KvQuantMode::None])
+    };
+    for (i, &(bs, window)) in configs.iter().enumerate() {
+        for &mode in &modes {
             let mut s = shape(seqs, 4, 2, 32, Dtype::F16);
             s.block_size = bs;
             s.mode = mode;
