@@ -353,11 +353,11 @@ fn wgpu_floor_on(c: &mut Criterion, ctx: &Context, suffix: &str) {
             })
             .collect();
         // Per layer and dispatch its own output buffer, the inputs shared (as step buffers are).
-        let buf = |_: u32| ctx.zeroed("floor", 256);
-        let shared: Vec<wgpu::Buffer> = (1..n).map(buf).collect();
+        let buf = || ctx.zeroed("floor", 256);
+        let shared: Vec<wgpu::Buffer> = (1..n).map(|_| buf()).collect();
         let groups: Vec<wgpu::BindGroup> = (0..96u32)
-            .map(|i| {
-                let out = buf(i);
+            .map(|_| {
+                let out = buf();
                 let mut e = vec![wgpu::BindGroupEntry {
                     binding: 0,
                     resource: out.as_entire_binding(),

@@ -54,16 +54,23 @@ fn extended() -> bool {
 }
 
 fn check(seed: u64, seqs: &[(u32, u32)], hq: u32, hkv: u32, d: u32, ex: Extras) {
+    check_in(seed, shape(seqs, hq, hkv, d, Dtype::F16), &modes(), ex);
+}
+
+/// `base` (its mode replaced) on each of `modes` against the reference.
+fn check_in(seed: u64, base: Shape, modes: &[KvQuantMode], ex: Extras) {
     let Some(ctx) = context() else { return };
-    for mode in modes() {
+    for &mode in modes {
         let b = quantkv::modes::backend(mode).unwrap();
         if ex.poison_outside_window && !(b.stores_rows_as_given() || b.needs_scale_caches()) {
             continue; // per-tensor codes have no NaN to poison with; the core is the same
         }
-        let mut s = shape(seqs, hq, hkv, d, Dtype::F16);
-        s.mode = mode;
-        let out =
-            run_case(ctx, seed, &s, &ex).unwrap_or_else(|e| panic!("{mode:?} seed {seed:#x}: {e}"));
+        let s = Shape {
+            mode,
+            ..base.clone()
+        };
+        let out = run_case(ctx, seed, &s, &ex)
+            .unwrap_or_else(|e| panic!("{mode:?} block size {} seed {seed:#x}: {e}", s.block_size));
         assert_close(&out, s.dtype);
     }
 }
@@ -383,7 +390,6 @@ fn prefill_kernel_rescales_tiles_and_pads_rows() {
 /// chunk is read.)
 #[test]
 fn prefill_kernel_small_blocks_long_tables() {
-    let Some(ctx) = context() else { return };
     let seqs: &[(u32, u32)] = &[(40, 300), (1, 260), (20, 20), (70, 460)];
     // The quick suite runs one mode (the block-table walk is mode-free); the extended matrix
     // every mode and a windowless block size 1 too.
@@ -393,20 +399,16 @@ fn prefill_kernel_small_blocks_long_tables() {
         (&[(1, Some(150)), (3, None)], vec![KvQuantMode::None])
     };
     for (i, &(bs, window)) in configs.iter().enumerate() {
-        for &mode in &modes {
-            let mut s = shape(seqs, 4, 2, 32, Dtype::F16);
-            s.block_size = bs;
-            s.mode = mode;
-            let ex = Extras {
-                path: AttentionPath::PrefillCoop,
-                window_left: window,
-                ..Default::default()
-            };
-            let seed = 0x8C0 + i as u64;
-            let out = run_case(ctx, seed, &s, &ex)
-                .unwrap_or_else(|e| panic!("{mode:?} bs {bs} seed {seed:#x}: {e}"));
-            assert_close(&out, s.dtype);
-        }
+        let s = Shape {
+            block_size: bs,
+            ..shape(seqs, 4, 2, 32, Dtype::F16)
+        };
+        let ex = Extras {
+            path: AttentionPath::PrefillCoop,
+            window_left: window,
+            ..Default::default()
+        };
+        check_in(0x8C0 + i as u64, s, &modes, ex);
     }
 }
 
