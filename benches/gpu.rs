@@ -5,6 +5,7 @@
 //!   cargo bench --bench gpu -- [--quick] [--out DIR] [--shapes-json FILE] [--filter A,B,..]
 //!                               [--modes none,int4_per_token_head,..|all] [--paths auto,stream,..]
 //!                               [--no-subgroups] [--batch N] [--one-pass] [--floor]
+//!                               [--step two|fused]
 //!
 //! `--shapes-json` writes the shapes for `benches/sdpa.py`, which times PyTorch SDPA on them in
 //! the same device command; `--sdpa FILE` reads its results back and adds the ratio columns.
@@ -534,6 +535,12 @@ fn time_spans(
     Ok(us[us.len() / 2])
 }
 
+/// `--step two|fused` (decode shapes): each timed call is a decode step's layer, the write of
+/// the step's new K/V rows (into the slots of each sequence's newest key) and the attention:
+/// `two` = `reshape_and_cache` then `unified_attention`, `fused` = `write_and_attend` (one
+/// dispatch where it fuses). 0 = attention only (the default).
+static STEP: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// `--no-fill`: leave caches zeroed (for comparing with runs before the fill existed).
 static NO_FILL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -625,10 +632,30 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
         cu.push(cu[cu.len() - 1] + lq as i32);
     }
     let used: Vec<i32> = seqs.iter().map(|&(_, l)| l as i32).collect();
+    // `--step`: decode shapes write each sequence's newest key.
+    let step = STEP.load(std::sync::atomic::Ordering::Relaxed);
+    let step = if seqs.iter().all(|&(lq, _)| lq == 1) {
+        step
+    } else {
+        0
+    };
+    let slots: Vec<i32> = if step > 0 {
+        seqs.iter()
+            .enumerate()
+            .map(|(i, &(_, l))| {
+                let p = l - 1;
+                block_table[(i as u32 * blocks_per_seq + p / bs) as usize] * bs as i32
+                    + (p % bs) as i32
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let plan = BatchPlan::new(
         ctx,
         &cfg,
         &StepInput {
+            slot_mapping: &slots,
             cu_seqlens_q: &cu,
             seqused_k: &used,
             block_table: &block_table,
@@ -649,6 +676,13 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
     );
     let qb = ctx.upload("q", &Dtype::F16.encode(&q));
     let ob = ctx.zeroed("out", qn as u64 * 2);
+    let kvn = (slots.len() as u32 * s.hkv * s.d) as usize;
+    let kvb = ctx.upload(
+        "new kv",
+        &Dtype::F16.encode(&(0..kvn.max(1)).map(|_| rng.normal()).collect::<Vec<_>>()),
+    );
+    let kvt = Tensor::new(&kvb, Dtype::F16, [slots.len() as u32, s.hkv, s.d]);
+    let mut fused_calls = 0u32;
     let params = AttentionParams {
         num_q_heads: s.hq,
         softmax_scale: 1.0 / (s.d as f32).sqrt(),
@@ -663,24 +697,46 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
     let us = time_spans(ctx, 5.min(runs()), runs(), reps, batch(), |enc| {
         // The next layer's call (rotating over the layers).
         let mut next = || {
-            let layer = cache.layer(i % layers as usize)?;
+            let l = i % layers as usize;
             i += 1;
-            anyhow::Ok(Attention {
-                plan: &plan,
-                layer,
-                q: Tensor::new(&qb, Dtype::F16, shape),
-                out: Tensor::new(&ob, Dtype::F16, shape),
-                params: &params,
-            })
+            anyhow::Ok((
+                l,
+                Attention {
+                    plan: &plan,
+                    layer: cache.layer(l)?,
+                    q: Tensor::new(&qb, Dtype::F16, shape),
+                    out: Tensor::new(&ob, Dtype::F16, shape),
+                    params: &params,
+                },
+            ))
         };
         if one_pass {
             // As an engine records a step: every layer's call in one compute pass.
             let mut pass = enc.begin_compute_pass(&Default::default());
             for _ in 0..per_record {
-                cache.unified_attention_in(ctx, &mut pass, &next()?)?;
+                let (l, a) = next()?;
+                match step {
+                    1 => {
+                        cache.reshape_and_cache_in(ctx, &mut pass, &plan, l, kvt, kvt)?;
+                        cache.unified_attention_in(ctx, &mut pass, &a)?;
+                    }
+                    2 => {
+                        fused_calls +=
+                            cache.write_and_attend_in(ctx, &mut pass, kvt, kvt, &a)? as u32
+                    }
+                    _ => cache.unified_attention_in(ctx, &mut pass, &a)?,
+                }
             }
         } else {
-            cache.unified_attention(ctx, enc, &next()?)?;
+            let (l, a) = next()?;
+            match step {
+                1 => {
+                    cache.reshape_and_cache(ctx, enc, &plan, l, kvt, kvt)?;
+                    cache.unified_attention(ctx, enc, &a)?;
+                }
+                2 => fused_calls += cache.write_and_attend(ctx, enc, kvt, kvt, &a)? as u32,
+                _ => cache.unified_attention(ctx, enc, &a)?,
+            }
         }
         Ok(())
     })?;
@@ -715,7 +771,7 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
         name: s.name.clone(),
         mode: s.mode.id().into(),
         kernel: format!(
-            "{}{}{}",
+            "{}{}{}{}",
             lp.kernel.name(),
             if lp.stream {
                 "-stream"
@@ -730,6 +786,12 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
                 ""
             } else {
                 " (forced)"
+            },
+            match (step, fused_calls > 0) {
+                (0, _) => "",
+                (1, _) => " +write",
+                (_, true) => " +write fused",
+                (_, false) => " +write (not fused)",
             }
         ),
         split: match s.split {
@@ -867,6 +929,13 @@ fn main() -> Result<()> {
         std::sync::atomic::Ordering::Relaxed,
     );
     ONE_PASS.store(flag("--one-pass"), std::sync::atomic::Ordering::Relaxed);
+    let step = match opt("--step").as_deref() {
+        None => 0,
+        Some("two") => 1,
+        Some("fused") => 2,
+        Some(other) => anyhow::bail!("--step {other}: expected two or fused"),
+    };
+    STEP.store(step, std::sync::atomic::Ordering::Relaxed);
     let filter = opt("--filter");
     let mut list = shapes(quick, flag("--sweep"));
     if let Some(f) = &filter {

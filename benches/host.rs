@@ -1,7 +1,8 @@
 //! Host-side cost (criterion): validating + uploading one model step's metadata
 //! (`BatchPlan::new`), recording one layer's `unified_attention` call into an encoder (no
 //! submit), and one whole decode step of a 32-layer model (plan, then per layer a
-//! `reshape_and_cache` and a `unified_attention`, then finish and submit), at B=1 L=1k and
+//! `reshape_and_cache` and a `unified_attention`, then finish and submit; also in one compute
+//! pass, and as one `write_and_attend` per layer), at B=1 L=1k and
 //! B=16 L=32k (Hq 32, Hkv 8, D 128, f16 cache, block 16). The whole step is also timed on wgpu's
 //! no-op backend (`*_noop`: quantkv's and wgpu-core's share, no driver), which tells the two
 //! apart from the driver's share on a real adapter.
@@ -226,19 +227,23 @@ fn full_step_on(c: &mut Criterion, ctx: &Context, suffix: &str) {
             ..Default::default()
         };
         let shape = [s.b, 32, 128];
-        // One whole step: new plan (the step's slot mapping), 32 x (write + attention),
-        // finish, submit. The GPU work is drained outside the timed part every few steps.
-        let slots: Vec<i32> = (0..b as i32).map(|i| i * 16).collect();
+        // One whole step: new plan (the step's slot mapping: each sequence's newest key), 32 x
+        // (write + attention), finish, submit. The GPU work is drained outside the timed part
+        // every few steps.
+        let slots: Vec<i32> = (0..b as usize)
+            .map(|i| s.table[i * s.stride + (l as usize - 1) / 16] * 16 + (l as i32 - 1) % 16)
+            .collect();
         let kv = s.ctx.zeroed("kv", b as u64 * 8 * 128 * 2);
         let step = StepInput {
             slot_mapping: &slots,
             ..step
         };
-        for one_pass in [false, true] {
-            let name = if one_pass {
-                format!("full_step_32_layers_one_pass_b{b}_l{l}{suffix}")
-            } else {
-                format!("full_step_32_layers_b{b}_l{l}{suffix}")
+        // (one pass for the step, write_and_attend instead of the two calls)
+        for (one_pass, fused) in [(false, false), (true, false), (true, true)] {
+            let name = match (one_pass, fused) {
+                (_, true) => format!("full_step_32_layers_fused_b{b}_l{l}{suffix}"),
+                (true, _) => format!("full_step_32_layers_one_pass_b{b}_l{l}{suffix}"),
+                _ => format!("full_step_32_layers_b{b}_l{l}{suffix}"),
             };
             c.bench_function(&name, |bench| {
                 bench.iter_custom(|iters| {
@@ -255,7 +260,14 @@ fn full_step_on(c: &mut Criterion, ctx: &Context, suffix: &str) {
                             out: Tensor::new(&s.out, Dtype::F16, shape),
                             params: &params,
                         };
-                        if one_pass {
+                        if fused {
+                            let mut pass = enc.begin_compute_pass(&Default::default());
+                            for layer in 0..32 {
+                                s.cache
+                                    .write_and_attend_in(s.ctx, &mut pass, kvt, kvt, &attn(layer))
+                                    .unwrap();
+                            }
+                        } else if one_pass {
                             let mut pass = enc.begin_compute_pass(&Default::default());
                             for layer in 0..32 {
                                 let c = &s.cache;

@@ -325,20 +325,65 @@ impl KvCache {
         pass: &mut wgpu::ComputePass<'_>,
         a: &Attention<'_>,
     ) -> Result<()> {
-        self.attend(ctx, Rec::Pass(pass), a)
+        self.attend(ctx, Rec::Pass(pass), a, None).map(|_| ())
     }
 
-    fn attend(&self, ctx: &Context, rec: Rec<'_, '_>, a: &Attention<'_>) -> Result<()> {
+    fn attend(
+        &self,
+        ctx: &Context,
+        rec: Rec<'_, '_>,
+        a: &Attention<'_>,
+        write: Option<(&Tensor<'_>, &Tensor<'_>)>,
+    ) -> Result<bool> {
         self.check_own(a.layer)?;
         kernels::attention::encode(
             ctx,
             rec,
             &a.layer.kernel_ref(),
             &a.plan.gpu,
-            &a.q,
-            &a.out,
+            (&a.q, &a.out),
             a.params,
+            write,
         )
+    }
+
+    /// [`KvCache::reshape_and_cache`] of `key` / `value` into `a.layer`, then
+    /// [`KvCache::unified_attention`] of `a`, recorded into `enc` as one call: the same
+    /// result, in one dispatch fewer where the decode kernel can write the rows itself.
+    ///
+    /// It does so (and returns `true`) for a cache that stores rows as given (mode `none`), a
+    /// decode step whose `slot_mapping` holds, for each sequence's one query token, the slot
+    /// of that sequence's newest key (position `seqused_k - 1` through its block table; padding
+    /// slots allowed), a batch the planner sends to the decode kernel, and `key` / `value`
+    /// views that share no buffer with `out` or the segment buffer. Anything else records the
+    /// write kernel and then the attention (`false`). Either way every input is validated as
+    /// the two calls validate it, before anything is recorded.
+    ///
+    /// As with the two calls, no other sequence of the step may read a slot the step writes
+    /// (a block manager that copies shared blocks before writing them, such as
+    /// [`crate::BlockManager`], keeps this); in one dispatch such a read would race the write.
+    pub fn write_and_attend(
+        &self,
+        ctx: &Context,
+        enc: &mut wgpu::CommandEncoder,
+        key: Tensor<'_>,
+        value: Tensor<'_>,
+        a: &Attention<'_>,
+    ) -> Result<bool> {
+        self.attend(ctx, Rec::Enc(enc), a, Some((&key, &value)))
+    }
+
+    /// [`KvCache::write_and_attend`] recorded into a compute pass the caller holds (see
+    /// [`KvCache::reshape_and_cache_in`]).
+    pub fn write_and_attend_in(
+        &self,
+        ctx: &Context,
+        pass: &mut wgpu::ComputePass<'_>,
+        key: Tensor<'_>,
+        value: Tensor<'_>,
+        a: &Attention<'_>,
+    ) -> Result<bool> {
+        self.attend(ctx, Rec::Pass(pass), a, Some((&key, &value)))
     }
 
     /// Paged attention over `a.layer` (one of this cache's layers) for `a.plan`'s batch (spec
@@ -349,7 +394,7 @@ impl KvCache {
         enc: &mut wgpu::CommandEncoder,
         a: &Attention<'_>,
     ) -> Result<()> {
-        self.attend(ctx, Rec::Enc(enc), a)
+        self.attend(ctx, Rec::Enc(enc), a, None).map(|_| ())
     }
 
     /// How a call with `params` over `plan` will be launched on `ctx`'s device (the planning
@@ -372,8 +417,9 @@ impl KvCache {
     /// Compiles, ahead of the first step, the pipelines this cache will need for attention
     /// calls with each of `params` (their features, split choice and path): the write kernel,
     /// and for decode batches (short and long contexts, small and large batches: each decode
-    /// rung the planner may pick, with and without split-K) and prefill batches the attention
-    /// kernels and the split-K reduce. Work runs on background threads (one per core); calls
+    /// rung the planner may pick, with and without split-K; for mode `none` also the variants
+    /// that write the step's rows, [`KvCache::write_and_attend`]) and prefill batches the
+    /// attention kernels and the split-K reduce. Work runs on background threads (one per core); calls
     /// `progress(done, total)` after each variant. Variants that depend on the step (qq_bias,
     /// prefix ranges) are compiled on first use. Returns the number of variants visited.
     pub fn warm_up(
@@ -415,6 +461,21 @@ impl KvCache {
                     jobs.push((lp, f));
                 }
             }
+        }
+        // Mode `none`: the decode kernels that also write the step's rows
+        // (`write_and_attend`).
+        if kernels::attention::fused_write_exists(ctx, &layer) {
+            let fused: Vec<_> = jobs
+                .iter()
+                .filter(|(lp, _)| lp.kernel == crate::gpu::Kernel::Decode)
+                .map(|&(lp, f)| {
+                    (
+                        lp,
+                        crate::gpu::Features(f.0 | crate::gpu::Features::FUSED_WRITE),
+                    )
+                })
+                .collect();
+            jobs.extend(fused);
         }
         let total = jobs.len() + 1;
         let done = std::sync::atomic::AtomicUsize::new(0);

@@ -317,6 +317,7 @@ impl BatchPlan {
                 meta: bufs.meta.clone(),
                 has_qq: input.qq_bias.is_some(),
                 has_mm: input.prefix_ranges.is_some(),
+                writes_newest: writes_newest(input, &summary, config.block_size),
                 partials: Mutex::new(partials),
                 rotated_q: Mutex::new(rotated_q),
             },
@@ -328,6 +329,29 @@ impl BatchPlan {
     pub fn summary(&self) -> StepSummary {
         self.gpu.summary
     }
+}
+
+/// Whether the step is a decode step whose writes are exactly its rows' newest keys: every
+/// sequence has at most one query token, `slot_mapping` has one slot per query token, and each
+/// non-negative slot is, through the block table, the slot of its sequence's position
+/// `seqused_k - 1` (the key its own query reads last). Only then may the attention kernel
+/// write the rows itself ([`crate::KvCache::write_and_attend`]). O(num_seqs) on a validated
+/// input.
+fn writes_newest(input: &StepInput<'_>, sum: &StepSummary, block_size: u32) -> bool {
+    if sum.num_tokens_q == 0 || sum.max_seqlen_q > 1 || sum.num_write != sum.num_tokens_q {
+        return false;
+    }
+    let (cu, bs) = (input.cu_seqlens_q, block_size as i64);
+    (0..sum.num_seqs as usize).all(|s| {
+        if cu[s + 1] == cu[s] {
+            return true;
+        }
+        let slot = input.slot_mapping[cu[s] as usize];
+        // Validation keeps seqused_k >= 1 here and the block-table column in range.
+        let pos = input.seqused_k[s] as i64 - 1;
+        let block = input.block_table[s * input.block_table_stride + (pos / bs) as usize];
+        slot < 0 || slot as i64 == block as i64 * bs + pos % bs
+    })
 }
 
 /// Words compared (and written) at a time by [`upload_changed`]: 256 bytes.

@@ -38,8 +38,8 @@
 // #include "kernels/decode_common.wgsl"
 // #include "common/kv_read.wgsl"
 
-@group(0) @binding(5) var<storage, read> k_cache: array<u32>;
-@group(0) @binding(6) var<storage, read> v_cache: array<u32>;
+// Bindings 5 and 6 (k_cache, v_cache: u32 words) come from the host's prelude (read, or
+// read_write when the kernel writes the step's rows; decode_common.wgsl's write_newest).
 
 override CHUNK: u32 = 512u;
 override S_SH_LEN: u32 = 2048u;
@@ -249,6 +249,7 @@ fn decode_main(wid: vec3<u32>, tid: u32, nwg: vec3<u32>, sg: SgIds) {
     let slice = tid / d4;
     let pv = slice < nsl;         // threads past nsl * d4 idle in P.V
 
+    write_newest(tid, inf);
     load_q(tid, inf);
     load_qsum(tid);
 

@@ -28,8 +28,12 @@ override IS_SPLIT: bool = false;
 @group(0) @binding(2) var<storage, read> step_meta: array<i32>;
 @group(0) @binding(3) var<storage, read> laux: array<f32>;
 @group(0) @binding(4) var<storage, read> q: array<u32>;
-// Bindings 5 and 6 (k_cache, v_cache) are declared by the including kernel: u32 words in
-// decode.wgsl, 16-byte words in decode_stream.wgsl.
+// Bindings 5 and 6 (k_cache, v_cache) are declared by the host's prelude: u32 words in
+// decode.wgsl, 16-byte words in decode_stream.wgsl; read_write with FUSED_WRITE.
+// The prelude also gives FUSED_WRITE (const) and, with it, bindings 10 key_in and 11 value_in
+// (the step's K/V rows, 16-byte words, views as the write kernel takes them), new_row4(is_v,
+// i) (16-byte word i of the key / value views) and kv_store4(is_v, i, w) (16-byte word i of
+// the K / V pool); without it, stubs that are never called.
 @group(0) @binding(7) var<storage, read> k_scale: array<f32>;
 @group(0) @binding(8) var<storage, read> v_scale: array<f32>;
 @group(0) @binding(9) var<storage, read_write> out: array<u32>;
@@ -99,6 +103,33 @@ fn finish_score(raw: f32, m: u32, key: u32, valid: bool, inf: DecInfo) -> f32 {
     return x;
 }
 
+
+// FUSED_WRITE (mode `none`, a decode step whose writes are its rows' newest keys; the host
+// checks both): the workgroups of a row's last non-empty segment copy the row's new K and V
+// rows of their KV head (16-byte words, as kernels/write_copy.wgsl) into the slot of the key
+// they read last, then a storage barrier makes the copy visible to the workgroup's own loads.
+// Every head chunk of the KV head writes the same words (each reads the row itself); no other
+// workgroup reads that slot. A padding slot (< 0) is not written, as in the write kernel.
+fn write_newest(tid: u32, inf: DecInfo) {
+    if (FUSED_WRITE) {
+        let slot = step_meta[st.off_slot + inf.tok];
+        if (inf.key_lo < inf.key_hi && inf.key_hi == inf.kv_len && slot >= 0) {
+            let row_v4 = ly.k_row_words / 4u;
+            let ev4 = 16u / MODEL_WORDS4; // elements per 16 bytes
+            let h = inf.kv_head;
+            let ks = (ly.ki_off + inf.tok * ly.ki_tok + h * ly.ki_head) / ev4;
+            let vs = (ly.vi_off + inf.tok * ly.vi_tok + h * ly.vi_head) / ev4;
+            let dst = (u32(slot) * ly.num_kv_heads + h) * row_v4;
+            for (var c = tid; c < row_v4; c += WG_SIZE) {
+                let kw = new_row4(false, ks + c);
+                let vw = new_row4(true, vs + c);
+                kv_store4(false, dst + c, kw);
+                kv_store4(true, dst + c, vw);
+            }
+        }
+        storageBarrier();
+    }
+}
 
 // Prologue: the query rows into q_sh (then the mode's transform, rounded to the model dtype),
 // all threads; ends with a barrier.

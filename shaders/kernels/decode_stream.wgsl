@@ -406,6 +406,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         return;
     }
     let d4 = HEAD_DIM / 4u;
+    write_newest(tid, inf);
     if ((DEBUG_SKIP & 8u) == 0u) {
         load_q(tid, inf);
     }

@@ -72,6 +72,8 @@ impl Features {
     pub const STREAM: u32 = 1024;
     /// The prefill kernel on cooperative matrices (else its scalar fragment twin).
     pub const COOP: u32 = 2048;
+    /// The decode kernel writes the step's new K/V rows first (mode `none`; bindings 10, 11).
+    pub const FUSED_WRITE: u32 = 4096;
 
     /// Whether `bit` is set.
     pub fn has(self, bit: u32) -> bool {
@@ -81,7 +83,7 @@ impl Features {
 
 impl fmt::Display for Features {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const NAMES: [(u32, &str); 11] = [
+        const NAMES: [(u32, &str); 12] = [
             (Features::SOFTCAP, "softcap"),
             (Features::SINKS, "sinks"),
             (Features::ALIBI, "alibi"),
@@ -93,6 +95,7 @@ impl fmt::Display for Features {
             (Features::SUBGROUPS, "sg"),
             (Features::STREAM, "stream"),
             (Features::COOP, "coop"),
+            (Features::FUSED_WRITE, "write"),
         ];
         let names: Vec<&str> = NAMES
             .iter()

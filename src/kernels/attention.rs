@@ -173,20 +173,30 @@ impl AttentionParams<'_> {
     }
 }
 
+/// The step's K/V rows an attention call writes first (`reshape_and_cache` of the same step
+/// and layer): `(key, value)`.
+pub(crate) type NewRows<'x, 'a> = Option<(&'x Tensor<'a>, &'x Tensor<'a>)>;
+
 /// Records `unified_attention` for one layer: validates the call, plans it, then records the
-/// attention kernel (and the split-K reduce).
+/// attention kernel (and the split-K reduce). With `write`, the call first writes those rows
+/// into the layer: inside the decode kernel where [`fuse_admits`] says it may (returns true),
+/// else as the write kernel's dispatch ahead of the attention's. Everything is validated
+/// before anything is recorded.
 pub(crate) fn encode(
     ctx: &Context,
     rec: Rec<'_, '_>,
     layer: &LayerRef<'_>,
     step: &StepGpu,
-    q: &Tensor<'_>,
-    out: &Tensor<'_>,
+    (q, out): (&Tensor<'_>, &Tensor<'_>),
     p: &AttentionParams<'_>,
-) -> Result<()> {
+    write: NewRows<'_, '_>,
+) -> Result<bool> {
     let g = &layer.geometry;
     check_step(g, step)?;
     p.validate(g.num_kv_heads)?;
+    if let Some((k, v)) = write {
+        super::write::check(ctx, layer, step, k, v)?;
+    }
     let sum = step.summary;
     let hq = p.num_q_heads;
     let inner = [hq, g.head_size];
@@ -212,9 +222,20 @@ pub(crate) fn encode(
     out.check("out", out_dtype, sum.num_tokens_q, inner, limits)?;
 
     if sum.num_tokens_q == 0 {
-        return Ok(());
+        if let Some(w) =
+            write.and_then(|(k, v)| super::write::prepare(ctx, layer, step, k, v).transpose())
+        {
+            let w = w?;
+            rec.record("quantkv/reshape_and_cache", |pass| w.record(pass));
+        }
+        return Ok(false);
     }
     let lp = launch_plan(ctx.caps(), g, &sum, p, step.has_mm)?;
+    let fuse = write.is_some_and(|(k, v)| fuse_admits(ctx, layer, step, &lp, [k, v], out, p));
+    let pre_write = match write {
+        Some((k, v)) if !fuse => super::write::prepare(ctx, layer, step, k, v)?,
+        _ => None,
+    };
     let (segments, [gx, gy, _]) = (lp.segments, lp.grid);
     let qpk = hq / g.num_kv_heads;
     let (hg, bq, chunks) = (lp.heads_per_wg, lp.q_per_wg, lp.head_chunks);
@@ -240,6 +261,17 @@ pub(crate) fn encode(
     let (o_bind, oi) = out.binding(rows, limits);
     (lu.q_off, lu.q_tok, lu.q_head) = (qi.off, qi.tok, qi.head);
     (lu.o_off, lu.o_tok, lu.o_head) = (oi.off, oi.tok, oi.head);
+    // The fused write's views (bindings 10, 11), as the write kernel takes them.
+    let new_rows = match write.filter(|_| fuse) {
+        Some((k, v)) => {
+            let (k_bind, ki) = k.binding(sum.num_write, limits);
+            let (v_bind, vi) = v.binding(sum.num_write, limits);
+            (lu.ki_off, lu.ki_tok, lu.ki_head) = (ki.off, ki.tok, ki.head);
+            (lu.vi_off, lu.vi_tok, lu.vi_head) = (vi.off, vi.tok, vi.head);
+            vec![entry(10, k_bind), entry(11, v_bind)]
+        }
+        None => Vec::new(),
+    };
     let mut aux: Vec<f32> = Vec::new();
     if let Some(s) = p.sinks {
         lu.off_sinks = aux.len() as u32;
@@ -255,7 +287,10 @@ pub(crate) fn encode(
     let lbuf = ctx.intern(wgpu::BufferUsages::UNIFORM, bytemuck::bytes_of(&lu))?;
     let abuf = ctx.intern(wgpu::BufferUsages::STORAGE, bytemuck::cast_slice(&aux))?;
 
-    let features = p.features(step.has_qq, step.has_mm);
+    let mut features = p.features(step.has_qq, step.has_mm);
+    if fuse {
+        features.0 |= Features::FUSED_WRITE;
+    }
     let Pipelines {
         main: compiled,
         reduce: reduce_pipe,
@@ -330,22 +365,24 @@ pub(crate) fn encode(
     };
     // Everything is built (and checked by wgpu under error scopes) before anything is
     // recorded, so a failed call leaves the encoder as it was.
+    let mut entries = vec![
+        bind(0, &step.uniform),
+        bind(1, main_lbuf),
+        bind(2, &step.meta),
+        bind(3, &abuf),
+        entry(4, main_q),
+        bind(5, layer.k),
+        bind(6, layer.v),
+        bind(7, layer.k_scale),
+        bind(8, layer.v_scale),
+        entry(9, target),
+    ];
+    entries.extend(new_rows);
     let bg = ctx.bind_group(
         "attention bind group",
         compiled.id,
         &compiled.layout,
-        &[
-            bind(0, &step.uniform),
-            bind(1, main_lbuf),
-            bind(2, &step.meta),
-            bind(3, &abuf),
-            entry(4, main_q),
-            bind(5, layer.k),
-            bind(6, layer.v),
-            bind(7, layer.k_scale),
-            bind(8, layer.v_scale),
-            entry(9, target),
-        ],
+        &entries,
     )?;
     let reduce = match (partials, reduce_pipe) {
         (Some(part), Some(reduce)) => {
@@ -371,6 +408,9 @@ pub(crate) fn encode(
         limits.max_compute_workgroups_per_dimension,
     );
     rec.record("quantkv/unified_attention", |pass| {
+        if let Some(w) = &pre_write {
+            w.record(pass);
+        }
         if let Some((rot, qbg, ..)) = &rotated {
             pass.set_pipeline(&rot.pipeline);
             pass.set_bind_group(0, qbg, &[]);
@@ -389,7 +429,54 @@ pub(crate) fn encode(
             pass.dispatch_workgroups(rows, hq, 1);
         }
     });
-    Ok(())
+    Ok(fuse)
+}
+
+/// Whether the decode kernel of `lp` writes the step's new rows itself (one dispatch instead
+/// of the write kernel's and the attention kernel's): a mode that stores rows as given (a
+/// 16-byte row copy, no statistic or transform), a step whose writes are its decode rows'
+/// newest keys (`StepGpu::writes_newest`: the workgroups of a row's last segment then write
+/// exactly the row they read last, and make the write visible to themselves with a storage
+/// barrier; no other workgroup reads it), the decode kernel, room for the two extra storage
+/// bindings, and input views that do not share a buffer with `out` or the segment buffer
+/// (which the kernel writes). Anything else takes the two dispatches, with the same result.
+fn fuse_admits(
+    ctx: &Context,
+    layer: &LayerRef<'_>,
+    step: &StepGpu,
+    lp: &LaunchPlan,
+    rows: [&Tensor<'_>; 2],
+    out: &Tensor<'_>,
+    p: &AttentionParams<'_>,
+) -> bool {
+    let written = [Some(out.buffer), p.segment_buffer];
+    fused_write_exists(ctx, layer)
+        && step.writes_newest
+        && lp.kernel == Kernel::Decode
+        && !transform_apart(lp, &layer.geometry)
+        && rows
+            .iter()
+            .all(|t| !written.iter().flatten().any(|b| *b == t.buffer))
+        && fused_write_knob()
+}
+
+/// Storage bindings of a decode kernel that writes the step's rows (2..=9, 10, 11).
+const FUSED_STORAGE_BINDINGS: u32 = 10;
+
+/// Whether `layer`'s decode kernels have a variant that writes the step's rows on `ctx`: the
+/// mode stores rows as given and the adapter takes the two extra storage bindings.
+pub(crate) fn fused_write_exists(ctx: &Context, layer: &LayerRef<'_>) -> bool {
+    layer.mode.backend().stores_rows_as_given()
+        && ctx.limits().max_storage_buffers_per_shader_stage >= FUSED_STORAGE_BINDINGS
+}
+
+/// `QUANTKV_DEBUG_NO_FUSED_WRITE` (with the `debug-knobs` feature): never fuse, for A/B runs.
+fn fused_write_knob() -> bool {
+    if !cfg!(feature = "debug-knobs") {
+        return true;
+    }
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    !*OFF.get_or_init(|| std::env::var_os("QUANTKV_DEBUG_NO_FUSED_WRITE").is_some())
 }
 
 /// The pipelines a launch plan runs: the attention kernel and, with split-K, the reduce pass
@@ -647,7 +734,12 @@ pub fn decode_source(
             include_str!("../../shaders/kernels/decode_entry.wgsl")
         },
         codec: vec![codec.decode, codec.transform_source()],
-        prelude: format!("const M_MAX: u32 = {}u;\n", tiling.max_m),
+        prelude: format!(
+            "const M_MAX: u32 = {}u;\n{}{}",
+            tiling.max_m,
+            pool_bindings(f, "u32"),
+            fused_prelude(f, "u32")
+        ),
         includes: codec.includes,
         constants: vec![
             ("CHUNK", tiling.tile as f64),
@@ -658,7 +750,7 @@ pub fn decode_source(
         .into_iter()
         .chain(shared_constants(d, f, tiling))
         .collect(),
-        entries: attention_entries(),
+        entries: decode_entries(f),
     }
 }
 
@@ -679,7 +771,7 @@ pub fn decode_stream_source(
     PipelineSource {
         kernel: include_str!("../../shaders/kernels/decode_stream.wgsl"),
         codec: vec![codec.decode, codec.transform_source()],
-        prelude: stream_prelude(epw, el, lpr),
+        prelude: stream_prelude(epw, el, lpr, f),
         includes: codec.includes,
         constants: shared_constants(d, f, tiling)
             .into_iter()
@@ -688,12 +780,64 @@ pub fn decode_stream_source(
                 ("NSG_MAX", (tiling.wg_size / lpr) as f64),
             ])
             .collect(),
-        entries: attention_entries(),
+        entries: decode_entries(f),
     }
 }
 
-/// The streaming rung's per-width prelude (`el` = 8 or 16 elements per lane).
-fn stream_prelude(epw: u32, el: u32, lpr: u32) -> String {
+/// The K/V pool bindings (5, 6) of a decode kernel at element type `elem`: read-only, or
+/// read_write when the kernel writes the step's rows.
+fn pool_bindings(f: Features, elem: &str) -> String {
+    let access = if f.has(Features::FUSED_WRITE) {
+        "read_write"
+    } else {
+        "read"
+    };
+    format!(
+        "@group(0) @binding(5) var<storage, {access}> k_cache: array<{elem}>;\n\
+         @group(0) @binding(6) var<storage, {access}> v_cache: array<{elem}>;\n"
+    )
+}
+
+/// What decode_common.wgsl's write_newest needs from the prelude: `FUSED_WRITE`, the input
+/// views (bindings 10, 11), `new_row4` and `kv_store4` over pools of `elem` (`u32` or
+/// `vec4<u32>`); stubs without the feature.
+fn fused_prelude(f: Features, elem: &str) -> String {
+    if !f.has(Features::FUSED_WRITE) {
+        return "const FUSED_WRITE: bool = false;\n\
+                fn new_row4(is_v: bool, i: u32) -> vec4<u32> { return vec4<u32>(0u); }\n\
+                fn kv_store4(is_v: bool, i: u32, w: vec4<u32>) {}\n"
+            .to_string();
+    }
+    let store = match elem {
+        "u32" => "for (var j = 0u; j < 4u; j++) {\n        if (is_v) { v_cache[4u * i + j] = w[j]; } else { k_cache[4u * i + j] = w[j]; }\n    }",
+        "vec4<u32>" => "if (is_v) { v_cache[i] = w; } else { k_cache[i] = w; }",
+        _ => unreachable!("fused writes store 16-byte words into u32 or vec4<u32> pools"),
+    };
+    format!(
+        "const FUSED_WRITE: bool = true;\n\
+         @group(0) @binding(10) var<storage, read> key_in: array<vec4<u32>>;\n\
+         @group(0) @binding(11) var<storage, read> value_in: array<vec4<u32>>;\n\
+         fn new_row4(is_v: bool, i: u32) -> vec4<u32> {{\n    if (is_v) {{ return value_in[i]; }}\n    return key_in[i];\n}}\n\
+         fn kv_store4(is_v: bool, i: u32, w: vec4<u32>) {{\n    {store}\n}}\n"
+    )
+}
+
+/// The decode kernels' layout: the attention layout, the pools read_write and the input views
+/// (10, 11) with `FUSED_WRITE`.
+fn decode_entries(f: Features) -> Vec<wgpu::BindGroupLayoutEntry> {
+    let mut e = attention_entries();
+    if f.has(Features::FUSED_WRITE) {
+        e[5] = storage_entry(5, false);
+        e[6] = storage_entry(6, false);
+        e.push(storage_entry(10, true));
+        e.push(storage_entry(11, true));
+    }
+    e
+}
+
+/// The streaming rung's per-width prelude (`el` = 8 or 16 elements per lane); `f`: the pools'
+/// access and the fused write (see [`fused_prelude`]).
+fn stream_prelude(epw: u32, el: u32, lpr: u32, f: Features) -> String {
     // (binding element, KW, load of K (`@X` = k or v, `@R` = its row words), the half's words
     // `x` from the lane's load `w` (`half` = 0 or 1), unpack arguments of its two groups of
     // four)
@@ -777,12 +921,13 @@ fn stream_prelude(epw: u32, el: u32, lpr: u32) -> String {
         super::plan::STREAM_HEADS,
         el / 8
     );
-    for (x, rw, bind) in [("k", "k_row_words", 5), ("v", "v_row_words", 6)] {
+    s.push_str(&pool_bindings(f, elem));
+    s.push_str(&fused_prelude(f, elem));
+    for (x, rw) in [("k", "k_row_words"), ("v", "v_row_words")] {
         let load = load.replace("@X", x).replace("@R", rw);
         let _ = write!(
             s,
-            "@group(0) @binding({bind}) var<storage, read> {x}_cache: array<{elem}>;\n\
-             fn {x}_word(row: u32, lane: u32) -> KW {{\n    {load}\n}}\n\
+            "fn {x}_word(row: u32, lane: u32) -> KW {{\n    {load}\n}}\n\
              fn {x}_unpack(w: KW, lane: u32, half: u32) -> E8 {{\n    {pre}\n    return E8({x}_raw4({a}), {x}_raw4({b}));\n}}\n"
         );
     }

@@ -243,20 +243,32 @@ fn variants() -> Vec<Variant> {
                             assert!(m == 16 && d > 192, "decode tiling m{m} d{d} must fit");
                             continue;
                         };
+                        // Mode `none` also has the variants that write the step's rows
+                        // (`write_and_attend`): with no feature and with all of them.
+                        let fused = mode == KvQuantMode::None && (f == 0 || f == no_mm);
+                        let writes: &[u32] = if fused {
+                            &[0, Features::FUSED_WRITE]
+                        } else {
+                            &[0]
+                        };
+                        for &fw in writes {
+                            let f = Features(f | fw);
+                            out.push(variant(
+                                format!("decode/{base}/{f}/m{m}"),
+                                dtype,
+                                &decode_source(&codec, d, f, dt),
+                                no_subgroups(),
+                            ));
+                            let sg = Features(f.0 | Features::SUBGROUPS);
+                            out.push(variant(
+                                format!("decode/{base}/{sg}/m{m}"),
+                                dtype,
+                                &decode_source(&codec, d, sg, dt),
+                                C::all(),
+                            ));
+                        }
                         let f = Features(f);
-                        out.push(variant(
-                            format!("decode/{base}/{f}/m{m}"),
-                            dtype,
-                            &decode_source(&codec, d, f, dt),
-                            no_subgroups(),
-                        ));
                         let sg = Features(f.0 | Features::SUBGROUPS);
-                        out.push(variant(
-                            format!("decode/{base}/{sg}/m{m}"),
-                            dtype,
-                            &decode_source(&codec, d, sg, dt),
-                            C::all(),
-                        ));
                         if m != 4 {
                             continue;
                         }
@@ -272,21 +284,23 @@ fn variants() -> Vec<Variant> {
                                     tile: 4 * t.wg_size / lpr,
                                     ..t
                                 };
-                                let st = Features(sg.0 | Features::STREAM);
-                                out.push(variant(
-                                    format!("decode/{base}/{st}/el{el}/lpr{lpr}"),
-                                    dtype,
-                                    &decode_stream_source(
-                                        &codec,
-                                        d,
-                                        st,
-                                        t,
-                                        g.elems_per_word,
-                                        el,
-                                        lpr,
-                                    ),
-                                    C::all(),
-                                ));
+                                for &fw in writes {
+                                    let st = Features(sg.0 | Features::STREAM | fw);
+                                    out.push(variant(
+                                        format!("decode/{base}/{st}/el{el}/lpr{lpr}"),
+                                        dtype,
+                                        &decode_stream_source(
+                                            &codec,
+                                            d,
+                                            st,
+                                            t,
+                                            g.elems_per_word,
+                                            el,
+                                            lpr,
+                                        ),
+                                        C::all(),
+                                    ));
+                                }
                             }
                         }
                     }

@@ -73,6 +73,9 @@ pub(crate) struct StepGpu {
     pub meta: wgpu::Buffer,
     pub has_qq: bool,
     pub has_mm: bool,
+    /// Every written token is the newest key of its own decode row (see `step::writes_newest`):
+    /// the attention kernel may write the rows itself.
+    pub writes_newest: bool,
     /// Split-K partials, created on the first split call of this step and reused by later
     /// layers.
     pub partials: Mutex<Option<Arc<wgpu::Buffer>>>,

@@ -23,6 +23,38 @@ pub(crate) fn encode(
     key: &Tensor<'_>,
     value: &Tensor<'_>,
 ) -> Result<()> {
+    if let Some(w) = prepare(ctx, layer, step, key, value)? {
+        rec.record("quantkv/reshape_and_cache", |pass| w.record(pass));
+    }
+    Ok(())
+}
+
+/// A validated write, built and ready to record (nothing recorded yet).
+pub(crate) struct Prepared {
+    compiled: Arc<Compiled>,
+    bg: wgpu::BindGroup,
+    grid: (u32, u32),
+}
+
+impl Prepared {
+    /// Records the write's dispatch into `pass`.
+    pub(crate) fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.compiled.pipeline);
+        pass.set_bind_group(0, &self.bg, &[]);
+        pass.dispatch_workgroups(self.grid.0, self.grid.1, 1);
+    }
+}
+
+/// Validates a write of `key` / `value` for `step` into `layer` (shapes, dtypes, views, buffers
+/// that must differ): the checks every path that writes the cache makes, the fused decode
+/// write included. Returns the number of rows written.
+pub(crate) fn check(
+    ctx: &Context,
+    layer: &LayerRef<'_>,
+    step: &StepGpu,
+    key: &Tensor<'_>,
+    value: &Tensor<'_>,
+) -> Result<u32> {
     let cfg = &layer.geometry;
     check_step(cfg, step)?;
     let n = step.summary.num_write;
@@ -48,9 +80,23 @@ pub(crate) fn encode(
             format!("{} and {}", key.shape[0], value.shape[0]),
         ));
     }
+    Ok(n)
+}
+
+/// Validates and builds a write (its pipeline and bind group); `None` when there is nothing
+/// to write.
+pub(crate) fn prepare(
+    ctx: &Context,
+    layer: &LayerRef<'_>,
+    step: &StepGpu,
+    key: &Tensor<'_>,
+    value: &Tensor<'_>,
+) -> Result<Option<Prepared>> {
+    let n = check(ctx, layer, step, key, value)?;
     if n == 0 {
-        return Ok(());
+        return Ok(None);
     }
+    let cfg = &layer.geometry;
     let copy = layer.mode.backend().stores_rows_as_given();
     let (compiled, tiling) = pipeline(ctx, layer)?;
     let mut lu = layer_uniform(layer);
@@ -82,13 +128,8 @@ pub(crate) fn encode(
     } else {
         (n as u64 * cfg.num_kv_heads as u64 * 2).div_ceil(tiling.tile as u64)
     };
-    let (x, y) = grid_2d(groups, ctx.limits().max_compute_workgroups_per_dimension);
-    rec.record("quantkv/reshape_and_cache", |pass| {
-        pass.set_pipeline(&compiled.pipeline);
-        pass.set_bind_group(0, &bg, &[]);
-        pass.dispatch_workgroups(x, y, 1);
-    });
-    Ok(())
+    let grid = grid_2d(groups, ctx.limits().max_compute_workgroups_per_dimension);
+    Ok(Some(Prepared { compiled, bg, grid }))
 }
 
 /// The write pipeline of `layer`'s mode (built on first use; shared with

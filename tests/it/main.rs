@@ -15,6 +15,7 @@ mod attention_params;
 mod blocks;
 mod cold_start;
 mod coop_probe;
+mod fused_write;
 mod quant_formats;
 mod registry;
 mod robustness;
