@@ -17,8 +17,9 @@ pub type BoundRange = (u32, wgpu::Buffer, u64, u64);
 /// A bound range as a lookup sees it: the buffer borrowed, so a lookup clones nothing.
 pub type BoundRef<'a> = (u32, &'a wgpu::Buffer, u64, u64);
 
-/// Most entries a cached bind group may have (the attention kernels bind 10).
-pub const MAX_ENTRIES: usize = 10;
+/// Most entries a cached bind group may have (the attention kernels bind 10, the decode kernels
+/// that also write the step's rows 12).
+pub const MAX_ENTRIES: usize = 12;
 
 /// A lookup key: the compiled pipeline's id and its bound ranges, borrowed and stored inline
 /// (building one allocates nothing and clones no buffer handle).

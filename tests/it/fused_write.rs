@@ -499,3 +499,63 @@ fn warm_up_covers_the_fused_decode_kernels() {
     let new: Vec<_> = after.iter().filter(|l| !built.contains(l)).collect();
     assert!(new.is_empty(), "compiled after warm-up: {new:?}");
 }
+
+/// A repeated fused decode step (a fresh plan on the pooled step buffers each time) finds its
+/// bind group cached: the first step adds it (12 bindings), later ones add none.
+#[test]
+fn a_repeated_fused_step_reuses_its_bind_group() {
+    let Some(_) = context() else { return };
+    let ctx = Context::new().unwrap();
+    let cfg = CacheConfig {
+        num_layers: 1,
+        num_blocks: 4,
+        block_size: 16,
+        num_kv_heads: 2,
+        head_size: 64,
+        dtype: Dtype::F16,
+        ..Default::default()
+    };
+    let cache = KvCache::new(&ctx, &cfg).unwrap();
+    let (qb, ob) = (ctx.zeroed("q", 8 * 64 * 2), ctx.zeroed("out", 8 * 64 * 2));
+    let kb = ctx.zeroed("k", 2 * 64 * 2);
+    let params = AttentionParams {
+        num_q_heads: 8,
+        softmax_scale: 0.125,
+        split: SplitK::Off,
+        ..Default::default()
+    };
+    let step = || {
+        let plan = BatchPlan::new(
+            &ctx,
+            &cfg,
+            &StepInput {
+                slot_mapping: &[20],
+                cu_seqlens_q: &[0, 1],
+                seqused_k: &[21],
+                block_table: &[3, 1],
+                block_table_stride: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let a = Attention {
+            plan: &plan,
+            layer: cache.layer(0).unwrap(),
+            q: Tensor::new(&qb, Dtype::F16, [1, 8, 64]),
+            out: Tensor::new(&ob, Dtype::F16, [1, 8, 64]),
+            params: &params,
+        };
+        let kt = Tensor::new(&kb, Dtype::F16, [1, 2, 64]);
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        assert!(cache.write_and_attend(&ctx, &mut enc, kt, kt, &a).unwrap());
+        ctx.queue.submit([enc.finish()]);
+    };
+    let before = ctx.cached_bind_groups();
+    step();
+    let groups = ctx.cached_bind_groups();
+    assert_eq!(groups, before + 1, "the fused call's bind group is cached");
+    for _ in 0..3 {
+        step();
+        assert_eq!(ctx.cached_bind_groups(), groups, "a repeated step created one");
+    }
+}
