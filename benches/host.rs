@@ -238,13 +238,25 @@ fn full_step_on(c: &mut Criterion, ctx: &Context, suffix: &str) {
             slot_mapping: &slots,
             ..step
         };
-        // (one pass for the step, write_and_attend instead of the two calls)
-        for (one_pass, fused) in [(false, false), (true, false), (true, true)] {
-            let name = match (one_pass, fused) {
-                (_, true) => format!("full_step_32_layers_fused_b{b}_l{l}{suffix}"),
-                (true, _) => format!("full_step_32_layers_one_pass_b{b}_l{l}{suffix}"),
+        // (one pass for the step, write_and_attend instead of the two calls, split-K off: one
+        // dispatch per layer)
+        let params_off = AttentionParams {
+            split: SplitK::Off,
+            ..params
+        };
+        for (one_pass, fused, off) in [
+            (false, false, false),
+            (true, false, false),
+            (true, true, false),
+            (true, true, true),
+        ] {
+            let name = match (one_pass, fused, off) {
+                (_, _, true) => format!("full_step_32_layers_fused_nosplit_b{b}_l{l}{suffix}"),
+                (_, true, _) => format!("full_step_32_layers_fused_b{b}_l{l}{suffix}"),
+                (true, ..) => format!("full_step_32_layers_one_pass_b{b}_l{l}{suffix}"),
                 _ => format!("full_step_32_layers_b{b}_l{l}{suffix}"),
             };
+            let params = if off { &params_off } else { &params };
             c.bench_function(&name, |bench| {
                 bench.iter_custom(|iters| {
                     let mut host = std::time::Duration::ZERO;
@@ -258,14 +270,16 @@ fn full_step_on(c: &mut Criterion, ctx: &Context, suffix: &str) {
                             layer: s.cache.layer(layer).unwrap(),
                             q: Tensor::new(&s.q, Dtype::F16, shape),
                             out: Tensor::new(&s.out, Dtype::F16, shape),
-                            params: &params,
+                            params,
                         };
                         if fused {
                             let mut pass = enc.begin_compute_pass(&Default::default());
                             for layer in 0..32 {
-                                s.cache
+                                let fused = s
+                                    .cache
                                     .write_and_attend_in(s.ctx, &mut pass, kvt, kvt, &attn(layer))
                                     .unwrap();
+                                assert!(fused, "{name}: the write did not fuse");
                             }
                         } else if one_pass {
                             let mut pass = enc.begin_compute_pass(&Default::default());

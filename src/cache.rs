@@ -354,9 +354,12 @@ impl KvCache {
     /// It does so (and returns `true`) for a cache that stores rows as given (mode `none`), a
     /// decode step whose `slot_mapping` holds, for each sequence's one query token, the slot
     /// of that sequence's newest key (position `seqused_k - 1` through its block table; padding
-    /// slots allowed), a batch the planner sends to the decode kernel, and `key` / `value`
-    /// views that share no buffer with `out` or the segment buffer. Anything else records the
-    /// write kernel and then the attention (`false`). Either way every input is validated as
+    /// slots allowed), a batch the planner sends to the decode kernel that reads at most
+    /// 128 MiB of K/V (sequences × longest context: B=1 L=32k at 8 KV heads of 128 f16; above
+    /// that the fused kernel's read_write pools read slower than the two dispatches cost, see
+    /// BENCHMARKS.md), and `key` / `value` views that share no buffer with `out` or the
+    /// segment buffer. Anything else records the write kernel and then the attention
+    /// (`false`). Either way every input is validated as
     /// the two calls validate it, before anything is recorded.
     ///
     /// As with the two calls, no other sequence of the step may read a slot the step writes

@@ -434,8 +434,8 @@ pub(crate) fn encode(
 
 /// Whether the decode kernel of `lp` writes the step's new rows itself (one dispatch instead
 /// of the write kernel's and the attention kernel's): a mode that stores rows as given (a
-/// 16-byte row copy, no statistic or transform), a step whose writes are its decode rows'
-/// newest keys (`StepGpu::writes_newest`: the workgroups of a row's last segment then write
+/// 16-byte row copy, no statistic or transform), a step of at most [`FUSE_MAX_KV_BYTES`] of
+/// K/V whose writes are its decode rows' newest keys (`StepGpu::writes_newest`: the workgroups of a row's last segment then write
 /// exactly the row they read last, and make the write visible to themselves with a storage
 /// barrier; no other workgroup reads it), the decode kernel, room for the two extra storage
 /// bindings, and input views that do not share a buffer with `out` or the segment buffer
@@ -452,12 +452,29 @@ fn fuse_admits(
     let written = [Some(out.buffer), p.segment_buffer];
     fused_write_exists(ctx, layer)
         && step.writes_newest
+        && fuse_fits(&step.summary, &layer.geometry)
         && lp.kernel == Kernel::Decode
         && !transform_apart(lp, &layer.geometry)
         && rows
             .iter()
             .all(|t| !written.iter().flatten().any(|b| *b == t.buffer))
         && fused_write_knob()
+}
+
+/// K/V bytes a call may read (at most: sequences x longest context) and still fuse its write.
+/// The fused kernel binds the pools read_write, which costs the streaming rung's loads their
+/// read-only path: on an H200 (BENCHMARKS.md) fused calls were as fast as or faster than the
+/// two dispatches up to B=1 L=32k (128 MiB at Hkv 8, D 128, f16; 52.6 vs 52.9 µs, head size
+/// 64 34.9 vs 37.5), and 0.6–7 % slower from 256 MiB up (B=8 L=8k 93.0 vs 92.4 µs, B=64 L=2k
+/// 161 vs 154, B=16 L=32k 616 vs 574). The host saves the same ~1.5 µs per layer either way,
+/// which matters only where the GPU's share is small.
+pub(crate) const FUSE_MAX_KV_BYTES: u64 = 128 << 20;
+
+/// Whether a decode step of `sum`'s shape reads at most [`FUSE_MAX_KV_BYTES`] of K/V.
+pub(crate) fn fuse_fits(sum: &super::StepSummary, g: &super::Geometry) -> bool {
+    let row = g.head_size as u64 * 4 / g.elems_per_word.max(1) as u64;
+    let keys = sum.num_seqs as u64 * sum.max_seqlen_k as u64;
+    keys * g.num_kv_heads as u64 * 2 * row <= FUSE_MAX_KV_BYTES
 }
 
 /// Storage bindings of a decode kernel that writes the step's rows (2..=9, 10, 11).

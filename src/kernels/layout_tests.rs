@@ -897,3 +897,31 @@ fn stream_segments_take_two_rounds_only_where_four_leave_the_gpu_half_empty() {
         5
     );
 }
+
+/// The fused decode write's size rule: up to 128 MiB of K/V per call (B=1 L=32k at Hkv 8,
+/// D 128, f16), measured on an H200 as the point from which the read_write pools cost more
+/// than the second dispatch saves.
+#[test]
+fn fused_write_stops_at_128_mib_of_kv() {
+    use super::attention::fuse_fits;
+    use super::StepSummary;
+    let g = |dtype, d| Geometry {
+        num_kv_heads: 8,
+        ..test_geometry(KvQuantMode::None, dtype, d)
+    };
+    let sum = |b: u32, l: u32| StepSummary {
+        num_seqs: b,
+        num_tokens_q: b,
+        num_write: b,
+        max_seqlen_q: 1,
+        max_seqlen_k: l,
+    };
+    assert!(fuse_fits(&sum(1, 32768), &g(Dtype::F16, 128)));
+    assert!(fuse_fits(&sum(32, 1024), &g(Dtype::F16, 128)));
+    assert!(!fuse_fits(&sum(1, 32769), &g(Dtype::F16, 128)));
+    assert!(!fuse_fits(&sum(8, 8192), &g(Dtype::F16, 128)));
+    assert!(!fuse_fits(&sum(1, 32768), &g(Dtype::F32, 128)));
+    assert!(fuse_fits(&sum(1, 16384), &g(Dtype::F32, 128)));
+    assert!(fuse_fits(&sum(1, 32768), &g(Dtype::Bf16, 128)));
+    assert!(fuse_fits(&sum(2, 32768), &g(Dtype::F16, 64)));
+}
