@@ -13,8 +13,7 @@
 //! let plan = BatchPlan::new(&ctx, cache.config(), &step.input())?;
 //! cache.copy_blocks(&ctx, &mut enc, &step.copies)?;          // copy-on-write, all layers
 //! for l in 0..layers {                                       // inside the model's layer loop
-//!     cache.reshape_and_cache(&ctx, &mut enc, &plan, l, k, v)?;
-//!     cache.unified_attention(&ctx, &mut enc, &Attention { plan: &plan, layer, q, out, params })?;
+//!     cache.write_and_attend(&ctx, &mut enc, k, v, &Attention { plan: &plan, layer, q, out, params })?;
 //! }
 //! ```
 //!
@@ -172,6 +171,8 @@ struct Stats {
     peak_seqs: u32,
     peak_saved_blocks: u64,
     copies: u64,
+    /// Layer calls whose write ran inside the decode kernel (`write_and_attend`).
+    fused_calls: u64,
     truncations: u64,
     forks: u64,
     preemptions: u64,
@@ -419,7 +420,7 @@ fn run(ctx: &Context, o: &Opts, mode: KvQuantMode) -> Result<(Stats, u32, u64)> 
             continue;
         };
         let first = (step_no as usize * 7919) % (pool_rows - step.num_tokens() + 1);
-        run_step(ctx, &cache, &step, &io, first, &params)?;
+        s.fused_calls += run_step(ctx, &cache, &step, &io, first, &params)? as u64;
         s.steps += 1;
         s.copies += step.copies.len() as u64;
         // The stats before finished sequences are freed.
@@ -516,9 +517,10 @@ fn run(ctx: &Context, o: &Opts, mode: KvQuantMode) -> Result<(Stats, u32, u64)> 
         std::fs::remove_file(&path)?;
     }
     println!(
-        "{:<20} warm-up {warm_s:.2} s; {} steps, {} prefill + {} decode tokens in {:.2} s; {} forks, {} rollbacks, {} copy-on-write, {} preempted; {} checks, worst {:.1e}",
+        "{:<20} warm-up {warm_s:.2} s; {} steps ({} layer calls with the write fused), {} prefill + {} decode tokens in {:.2} s; {} forks, {} rollbacks, {} copy-on-write, {} preempted; {} checks, worst {:.1e}",
         mode.id(),
         s.steps,
+        s.fused_calls,
         s.prefill_tokens,
         s.decode_tokens,
         s.wall_s,
@@ -542,7 +544,8 @@ struct Io {
 
 /// Records and submits one step: copy-on-write copies, then every layer's write and attention
 /// (what a model's forward pass does around its own projections). Inputs are rows
-/// `first..first + n` of the pools.
+/// `first..first + n` of the pools. Returns the layer calls whose write ran inside the decode
+/// kernel.
 fn run_step(
     ctx: &Context,
     cache: &KvCache,
@@ -550,7 +553,7 @@ fn run_step(
     io: &Io,
     first: usize,
     params: &AttentionParams<'_>,
-) -> Result<()> {
+) -> Result<usize> {
     let cfg = cache.config();
     let n = step.num_tokens() as u32;
     let plan = BatchPlan::new(ctx, cfg, &step.input())?;
@@ -573,23 +576,22 @@ fn run_step(
     let out = Tensor::new(&io.out, Dtype::F16, [n, params.num_q_heads, d]);
     let mut enc = ctx.device.create_command_encoder(&Default::default());
     cache.copy_blocks(ctx, &mut enc, &step.copies)?;
+    // One call per layer: the write and the attention (one dispatch where the decode kernel
+    // writes the step's rows itself).
+    let mut fused = 0;
     for l in 0..cfg.num_layers as usize {
-        cache.reshape_and_cache(ctx, &mut enc, &plan, l, k, v)?;
         let layer = cache.layer(l)?;
-        cache.unified_attention(
-            ctx,
-            &mut enc,
-            &Attention {
-                plan: &plan,
-                layer,
-                q,
-                out,
-                params,
-            },
-        )?;
+        let a = Attention {
+            plan: &plan,
+            layer,
+            q,
+            out,
+            params,
+        };
+        fused += cache.write_and_attend(ctx, &mut enc, k, v, &a)? as usize;
     }
     ctx.queue.submit([enc.finish()]);
-    Ok(())
+    Ok(fused)
 }
 
 /// Layer 0's output for up to two sequences of `step` vs the f64 reference on the rows the cache
