@@ -771,7 +771,7 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
         name: s.name.clone(),
         mode: s.mode.id().into(),
         kernel: format!(
-            "{}{}{}{}",
+            "{}{}{}{}{}",
             lp.kernel.name(),
             if lp.stream {
                 "-stream"
@@ -782,6 +782,7 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
             } else {
                 ""
             },
+            if lp.decode_apart { "+decode" } else { "" },
             if s.path == AttentionPath::Auto {
                 ""
             } else {

@@ -408,13 +408,12 @@ impl KvCache {
         plan: &BatchPlan,
         params: &AttentionParams<'_>,
     ) -> Result<LaunchPlan> {
-        kernels::launch_plan(
-            ctx.caps(),
-            &self.config.geometry(self.mode.backend()),
-            &plan.gpu.summary,
-            params,
-            plan.gpu.has_mm,
-        )
+        let g = self.config.geometry(self.mode.backend());
+        let mut lp =
+            kernels::launch_plan(ctx.caps(), &g, &plan.gpu.summary, params, plan.gpu.has_mm)?;
+        lp.decode_apart =
+            kernels::attention::decode_apart(ctx, &g, &plan.gpu, params, &lp)?.is_some();
+        Ok(lp)
     }
 
     /// Compiles, ahead of the first step, the pipelines this cache will need for attention
@@ -441,8 +440,22 @@ impl KvCache {
             (1, 512, 512, 512),
         ];
         let mut jobs: Vec<(LaunchPlan, crate::gpu::Features)> = Vec::new();
-        for p in params {
-            for &(num_seqs, num_tokens_q, max_q, max_k) in &shapes {
+        // Each decode shape also unsplit: the decode part of a mixed batch runs so.
+        let unsplit: Vec<AttentionParams<'_>> = params
+            .iter()
+            .map(|p| AttentionParams {
+                split: kernels::SplitK::Off,
+                ..*p
+            })
+            .collect();
+        let runs = params
+            .iter()
+            .flat_map(|p| shapes.iter().map(move |s| (p, *s)));
+        let unsplit_runs = unsplit
+            .iter()
+            .flat_map(|p| shapes.iter().filter(|s| s.2 == 1).map(move |s| (p, *s)));
+        for (p, (num_seqs, num_tokens_q, max_q, max_k)) in runs.chain(unsplit_runs) {
+            {
                 let sum = kernels::StepSummary {
                     num_seqs,
                     num_tokens_q,

@@ -261,6 +261,7 @@ impl BatchPlan {
         config.validate()?;
         ctx.alive()?;
         let summary = input.validate(config.num_blocks, config.block_size)?;
+        let (decode_seqs, decode_max_k) = decode_rows(input, &summary);
         let meta_words = input.slot_mapping.len()
             + input.cu_seqlens_q.len()
             + input.seqused_k.len()
@@ -318,6 +319,8 @@ impl BatchPlan {
                 has_qq: input.qq_bias.is_some(),
                 has_mm: input.prefix_ranges.is_some(),
                 writes_newest: writes_newest(input, &summary, config.block_size),
+                decode_seqs,
+                decode_max_k,
                 partials: Mutex::new(partials),
                 rotated_q: Mutex::new(rotated_q),
             },
@@ -352,6 +355,16 @@ fn writes_newest(input: &StepInput<'_>, sum: &StepSummary, block_size: u32) -> b
         let block = input.block_table[s * input.block_table_stride + (pos / bs) as usize];
         slot < 0 || slot as i64 == block as i64 * bs + pos % bs
     })
+}
+
+/// Sequences with exactly one query token and their longest KV length (validated input).
+fn decode_rows(input: &StepInput<'_>, sum: &StepSummary) -> (u32, u32) {
+    let cu = input.cu_seqlens_q;
+    (0..sum.num_seqs as usize)
+        .filter(|&s| cu[s + 1] - cu[s] == 1)
+        .fold((0, 0), |(n, k), s| {
+            (n + 1, k.max(input.seqused_k[s] as u32))
+        })
 }
 
 /// Words compared (and written) at a time by [`upload_changed`]: 256 bytes.

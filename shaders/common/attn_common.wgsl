@@ -49,7 +49,7 @@ fn plan_workgroup(wid: vec3<u32>, nseg: u32, tile: u32) -> WgInfo {
     let cs = u32(step_meta[st.off_cu + s]);
     let q_len = u32(step_meta[st.off_cu + s + 1u]) - cs;
     let i0 = (wid.x - (cs / bq + s)) * bq;
-    if (i0 >= q_len) {
+    if (i0 >= q_len || (ly.row_filter == 2u && q_len == 1u)) {
         return r;
     }
     let rows_q = min(bq, q_len - i0);

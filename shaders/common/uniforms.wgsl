@@ -59,4 +59,10 @@ struct LayerU {
     vi_off: u32,
     vi_tok: u32,
     vi_head: u32,
+    // Sequences the attention kernel takes: 0 all, 1 those with one query token, 2 those with
+    // more (a mixed batch runs as the decode kernel over 1, then the prefill kernel over 2).
+    row_filter: u32,
+    pad_a: u32,
+    pad_b: u32,
+    pad_c: u32,
 }

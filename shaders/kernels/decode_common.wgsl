@@ -61,8 +61,11 @@ fn plan_decode(wid: vec3<u32>, nseg: u32) -> DecInfo {
         return r;
     }
     let cs = u32(step_meta[st.off_cu + s]);
-    if (u32(step_meta[st.off_cu + s + 1u]) == cs) {
-        return r; // no query token for this sequence in this step
+    let q_len = u32(step_meta[st.off_cu + s + 1u]) - cs;
+    // No query token for this sequence in this step, or (the decode part of a mixed batch)
+    // more than one, which the prefill kernel takes.
+    if (q_len == 0u || (ly.row_filter == 1u && q_len != 1u)) {
+        return r;
     }
     let kv_len = u32(step_meta[st.off_su + s]);
     let kvh = wid.y / ly.head_chunks;

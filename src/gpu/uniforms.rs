@@ -60,4 +60,14 @@ pub struct LayerUniform {
     pub vi_off: u32,
     pub vi_tok: u32,
     pub vi_head: u32,
+    /// Which sequences the attention kernel takes (`shaders/common/uniforms.wgsl`): 0 all,
+    /// [`ROWS_DECODE`] or [`ROWS_PREFILL`].
+    pub row_filter: u32,
+    pub pad: [u32; 3],
 }
+
+/// [`LayerUniform::row_filter`]: sequences with exactly one query token (the decode part of a
+/// mixed batch).
+pub const ROWS_DECODE: u32 = 1;
+/// [`LayerUniform::row_filter`]: sequences with more than one query token (its prefill part).
+pub const ROWS_PREFILL: u32 = 2;

@@ -15,6 +15,7 @@ use super::{check_step, debug_skip, layer_uniform, LayerRef, Rec, StepGpu};
 use crate::error::{invalid, shape, Error, Result};
 use crate::gpu::bind::{bind, entry, exact, storage_entry, uniform_entry};
 use crate::gpu::tensor::distinct;
+use crate::gpu::uniforms::{ROWS_DECODE, ROWS_PREFILL};
 use crate::gpu::{
     Compiled, Context, Features, Kernel, PipelineKey, PipelineSource, Tensor, Tiling,
 };
@@ -231,6 +232,7 @@ pub(crate) fn encode(
         return Ok(false);
     }
     let lp = launch_plan(ctx.caps(), g, &sum, p, step.has_mm)?;
+    let apart = decode_apart(ctx, g, step, p, &lp)?;
     let fuse = write.is_some_and(|(k, v)| fuse_admits(ctx, layer, step, &lp, [k, v], out, p));
     let pre_write = match write {
         Some((k, v)) if !fuse => super::write::prepare(ctx, layer, step, k, v)?,
@@ -256,6 +258,9 @@ pub(crate) fn encode(
     lu.softcap = p.softcap;
     lu.out_inv_scale = p.output_scale.map(|s| 1.0 / s).unwrap_or(1.0);
     lu.seg_rows = sum.num_tokens_q;
+    if apart.is_some() {
+        lu.row_filter = ROWS_PREFILL;
+    }
     let rows = sum.num_tokens_q;
     let (q_bind, qi) = q.binding(rows, limits);
     let (o_bind, oi) = out.binding(rows, limits);
@@ -384,6 +389,39 @@ pub(crate) fn encode(
         &compiled.layout,
         &entries,
     )?;
+    // A mixed batch's decode rows: the decode kernel over them, unsplit, ahead of the prefill
+    // kernel (which skips them).
+    let decode_part = match apart {
+        Some(dl) => {
+            let mut du = lu;
+            du.heads_per_wg = dl.heads_per_wg;
+            du.q_per_wg = dl.q_per_wg;
+            du.head_chunks = dl.head_chunks;
+            du.num_segments = 1;
+            du.row_filter = ROWS_DECODE;
+            let dbuf = ctx.intern(wgpu::BufferUsages::UNIFORM, bytemuck::bytes_of(&du))?;
+            let dpipe = pipelines(ctx, layer, &dl, p.features(step.has_qq, false))?.main;
+            let dbg = ctx.bind_group(
+                "attention bind group",
+                dpipe.id,
+                &dpipe.layout,
+                &[
+                    bind(0, &step.uniform),
+                    bind(1, &dbuf),
+                    bind(2, &step.meta),
+                    bind(3, &abuf),
+                    entry(4, q.binding(rows, limits).0),
+                    bind(5, layer.k),
+                    bind(6, layer.v),
+                    bind(7, layer.k_scale),
+                    bind(8, layer.v_scale),
+                    entry(9, o_bind.clone()),
+                ],
+            )?;
+            Some((dpipe, dbg, dl.grid))
+        }
+        None => None,
+    };
     let reduce = match (partials, reduce_pipe) {
         (Some(part), Some(reduce)) => {
             let rbg = ctx.bind_group(
@@ -410,6 +448,11 @@ pub(crate) fn encode(
     rec.record("quantkv/unified_attention", |pass| {
         if let Some(w) = &pre_write {
             w.record(pass);
+        }
+        if let Some((dpipe, dbg, [x, y, z])) = &decode_part {
+            pass.set_pipeline(&dpipe.pipeline);
+            pass.set_bind_group(0, dbg, &[]);
+            pass.dispatch_workgroups(*x, *y, *z);
         }
         if let Some((rot, qbg, ..)) = &rotated {
             pass.set_pipeline(&rot.pipeline);
@@ -475,6 +518,55 @@ pub(crate) fn fuse_fits(sum: &super::StepSummary, g: &super::Geometry) -> bool {
     let row = g.head_size as u64 * 4 / g.elems_per_word.max(1) as u64;
     let keys = sum.num_seqs as u64 * sum.max_seqlen_k as u64;
     keys * g.num_kv_heads as u64 * 2 * row <= FUSE_MAX_KV_BYTES
+}
+
+/// The decode part of a mixed batch, where it runs apart: a batch on the prefill or unified
+/// kernel (`Auto`, no prefix ranges, no split-K and no transform apart, so no partials pass)
+/// with sequences of one query token gives those to the decode kernel, unsplit, in a dispatch
+/// of its own ahead of the tiled kernel's, which skips them (`LayerU::row_filter`). On the
+/// tiled kernels each such row took a block of rows of its own over the row's whole context.
+/// The decode launch covers every sequence index (the others exit at once). `None` where the
+/// batch runs as one launch.
+pub(crate) fn decode_apart(
+    ctx: &Context,
+    g: &super::Geometry,
+    step: &StepGpu,
+    p: &AttentionParams<'_>,
+    lp: &LaunchPlan,
+) -> Result<Option<LaunchPlan>> {
+    let sum = step.summary;
+    if p.path != AttentionPath::Auto
+        || lp.kernel == Kernel::Decode
+        || step.decode_seqs == 0
+        || sum.max_seqlen_q <= 1
+        || step.has_mm
+        || lp.segments > 1
+        || transform_apart(lp, g)
+        || !decode_apart_knob()
+    {
+        return Ok(None);
+    }
+    let dsum = super::StepSummary {
+        max_seqlen_q: 1,
+        max_seqlen_k: step.decode_max_k,
+        ..sum
+    };
+    let dp = AttentionParams {
+        split: SplitK::Off,
+        ..*p
+    };
+    let dl = launch_plan(ctx.caps(), g, &dsum, &dp, false)?;
+    Ok((dl.kernel == Kernel::Decode).then_some(dl))
+}
+
+/// `QUANTKV_DEBUG_NO_DECODE_APART` (with the `debug-knobs` feature): mixed batches as one
+/// launch, for A/B runs.
+fn decode_apart_knob() -> bool {
+    if !cfg!(feature = "debug-knobs") {
+        return true;
+    }
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    !*OFF.get_or_init(|| std::env::var_os("QUANTKV_DEBUG_NO_DECODE_APART").is_some())
 }
 
 /// Storage bindings of a decode kernel that writes the step's rows (2..=9, 10, 11).

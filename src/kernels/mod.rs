@@ -76,6 +76,10 @@ pub(crate) struct StepGpu {
     /// Every written token is the newest key of its own decode row (see `step::writes_newest`):
     /// the attention kernel may write the rows itself.
     pub writes_newest: bool,
+    /// Sequences with exactly one query token, and their longest KV length (the decode part
+    /// of a mixed batch; see `attention::decode_apart`).
+    pub decode_seqs: u32,
+    pub decode_max_k: u32,
     /// Split-K partials, created on the first split call of this step and reused by later
     /// layers.
     pub partials: Mutex<Option<Arc<wgpu::Buffer>>>,

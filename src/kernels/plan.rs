@@ -89,6 +89,11 @@ pub struct LaunchPlan {
     pub q_per_wg: u32,
     /// Workgroups per kv head along y (ceil(qpk / heads_per_wg)).
     pub head_chunks: u32,
+    /// A mixed batch on the prefill or unified kernel (`Auto`): its sequences of one query
+    /// token run on the decode kernel in a dispatch of their own (unsplit), the tiled kernel
+    /// takes the others (set by [`crate::KvCache::launch_plan`]; this function's plans say
+    /// `false`).
+    pub decode_apart: bool,
 }
 
 /// How a call with these parameters will be launched on a device with `caps` (the same
@@ -167,6 +172,7 @@ pub fn launch_plan(
             heads_per_wg: hg,
             q_per_wg: 1,
             head_chunks: chunks,
+            decode_apart: false,
         });
     }
     // A mode with a transform runs it apart from the prefill kernel, whose rows then pass
@@ -223,6 +229,7 @@ pub fn launch_plan(
                 heads_per_wg: rg.hg,
                 q_per_wg: rg.bq,
                 head_chunks: rg.chunks,
+                decode_apart: false,
             });
         }
     }
@@ -258,6 +265,7 @@ pub fn launch_plan(
         heads_per_wg: hg,
         q_per_wg: bq,
         head_chunks: chunks,
+        decode_apart: false,
     })
 }
 

@@ -944,3 +944,59 @@ fn decode_stream_rung_sixteen_elements_per_lane() {
         );
     }
 }
+
+/// The planner's word on mixed batches: on `Auto` their single-token rows run on the decode
+/// kernel apart (every mixed test above checks the result); a forced path, a batch without
+/// decode rows, a decode-only batch and prefix ranges keep one launch.
+#[test]
+fn mixed_batches_take_their_decode_rows_apart() {
+    let Some(ctx) = context() else { return };
+    let cfg = CacheConfig {
+        num_layers: 1,
+        num_blocks: 64,
+        block_size: 16,
+        num_kv_heads: 2,
+        head_size: 64,
+        dtype: Dtype::F16,
+        ..Default::default()
+    };
+    let cache = KvCache::new(ctx, &cfg).unwrap();
+    let table: Vec<i32> = (0..64).collect();
+    let apart = |seqs: &[(i32, i32)], path: AttentionPath, mm: bool| {
+        let mut cu = vec![0];
+        for &(q, _) in seqs {
+            cu.push(cu.last().unwrap() + q);
+        }
+        let used: Vec<i32> = seqs.iter().map(|s| s.1).collect();
+        let ranges = vec![0i32; seqs.len() * 2];
+        let plan = BatchPlan::new(
+            ctx,
+            &cfg,
+            &StepInput {
+                cu_seqlens_q: &cu,
+                seqused_k: &used,
+                block_table: &table[..seqs.len() * 16],
+                block_table_stride: 16,
+                prefix_ranges: mm.then_some(PrefixRanges {
+                    ranges: &ranges,
+                    ranges_per_seq: 1,
+                }),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let params = AttentionParams {
+            num_q_heads: 8,
+            softmax_scale: 0.125,
+            path,
+            ..Default::default()
+        };
+        cache.launch_plan(ctx, &plan, &params).unwrap().decode_apart
+    };
+    let mixed = [(12, 90), (1, 75), (20, 20), (1, 33)];
+    assert!(apart(&mixed, AttentionPath::Auto, false));
+    assert!(!apart(&mixed, AttentionPath::Unified, false));
+    assert!(!apart(&mixed, AttentionPath::Auto, true));
+    assert!(!apart(&[(12, 90), (20, 20)], AttentionPath::Auto, false));
+    assert!(!apart(&[(1, 90), (1, 20)], AttentionPath::Auto, false));
+}
