@@ -89,7 +89,8 @@ fn pipelines_are_built_lazily_and_once() {
         ctx.built_pipelines().is_empty(),
         "Context::new builds no pipeline"
     );
-    let s = shape(&[(3, 20), (1, 9)], 4, 2, 64, Dtype::F16);
+    // Two prompts (a mixed batch would also run its decode row on the decode kernel).
+    let s = shape(&[(3, 20), (2, 9)], 4, 2, 64, Dtype::F16);
     let out = run_case(&ctx, 0x51, &s, &Extras::default()).unwrap();
     assert_close(&out, s.dtype);
     let built = ctx.built_pipelines();
