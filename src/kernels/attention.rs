@@ -370,18 +370,21 @@ pub(crate) fn encode(
     };
     // Everything is built (and checked by wgpu under error scopes) before anything is
     // recorded, so a failed call leaves the encoder as it was.
-    let mut entries = vec![
-        bind(0, &step.uniform),
-        bind(1, main_lbuf),
-        bind(2, &step.meta),
-        bind(3, &abuf),
-        entry(4, main_q),
-        bind(5, layer.k),
-        bind(6, layer.v),
-        bind(7, layer.k_scale),
-        bind(8, layer.v_scale),
-        entry(9, target),
-    ];
+    let kernel_entries = |lbuf, q, target| {
+        vec![
+            bind(0, &step.uniform),
+            bind(1, lbuf),
+            bind(2, &step.meta),
+            bind(3, &abuf),
+            entry(4, q),
+            bind(5, layer.k),
+            bind(6, layer.v),
+            bind(7, layer.k_scale),
+            bind(8, layer.v_scale),
+            entry(9, target),
+        ]
+    };
+    let mut entries = kernel_entries(main_lbuf, main_q, target);
     entries.extend(new_rows);
     let bg = ctx.bind_group(
         "attention bind group",
@@ -405,18 +408,7 @@ pub(crate) fn encode(
                 "attention bind group",
                 dpipe.id,
                 &dpipe.layout,
-                &[
-                    bind(0, &step.uniform),
-                    bind(1, &dbuf),
-                    bind(2, &step.meta),
-                    bind(3, &abuf),
-                    entry(4, q.binding(rows, limits).0),
-                    bind(5, layer.k),
-                    bind(6, layer.v),
-                    bind(7, layer.k_scale),
-                    bind(8, layer.v_scale),
-                    entry(9, o_bind.clone()),
-                ],
+                &kernel_entries(&dbuf, q.binding(rows, limits).0, o_bind.clone()),
             )?;
             Some((dpipe, dbg, dl.grid))
         }

@@ -951,15 +951,7 @@ fn decode_stream_rung_sixteen_elements_per_lane() {
 #[test]
 fn mixed_batches_take_their_decode_rows_apart() {
     let Some(ctx) = context() else { return };
-    let cfg = CacheConfig {
-        num_layers: 1,
-        num_blocks: 64,
-        block_size: 16,
-        num_kv_heads: 2,
-        head_size: 64,
-        dtype: Dtype::F16,
-        ..Default::default()
-    };
+    let cfg = none_cfg(64, 2, 64);
     let cache = KvCache::new(ctx, &cfg).unwrap();
     let table: Vec<i32> = (0..64).collect();
     let apart = |seqs: &[(i32, i32)], path: AttentionPath, mm: bool| {

@@ -451,6 +451,19 @@ pub fn cosine(a: &[f64], b: &[f64]) -> f64 {
     }
 }
 
+/// A one-layer f16 cache of mode `none` with blocks of 16 tokens.
+pub fn none_cfg(num_blocks: u32, num_kv_heads: u32, head_size: u32) -> CacheConfig {
+    CacheConfig {
+        num_layers: 1,
+        num_blocks,
+        block_size: 16,
+        num_kv_heads,
+        head_size,
+        dtype: Dtype::F16,
+        ..Default::default()
+    }
+}
+
 pub fn shape(
     seqs: &[(u32, u32)],
     q_heads: u32,

@@ -283,6 +283,26 @@ fn run(ctx: &Context, c: &Case, fused: bool) -> Out {
     }
 }
 
+/// A decode step of one sequence of `len` keys over the blocks of `table`, writing its newest
+/// key.
+fn one_decode_plan(ctx: &Context, cfg: &CacheConfig, len: i32, table: &[i32]) -> BatchPlan {
+    let p = len - 1;
+    let slot = table[(p / 16) as usize] * 16 + p % 16;
+    BatchPlan::new(
+        ctx,
+        cfg,
+        &StepInput {
+            slot_mapping: &[slot],
+            cu_seqlens_q: &[0, 1],
+            seqused_k: &[len],
+            block_table: table,
+            block_table_stride: table.len(),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
 /// Runs `c` both ways: the same bits, `want_fused` as the fused call's answer, and level 2
 /// against the reference (mode `none`).
 fn check(ctx: &Context, c: &Case, want_fused: bool) {
@@ -393,29 +413,9 @@ fn write_and_attend_falls_back_to_two_dispatches_with_the_same_result() {
 #[test]
 fn write_and_attend_rejects_what_the_two_calls_reject() {
     let Some(ctx) = context() else { return };
-    let cfg = CacheConfig {
-        num_layers: 1,
-        num_blocks: 4,
-        block_size: 16,
-        num_kv_heads: 2,
-        head_size: 64,
-        dtype: Dtype::F16,
-        ..Default::default()
-    };
+    let cfg = none_cfg(4, 2, 64);
     let cache = KvCache::new(ctx, &cfg).unwrap();
-    let plan = BatchPlan::new(
-        ctx,
-        &cfg,
-        &StepInput {
-            slot_mapping: &[4],
-            cu_seqlens_q: &[0, 1],
-            seqused_k: &[5],
-            block_table: &[0, 1],
-            block_table_stride: 2,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let plan = one_decode_plan(ctx, &cfg, 5, &[0, 1]);
     let qb = ctx.zeroed("q", 8 * 64 * 2);
     let ob = ctx.zeroed("out", 8 * 64 * 2);
     let kb = ctx.zeroed("k", 2 * 2 * 64 * 2);
@@ -509,15 +509,7 @@ fn warm_up_covers_the_fused_decode_kernels() {
 fn a_repeated_fused_step_reuses_its_bind_group() {
     let Some(_) = context() else { return };
     let ctx = Context::new().unwrap();
-    let cfg = CacheConfig {
-        num_layers: 1,
-        num_blocks: 4,
-        block_size: 16,
-        num_kv_heads: 2,
-        head_size: 64,
-        dtype: Dtype::F16,
-        ..Default::default()
-    };
+    let cfg = none_cfg(4, 2, 64);
     let cache = KvCache::new(&ctx, &cfg).unwrap();
     let (qb, ob) = (ctx.zeroed("q", 8 * 64 * 2), ctx.zeroed("out", 8 * 64 * 2));
     let kb = ctx.zeroed("k", 2 * 64 * 2);
@@ -528,19 +520,7 @@ fn a_repeated_fused_step_reuses_its_bind_group() {
         ..Default::default()
     };
     let step = || {
-        let plan = BatchPlan::new(
-            &ctx,
-            &cfg,
-            &StepInput {
-                slot_mapping: &[20],
-                cu_seqlens_q: &[0, 1],
-                seqused_k: &[21],
-                block_table: &[3, 1],
-                block_table_stride: 2,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let plan = one_decode_plan(&ctx, &cfg, 21, &[3, 1]);
         let a = Attention {
             plan: &plan,
             layer: cache.layer(0).unwrap(),
