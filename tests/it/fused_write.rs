@@ -333,11 +333,8 @@ fn write_and_attend_fuses_decode_steps_and_matches_two_calls() {
     // Head size 64 (the streaming rung where subgroups hold 8 lanes), GQA 4, a one-key
     // sequence, split-K forced, automatic and off.
     // With 16 query heads per 2 KV heads, two head chunks of 4 read (and write) each row.
-    for (split, hq) in [
-        (SplitK::Segments(3), 8),
-        (SplitK::Auto, 16),
-        (SplitK::Off, 8),
-    ] {
+    // (Unsplit on this rung: the extended matrix.)
+    for (split, hq) in [(SplitK::Segments(3), 8), (SplitK::Auto, 16)] {
         let mut c = Case::new(hq, 2, 64, Dtype::F16, &[37, 1, 100]);
         c.split = split;
         c.path = AttentionPath::DecodeStream;
@@ -355,8 +352,10 @@ fn write_and_attend_fuses_decode_steps_and_matches_two_calls() {
     c.path = AttentionPath::DecodePortable;
     c.bs = 8;
     cases.push(c);
-    let mut c = Case::new(8, 2, 64, Dtype::Bf16, &[45, 3]);
+    // (bf16 rows are copied as f16 rows are: its cases are in the extended matrix.)
+    let mut c = Case::new(8, 2, 64, Dtype::F16, &[45, 3]);
     c.path = AttentionPath::DecodeSubgroups;
+    c.split = SplitK::Off;
     cases.push(c);
     for c in &cases {
         check(ctx, c, true);
