@@ -273,9 +273,9 @@ pub(crate) fn encode(
             let (v_bind, vi) = v.binding(sum.num_write, limits);
             (lu.ki_off, lu.ki_tok, lu.ki_head) = (ki.off, ki.tok, ki.head);
             (lu.vi_off, lu.vi_tok, lu.vi_head) = (vi.off, vi.tok, vi.head);
-            vec![entry(10, k_bind), entry(11, v_bind)]
+            Some([entry(10, k_bind), entry(11, v_bind)])
         }
-        None => Vec::new(),
+        None => None,
     };
     let mut aux: Vec<f32> = Vec::new();
     if let Some(s) = p.sinks {
@@ -371,7 +371,7 @@ pub(crate) fn encode(
     // Everything is built (and checked by wgpu under error scopes) before anything is
     // recorded, so a failed call leaves the encoder as it was.
     let kernel_entries = |lbuf, q, target| {
-        vec![
+        [
             bind(0, &step.uniform),
             bind(1, lbuf),
             bind(2, &step.meta),
@@ -384,14 +384,21 @@ pub(crate) fn encode(
             entry(9, target),
         ]
     };
-    let mut entries = kernel_entries(main_lbuf, main_q, target);
-    entries.extend(new_rows);
-    let bg = ctx.bind_group(
-        "attention bind group",
-        compiled.id,
-        &compiled.layout,
-        &entries,
-    )?;
+    // (Arrays, not vectors: a layer call allocates nothing for its entries.)
+    let base = kernel_entries(main_lbuf, main_q, target);
+    let (label, id, layout) = ("attention bind group", compiled.id, &compiled.layout);
+    let bg = match new_rows {
+        Some([k, v]) => {
+            let [e0, e1, e2, e3, e4, e5, e6, e7, e8, e9] = base;
+            ctx.bind_group(
+                label,
+                id,
+                layout,
+                &[e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, k, v],
+            )?
+        }
+        None => ctx.bind_group(label, id, layout, &base)?,
+    };
     // A mixed batch's decode rows: the decode kernel over them, unsplit, ahead of the prefill
     // kernel (which skips them).
     let decode_part = match apart {
@@ -554,11 +561,8 @@ pub(crate) fn decode_apart(
 /// `QUANTKV_DEBUG_NO_DECODE_APART` (with the `debug-knobs` feature): mixed batches as one
 /// launch, for A/B runs.
 fn decode_apart_knob() -> bool {
-    if !cfg!(feature = "debug-knobs") {
-        return true;
-    }
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    !*OFF.get_or_init(|| std::env::var_os("QUANTKV_DEBUG_NO_DECODE_APART").is_some())
+    !super::debug_flag(&OFF, "QUANTKV_DEBUG_NO_DECODE_APART")
 }
 
 /// Storage bindings of a decode kernel that writes the step's rows (2..=9, 10, 11).
@@ -573,11 +577,8 @@ pub(crate) fn fused_write_exists(ctx: &Context, layer: &LayerRef<'_>) -> bool {
 
 /// `QUANTKV_DEBUG_NO_FUSED_WRITE` (with the `debug-knobs` feature): never fuse, for A/B runs.
 fn fused_write_knob() -> bool {
-    if !cfg!(feature = "debug-knobs") {
-        return true;
-    }
     static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    !*OFF.get_or_init(|| std::env::var_os("QUANTKV_DEBUG_NO_FUSED_WRITE").is_some())
+    !super::debug_flag(&OFF, "QUANTKV_DEBUG_NO_FUSED_WRITE")
 }
 
 /// The pipelines a launch plan runs: the attention kernel and, with split-K, the reduce pass

@@ -156,6 +156,12 @@ pub(crate) fn layer_uniform(layer: &LayerRef<'_>) -> crate::gpu::uniforms::Layer
     }
 }
 
+/// Whether the diagnostics flag `var` is set in the environment (read once into `cell`);
+/// always false without the `debug-knobs` feature.
+pub(crate) fn debug_flag(cell: &'static std::sync::OnceLock<bool>, var: &str) -> bool {
+    cfg!(feature = "debug-knobs") && *cell.get_or_init(|| std::env::var_os(var).is_some())
+}
+
 /// Profiling knobs (cargo feature `debug-knobs`, off by default): `QUANTKV_DEBUG_SKIP` bits
 /// remove parts of the attention kernels so their cost shows in GPU time. Results are wrong
 /// while set, so the value is part of the pipeline key, and without the feature it is always 0.

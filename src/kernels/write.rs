@@ -23,6 +23,7 @@ pub(crate) fn encode(
     key: &Tensor<'_>,
     value: &Tensor<'_>,
 ) -> Result<()> {
+    check(ctx, layer, step, key, value)?;
     if let Some(w) = prepare(ctx, layer, step, key, value)? {
         rec.record("quantkv/reshape_and_cache", |pass| w.record(pass));
     }
@@ -83,8 +84,8 @@ pub(crate) fn check(
     Ok(n)
 }
 
-/// Validates and builds a write (its pipeline and bind group); `None` when there is nothing
-/// to write.
+/// Builds a write that [`check`] accepted (its pipeline and bind group); `None` when there is
+/// nothing to write.
 pub(crate) fn prepare(
     ctx: &Context,
     layer: &LayerRef<'_>,
@@ -92,7 +93,7 @@ pub(crate) fn prepare(
     key: &Tensor<'_>,
     value: &Tensor<'_>,
 ) -> Result<Option<Prepared>> {
-    let n = check(ctx, layer, step, key, value)?;
+    let n = step.summary.num_write;
     if n == 0 {
         return Ok(None);
     }
