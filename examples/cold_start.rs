@@ -2,7 +2,11 @@
 //! finished) for a 32-layer f16 cache, with and without a persisted pipeline cache and an
 //! explicit warm-up.
 //!
-//!   cargo run --release --example cold_start -- [--cache DIR] [--warm-up] [--layers N]
+//!   cargo run --release --example cold_start -- [--cache DIR] [--warm-up] [--layers N] [--two-calls]
+//!
+//! Each layer records `KvCache::write_and_attend` (the step's K/V write inside the decode
+//! kernel where it can be); `--two-calls` records `reshape_and_cache` then `unified_attention`
+//! instead (one more pipeline: the write kernel).
 //!
 //! Run it twice with the same `--cache DIR`: the first run is cold (and saves the cache), the
 //! second loads it. Set `MESA_SHADER_CACHE_DISABLE=true` (lavapipe) or
@@ -22,6 +26,7 @@ fn main() -> Result<()> {
             .cloned()
     };
     let warm_up = args.iter().any(|a| a == "--warm-up");
+    let two_calls = args.iter().any(|a| a == "--two-calls");
     let layers: u32 = opt("--layers").and_then(|v| v.parse().ok()).unwrap_or(32);
     let t0 = Instant::now();
     // The process-wide wgpu instance (Vulkan loader and driver loaded), then the adapter and
@@ -77,18 +82,19 @@ fn main() -> Result<()> {
     let mut enc = ctx.device.create_command_encoder(&Default::default());
     for l in 0..layers as usize {
         let t = Tensor::new(&kv, Dtype::F16, [1, hkv, d]);
-        cache.reshape_and_cache(&ctx, &mut enc, &plan, l, t, t)?;
-        cache.unified_attention(
-            &ctx,
-            &mut enc,
-            &Attention {
-                plan: &plan,
-                layer: cache.layer(l)?,
-                q: Tensor::new(&q, Dtype::F16, [1, hq, d]),
-                out: Tensor::new(&out, Dtype::F16, [1, hq, d]),
-                params: &params,
-            },
-        )?;
+        let a = Attention {
+            plan: &plan,
+            layer: cache.layer(l)?,
+            q: Tensor::new(&q, Dtype::F16, [1, hq, d]),
+            out: Tensor::new(&out, Dtype::F16, [1, hq, d]),
+            params: &params,
+        };
+        if two_calls {
+            cache.reshape_and_cache(&ctx, &mut enc, &plan, l, t, t)?;
+            cache.unified_attention(&ctx, &mut enc, &a)?;
+        } else {
+            cache.write_and_attend(&ctx, &mut enc, t, t, &a)?;
+        }
         if l == 0 {
             // The pipelines are built (or loaded from the cache) in the first layer's calls.
             t_first = t0.elapsed();
@@ -101,6 +107,14 @@ fn main() -> Result<()> {
     let saved = ctx.save_pipeline_cache()?;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     println!("adapter: {}", ctx.adapter());
+    println!(
+        "per layer: {}",
+        if two_calls {
+            "reshape_and_cache + unified_attention"
+        } else {
+            "write_and_attend"
+        }
+    );
     println!(
         "pipeline cache: {}",
         match ctx.pipeline_cache_file() {

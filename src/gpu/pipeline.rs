@@ -266,6 +266,18 @@ impl PipelineCache {
         v
     }
 
+    /// The pipeline for `key` if it is built (no build, no wait; marks it used).
+    pub fn try_get(&self, key: &PipelineKey) -> Option<Arc<Compiled>> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let slot = map.get(key)?;
+        let c = slot.compiled.get()?;
+        slot.last_used.store(
+            self.clock.fetch_add(1, Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        Some(c.clone())
+    }
+
     /// Returns the pipeline for `key`, building it with `source()` the first time. The map's
     /// lock is held only to find or insert the key's slot; the compile runs under the slot's
     /// own lock.

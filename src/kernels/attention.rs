@@ -616,7 +616,7 @@ pub(crate) fn pipelines(
         tiling,
         debug: debug_skip(),
     };
-    let main = ctx.pipelines.get(ctx, key, || match lp.kernel {
+    let main_source = || match lp.kernel {
         Kernel::Decode if lp.stream => {
             let (el, lpr) = super::plan::stream_geometry(&tiling, d);
             decode_stream_source(codec, d, features, tiling, g.elems_per_word, el, lpr)
@@ -631,30 +631,18 @@ pub(crate) fn pipelines(
             super::plan::prefill_raw_split(lp.coop, g),
         ),
         _ => attention_source(codec, d, features, tiling),
-    })?;
-    let rotate = if apart {
-        let qkey = PipelineKey {
-            kernel: Kernel::RotateQ,
-            features: Features(0),
-            tiling: Tiling {
-                wg_size: ROTATE_WG,
-                tile: 0,
-                max_m: 0,
-            },
-            debug: 0,
-            ..key
-        };
-        Some(ctx.pipelines.get(ctx, qkey, || rotate_q_source(codec, d))?)
-    } else {
-        None
     };
-    if lp.segments <= 1 && !apart {
-        return Ok(Pipelines {
-            main,
-            reduce: None,
-            rotate,
-        });
-    }
+    let qkey = PipelineKey {
+        kernel: Kernel::RotateQ,
+        features: Features(0),
+        tiling: Tiling {
+            wg_size: ROTATE_WG,
+            tile: 0,
+            max_m: 0,
+        },
+        debug: 0,
+        ..key
+    };
     let rkey = PipelineKey {
         kernel: Kernel::Reduce,
         features: Features(features.0 & (Features::SINKS | Features::OUT_FP8)),
@@ -666,13 +654,58 @@ pub(crate) fn pipelines(
         debug: 0,
         ..key
     };
-    let reduce = ctx
-        .pipelines
-        .get(ctx, rkey, || reduce_source(codec, d, features))?;
-    Ok(Pipelines {
-        main,
-        reduce: Some(reduce),
-        rotate,
+    let need_reduce = lp.segments > 1 || apart;
+    let rotate_of = || -> Result<Option<Arc<Compiled>>> {
+        if apart {
+            Ok(Some(
+                ctx.pipelines.get(ctx, qkey, || rotate_q_source(codec, d))?,
+            ))
+        } else {
+            Ok(None)
+        }
+    };
+    let reduce_of = || -> Result<Option<Arc<Compiled>>> {
+        if need_reduce {
+            Ok(Some(
+                ctx.pipelines
+                    .get(ctx, rkey, || reduce_source(codec, d, features))?,
+            ))
+        } else {
+            Ok(None)
+        }
+    };
+    if let Some(main) = ctx.pipelines.try_get(&key) {
+        return Ok(Pipelines {
+            main,
+            reduce: reduce_of()?,
+            rotate: rotate_of()?,
+        });
+    }
+    // First use of this kernel variant: its companions (reduce, rotation) are built on other
+    // threads while it builds here, so the call that first needs them waits for the longest
+    // build rather than their sum (each build parses, validates and translates its WGSL on the
+    // CPU before the driver compiles it).
+    if !need_reduce && !apart {
+        return Ok(Pipelines {
+            main: ctx.pipelines.get(ctx, key, main_source)?,
+            reduce: None,
+            rotate: None,
+        });
+    }
+    std::thread::scope(|s| {
+        let reduce = need_reduce.then(|| s.spawn(reduce_of));
+        let rotate = apart.then(|| s.spawn(rotate_of));
+        let main = ctx.pipelines.get(ctx, key, main_source);
+        let join = |h: Option<std::thread::ScopedJoinHandle<'_, _>>| match h {
+            Some(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            None => Ok(None),
+        };
+        let (reduce, rotate) = (join(reduce), join(rotate));
+        Ok(Pipelines {
+            main: main?,
+            reduce: reduce?,
+            rotate: rotate?,
+        })
     })
 }
 
