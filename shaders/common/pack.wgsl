@@ -46,6 +46,24 @@ fn e4m3_encode(x: f32) -> u32 {
 // with room to spare): 2^-20.
 const QUOT_BAND: f32 = 9.5367431640625e-7;
 
+// Whether a finite q lies within twice QUOT_BAND of a rounding tie of e4m3_encode (the only
+// places where its code changes): the encoder is monotone, so a quotient and its estimate q
+// on the same side of every tie get one code. Normal range: the 20 bits below the 3 kept
+// ones within 32 units of half (the band is at most 16 units there); below 2^-6:
+// a * 512 (exact) within 2^-19 of its tie n + 0.5; from 448 up: saturated, no tie.
+fn e4m3_near_tie(q: f32) -> bool {
+    let a = abs(q);
+    if (a >= 448.0) {
+        return false;
+    }
+    if (a < 0.015625) {
+        let v = a * 512.0;
+        return abs(v - floor(v) - 0.5) <= v * (2.0 * QUOT_BAND);
+    }
+    let rem = i32(bitcast<u32>(a) & 0xFFFFFu);
+    return abs(rem - 0x80000) <= 32;
+}
+
 // x * y exactly, for x, y < 2^25: (low word, high word) of the 50-bit product, from 16-bit
 // limbs (WGSL has no 64-bit integers).
 fn mul_wide(x: u32, y: u32) -> vec2<u32> {

@@ -31,16 +31,15 @@ fn enc_code(x: f32, inf: i32, p: vec4<f32>) -> u32 {
         return u32(127 * inf) & 0xFFu;
     }
     // Round half to even of the true quotient rounded to f32 (spec 10.1), clamped. As in
-    // fp8_per_tensor: both ends of the band around x * (1/scale) agreeing decide the code; a
-    // boundary (n + 0.5) inside the band, or a quotient near zero, takes the exact division.
-    // With a power-of-two scale (1.0 by default) the product is the quotient itself.
+    // fp8_per_tensor: round(x * (1/scale)) is the quotient's code unless a tie n + 0.5 lies
+    // within twice QUOT_BAND of the product; then, or for a quotient near zero, the exact
+    // division decides. With a power-of-two scale (1.0 by default) the product is the quotient.
     let q = x * p.y;
+    let a = abs(q);
     var c = clamp(round(q), -127.0, 127.0);
     let pow2 = (bitcast<u32>(p.x) & 0x7FFFFFu) == 0u;
-    if (!(abs(q) > 1e-30
-        && (pow2
-            || (c == clamp(round(q * (1.0 - QUOT_BAND)), -127.0, 127.0)
-                && c == clamp(round(q * (1.0 + QUOT_BAND)), -127.0, 127.0))))) {
+    let near = abs(a - floor(a) - 0.5) <= a * (2.0 * QUOT_BAND);
+    if (!(a > 1e-30 && (pow2 || !near))) {
         c = clamp(round(div_rn_compact(x, p.x)), -127.0, 127.0);
     }
     return u32(i32(c)) & 0xFFu;
