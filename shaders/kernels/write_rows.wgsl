@@ -20,6 +20,10 @@
 // subgroup entry also the transform per element: enc_pre(x, i), then the unnormalised
 // Walsh-Hadamard transform over blocks of enc_block() elements in the canonical butterfly order
 // of spec §4.1, then enc_post(x) (common/enc_no_transform.wgsl lists the names).
+// A mode may answer ENC_EXACT from enc_code for an element whose code needs more work than the
+// common case (the per-tensor modes: a quotient near a rounding tie); with ENC_HAS_EXACT set
+// the core then asks enc_code_exact(x, params) in one copy of that path after the packing
+// loop (common/enc_direct.wgsl for modes without one).
 // Negative slots are padding: nothing is written for them.
 //
 // Overrides and bindings as listed here are the entries' too.
@@ -41,6 +45,7 @@ const E: u32 = max(8u, 32u / CODE_BITS); // elements per lane
 const EB: u32 = MODEL_WORDS4; // bytes per model element
 const VPL: u32 = E * EB / 16u; // 16-byte loads per lane
 const EPV: u32 = 16u / EB; // elements per 16-byte load
+const ENC_EXACT: u32 = 0xFFFFFFFFu; // enc_code: "take enc_code_exact"
 
 @group(0) @binding(0) var<uniform> st: StepU;
 @group(0) @binding(1) var<uniform> ly: LayerU;
@@ -124,17 +129,41 @@ fn write_row(j: u32, lane: u32, wid: vec3<u32>, nwg: vec3<u32>) {
     let row = u32(slot) * kvh + h;
     let per_word = 32u / CODE_BITS;
     let mask = (1u << CODE_BITS) - 1u;
-    let w0 = row * ly.k_row_words + lane * (E / per_word);
-    for (var w = 0u; w < E / per_word; w++) {
+    let nw = E / per_word; // at most 4 words per lane
+    var words = vec4<u32>(0u);
+    var exact = 0u; // bit e: element e's code comes from the mode's exact path
+    for (var w = 0u; w < nw; w++) {
         var word = 0u;
         for (var k = 0u; k < per_word; k++) {
             let e = w * per_word + k;
-            word |= (enc_code(x[e], inf[e], params) & mask) << (k * CODE_BITS);
+            let c = enc_code(x[e], inf[e], params);
+            if (ENC_HAS_EXACT && c == ENC_EXACT) {
+                exact |= 1u << e;
+            } else {
+                word |= (c & mask) << (k * CODE_BITS);
+            }
         }
+        words[w] = word;
+    }
+    // Elements the mode sends to its exact path (rare: near a rounding tie), one at a time
+    // through one copy of that path; the element is picked by selects, so x stays in
+    // registers.
+    while (ENC_HAS_EXACT && exact != 0u) {
+        let e = firstTrailingBit(exact);
+        exact &= exact - 1u;
+        var xe = 0.0;
+        for (var k = 0u; k < E; k++) {
+            xe = select(xe, x[k], k == e);
+        }
+        let c = (enc_code_exact(xe, params) & mask) << ((e % per_word) * CODE_BITS);
+        words |= select(vec4<u32>(0u), vec4<u32>(c), vec4<u32>(e / per_word) == vec4<u32>(0u, 1u, 2u, 3u));
+    }
+    let w0 = row * ly.k_row_words + lane * nw;
+    for (var w = 0u; w < nw; w++) {
         if (is_v) {
-            v_cache[w0 + w] = word;
+            v_cache[w0 + w] = words[w];
         } else {
-            k_cache[w0 + w] = word;
+            k_cache[w0 + w] = words[w];
         }
     }
     if (HAS_SCALE_CACHE && lane == 0u) {

@@ -62,6 +62,10 @@ pub const CORE_FILES: &[(&str, &str)] = &[
         include_str!("../../shaders/common/enc_no_transform.wgsl"),
     ),
     (
+        "common/enc_direct.wgsl",
+        include_str!("../../shaders/common/enc_direct.wgsl"),
+    ),
+    (
         "kernels/write_rows.wgsl",
         include_str!("../../shaders/kernels/write_rows.wgsl"),
     ),

@@ -6,6 +6,7 @@
 // #include "common/enc_no_transform.wgsl"
 const CODE_BITS: u32 = 8u;
 const HAS_SCALE_CACHE: bool = false;
+const ENC_HAS_EXACT: bool = true;
 
 fn enc_init() -> vec2<f32> {
     return vec2<f32>(0.0);
@@ -34,12 +35,18 @@ fn enc_code(x: f32, inf: i32, p: vec4<f32>) -> u32 {
     // The encoder is monotone and x * (1/scale) lies within QUOT_BAND of the rounded quotient,
     // so its code is the quotient's unless a code boundary (a tie) lies that close
     // (e4m3_near_tie); then, or for a quotient near zero, the exact division decides. With a
-    // power-of-two scale (1.0 by default) the product is the quotient itself. One encode per
-    // element (the band's two ends encoded as well took 47 us for 4096 tokens on an H200).
+    // power-of-two scale (1.0 by default) the product is the quotient itself. The exact
+    // division runs in the core's one copy of the exact path (ENC_EXACT), not once per element
+    // of the unrolled packing loop.
     let q = x * p.y;
     let pow2 = (bitcast<u32>(p.x) & 0x7FFFFFu) == 0u;
     if (abs(q) > 1e-30 && (pow2 || !e4m3_near_tie(q))) {
         return e4m3_encode(q);
     }
+    return ENC_EXACT;
+}
+
+// The code of the exact quotient (an element enc_code answered ENC_EXACT for).
+fn enc_code_exact(x: f32, p: vec4<f32>) -> u32 {
     return e4m3_encode(div_rn_compact(x, p.x));
 }

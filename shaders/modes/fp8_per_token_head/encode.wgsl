@@ -3,6 +3,7 @@
 // The core reduces enc_stat over the cleaned row with enc_fold, asks enc_params for the row's
 // scale, and packs 32/CODE_BITS codes per word from enc_code (element order: low bits first).
 // #include "common/pack.wgsl"
+// #include "common/enc_direct.wgsl"
 // #include "common/enc_no_transform.wgsl"
 const CODE_BITS: u32 = 8u;
 const HAS_SCALE_CACHE: bool = true;

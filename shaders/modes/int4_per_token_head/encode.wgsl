@@ -3,6 +3,7 @@
 // hidden in the scale's low 4 mantissa bits. Non-finite inputs were zeroed by the core (§10.7).
 // #include "modes/shared/hadamard_x.wgsl"
 // #include "common/pack.wgsl"
+// #include "common/enc_direct.wgsl"
 const CODE_BITS: u32 = 4u;
 const HAS_SCALE_CACHE: bool = true;
 const ENC_TRANSFORM: bool = true;

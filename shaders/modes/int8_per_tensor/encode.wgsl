@@ -6,6 +6,7 @@
 // #include "common/enc_no_transform.wgsl"
 const CODE_BITS: u32 = 8u;
 const HAS_SCALE_CACHE: bool = false;
+const ENC_HAS_EXACT: bool = true;
 
 fn enc_init() -> vec2<f32> {
     return vec2<f32>(0.0);
@@ -36,11 +37,15 @@ fn enc_code(x: f32, inf: i32, p: vec4<f32>) -> u32 {
     // division decides. With a power-of-two scale (1.0 by default) the product is the quotient.
     let q = x * p.y;
     let a = abs(q);
-    var c = clamp(round(q), -127.0, 127.0);
     let pow2 = (bitcast<u32>(p.x) & 0x7FFFFFu) == 0u;
     let near = abs(a - floor(a) - 0.5) <= a * (2.0 * QUOT_BAND);
     if (!(a > 1e-30 && (pow2 || !near))) {
-        c = clamp(round(div_rn_compact(x, p.x)), -127.0, 127.0);
+        return ENC_EXACT; // the core's one copy of the exact path
     }
-    return u32(i32(c)) & 0xFFu;
+    return u32(i32(clamp(round(q), -127.0, 127.0))) & 0xFFu;
+}
+
+// The code of the exact quotient (an element enc_code answered ENC_EXACT for).
+fn enc_code_exact(x: f32, p: vec4<f32>) -> u32 {
+    return u32(i32(clamp(round(div_rn_compact(x, p.x)), -127.0, 127.0))) & 0xFFu;
 }

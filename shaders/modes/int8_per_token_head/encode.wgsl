@@ -3,6 +3,7 @@
 // The core reduces enc_stat over the cleaned row with enc_fold, asks enc_params for the row's
 // scale, and packs 32/CODE_BITS codes per word from enc_code (element order: low bits first).
 // #include "common/pack.wgsl"
+// #include "common/enc_direct.wgsl"
 // #include "common/enc_no_transform.wgsl"
 // The mode's option (Int8Rounding, spec §3.3): 0 half away from zero (the default, the
 // released vLLM kernel), 1 truncate (triton_quant_kv), 2 half to even.
