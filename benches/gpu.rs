@@ -5,7 +5,7 @@
 //!   cargo bench --bench gpu -- [--quick] [--out DIR] [--shapes-json FILE] [--filter A,B,..]
 //!                               [--modes none,int4_per_token_head,..|all] [--paths auto,stream,..]
 //!                               [--no-subgroups] [--batch N] [--one-pass] [--floor]
-//!                               [--step two|fused]
+//!                               [--step two|fused] [--unit-tensor-scales]
 //!
 //! `--shapes-json` writes the shapes for `benches/sdpa.py`, which times PyTorch SDPA on them in
 //! the same device command; `--sdpa FILE` reads its results back and adds the ratio columns.
@@ -411,6 +411,13 @@ fn batch() -> u32 {
 /// `--one-pass` (with `--batch N`): the N calls of a span are recorded into one compute pass
 /// (`unified_attention_in`), as an engine records a step, instead of a pass per call.
 static ONE_PASS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `--unit-tensor-scales`: per-tensor modes' writes at scale 1.0 (a power of two, whose
+/// product is the quotient itself) instead of scales calibrated to the data (absmax over the
+/// largest code, as an engine calibrates them), which exercise the encoders' exact-quotient
+/// path near rounding ties. Runs before 2026-12-02's fifth session always used 1.0.
+static UNIT_TENSOR_SCALES: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// `--floor`: what a call costs before it does any work, timed like the attention rows: one
 /// workgroup writing a word, two such dispatches where the second reads the first's word
@@ -824,7 +831,7 @@ fn bench_write(ctx: &Context, mode: KvQuantMode) -> Result<Row> {
         dtype: Dtype::F16,
         ..Default::default()
     };
-    let cache = KvCache::new(ctx, &cfg)?;
+    let mut cache = KvCache::new(ctx, &cfg)?;
     let slots: Vec<i32> = (0..tokens as i32).collect();
     let plan = BatchPlan::new(
         ctx,
@@ -846,6 +853,20 @@ fn bench_write(ctx: &Context, mode: KvQuantMode) -> Result<Row> {
         hkv as usize,
         &[0],
     );
+    let max_code = match mode {
+        KvQuantMode::Fp8PerTensor => Some(448.0),
+        KvQuantMode::Int8PerTensor => Some(127.0),
+        _ => None,
+    };
+    if let Some(max_code) = max_code {
+        if !UNIT_TENSOR_SCALES.load(std::sync::atomic::Ordering::Relaxed) {
+            let amax = |x: &[f64]| x.iter().fold(0f64, |m, v| m.max(v.abs())) as f32;
+            let (ks, vs) = (amax(&k) / max_code, amax(&v) / max_code);
+            for l in 0..cfg.num_layers as usize {
+                cache.set_tensor_scales(l, ks, vs)?;
+            }
+        }
+    }
     // One input pair per layer (8 x 16.8 MB), so a call's rows are not in the 60 MB L2 of
     // an H200 from the call before, as an engine's projections are not.
     let (kh, vh) = (Dtype::F16.encode(&k), Dtype::F16.encode(&v));
@@ -930,6 +951,10 @@ fn main() -> Result<()> {
         std::sync::atomic::Ordering::Relaxed,
     );
     ONE_PASS.store(flag("--one-pass"), std::sync::atomic::Ordering::Relaxed);
+    UNIT_TENSOR_SCALES.store(
+        flag("--unit-tensor-scales"),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let step = match opt("--step").as_deref() {
         None => 0,
         Some("two") => 1,
