@@ -196,6 +196,26 @@ fn instance_backends(from_env: wgpu::Backends, var: Option<String>) -> wgpu::Bac
     }
 }
 
+/// The instance flags [`Context::instance`] uses: `from_env` less the validation of indirect
+/// calls, unless the environment asked for it (`asked`).
+fn instance_flags(from_env: wgpu::InstanceFlags, asked: bool) -> wgpu::InstanceFlags {
+    if asked {
+        from_env
+    } else {
+        from_env - wgpu::InstanceFlags::VALIDATION_INDIRECT_CALL
+    }
+}
+
+/// `limits` within what wgpu allows where it validates indirect calls (buffer and binding
+/// sizes below 4 GiB), so that a context's limits do not depend on that flag of its instance.
+fn below_4_gib(mut limits: wgpu::Limits) -> wgpu::Limits {
+    let max = u32::MAX as u64;
+    limits.max_buffer_size = limits.max_buffer_size.min(max);
+    limits.max_uniform_buffer_binding_size = limits.max_uniform_buffer_binding_size.min(max);
+    limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(max & !3); // storage binding sizes are multiples of 4 bytes
+    limits
+}
+
 /// Whether `adapter` offers the cooperative-matrix configuration the prefill kernel uses
 /// (16×16×16, f16 A/B, f32 accumulator) with the features that kernel also needs.
 fn coop_usable(adapter: &wgpu::Adapter) -> bool {
@@ -248,11 +268,23 @@ impl Context {
     /// `EglContext::make_current: BadAccess` panics inside wgpu when a machine without a
     /// Vulkan driver ran the test suite on llvmpipe's GL), and with GL in the instance every
     /// adapter request initialises EGL even where Vulkan answers.
+    ///
+    /// wgpu's validation of indirect calls (`InstanceFlags::VALIDATION_INDIRECT_CALL`, on by
+    /// default in release builds) is left out unless `WGPU_VALIDATION_INDIRECT_CALL` sets it:
+    /// quantkv issues no indirect dispatch or draw, and with the flag every device creation
+    /// builds wgpu's validation pipelines (about 40 ms of `Context::new` on an H200, where the
+    /// driver's own instance and device take about 130 ms). An app that issues indirect calls
+    /// on devices of this instance can set the variable. The limits the flag implies (buffers and
+    /// bindings below 4 GiB) are kept: [`Context::from_adapter`] requests them.
     pub fn instance() -> &'static wgpu::Instance {
         static INSTANCE: std::sync::OnceLock<wgpu::Instance> = std::sync::OnceLock::new();
         INSTANCE.get_or_init(|| {
             let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
             desc.backends = instance_backends(desc.backends, std::env::var("WGPU_BACKEND").ok());
+            desc.flags = instance_flags(
+                desc.flags,
+                std::env::var_os("WGPU_VALIDATION_INDIRECT_CALL").is_some(),
+            );
             wgpu::Instance::new(desc)
         })
     }
@@ -271,7 +303,7 @@ impl Context {
         } else {
             wgpu::ExperimentalFeatures::disabled()
         };
-        let limits = adapter.limits();
+        let limits = below_4_gib(adapter.limits());
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("quantkv"),
@@ -825,7 +857,7 @@ impl Context {
 
 #[cfg(test)]
 mod tests {
-    use super::instance_backends;
+    use super::{below_4_gib, instance_backends, instance_flags};
     use wgpu::Backends;
 
     #[test]
@@ -844,5 +876,25 @@ mod tests {
                 "{v}"
             );
         }
+    }
+
+    #[test]
+    fn indirect_call_validation_is_off_unless_asked_and_limits_stay_below_4_gib() {
+        use wgpu::InstanceFlags as F;
+        let env = F::VALIDATION_INDIRECT_CALL | F::DEBUG;
+        assert_eq!(instance_flags(env, false), F::DEBUG);
+        assert_eq!(instance_flags(env, true), env);
+        let big = wgpu::Limits {
+            max_buffer_size: 1 << 40,
+            max_uniform_buffer_binding_size: 1 << 40,
+            max_storage_buffer_binding_size: 1 << 40,
+            ..wgpu::Limits::default()
+        };
+        let l = below_4_gib(big);
+        assert_eq!(l.max_buffer_size, u32::MAX as u64);
+        assert_eq!(l.max_uniform_buffer_binding_size, u32::MAX as u64);
+        assert_eq!(l.max_storage_buffer_binding_size, (u32::MAX - 3) as u64);
+        let small = wgpu::Limits::downlevel_defaults();
+        assert_eq!(below_4_gib(small.clone()), small);
     }
 }
