@@ -1,7 +1,8 @@
 // kernels/write_rows.wgsl — reshape_and_cache for quantized modes, in registers (the body; the
 // entry, kernels/write_entry.wgsl or kernels/write_entry_sg.wgsl, says how lanes find their row
 // and provides transform_row and row_stat). Each lane holds
-// E consecutive elements of one row (E = max(8, 32 / CODE_BITS): whole code words per lane),
+// E consecutive elements of one row (E = max(E_MIN, 32 / CODE_BITS), E_MIN = 16 by default
+// (8 through a debug knob) from the host's prelude: whole code words per lane),
 // loaded with 16-byte loads; HEAD_DIM / E lanes per row, ROWS rows per workgroup (all K rows of
 // the step, then all V rows). Per row: clean non-finite values (spec §10.7: NaN -> 0, ±Inf -> 0
 // with the sign kept for the mode's extreme code), let the mode transform the rows (only modes
@@ -41,7 +42,7 @@ override WG_SIZE: u32 = 128u;
 override ROWS: u32 = 8u;
 override X_LEN: u32 = 1024u;
 
-const E: u32 = max(8u, 32u / CODE_BITS); // elements per lane
+const E: u32 = max(E_MIN, 32u / CODE_BITS); // elements per lane (E_MIN: the host's prelude)
 const EB: u32 = MODEL_WORDS4; // bytes per model element
 const VPL: u32 = E * EB / 16u; // 16-byte loads per lane
 const EPV: u32 = 16u / EB; // elements per 16-byte load

@@ -207,13 +207,36 @@ fn write_ch_knob() -> Option<u32> {
 }
 
 /// Elements per lane of the quantizing write kernel (`E` in write_rows.wgsl): whole code words,
-/// at least 8.
+/// at least [`write_e_min`].
 pub fn lane_elems(packing_factor: u32) -> u32 {
-    (4 * packing_factor).max(8)
+    (4 * packing_factor).max(write_e_min())
+}
+
+/// The fewest elements a lane of the quantizing write kernel holds (`E_MIN`): 16, or what the
+/// `QUANTKV_DEBUG_WRITE_E` knob says (8 or 16). Measured on an H200, 4096 tokens (BENCHMARKS.md,
+/// 2026-12-02, three alternating passes): 16 was faster for every mode than 8 (INT8 per-(token,
+/// head) 20.1 -> 16.2 µs, FP8 per-(token, head) 25.2 -> 22.2, INT4 33.5 -> 25.8, INT8
+/// per-tensor 18.4 -> 16.6; INT2 holds 16 either way): twice the independent loads in flight per
+/// lane and half the lanes joining each row reduction. Head sizes are multiples of 16, so a row
+/// is always whole lanes.
+pub fn write_e_min() -> u32 {
+    static E: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *E.get_or_init(|| {
+        let knob = if cfg!(feature = "debug-knobs") {
+            std::env::var("QUANTKV_DEBUG_WRITE_E")
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+                .filter(|v| matches!(v, 8 | 16))
+        } else {
+            None
+        };
+        knob.unwrap_or(16)
+    })
 }
 
 /// Geometry of the quantizing write kernel for a mode storing `packing_factor` codes per byte:
-/// each lane holds `E = max(8, 4 · packing_factor)` elements (whole code words), a row takes
+/// each lane holds `E = max(write_e_min(), 4 · packing_factor)` elements (whole code words), a
+/// row takes
 /// `head_dim / E` lanes, and a workgroup takes `tile` rows (about 128 lanes; the rows' staging
 /// for rotation modes stays at most 8 KiB).
 pub fn write_rows_tiling(head_dim: u32, packing_factor: u32) -> Tiling {
@@ -277,6 +300,7 @@ pub fn write_rows_source(
     } else {
         include_str!("../../shaders/kernels/write_entry.wgsl")
     };
+    src.prelude = format!("const E_MIN: u32 = {}u;\n", write_e_min());
     src.codec = codec.encode.into_iter().collect();
     src.includes = codec.includes;
     src.constants.push(("HEAD_DIM", head_dim as f64));
