@@ -12,7 +12,7 @@
 // #include "kernels/write_rows.wgsl"
 
 // log2(E).
-const E_LOG2: u32 = select(3u, 4u, E == 16u);
+const E_LOG2: u32 = select(select(3u, 4u, E == 16u), 5u, E == 32u);
 
 // The mode's enc_transform names x_sh; this entry never calls it (the host sets X_LEN = 1).
 var<workgroup> x_sh: array<f32, X_LEN>;
@@ -23,8 +23,8 @@ fn transform_row(j: u32, lane: u32) {
         for (var k = 0u; k < E; k++) {
             x[k] = enc_pre(x[k], lane * E + k);
         }
-        // In-lane stages: h = 1, 2, 4 (, 8) (the block is at least 16: head sizes are multiples
-        // of 16). Counted loops of constant trip count, so every index is a constant once the
+        // In-lane stages: h = 1, 2, 4 (, 8, 16) (the block is the lowest set bit of the head
+        // size, which E divides: at least E). Counted loops of constant trip count, so every index is a constant once the
         // driver unrolls them and the lane's elements stay in registers.
         for (var s = 0u; s < E_LOG2; s++) {
             let h = 1u << s;

@@ -1,8 +1,8 @@
 // kernels/write_rows.wgsl — reshape_and_cache for quantized modes, in registers (the body; the
 // entry, kernels/write_entry.wgsl or kernels/write_entry_sg.wgsl, says how lanes find their row
 // and provides transform_row and row_stat). Each lane holds
-// E consecutive elements of one row (E = max(E_MIN, 32 / CODE_BITS), E_MIN = 16 by default
-// (8 through a debug knob) from the host's prelude: whole code words per lane),
+// E consecutive elements of one row (E = max(E_MIN, 32 / CODE_BITS), E_MIN = 8, 16 or 32 from
+// the host's prelude, a divisor of HEAD_DIM: whole code words per lane),
 // loaded with 16-byte loads; HEAD_DIM / E lanes per row, ROWS rows per workgroup (all K rows of
 // the step, then all V rows). Per row: clean non-finite values (spec §10.7: NaN -> 0, ±Inf -> 0
 // with the sign kept for the mode's extreme code), let the mode transform the rows (only modes
@@ -46,6 +46,7 @@ const E: u32 = max(E_MIN, 32u / CODE_BITS); // elements per lane (E_MIN: the hos
 const EB: u32 = MODEL_WORDS4; // bytes per model element
 const VPL: u32 = E * EB / 16u; // 16-byte loads per lane
 const EPV: u32 = 16u / EB; // elements per 16-byte load
+const NW: u32 = E * CODE_BITS / 32u; // code words per lane (at most 8)
 const ENC_EXACT: u32 = 0xFFFFFFFFu; // enc_code: "take enc_code_exact"
 
 @group(0) @binding(0) var<uniform> st: StepU;
@@ -59,8 +60,8 @@ const ENC_EXACT: u32 = 0xFFFFFFFFu; // enc_code: "take enc_code_exact"
 @group(0) @binding(8) var<storage, read_write> v_scale: array<f32>;
 
 // The lane's elements and their infinity signs (spec §10.7).
-var<private> x: array<f32, 16>;
-var<private> inf: array<i32, 16>;
+var<private> x: array<f32, E>;
+var<private> inf: array<i32, E>;
 
 fn load16(is_v: bool, i: u32) -> vec4<u32> {
     if (is_v) {
@@ -130,10 +131,9 @@ fn write_row(j: u32, lane: u32, wid: vec3<u32>, nwg: vec3<u32>) {
     let row = u32(slot) * kvh + h;
     let per_word = 32u / CODE_BITS;
     let mask = (1u << CODE_BITS) - 1u;
-    let nw = E / per_word; // at most 4 words per lane
-    var words = vec4<u32>(0u);
+    var words: array<u32, NW>;
     var exact = 0u; // bit e: element e's code comes from the mode's exact path
-    for (var w = 0u; w < nw; w++) {
+    for (var w = 0u; w < NW; w++) {
         var word = 0u;
         for (var k = 0u; k < per_word; k++) {
             let e = w * per_word + k;
@@ -148,7 +148,7 @@ fn write_row(j: u32, lane: u32, wid: vec3<u32>, nwg: vec3<u32>) {
     }
     // Elements the mode sends to its exact path (rare: near a rounding tie), one at a time
     // through one copy of that path; the element is picked by selects, so x stays in
-    // registers.
+    // registers; so is the word it lands in (constant indices once the loops unroll).
     while (ENC_HAS_EXACT && exact != 0u) {
         let e = firstTrailingBit(exact);
         exact &= exact - 1u;
@@ -157,10 +157,12 @@ fn write_row(j: u32, lane: u32, wid: vec3<u32>, nwg: vec3<u32>) {
             xe = select(xe, x[k], k == e);
         }
         let c = (enc_code_exact(xe, params) & mask) << ((e % per_word) * CODE_BITS);
-        words |= select(vec4<u32>(0u), vec4<u32>(c), vec4<u32>(e / per_word) == vec4<u32>(0u, 1u, 2u, 3u));
+        for (var w = 0u; w < NW; w++) {
+            words[w] |= select(0u, c, w == e / per_word);
+        }
     }
-    let w0 = row * ly.k_row_words + lane * nw;
-    for (var w = 0u; w < nw; w++) {
+    let w0 = row * ly.k_row_words + lane * NW;
+    for (var w = 0u; w < NW; w++) {
         if (is_v) {
             v_cache[w0 + w] = words[w];
         } else {

@@ -20,7 +20,8 @@ use super::plan::{
     stream_segments, stream_smem, stream_tiling,
 };
 use super::write::{
-    lane_elems, write_copy_source, write_rows_source, write_rows_tiling, write_subgroups,
+    lane_elems, write_copy_source, write_e_min, write_rows_plan, write_rows_source,
+    write_rows_tiling,
 };
 use super::Geometry;
 use crate::gpu::pipeline::full_source;
@@ -366,7 +367,9 @@ fn variants() -> Vec<Variant> {
             }
             if codec.encode.is_some() {
                 for d in (32..=256).step_by(16) {
-                    let t = write_rows_tiling(d, backend.packing_factor());
+                    let rotates = codec.transform.is_some();
+                    let pf = backend.packing_factor();
+                    let t = write_rows_tiling(d, pf, write_e_min(rotates, false));
                     out.push(variant(
                         format!("write_rows/{}/{}/d{d}", mode.id(), dtype.name()),
                         dtype,
@@ -374,12 +377,9 @@ fn variants() -> Vec<Variant> {
                         no_subgroups(),
                     ));
                     // The subgroup entry where subgroups of 32 hold a row.
-                    if write_subgroups(
-                        &test_caps(32, false, false, 32768),
-                        d,
-                        backend.packing_factor(),
-                        t,
-                    ) {
+                    let (t, sg) =
+                        write_rows_plan(&test_caps(32, false, false, 32768), d, pf, rotates);
+                    if sg {
                         out.push(variant(
                             format!("write_rows/{}/{}/d{d}/sg", mode.id(), dtype.name()),
                             dtype,
@@ -402,7 +402,7 @@ fn variants() -> Vec<Variant> {
         out.push(variant(
             format!("write_rows/int8/{r:?}"),
             Dtype::F16,
-            &write_rows_source(&codec, 128, write_rows_tiling(128, 1), false),
+            &write_rows_source(&codec, 128, write_rows_tiling(128, 1, 16), false),
             no_subgroups(),
         ));
     }
@@ -595,7 +595,7 @@ fn bind_group_layouts_match_the_wgsl_bindings() {
         ("write_copy", write_copy_source(wt)),
         (
             "write_rows",
-            write_rows_source(&codec, 128, write_rows_tiling(128, 1), false),
+            write_rows_source(&codec, 128, write_rows_tiling(128, 1, 16), false),
         ),
     ] {
         let text = full_source(src.kernel, Dtype::F16, &src.parts(), src.includes).unwrap();
@@ -756,16 +756,62 @@ fn write_rows_tiling_fits_the_default_workgroup_memory_for_every_head_size() {
         let b = create(mode).unwrap();
         let codec = b.codec(Dtype::F32, &ModeOptions::default());
         for d in (32..=256).step_by(16) {
-            let t = write_rows_tiling(d, b.packing_factor());
-            let e = lane_elems(b.packing_factor());
-            assert_eq!(t.wg_size, t.tile * d / e, "d{d}: {t:?}");
-            assert!(t.wg_size <= 256, "d{d}: {t:?}");
-            let src = write_rows_source(&codec, d, t, false);
-            let text = full_source(src.kernel, Dtype::F32, &src.parts(), src.includes).unwrap();
-            let (m, i) = parse("write_rows", &text, no_subgroups());
-            let (m, _) = resolve("write_rows", &m, &i, &src.constants);
-            let bytes = workgroup_bytes(&m);
-            assert!(bytes <= 16384, "write_rows d{d} {t:?}: {bytes} bytes");
+            for e_min in [8, 16, 32] {
+                let t = write_rows_tiling(d, b.packing_factor(), e_min);
+                let e = lane_elems(b.packing_factor(), d, e_min);
+                assert_eq!(t.wg_size, t.tile * d / e, "d{d}: {t:?}");
+                assert!(t.wg_size <= 256, "d{d}: {t:?}");
+                let src = write_rows_source(&codec, d, t, false);
+                let text = full_source(src.kernel, Dtype::F32, &src.parts(), src.includes).unwrap();
+                let (m, i) = parse("write_rows", &text, no_subgroups());
+                let (m, _) = resolve("write_rows", &m, &i, &src.constants);
+                let bytes = workgroup_bytes(&m);
+                assert!(
+                    bytes <= 8192 + 8 * 256,
+                    "write_rows d{d} {t:?}: {bytes} bytes"
+                );
+            }
+        }
+    }
+}
+
+/// The write kernel's geometry per mode: 32 elements per lane for the rotation modes on the
+/// subgroup entry where 32 divides the head size, 16 otherwise (the measured choice); a lane
+/// count the subgroup holds; whole rows per workgroup.
+#[test]
+fn write_rows_plan_widens_lanes_only_for_rotated_rows_on_subgroups() {
+    for (sg_size, subgroups) in [(32, true), (8, true), (32, false)] {
+        let caps = test_caps(sg_size, false, false, 32768);
+        let caps = crate::gpu::Caps { subgroups, ..caps };
+        for mode in KvQuantMode::ALL {
+            let b = create(mode).unwrap();
+            if b.stores_rows_as_given() {
+                continue;
+            }
+            let codec = b.codec(Dtype::F16, &ModeOptions::default());
+            let rotates = codec.transform.is_some();
+            let pf = b.packing_factor();
+            for d in (16..=256).step_by(16) {
+                let (t, sg) = write_rows_plan(&caps, d, pf, rotates);
+                let lanes = t.wg_size / t.tile;
+                let e = d / lanes;
+                assert_eq!(lanes * e, d, "{mode:?} d{d} {t:?}");
+                assert_eq!(
+                    e,
+                    lane_elems(pf, d, write_e_min(rotates, sg)),
+                    "{mode:?} d{d}"
+                );
+                assert!(
+                    !sg || (subgroups && lanes <= sg_size),
+                    "{mode:?} d{d} {t:?}"
+                );
+                #[cfg(not(feature = "debug-knobs"))]
+                {
+                    let wide = rotates && sg && d % 32 == 0;
+                    let want = if wide { 32 } else { 16.max(4 * pf) };
+                    assert_eq!(e, want, "{mode:?} d{d} sg {sg}: {t:?}");
+                }
+            }
         }
     }
 }

@@ -138,19 +138,17 @@ pub(crate) fn prepare(
 pub(crate) fn pipeline(ctx: &Context, layer: &LayerRef<'_>) -> Result<(Arc<Compiled>, Tiling)> {
     let cfg = &layer.geometry;
     let copy = layer.mode.backend().stores_rows_as_given();
-    let tiling = if copy {
-        write_copy_tiling()
-    } else {
-        write_rows_tiling(cfg.head_size, layer.mode.backend().packing_factor())
-    };
     let codec = layer.mode.codec();
-    let sg = !copy
-        && write_subgroups(
+    let (tiling, sg) = if copy {
+        (write_copy_tiling(), false)
+    } else {
+        write_rows_plan(
             ctx.caps(),
             cfg.head_size,
             layer.mode.backend().packing_factor(),
-            tiling,
-        );
+            codec.transform.is_some(),
+        )
+    };
     let pkey = PipelineKey {
         kernel: if copy {
             Kernel::WriteCopy
@@ -206,47 +204,71 @@ fn write_ch_knob() -> Option<u32> {
     })
 }
 
-/// Elements per lane of the quantizing write kernel (`E` in write_rows.wgsl): whole code words,
-/// at least [`write_e_min`].
-pub fn lane_elems(packing_factor: u32) -> u32 {
-    (4 * packing_factor).max(write_e_min())
+/// Elements per lane of the quantizing write kernel (`E` in write_rows.wgsl) at head size
+/// `head_dim`: whole code words, at least `e_min` ([`write_e_min`]) where that divides the head
+/// size (head sizes are multiples of 16, so 16 always does), else 16.
+pub fn lane_elems(packing_factor: u32, head_dim: u32, e_min: u32) -> u32 {
+    let mut e = e_min;
+    while e > 16 && !head_dim.is_multiple_of(e) {
+        e /= 2;
+    }
+    e.max(4 * packing_factor)
 }
 
-/// The fewest elements a lane of the quantizing write kernel holds (`E_MIN`): 16, or what the
-/// `QUANTKV_DEBUG_WRITE_E` knob says (8 or 16). Measured on an H200, 4096 tokens (BENCHMARKS.md,
-/// 2026-12-02, three alternating passes): 16 was faster for every mode than 8 (INT8 per-(token,
-/// head) 20.1 -> 16.2 µs, FP8 per-(token, head) 25.2 -> 22.2, INT4 33.5 -> 25.8, INT8
-/// per-tensor 18.4 -> 16.6; INT2 holds 16 either way): twice the independent loads in flight per
-/// lane and half the lanes joining each row reduction. Head sizes are multiples of 16, so a row
-/// is always whole lanes.
-pub fn write_e_min() -> u32 {
-    static E: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *E.get_or_init(|| {
-        let knob = if cfg!(feature = "debug-knobs") {
-            std::env::var("QUANTKV_DEBUG_WRITE_E")
-                .ok()
-                .and_then(|v| v.parse::<u32>().ok())
-                .filter(|v| matches!(v, 8 | 16))
-        } else {
-            None
-        };
-        knob.unwrap_or(16)
-    })
+/// The fewest elements a lane of the quantizing write kernel holds (`E_MIN`): 32 for modes
+/// that rotate their rows (`rotates`) on the subgroup entry, else 16; the
+/// `QUANTKV_DEBUG_WRITE_E` knob (8, 16 or 32, `debug-knobs`) sets it for every mode. Measured
+/// on an H200, 4096 tokens (BENCHMARKS.md, three alternating passes per comparison): 16 was
+/// faster than 8 for every mode (INT8 per-(token, head) 20.1 -> 16.2 µs, FP8 per-(token, head)
+/// 25.2 -> 22.2, INT4 33.5 -> 25.8, INT8 per-tensor 18.4 -> 16.6): twice the independent loads
+/// in flight per lane and half the lanes in each row reduction. 32 is faster again where the
+/// row is rotated (INT4 25.8 -> 23.4, INT2 17.9 -> 16.1: two of the five Walsh-Hadamard stages
+/// across lanes instead of three) but slower for the others (INT8 per-(token, head) 17.9, FP8
+/// per-tensor 44.9 against 28.9) and on the portable entry (INT4 117.9 against 75.0).
+pub fn write_e_min(rotates: bool, subgroups: bool) -> u32 {
+    static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    let knob = *KNOB.get_or_init(|| {
+        if !cfg!(feature = "debug-knobs") {
+            return None;
+        }
+        std::env::var("QUANTKV_DEBUG_WRITE_E")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|v| matches!(v, 8 | 16 | 32))
+    });
+    knob.unwrap_or(if rotates && subgroups { 32 } else { 16 })
 }
 
-/// Geometry of the quantizing write kernel for a mode storing `packing_factor` codes per byte:
-/// each lane holds `E = max(write_e_min(), 4 · packing_factor)` elements (whole code words), a
-/// row takes
-/// `head_dim / E` lanes, and a workgroup takes `tile` rows (about 128 lanes; the rows' staging
-/// for rotation modes stays at most 8 KiB).
-pub fn write_rows_tiling(head_dim: u32, packing_factor: u32) -> Tiling {
-    let lanes = head_dim / lane_elems(packing_factor);
-    let rows = (128 / lanes).max(1);
+/// Geometry of the quantizing write kernel for a mode storing `packing_factor` codes per byte,
+/// at `e_min` elements per lane at least ([`write_e_min`]): each lane holds
+/// `E =` [`lane_elems`] elements (whole code words), a row takes `head_dim / E` lanes, and a
+/// workgroup takes `tile` rows: about 128 lanes, fewer where the rows' staging for rotation
+/// modes (portable entry, f32 per element) would pass 8 KiB.
+pub fn write_rows_tiling(head_dim: u32, packing_factor: u32, e_min: u32) -> Tiling {
+    let lanes = head_dim / lane_elems(packing_factor, head_dim, e_min);
+    let rows = (128 / lanes).min(2048 / head_dim).max(1);
     Tiling {
         wg_size: rows * lanes,
         tile: rows,
         max_m: 0,
     }
+}
+
+/// The quantizing write kernel's geometry on `caps` for a mode storing `packing_factor` codes
+/// per byte (`rotates`: the mode transforms its rows before quantizing), and whether it takes
+/// the subgroup entry ([`write_subgroups`]).
+pub fn write_rows_plan(
+    caps: &Caps,
+    head_dim: u32,
+    packing_factor: u32,
+    rotates: bool,
+) -> (Tiling, bool) {
+    let wide = write_rows_tiling(head_dim, packing_factor, write_e_min(rotates, true));
+    if write_subgroups(caps, head_dim, wide) {
+        return (wide, true);
+    }
+    let t = write_rows_tiling(head_dim, packing_factor, write_e_min(rotates, false));
+    (t, write_subgroups(caps, head_dim, t))
 }
 
 /// The row-copy write kernel's source, constants and layout.
@@ -274,12 +296,13 @@ pub fn write_copy_source(tiling: Tiling) -> PipelineSource<'static> {
     }
 }
 
-/// Whether the quantizing write kernel takes its subgroup entry on `caps`: a row's lanes (a
-/// power of two) fit the smallest subgroup, and the workgroup is whole subgroups.
-pub fn write_subgroups(caps: &Caps, head_dim: u32, packing_factor: u32, tiling: Tiling) -> bool {
-    let lanes = head_dim / lane_elems(packing_factor);
+/// Whether the quantizing write kernel at `tiling` takes its subgroup entry on `caps`: a row's
+/// lanes (a power of two) fit the smallest subgroup, and the workgroup is whole subgroups.
+pub fn write_subgroups(caps: &Caps, head_dim: u32, tiling: Tiling) -> bool {
+    let lanes = tiling.wg_size / tiling.tile.max(1);
     caps.subgroups
         && lanes.is_power_of_two()
+        && head_dim.is_multiple_of(lanes)
         && lanes <= caps.subgroup_min_size
         && caps.subgroup_max_size > 0
         && tiling.wg_size.is_multiple_of(caps.subgroup_max_size)
@@ -300,7 +323,9 @@ pub fn write_rows_source(
     } else {
         include_str!("../../shaders/kernels/write_entry.wgsl")
     };
-    src.prelude = format!("const E_MIN: u32 = {}u;\n", write_e_min());
+    // Elements per lane, as the tiling was made (`lane_elems`): head_dim / (wg_size / rows).
+    let e = head_dim * tiling.tile / tiling.wg_size;
+    src.prelude = format!("const E_MIN: u32 = {e}u;\n");
     src.codec = codec.encode.into_iter().collect();
     src.includes = codec.includes;
     src.constants.push(("HEAD_DIM", head_dim as f64));
