@@ -20,25 +20,18 @@ fn e4m3_raw4(w: u32) -> vec4<f32> {
 }
 
 // f32 (finite) -> e4m3fn code: round to nearest even, saturate to +-448, never the NaN codes.
+// Without branches: the normal range rounds by one integer add on the f32's bits (the carry
+// runs into the exponent), 2^-6 and below is a multiple of 2^-9 (round() ties to even), and
+// the minimum with 0x7E saturates (every f32 from 448 up maps to 0x7E or above).
 fn e4m3_encode(x: f32) -> u32 {
     let bits = bitcast<u32>(x);
     let sign = (bits >> 24u) & 0x80u;
-    let a = abs(x);
-    if (a >= 448.0) {
-        return sign | 0x7Eu;
-    }
-    if (a < 0.015625) {
-        return sign | u32(round(a * 512.0));
-    }
     let abits = bits & 0x7FFFFFFFu;
-    let e = (abits >> 23u) - 120u; // biased e4m3 exponent: (e32 - 127) + 7
-    let mant = abits & 0x7FFFFFu;
-    var m3 = mant >> 20u;
-    let rem = mant & 0xFFFFFu;
-    if (rem > 0x80000u || (rem == 0x80000u && (m3 & 1u) == 1u)) {
-        m3 += 1u;
-    }
-    return sign | min((e << 3u) + m3, 0x7Eu);
+    let r = abits + 0x7FFFFu + ((abits >> 20u) & 1u);
+    // (biased f32 exponent - 120) << 3 | 3 mantissa bits, from 2^-6 = 0x3C800000 up
+    let normal = min((r >> 20u) - 960u, 0x7Eu);
+    let sub = u32(round(bitcast<f32>(abits) * 512.0));
+    return sign | select(normal, sub, abits < 0x3C800000u);
 }
 
 // Relative half-width of the band that holds both the true quotient x / s and its correctly

@@ -9,15 +9,13 @@ const MODEL_WORDS4: u32 = 2u; // u32 words holding 4 model elements
 fn f16_round(x: f32) -> f32 {
     let b = bitcast<u32>(x);
     let a = b & 0x7FFFFFFFu;
-    if (a >= 0x477FF000u) {
-        return x; // beyond f16's finite range (or not finite): pack2x16float decides
-    }
-    if (a < 0x38800000u) {
-        // f16 subnormal range: a multiple of 2^-24
-        return round(x * 16777216.0) * (1.0 / 16777216.0);
-    }
+    // Without branches (the compiler keeps all three in registers): normal range by one
+    // integer add on the bits, f16's subnormal range as a multiple of 2^-24, and beyond f16's
+    // finite range (or not finite) x itself (pack2x16float decides).
     let r = (a + 0xFFFu + ((a >> 13u) & 1u)) & 0xFFFFE000u;
-    return bitcast<f32>((b & 0x80000000u) | r);
+    let normal = bitcast<f32>((b & 0x80000000u) | r);
+    let sub = round(x * 16777216.0) * (1.0 / 16777216.0);
+    return select(select(normal, sub, a < 0x38800000u), x, a >= 0x477FF000u);
 }
 
 fn model_round4(v: vec4<f32>) -> vec4<f32> {
