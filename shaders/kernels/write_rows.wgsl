@@ -41,6 +41,10 @@ override HEAD_DIM: u32 = 128u;
 override WG_SIZE: u32 = 128u;
 override ROWS: u32 = 8u;
 override X_LEN: u32 = 1024u;
+// Diagnostics only (QUANTKV_DEBUG_SKIP bits 20-22, `debug-knobs`; codes are wrong while set):
+// 1 the row's scale math (enc_params) replaced by unit parameters, 2 no reduction of the row
+// statistic across lanes, 4 the code stores kept out behind a runtime-false condition.
+override DEBUG_SKIP: u32 = 0u;
 
 const E: u32 = max(E_MIN, 32u / CODE_BITS); // elements per lane (E_MIN: the host's prelude)
 const EB: u32 = MODEL_WORDS4; // bytes per model element
@@ -123,11 +127,17 @@ fn write_row(j: u32, lane: u32, wid: vec3<u32>, nwg: vec3<u32>) {
     for (var k = 0u; k < E; k++) {
         acc = enc_fold(acc, enc_stat(x[k]));
     }
-    let stat = row_stat(acc, j, lane);
+    var stat = acc;
+    if ((DEBUG_SKIP & 2u) == 0u) {
+        stat = row_stat(acc, j, lane);
+    }
     if (slot < 0) {
         return;
     }
-    let params = enc_params(stat, is_v);
+    var params = vec4<f32>(1.0, 1.0, 0.0, stat.x);
+    if ((DEBUG_SKIP & 1u) == 0u) {
+        params = enc_params(stat, is_v);
+    }
     let row = u32(slot) * kvh + h;
     let per_word = 32u / CODE_BITS;
     let mask = (1u << CODE_BITS) - 1u;
@@ -162,7 +172,8 @@ fn write_row(j: u32, lane: u32, wid: vec3<u32>, nwg: vec3<u32>) {
         }
     }
     let w0 = row * ly.k_row_words + lane * NW;
-    for (var w = 0u; w < NW; w++) {
+    let store = (DEBUG_SKIP & 4u) == 0u || ly.num_kv_heads == 0u;
+    for (var w = 0u; w < NW && store; w++) {
         if (is_v) {
             v_cache[w0 + w] = words[w];
         } else {

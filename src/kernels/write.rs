@@ -166,7 +166,7 @@ pub(crate) fn pipeline(ctx: &Context, layer: &LayerRef<'_>) -> Result<(Arc<Compi
             Features::default()
         },
         tiling,
-        debug: 0,
+        debug: if copy { 0 } else { super::debug_skip() },
     };
     let compiled = if copy {
         ctx.pipelines.get(ctx, pkey, || write_copy_source(tiling))?
@@ -334,5 +334,9 @@ pub fn write_rows_source(
     let x_len = if subgroups { 1 } else { tiling.tile * head_dim };
     src.constants.push(("X_LEN", x_len as f64));
     src.constants.extend(codec.encode_constants.iter().copied());
+    let skip = (super::debug_skip() >> 20) & 7;
+    if skip != 0 {
+        src.constants.push(("DEBUG_SKIP", skip as f64));
+    }
     src
 }
