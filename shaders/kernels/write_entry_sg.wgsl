@@ -24,8 +24,9 @@ fn transform_row(j: u32, lane: u32) {
             x[k] = enc_pre(x[k], lane * E + k);
         }
         // In-lane stages: h = 1, 2, 4 (, 8, 16) (the block is the lowest set bit of the head
-        // size, which E divides: at least E). Counted loops of constant trip count, so every index is a constant once the
-        // driver unrolls them and the lane's elements stay in registers.
+        // size, which E divides: at least E). Counted loops of constant trip count, so every
+        // index is a constant once the driver unrolls them and the lane's elements stay in
+        // registers.
         for (var s = 0u; s < E_LOG2; s++) {
             let h = 1u << s;
             for (var k = 0u; k < E; k++) {

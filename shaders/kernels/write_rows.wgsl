@@ -1,8 +1,9 @@
 // kernels/write_rows.wgsl — reshape_and_cache for quantized modes, in registers (the body; the
 // entry, kernels/write_entry.wgsl or kernels/write_entry_sg.wgsl, says how lanes find their row
 // and provides transform_row and row_stat). Each lane holds
-// E consecutive elements of one row (E = max(E_MIN, 32 / CODE_BITS), E_MIN = 8, 16 or 32 from
-// the host's prelude, a divisor of HEAD_DIM: whole code words per lane),
+// E consecutive elements of one row (E = max(E_MIN, 32 / CODE_BITS); E_MIN, from the host's
+// prelude, is the lane width the host tiled with: 8, 16 or 32, a divisor of HEAD_DIM, whole
+// code words per lane),
 // loaded with 16-byte loads; HEAD_DIM / E lanes per row, ROWS rows per workgroup (all K rows of
 // the step, then all V rows). Per row: clean non-finite values (spec §10.7: NaN -> 0, ±Inf -> 0
 // with the sign kept for the mode's extreme code), let the mode transform the rows (only modes

@@ -841,7 +841,7 @@ fn prefill_rows_knob() -> Option<u32> {
 
 /// A numeric diagnostics knob read from the environment once; `None` without the
 /// `debug-knobs` feature.
-fn env_knob(cell: &'static std::sync::OnceLock<Option<u32>>, name: &str) -> Option<u32> {
+pub(crate) fn env_knob(cell: &'static std::sync::OnceLock<Option<u32>>, name: &str) -> Option<u32> {
     if cfg!(feature = "debug-knobs") {
         *cell.get_or_init(|| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok()))
     } else {

@@ -2,6 +2,7 @@
 //! given take a 16-byte row copy; the others take `write_rows.wgsl` with the mode's encode
 //! contract (and its option constants, which only the mode's WGSL names).
 
+use super::plan::env_knob;
 use super::{check_step, layer_uniform, LayerRef, Rec, StepGpu};
 use crate::error::{shape, Result};
 use crate::gpu::bind::{bind, entry, grid_2d, storage_entry, uniform_entry};
@@ -192,21 +193,13 @@ pub fn write_copy_tiling() -> Tiling {
 }
 
 fn write_ch_knob() -> Option<u32> {
-    if !cfg!(feature = "debug-knobs") {
-        return None;
-    }
     static CH: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-    *CH.get_or_init(|| {
-        std::env::var("QUANTKV_DEBUG_WRITE_CH")
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-            .filter(|v| matches!(v, 1 | 2 | 4))
-    })
+    env_knob(&CH, "QUANTKV_DEBUG_WRITE_CH").filter(|v| matches!(v, 1 | 2 | 4))
 }
 
 /// Elements per lane of the quantizing write kernel (`E` in write_rows.wgsl) at head size
-/// `head_dim`: whole code words, at least `e_min` ([`write_e_min`]) where that divides the head
-/// size (head sizes are multiples of 16, so 16 always does), else 16.
+/// `head_dim`: whole code words, `e_min` ([`write_e_min`]) halved down to 16 until it divides
+/// the head size (head sizes are multiples of 16, so 16 always does).
 pub fn lane_elems(packing_factor: u32, head_dim: u32, e_min: u32) -> u32 {
     let mut e = e_min;
     while e > 16 && !head_dim.is_multiple_of(e) {
@@ -227,16 +220,9 @@ pub fn lane_elems(packing_factor: u32, head_dim: u32, e_min: u32) -> u32 {
 /// per-tensor 44.9 against 28.9) and on the portable entry (INT4 117.9 against 75.0).
 pub fn write_e_min(rotates: bool, subgroups: bool) -> u32 {
     static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-    let knob = *KNOB.get_or_init(|| {
-        if !cfg!(feature = "debug-knobs") {
-            return None;
-        }
-        std::env::var("QUANTKV_DEBUG_WRITE_E")
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-            .filter(|v| matches!(v, 8 | 16 | 32))
-    });
-    knob.unwrap_or(if rotates && subgroups { 32 } else { 16 })
+    env_knob(&KNOB, "QUANTKV_DEBUG_WRITE_E")
+        .filter(|v| matches!(v, 8 | 16 | 32))
+        .unwrap_or(if rotates && subgroups { 32 } else { 16 })
 }
 
 /// Geometry of the quantizing write kernel for a mode storing `packing_factor` codes per byte,
