@@ -34,7 +34,7 @@
 // (5, 6) at the lane's load width, the word type KW, k_word(row, lane) / v_word(row, lane) ->
 // KW (the lane's load of a row) and k_unpack(w, lane, half) / v_unpack(w, lane, half) -> E8
 // (8 raw values of the given half through the mode's read contract, k_raw4 / v_raw4; `half`
-// is a constant at every call).
+// is a constant at every call), and kw_keep(w, keep) -> KW (w, or all-zero words).
 //
 // Bindings: as decode.wgsl, K and V pools at the lane's load width.
 // Dispatch: as decode.wgsl: x = num_seqs, y = num_kv_heads * head_chunks, z = num_segments.
@@ -207,27 +207,33 @@ fn score4(part: vec4<f32>, ks: f32, kz: f32, qsum: vec4<f32>, key: u32, valid: b
     return select(vec4<f32>(NEG), s, valid);
 }
 
+// p = exp(s - m) (0 for masked keys). In the key loop s <= m + TAU, and a difference below
+// -128 (e^-128 is below f32's smallest subnormal) gives exactly 0, as exp_diff4 does; the
+// difference of a masked score may overflow to -inf, which the max and the select drop.
 fn p_of(s: vec4<f32>, m: vec4<f32>) -> vec4<f32> {
-    return select(vec4<f32>(0.0), exp_diff4(s, m), s > vec4<f32>(NEG_HALF));
+    return select(vec4<f32>(0.0), exp(max(s - m, vec4<f32>(-128.0))), s > vec4<f32>(NEG_HALF));
 }
 
-// acc += p (every head) * the key's 8 values; a key outside the segment adds exactly 0, even
-// where its (clamped) row holds a non-finite value.
-fn fma8(acc: Acc8, p: vec4<f32>, v: E8, valid: bool) -> Acc8 {
-    let a = select(vec4<f32>(0.0), v.a, valid);
-    let b = select(vec4<f32>(0.0), v.b, valid);
+// acc += p (every head) * the key's 8 values.
+fn fma8(acc: Acc8, p: vec4<f32>, v: E8) -> Acc8 {
+    let a = v.a;
+    let b = v.b;
     return Acc8(fma(p, vec4<f32>(a.x), acc.e0), fma(p, vec4<f32>(a.y), acc.e1),
                 fma(p, vec4<f32>(a.z), acc.e2), fma(p, vec4<f32>(a.w), acc.e3),
                 fma(p, vec4<f32>(b.x), acc.e4), fma(p, vec4<f32>(b.y), acc.e5),
                 fma(p, vec4<f32>(b.z), acc.e6), fma(p, vec4<f32>(b.w), acc.e7));
 }
 
-// The key's V word into the accumulators, both halves.
-fn pv_lane(r: Run, p: vec4<f32>, w: KW, lane: u32, valid: bool) -> Run {
+// The key's V word into the accumulators, both halves. A key outside the segment (`valid`
+// false) adds exactly 0, even where its (clamped) row holds a non-finite value: its word is
+// zeroed before it is unpacked (code 0 decodes to a finite value in every mode, and its p is
+// 0), one select per word instead of one per element.
+fn pv_lane(r: Run, p: vec4<f32>, w0: KW, lane: u32, valid: bool) -> Run {
     var o = r;
-    o.a = fma8(o.a, p, v_unpack(w, lane, 0u), valid);
+    let w = kw_keep(w0, valid);
+    o.a = fma8(o.a, p, v_unpack(w, lane, 0u));
     if (HALVES == 2u) {
-        o.b = fma8(o.b, p, v_unpack(w, lane, 1u), valid);
+        o.b = fma8(o.b, p, v_unpack(w, lane, 1u));
     }
     return o;
 }

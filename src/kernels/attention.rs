@@ -1058,6 +1058,16 @@ fn stream_prelude(epw: u32, el: u32, lpr: u32, f: Features) -> String {
     );
     s.push_str(&pool_bindings(f, elem));
     s.push_str(&fused_prelude(f, elem));
+    // A lane's words, or zero words (a key outside the segment): one select per word.
+    let keep = if kw == "W8" {
+        "W8(select(vec4<u32>(0u), w.a, keep), select(vec4<u32>(0u), w.b, keep))".to_string()
+    } else {
+        format!("select({kw}(), w, keep)")
+    };
+    let _ = writeln!(
+        s,
+        "fn kw_keep(w: KW, keep: bool) -> KW {{\n    return {keep};\n}}"
+    );
     for (x, rw) in [("k", "k_row_words"), ("v", "v_row_words")] {
         let load = load.replace("@X", x).replace("@R", rw);
         let _ = write!(

@@ -539,6 +539,131 @@ fn a_non_finite_value_of_a_masked_key_does_not_leak() {
 }
 
 #[test]
+fn decode_keys_outside_a_segment_read_no_poison() {
+    // The streaming decode rung reads row 0 of the pools for the keys of a step that fall
+    // outside its segment (before a window's first key, past a split-K segment's end) and
+    // must add exactly 0 for them. Row 0 (block 0, slot 0; no sequence's block) holds NaN K
+    // and V here, so a lane that let one of its values through gives a NaN output.
+    let Some(w) = Watched::new() else { return };
+    let ctx = &w.ctx;
+    let cfg = small_cfg(KvQuantMode::None);
+    let cache = KvCache::new(ctx, &cfg).unwrap();
+    let (n, hkv, hq, d) = (45usize, 2usize, 4usize, 64usize);
+    let table = [3i32, 5, 6];
+    let mut rng = quantkv::reference::rng::SplitMix64::new(0x0B5);
+    let k: Vec<f64> = (0..n * hkv * d).map(|_| rng.normal()).collect();
+    let v: Vec<f64> = (0..n * hkv * d).map(|_| rng.normal()).collect();
+    let q: Vec<f64> = (0..hq * d).map(|_| rng.normal()).collect();
+    let slot = |p: usize| table[p / 16] * 16 + (p % 16) as i32;
+    // The prompt's rows, then a NaN row into slot 0 (a plan of its own).
+    let mut slots: Vec<i32> = (0..n).map(slot).collect();
+    slots.push(0);
+    let write_plan = BatchPlan::new(
+        ctx,
+        &cfg,
+        &StepInput {
+            slot_mapping: &slots,
+            cu_seqlens_q: &[0, n as i32 + 1],
+            seqused_k: &[n as i32 + 1],
+            block_table: &[3, 5, 6, 0],
+            block_table_stride: 4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut kw = k.clone();
+    let mut vw = v.clone();
+    kw.extend(vec![f64::NAN; hkv * d]);
+    vw.extend(vec![f64::NAN; hkv * d]);
+    let decode_slot = [slot(n - 1)];
+    let step = StepInput {
+        slot_mapping: &decode_slot,
+        cu_seqlens_q: &[0, 1],
+        seqused_k: &[n as i32],
+        block_table: &table,
+        block_table_stride: 3,
+        ..Default::default()
+    };
+    let plan = BatchPlan::new(ctx, &cfg, &step).unwrap();
+    let kv = |b| Tensor::new(b, Dtype::F16, [n as u32 + 1, hkv as u32, d as u32]);
+    let (kb, vb, qb) = (
+        ctx.upload("k", &Dtype::F16.encode(&kw)),
+        ctx.upload("v", &Dtype::F16.encode(&vw)),
+        ctx.upload("q", &Dtype::F16.encode(&q)),
+    );
+    let r = |x: &[f64]| x.iter().map(|&y| Dtype::F16.round(y)).collect::<Vec<_>>();
+    let mut kc = vec![0.0; 8 * 16 * hkv * d];
+    let mut vc = kc.clone();
+    for p in 0..n {
+        let o = slot(p) as usize * hkv * d;
+        kc[o..o + hkv * d].copy_from_slice(&r(&k[p * hkv * d..(p + 1) * hkv * d]));
+        vc[o..o + hkv * d].copy_from_slice(&r(&v[p * hkv * d..(p + 1) * hkv * d]));
+    }
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    cache
+        .reshape_and_cache(ctx, &mut enc, &write_plan, 0, kv(&kb), kv(&vb))
+        .unwrap();
+    ctx.queue.submit([enc.finish()]);
+    let mut ran = 0;
+    // A window whose first key (45 - 30 = 15) is not a step's first; split-K segments that
+    // end inside a step; both.
+    for (window, split) in [
+        ((29, 0), SplitK::Off),
+        ((-1, -1), SplitK::Segments(3)),
+        ((29, 0), SplitK::Segments(2)),
+    ] {
+        let params = AttentionParams {
+            num_q_heads: hq as u32,
+            softmax_scale: 0.125,
+            window_size: window,
+            split,
+            path: AttentionPath::DecodeStream,
+            ..Default::default()
+        };
+        if !cache.launch_plan(ctx, &plan, &params).unwrap().stream {
+            assert!(!ctx.caps().subgroups, "the streaming rung is not admitted");
+            eprintln!("SKIPPING keys outside a segment: this adapter has no subgroups");
+            continue;
+        }
+        let ob = ctx.zeroed("out", (hq * d * 2) as u64);
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        attend_4_heads_with(
+            (&cache, cache.layer(0).unwrap()),
+            ctx,
+            &mut enc,
+            &plan,
+            (&qb, &ob),
+            1,
+            &params,
+        )
+        .unwrap();
+        ctx.queue.submit([enc.finish()]);
+        let got = Dtype::F16.decode(&ctx.read_buffer(&ob).unwrap());
+        let want = quantkv::reference::unified_attention(
+            &r(&q),
+            &kc,
+            &vc,
+            quantkv::reference::attention::RefGeometry {
+                block_size: 16,
+                num_kv_heads: hkv,
+                head_size: d,
+            },
+            &step,
+            &params,
+        );
+        for (i, (g, c)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                g.is_finite() && (g - c).abs() <= 2e-3 * (1.0 + c.abs()),
+                "{window:?} {split:?} element {i}: {g} vs {c}"
+            );
+        }
+        ran += 1;
+    }
+    assert!(ran == 3 || !ctx.caps().subgroups, "only {ran} cases ran");
+    w.assert_clean();
+}
+
+#[test]
 fn a_lost_device_gives_typed_errors_not_panics() {
     let Some(w) = Watched::new() else { return };
     let ctx = &w.ctx;
