@@ -31,8 +31,9 @@ const WRITTEN_OUT: bool = true;
 // is left out). Stubs of 8 elements otherwise.
 var<workgroup> kl_sh: array<f16, KL_LEN>;
 var<workgroup> vl_sh: array<f16, KL_LEN>;
-var<workgroup> p_sh: array<f16, P_LEN>;  // P as hi + lo f16 pairs
-var<workgroup> pl_sh: array<f16, P_LEN>;
+// P as hi + lo f16 pairs (P_LO, the prelude's), or as one f16 value and a stub for the lo.
+var<workgroup> p_sh: array<f16, P_LEN>;
+var<workgroup> pl_sh: array<f16, PL_LEN>;
 
 const F16_MAX: f32 = ET_MAX;
 
@@ -161,13 +162,22 @@ const P_SCALE: f32 = 16.0;
 
 // hi = p truncated to f16's 11 significant bits (by masking the f32, so no compiler can fold
 // the split away), lo = the exact remainder rounded to f16.
+// Without P_LO (every output but FP8), p rounded to f16 (relative error <= 2^-11, inside spec
+// §7 level 2; 2-4 % faster on an H200 than the pair, BENCHMARKS.md).
 fn put_p(row: u32, t: u32, p: f32) {
+    if (!P_LO) {
+        p_sh[row * PS + t] = f16(min(p, F16_MAX));
+        return;
+    }
     let hi = bitcast<f32>(bitcast<u32>(p) & 0xFFFFE000u);
     p_sh[row * PS + t] = f16(min(hi, F16_MAX));
     pl_sh[row * PS + t] = f16(select(p - hi, 0.0, (DEBUG_SKIP & 64u) != 0u));
 }
 
 fn get_p(row: u32, t: u32) -> f32 {
+    if (!P_LO) {
+        return f32(p_sh[row * PS + t]);
+    }
     return f32(p_sh[row * PS + t]) + f32(pl_sh[row * PS + t]);
 }
 
@@ -194,11 +204,16 @@ fn qk_mma(c: FragC, a: FragQ, t0: u32, k0: u32) -> FragC {
 // c + P[r0.., t0..] V[t0.., d0..] (16x16x16, P as hi + lo; V too where RAW_SPLIT).
 fn frag_pv(c: FragC, r0: u32, t0: u32, d0: u32) -> FragC {
     let hi = coopLoadT<coop_mat16x16<f16, A>>(&p_sh[r0 * PS + t0], PS);
-    let lo = coopLoadT<coop_mat16x16<f16, A>>(&pl_sh[r0 * PS + t0], PS);
     let b = coopLoadT<coop_mat16x16<f16, B>>(&v_sh[t0 * KS + d0], KS);
-    if ((DEBUG_SKIP & 2097152u) != 0u) {
+    // (`|`, not `||`: naga takes a short-circuit, or a local variable, for non-uniform.)
+    if (!P_LO | ((DEBUG_SKIP & 2097152u) != 0u)) {
+        if (RAW_SPLIT) {
+            let bl = coopLoadT<coop_mat16x16<f16, B>>(&vl_sh[t0 * KS + d0], KS);
+            return coopMultiplyAdd(hi, bl, coopMultiplyAdd(hi, b, c));
+        }
         return coopMultiplyAdd(hi, b, c);
     }
+    let lo = coopLoadT<coop_mat16x16<f16, A>>(&pl_sh[r0 * PS + t0], PS);
     let r = coopMultiplyAdd(lo, b, coopMultiplyAdd(hi, b, c));
     if (RAW_SPLIT) {
         let bl = coopLoadT<coop_mat16x16<f16, B>>(&vl_sh[t0 * KS + d0], KS);

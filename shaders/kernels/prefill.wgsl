@@ -36,8 +36,10 @@
 // contract gives them, before the scale: exact in f16 for every mode) and Q as ET (f16 where
 // SHADER_F16 allows; f32 for f32 models); a key's scale is applied to its score column after
 // the multiply-add (S = s_k q·c), a value's is folded into P (p' = p s_v), and P enters the
-// multiply-add as a hi + lo pair of ET values where ET is f16, so products and sums carry f32
-// precision.
+// multiply-add on cooperative matrices as one f16 value (relative error <= 2^-11, inside spec
+// §7 level 2 for f16, bf16 and f32 outputs), or, for FP8 outputs (the prelude's P_LO), as a
+// hi + lo pair of f16 values, so products and sums carry f32 precision; the twin holds P in
+// f32.
 //
 // The fragment include provides: aliases FragC and FragQ (a query fragment an owner may hold
 // through the key loop); var<workgroup> qh_sh, kv_sh, v_sh (where V_APART) and its P tile(s);
@@ -68,6 +70,7 @@ override SS: u32 = 36u;          // s_sh rows (f32)
 override QH_LEN: u32 = 8704u;    // array lengths in the fragment include's element type
 override KV_LEN: u32 = 4352u;
 override P_LEN: u32 = 2560u;
+override PL_LEN: u32 = 2560u;    // P's lo half (cooperative matrices with P_LO), else a stub
 override S_LEN: u32 = 2304u;     // f32, >= 256 * ROW_BLOCKS
 override HAS_SOFTCAP: bool = false;
 override HAS_SINKS: bool = false;

@@ -795,6 +795,7 @@ pub fn prefill_source(
     debug_assert!(coop || !split, "the twin holds raw values as they are");
     let (qs, ks, ps, ss) = super::plan::prefill_strides(d, tiling.tile, f16);
     let q_held = super::plan::prefill_q_held(coop, d);
+    let p_lo = super::plan::prefill_p_lo(coop, f.has(Features::OUT_FP8));
     // The twin holds its tiles as vec4s, the cooperative version as scalars.
     let unit = if coop { 1 } else { 4 };
     let (et, et_max) = if f16 {
@@ -811,7 +812,7 @@ pub fn prefill_source(
         // The mode's transform runs apart (kernels/rotate_q.wgsl, the reduce pass).
         codec: vec![codec.decode, codec.transform_apart_source()],
         prelude: format!(
-            "{et}\nconst ET_MAX: f32 = {et_max};\nconst D_BLOCKS: u32 = {}u;\nconst T_BLOCKS: u32 = {}u;\nconst Q_HELD: bool = {q_held};\nconst RAW_SPLIT: bool = {split};\nconst KL_LEN: u32 = {}u;\n",
+            "{et}\nconst ET_MAX: f32 = {et_max};\nconst D_BLOCKS: u32 = {}u;\nconst T_BLOCKS: u32 = {}u;\nconst Q_HELD: bool = {q_held};\nconst RAW_SPLIT: bool = {split};\nconst P_LO: bool = {p_lo};\nconst KL_LEN: u32 = {}u;\n",
             d / 16,
             tiling.tile / 16,
             // The lo halves of K and V (cooperative matrices, `split`), else 16-byte stubs.
@@ -839,6 +840,15 @@ pub fn prefill_source(
             ),
             ("KV_LEN", (tiling.tile * ks / unit) as f64),
             ("P_LEN", (tiling.max_m * ps / unit) as f64),
+            // P's lo half (cooperative matrices), else a 16-byte stub.
+            (
+                "PL_LEN",
+                if p_lo {
+                    (tiling.max_m * ps) as f64
+                } else {
+                    8.0
+                },
+            ),
             (
                 "S_LEN",
                 super::plan::prefill_s_len(&tiling, d, f16) as f64,

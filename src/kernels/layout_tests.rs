@@ -16,7 +16,7 @@ use super::attention::{
 };
 use super::plan::{
     attention_smem, attention_tiling, coop_admits, decode_smem, decode_tiling, prefill_f16,
-    prefill_raw_split, prefill_smem, prefill_tiling, stream_lanes, stream_lanes_at,
+    prefill_p_lo, prefill_raw_split, prefill_smem, prefill_tiling, stream_lanes, stream_lanes_at,
     stream_segments, stream_smem, stream_tiling,
 };
 use super::write::{
@@ -729,24 +729,36 @@ fn prefill_workgroup_memory_matches_naga_for_every_tiling() {
                             continue;
                         };
                         let et16 = prefill_f16(&caps, &g, coop);
-                        let f = Features(if coop { Features::COOP } else { 0 });
                         let split = prefill_raw_split(coop, &g);
-                        let src = prefill_source(&codec, d, f, t, et16, split);
-                        let text =
-                            full_source(src.kernel, dtype, &src.parts(), src.includes).unwrap();
-                        let (m, i) = parse("prefill", &text, C::all());
-                        let (m, _) = resolve("prefill", &m, &i, &src.constants);
-                        let actual = workgroup_bytes(&m);
-                        let label = format!("prefill {} d{d} {t:?} coop {coop}", mode.id());
-                        assert_eq!(prefill_smem(&t, d, et16, coop, split), actual, "{label}");
-                        assert!(actual <= smem, "{label}: {actual} > {smem}");
-                        checked += 1;
+                        // FP8 outputs keep P as a hi + lo pair (the tiling's worst case).
+                        for fp8 in [false, true] {
+                            let mut f = if coop { Features::COOP } else { 0 };
+                            if fp8 {
+                                f |= Features::OUT_FP8;
+                            }
+                            let src = prefill_source(&codec, d, Features(f), t, et16, split);
+                            let text =
+                                full_source(src.kernel, dtype, &src.parts(), src.includes).unwrap();
+                            let (m, i) = parse("prefill", &text, C::all());
+                            let (m, _) = resolve("prefill", &m, &i, &src.constants);
+                            let actual = workgroup_bytes(&m);
+                            let label =
+                                format!("prefill {} d{d} {t:?} coop {coop} fp8 {fp8}", mode.id());
+                            let p_lo = prefill_p_lo(coop, fp8);
+                            assert_eq!(
+                                prefill_smem(&t, d, et16, coop, split, p_lo),
+                                actual,
+                                "{label}"
+                            );
+                            assert!(actual <= smem, "{label}: {actual} > {smem}");
+                            checked += 1;
+                        }
                     }
                 }
             }
         }
     }
-    assert!(checked > 200, "{checked} tilings checked");
+    assert!(checked > 400, "{checked} tilings checked");
 }
 
 #[test]
@@ -891,7 +903,7 @@ fn inexact_raw_values_take_cooperative_matrices_as_hi_lo_pairs() {
         assert_eq!(lp.kernel, crate::gpu::pipeline::Kernel::Prefill);
         let split = prefill_raw_split(true, &g);
         assert_eq!(split, mode == KvQuantMode::Int2PerTokenHead);
-        assert!(prefill_smem(&lp.tiling, 128, true, true, split) <= 30 << 10);
+        assert!(prefill_smem(&lp.tiling, 128, true, true, split, true) <= 30 << 10);
     }
 }
 
@@ -905,11 +917,11 @@ fn coop_prefill_prefers_small_resident_tilings() {
     let g = test_geometry(KvQuantMode::None, Dtype::F16, 128);
     let t = prefill_tiling(&caps, &g, true).unwrap();
     assert_eq!((t.max_m, t.tile, t.wg_size), (64, 16, 128));
-    assert!(prefill_smem(&t, 128, true, true, false) <= 22 << 10);
+    assert!(prefill_smem(&t, 128, true, true, false, true) <= 22 << 10);
     let g256 = test_geometry(KvQuantMode::None, Dtype::F16, 256);
     let t = prefill_tiling(&caps, &g256, true).unwrap();
     assert_eq!((t.max_m, t.tile), (32, 16));
-    assert!(prefill_smem(&t, 256, true, true, false) <= 48 << 10);
+    assert!(prefill_smem(&t, 256, true, true, false, true) <= 48 << 10);
     let twin = prefill_tiling(&caps, &g, false).unwrap();
     assert_eq!(twin.tile, 32, "the twin's order is unchanged: {twin:?}");
 }

@@ -441,9 +441,37 @@ pub fn prefill_q_held(coop: bool, head_dim: u32) -> bool {
     coop && head_dim <= 128 && prefill_qheld_knob() != Some(0)
 }
 
+/// Whether the cooperative prefill kernel feeds P to its P·V multiply-adds as a hi + lo pair of
+/// f16 values (f32 precision) rather than as one f16 value. One f16 P (relative error
+/// ≤ 2^-11) keeps f16, bf16 and f32 outputs well inside spec §7 level 2, and measured 2–4 %
+/// faster on an H200 (BENCHMARKS.md); an FP8 output (`fp8_out`) with a small output scale
+/// resolves e4m3 steps near zero that the single f16 P does not (tests fail there), so it
+/// keeps the pair. `QUANTKV_DEBUG_PREFILL_PLO` (with `debug-knobs`): 1 the pair always, 0
+/// never (timing only: FP8 outputs may then miss the bound).
+pub fn prefill_p_lo(coop: bool, fp8_out: bool) -> bool {
+    coop && match prefill_plo_knob() {
+        Some(v) => v != 0,
+        None => fp8_out,
+    }
+}
+
+/// `QUANTKV_DEBUG_PREFILL_PLO` (feature `debug-knobs`): see [`prefill_p_lo`].
+fn prefill_plo_knob() -> Option<u32> {
+    static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    env_knob(&KNOB, "QUANTKV_DEBUG_PREFILL_PLO")
+}
+
 /// Workgroup memory the prefill kernel needs with this tiling, in bytes (`coop`: on
-/// cooperative matrices; `split`: K and V as hi + lo pairs, [`prefill_raw_split`]).
-pub fn prefill_smem(t: &Tiling, head_dim: u32, f16: bool, coop: bool, split: bool) -> u32 {
+/// cooperative matrices; `split`: K and V as hi + lo pairs, [`prefill_raw_split`]; `p_lo`: P
+/// as a hi + lo pair, [`prefill_p_lo`]).
+pub fn prefill_smem(
+    t: &Tiling,
+    head_dim: u32,
+    f16: bool,
+    coop: bool,
+    split: bool,
+    p_lo: bool,
+) -> u32 {
     // One term per `var<workgroup>` of prefill.wgsl and the fragment includes, each rounded
     // to 16 bytes; a test checks this against naga's module for every tiling.
     let es = if f16 { 2 } else { 4 };
@@ -462,8 +490,11 @@ pub fn prefill_smem(t: &Tiling, head_dim: u32, f16: bool, coop: bool, split: boo
         (true, false) => 2 * 16,
         _ => 0,
     };
-    // P: f32 on the twin, an f16 hi + lo pair on cooperative matrices; 4 bytes either way.
-    let p = if f16 {
+    // P: f32 on the twin, an f16 hi + lo pair on cooperative matrices (4 bytes either way),
+    // or f16 and a 16-byte stub for the lo half (`prefill_p_lo` false).
+    let p = if coop && f16 && !p_lo {
+        r16(t.max_m * ps * 2) + 16
+    } else if f16 {
         2 * r16(t.max_m * ps * 2)
     } else {
         r16(t.max_m * ps * 4)
@@ -529,7 +560,8 @@ pub fn prefill_tiling_for(caps: &Caps, g: &Geometry, coop: bool, decode: bool) -
             t.wg_size <= limits.max_compute_invocations_per_workgroup
                 && t.wg_size <= limits.max_compute_workgroup_size_x
                 && t.wg_size % t.max_m == 0
-                && prefill_smem(t, d, f16, coop, prefill_raw_split(coop, g))
+                // P as a pair (FP8 outputs): the larger of the two variants.
+                && prefill_smem(t, d, f16, coop, prefill_raw_split(coop, g), coop)
                     <= limits.max_compute_workgroup_storage_size
         })
 }
