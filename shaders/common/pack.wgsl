@@ -57,19 +57,6 @@ fn e4m3_near_tie(q: f32) -> bool {
     return abs(rem - 0x80000) <= 32;
 }
 
-// x * y exactly, for x, y < 2^25: (low word, high word) of the 50-bit product, from 16-bit
-// limbs (WGSL has no 64-bit integers).
-fn mul_wide(x: u32, y: u32) -> vec2<u32> {
-    let x0 = x & 0xFFFFu;
-    let x1 = x >> 16u;
-    let y0 = y & 0xFFFFu;
-    let y1 = y >> 16u;
-    let p00 = x0 * y0;
-    let mid = x0 * y1 + x1 * y0; // < 2^27
-    let lo = p00 + (mid << 16u);
-    return vec2<u32>(lo, x1 * y1 + (mid >> 16u) + select(0u, 1u, lo < p00));
-}
-
 // The operands of an exact division: significands ma (>= mb, so that the quotient of
 // significands is in [1, 2)), mb and the quotient's unbiased exponent; ok is false for
 // zero/subnormal/non-finite operands (the caller then takes `/`).
@@ -117,63 +104,41 @@ fn div_out(a: f32, b: f32, q_in: u32, e_in: i32) -> f32 {
 // a / b correctly rounded (round to nearest even). WGSL's `/` may be off by 2.5 ULP (and `fma`
 // need not be fused), which flips truncated codes at integer boundaries (absmax * (1/(absmax/127))
 // = 126.99999 -> 126); the CPU reference divides exactly, so the write kernels divide exactly
-// too. The significand quotient t = ma 2^23 / mb (in [2^23, 2^24)) is estimated by `/`, its
-// floor q then settled by exact integer products (the remainder ma 2^23 - q mb must lie in
-// [0, mb)), and rounded to nearest even from the remainder. Falls back to `/` for
+// too. The significand quotient t = ma 2^23 / mb (in [2^23, 2^24)) is estimated by `/` (its
+// error: 2.5 ULP of the quotient, half an ULP of f32(ma), so |estimate - t| < 6). The exact
+// remainder R = ma 2^23 - q mb of the truncated estimate q then lies in (-7 mb, 7 mb), within
+// an i32, so its low word (from wrapping u32 products) is all of it; floor(R / mb) comes from
+// a float quotient that is off by at most one and is settled by the remainder (twice, for
+// margin). No loop over candidates, so it also serves the per-tensor modes' per-element exact
+// path. Rounded to nearest even from the final remainder in [0, mb). Falls back to `/` for
 // zero/subnormal operands and quotients outside the normal range.
 fn div_rn(a: f32, b: f32) -> f32 {
     let d = div_in(a, b);
     if (!d.ok) {
         return a / b;
     }
-    // ma 2^23 as (low, high) words; ma < 2^25.
-    let n_lo = d.ma << 23u;
-    let n_hi = d.ma >> 9u;
-    // The estimate is within a few units of t (both operands are exact in f32).
-    var q = u32(f32(d.ma) / f32(d.mb) * 8388608.0);
-    var r = 0u;
-    for (var i = 0; i < 8; i++) {
-        let p = mul_wide(q, d.mb);
-        let d_lo = n_lo - p.x;
-        let d_hi = i32(n_hi) - i32(p.y) - select(0, 1, n_lo < p.x);
-        if (d_hi < 0) {
-            q -= 1u;
-        } else if (d_hi > 0 || d_lo >= d.mb) {
-            q += 1u;
-        } else {
-            r = d_lo;
-            break;
+    let fb = f32(d.mb);
+    let mb = i32(d.mb);
+    var q = u32(f32(d.ma) / fb * 8388608.0);
+    // R mod 2^32 (u32 arithmetic wraps) is R itself, |R| < 2^27.
+    let r0 = i32((d.ma << 23u) - q * d.mb);
+    var k = i32(floor(f32(r0) / fb));
+    var r = r0 - k * mb;
+    for (var i = 0; i < 2; i++) {
+        if (r < 0) {
+            k -= 1;
+            r += mb;
+        } else if (r >= mb) {
+            k += 1;
+            r -= mb;
         }
     }
+    q = u32(i32(q) + k);
+    let ru = u32(r);
     // Round to nearest even: up when the remainder is over half of mb, or exactly half and q odd.
-    if (2u * r > d.mb || (2u * r == d.mb && (q & 1u) == 1u)) {
+    if (2u * ru > d.mb || (2u * ru == d.mb && (q & 1u) == 1u)) {
         q += 1u;
     }
     return div_out(a, b, q, d.e);
 }
 
-// div_rn's result in less code (the 25-step long division of the significands): for a rarely
-// taken path that the kernel expands once per element (the per-tensor modes' exact fallback),
-// where div_rn's larger body measured slower on an H200 (int8_per_tensor 45.5 -> 54.9 us).
-fn div_rn_compact(a: f32, b: f32) -> f32 {
-    let d = div_in(a, b);
-    if (!d.ok) {
-        return a / b;
-    }
-    var q = 0u;
-    var r = d.ma;
-    for (var i = 0; i < 25; i++) {
-        q <<= 1u;
-        if (r >= d.mb) {
-            r -= d.mb;
-            q |= 1u;
-        }
-        r <<= 1u;
-    }
-    let guard = q & 1u;
-    q >>= 1u;
-    if (guard == 1u && (r != 0u || (q & 1u) == 1u)) {
-        q += 1u;
-    }
-    return div_out(a, b, q, d.e);
-}

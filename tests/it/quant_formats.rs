@@ -721,11 +721,13 @@ fn write_kernel_subgroup_and_portable_entries_agree() {
 fn gpu_row_scales_are_the_exact_quotients() {
     // Per-(token, head) scales are absmax / 448 (FP8) or absmax / 127 (INT8) rounded once to
     // f32 (spec §3.2, §3.3): the write kernel's division is exact (div_rn), so its scales are
-    // the CPU quantizer's bit for bit, over many magnitudes and mantissas.
+    // the CPU quantizer's bit for bit, over many magnitudes and mantissas; and so is 1/scale,
+    // which every code is computed with (x * (1/scale), rounded once on either side), so the
+    // codes are the CPU's bit for bit too.
     let Some(ctx) = context() else { return };
     let mut rng = quantkv::reference::rng::SplitMix64::new(0xD1F);
     let d = 32usize;
-    let n = 256usize;
+    let n = 2048usize;
     let vals: Vec<f32> = (0..n * d)
         .map(|i| {
             let row = i / d;
@@ -740,14 +742,20 @@ fn gpu_row_scales_are_the_exact_quotients() {
         let backend = quantkv::modes::backend(mode).unwrap();
         let got: Vec<f32> =
             bytemuck::cast_slice::<u8, f32>(&ctx.read_buffer(layer.k_scale()).unwrap()).to_vec();
+        let codes = ctx.read_buffer(layer.k()).unwrap();
         for r in 0..n {
             let slot = n - 1 - r;
-            let (_, want) = backend.quantize_row(&vals[r * d..(r + 1) * d], &p);
+            let (want_codes, want) = backend.quantize_row(&vals[r * d..(r + 1) * d], &p);
             assert_eq!(
                 got[slot].to_bits(),
                 want.to_bits(),
                 "{mode:?} row {r}: scale {} vs CPU {want}",
                 got[slot]
+            );
+            assert_eq!(
+                &codes[slot * d..(slot + 1) * d],
+                &want_codes[..],
+                "{mode:?} row {r}: codes"
             );
         }
     }

@@ -48,5 +48,5 @@ fn enc_code(x: f32, inf: i32, p: vec4<f32>) -> u32 {
 
 // The code of the exact quotient (an element enc_code answered ENC_EXACT for).
 fn enc_code_exact(x: f32, p: vec4<f32>) -> u32 {
-    return e4m3_encode(div_rn_compact(x, p.x));
+    return e4m3_encode(div_rn(x, p.x));
 }

@@ -47,5 +47,5 @@ fn enc_code(x: f32, inf: i32, p: vec4<f32>) -> u32 {
 
 // The code of the exact quotient (an element enc_code answered ENC_EXACT for).
 fn enc_code_exact(x: f32, p: vec4<f32>) -> u32 {
-    return u32(i32(clamp(round(div_rn_compact(x, p.x)), -127.0, 127.0))) & 0xFFu;
+    return u32(i32(clamp(round(div_rn(x, p.x)), -127.0, 127.0))) & 0xFFu;
 }
