@@ -445,6 +445,43 @@ fn huge_scores_behave_like_the_reference() {
     }
 }
 
+/// `n` standard normal values.
+fn normals(rng: &mut quantkv::reference::rng::SplitMix64, n: usize) -> Vec<f64> {
+    (0..n).map(|_| rng.normal()).collect()
+}
+
+/// `x` rounded to f16, as the f16 cache and query hold it.
+fn f16_rounded(x: &[f64]) -> Vec<f64> {
+    x.iter().map(|&y| Dtype::F16.round(y)).collect()
+}
+
+/// The CPU reference over caches `kc` / `vc` (rows in slot order, block size 16) with the
+/// query `q` rounded to f16.
+fn f16_reference(
+    q: &[f64],
+    (kc, vc): (&[f64], &[f64]),
+    (hkv, d): (usize, usize),
+    step: &StepInput,
+    params: &AttentionParams,
+) -> Vec<f64> {
+    let geometry = quantkv::reference::attention::RefGeometry {
+        block_size: 16,
+        num_kv_heads: hkv,
+        head_size: d,
+    };
+    quantkv::reference::unified_attention(&f16_rounded(q), kc, vc, geometry, step, params)
+}
+
+/// Spec §7 level 2 for f16 outputs, element by element (`what` names the case).
+fn assert_f16_close(got: &[f64], want: &[f64], what: &str) {
+    for (i, (g, c)) in got.iter().zip(want).enumerate() {
+        assert!(
+            g.is_finite() && (g - c).abs() <= 2e-3 * (1.0 + c.abs()),
+            "{what} element {i}: {g} vs {c}"
+        );
+    }
+}
+
 #[test]
 fn a_non_finite_value_of_a_masked_key_does_not_leak() {
     let Some(w) = Watched::new() else { return };
@@ -455,12 +492,12 @@ fn a_non_finite_value_of_a_masked_key_does_not_leak() {
     let cache = KvCache::new(ctx, &cfg).unwrap();
     let (n, hkv, hq, d) = (8usize, 2usize, 4usize, 64usize);
     let mut rng = quantkv::reference::rng::SplitMix64::new(7);
-    let k: Vec<f64> = (0..n * hkv * d).map(|_| rng.normal()).collect();
-    let mut v: Vec<f64> = (0..n * hkv * d).map(|_| rng.normal()).collect();
+    let k = normals(&mut rng, n * hkv * d);
+    let mut v = normals(&mut rng, n * hkv * d);
     for x in &mut v[7 * hkv * d..] {
         *x = f64::NAN;
     }
-    let q: Vec<f64> = (0..n * hq * d).map(|_| rng.normal()).collect();
+    let q = normals(&mut rng, n * hq * d);
     let slots: Vec<i32> = (0..n as i32).collect();
     let step = StepInput {
         slot_mapping: &slots,
@@ -503,34 +540,13 @@ fn a_non_finite_value_of_a_masked_key_does_not_leak() {
     ctx.queue.submit([enc.finish()]);
     let got = Dtype::F16.decode(&ctx.read_buffer(&ob).unwrap());
     // Reference on the f16-rounded inputs, in the cache's slot order (identity here).
-    let r = |x: &[f64]| x.iter().map(|&y| Dtype::F16.round(y)).collect::<Vec<_>>();
     let mut kc = vec![0.0; 8 * 16 * hkv * d];
     let mut vc = kc.clone();
-    kc[..k.len()].copy_from_slice(&r(&k));
-    vc[..v.len()].copy_from_slice(&r(&v));
-    let want = quantkv::reference::unified_attention(
-        &r(&q),
-        &kc,
-        &vc,
-        quantkv::reference::attention::RefGeometry {
-            block_size: 16,
-            num_kv_heads: hkv,
-            head_size: d,
-        },
-        &step,
-        &params,
-    );
+    kc[..k.len()].copy_from_slice(&f16_rounded(&k));
+    vc[..v.len()].copy_from_slice(&f16_rounded(&v));
+    let want = f16_reference(&q, (&kc, &vc), (hkv, d), &step, &params);
     let row = hq * d;
-    for i in 0..7 * row {
-        let tol = 2e-3 * (1.0 + want[i].abs());
-        assert!(
-            got[i].is_finite() && (got[i] - want[i]).abs() <= tol,
-            "row {}: {} vs {}",
-            i / row,
-            got[i],
-            want[i]
-        );
-    }
+    assert_f16_close(&got[..7 * row], &want[..7 * row], "rows 0..6:");
     assert!(
         got[7 * row..].iter().all(|x| x.is_nan()),
         "row 7 sees the NaN"
@@ -551,9 +567,9 @@ fn decode_keys_outside_a_segment_read_no_poison() {
     let (n, hkv, hq, d) = (45usize, 2usize, 4usize, 64usize);
     let table = [3i32, 5, 6];
     let mut rng = quantkv::reference::rng::SplitMix64::new(0x0B5);
-    let k: Vec<f64> = (0..n * hkv * d).map(|_| rng.normal()).collect();
-    let v: Vec<f64> = (0..n * hkv * d).map(|_| rng.normal()).collect();
-    let q: Vec<f64> = (0..hq * d).map(|_| rng.normal()).collect();
+    let k = normals(&mut rng, n * hkv * d);
+    let v = normals(&mut rng, n * hkv * d);
+    let q = normals(&mut rng, hq * d);
     let slot = |p: usize| table[p / 16] * 16 + (p % 16) as i32;
     // The prompt's rows, then a NaN row into slot 0 (a plan of its own).
     let mut slots: Vec<i32> = (0..n).map(slot).collect();
@@ -591,13 +607,12 @@ fn decode_keys_outside_a_segment_read_no_poison() {
         ctx.upload("v", &Dtype::F16.encode(&vw)),
         ctx.upload("q", &Dtype::F16.encode(&q)),
     );
-    let r = |x: &[f64]| x.iter().map(|&y| Dtype::F16.round(y)).collect::<Vec<_>>();
     let mut kc = vec![0.0; 8 * 16 * hkv * d];
     let mut vc = kc.clone();
     for p in 0..n {
         let o = slot(p) as usize * hkv * d;
-        kc[o..o + hkv * d].copy_from_slice(&r(&k[p * hkv * d..(p + 1) * hkv * d]));
-        vc[o..o + hkv * d].copy_from_slice(&r(&v[p * hkv * d..(p + 1) * hkv * d]));
+        kc[o..o + hkv * d].copy_from_slice(&f16_rounded(&k[p * hkv * d..(p + 1) * hkv * d]));
+        vc[o..o + hkv * d].copy_from_slice(&f16_rounded(&v[p * hkv * d..(p + 1) * hkv * d]));
     }
     let mut enc = ctx.device.create_command_encoder(&Default::default());
     cache
@@ -639,24 +654,8 @@ fn decode_keys_outside_a_segment_read_no_poison() {
         .unwrap();
         ctx.queue.submit([enc.finish()]);
         let got = Dtype::F16.decode(&ctx.read_buffer(&ob).unwrap());
-        let want = quantkv::reference::unified_attention(
-            &r(&q),
-            &kc,
-            &vc,
-            quantkv::reference::attention::RefGeometry {
-                block_size: 16,
-                num_kv_heads: hkv,
-                head_size: d,
-            },
-            &step,
-            &params,
-        );
-        for (i, (g, c)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                g.is_finite() && (g - c).abs() <= 2e-3 * (1.0 + c.abs()),
-                "{window:?} {split:?} element {i}: {g} vs {c}"
-            );
-        }
+        let want = f16_reference(&q, (&kc, &vc), (hkv, d), &step, &params);
+        assert_f16_close(&got, &want, &format!("{window:?} {split:?}"));
         ran += 1;
     }
     assert!(ran == 3 || !ctx.caps().subgroups, "only {ran} cases ran");
