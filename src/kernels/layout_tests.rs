@@ -117,6 +117,38 @@ fn resolve(
     (m.into_owned(), i.into_owned())
 }
 
+/// `f` over `items` on every core (naga's parse, validation and translation of a few hundred
+/// kernels are most of the unit tests' time), results in order.
+fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let next = Mutex::new(0usize);
+    let out: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = {
+                    let mut n = next.lock().unwrap();
+                    let i = *n;
+                    *n += 1;
+                    i
+                };
+                let Some(item) = items.get(i) else {
+                    break;
+                };
+                let r = f(item);
+                out.lock().unwrap()[i] = Some(r);
+            });
+        }
+    });
+    out.into_inner()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.expect("every item was mapped"))
+        .collect()
+}
+
 fn translate(label: &str, module: &naga::Module, info: &naga::valid::ModuleInfo, hlsl_too: bool) {
     let stage = naga::ShaderStage::Compute;
     naga::back::spv::write_vec(
@@ -432,31 +464,11 @@ fn every_variant_validates_and_translates() {
             jobs.push((id, v.label.clone(), v.constants.clone(), v.hlsl));
         }
     }
-    let parsed: Vec<_> = texts
-        .iter()
-        .map(|(t, caps)| parse("variant", t, *caps))
-        .collect();
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
-    let next = Mutex::new(0usize);
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| loop {
-                let i = {
-                    let mut n = next.lock().unwrap();
-                    let i = *n;
-                    *n += 1;
-                    i
-                };
-                let Some((id, label, consts, hlsl)) = jobs.get(i) else {
-                    break;
-                };
-                let (m, info) = &parsed[*id];
-                let (m, info) = resolve(label, m, info, consts);
-                translate(label, &m, &info, *hlsl);
-            });
-        }
+    let parsed = par_map(&texts, |(t, caps)| parse("variant", t, *caps));
+    par_map(&jobs, |(id, label, consts, hlsl)| {
+        let (m, info) = &parsed[*id];
+        let (m, info) = resolve(label, m, info, consts);
+        translate(label, &m, &info, *hlsl);
     });
     eprintln!(
         "{} variants: {} distinct texts validated, {} distinct (text, constants) translated to SPIR-V, MSL and HLSL",
@@ -710,7 +722,16 @@ fn workgroup_memory_estimates_match_naga_for_every_tiling() {
 
 #[test]
 fn prefill_workgroup_memory_matches_naga_for_every_tiling() {
-    let mut checked = 0;
+    struct Case {
+        label: String,
+        text: usize,
+        constants: Vec<(&'static str, f64)>,
+        want: u32,
+        smem: u32,
+    }
+    let mut cases: Vec<Case> = Vec::new();
+    let mut texts: Vec<String> = Vec::new();
+    let mut text_ids: HashMap<String, usize> = HashMap::new();
     // INT2: K and V as hi + lo pairs on cooperative matrices.
     for mode in [
         KvQuantMode::None,
@@ -739,26 +760,37 @@ fn prefill_workgroup_memory_matches_naga_for_every_tiling() {
                             let src = prefill_source(&codec, d, Features(f), t, et16, split);
                             let text =
                                 full_source(src.kernel, dtype, &src.parts(), src.includes).unwrap();
-                            let (m, i) = parse("prefill", &text, C::all());
-                            let (m, _) = resolve("prefill", &m, &i, &src.constants);
-                            let actual = workgroup_bytes(&m);
-                            let label =
-                                format!("prefill {} d{d} {t:?} coop {coop} fp8 {fp8}", mode.id());
+                            let id = *text_ids.entry(text.clone()).or_insert_with(|| {
+                                texts.push(text);
+                                texts.len() - 1
+                            });
                             let p_lo = prefill_p_lo(coop, fp8);
-                            assert_eq!(
-                                prefill_smem(&t, d, et16, coop, split, p_lo),
-                                actual,
-                                "{label}"
-                            );
-                            assert!(actual <= smem, "{label}: {actual} > {smem}");
-                            checked += 1;
+                            cases.push(Case {
+                                label: format!(
+                                    "prefill {} d{d} {t:?} coop {coop} fp8 {fp8}",
+                                    mode.id()
+                                ),
+                                text: id,
+                                constants: src.constants.clone(),
+                                want: prefill_smem(&t, d, et16, coop, split, p_lo),
+                                smem,
+                            });
                         }
                     }
                 }
             }
         }
     }
-    assert!(checked > 400, "{checked} tilings checked");
+    assert!(cases.len() > 400, "{} tilings checked", cases.len());
+    // Each distinct text parsed once, every case's constants resolved, on every core.
+    let parsed = par_map(&texts, |t| parse("prefill", t, C::all()));
+    par_map(&cases, |c| {
+        let (m, i) = &parsed[c.text];
+        let (m, _) = resolve(&c.label, m, i, &c.constants);
+        let actual = workgroup_bytes(&m);
+        assert_eq!(c.want, actual, "{}", c.label);
+        assert!(actual <= c.smem, "{}: {actual} > {}", c.label, c.smem);
+    });
 }
 
 #[test]

@@ -126,12 +126,25 @@ fn extended_long_contexts() {
 
 /// bf16 model dtype (spec §10.8): q/k/v/out as bf16 bit patterns. Mode `none` stores bf16;
 /// every quantized mode quantizes bf16 inputs, and the rotation modes round the rotated rows to
-/// bf16; decode (both rungs, split-K) and mixed batches on the unified kernel.
+/// bf16; decode (both rungs, split-K) and mixed batches on the unified kernel. The quick suite
+/// runs every mode's write path and its mixed batch (prompt rows on the unified kernel, the
+/// decode row apart on the rung `Auto` picks), and the two forced rungs on `none` and INT4;
+/// `extended_bf16_every_mode_and_kernel` runs the full product.
 #[test]
 fn bf16_model_dtype_every_mode_and_kernel() {
+    bf16_cases(false);
+}
+
+#[test]
+#[ignore = "extended matrix: bf16 on every mode x every kernel; run on the GPU machine"]
+fn extended_bf16_every_mode_and_kernel() {
+    bf16_cases(true);
+}
+
+fn bf16_cases(every: bool) {
     let Some(ctx) = context() else { return };
     for mode in KvQuantMode::ALL {
-        for (seed, seqs, path, split) in [
+        for (p, (seed, seqs, path, split)) in [
             (
                 0x1B0u64,
                 vec![(6u32, 40u32), (1, 23)],
@@ -150,7 +163,19 @@ fn bf16_model_dtype_every_mode_and_kernel() {
                 AttentionPath::DecodePortable,
                 SplitK::Off,
             ),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            // Quick: the forced rungs on `none` (subgroups, split) and INT4 (portable) only.
+            let quick_rung = match mode {
+                KvQuantMode::None => 1,
+                KvQuantMode::Int4PerTokenHead => 2,
+                _ => 0,
+            };
+            if !every && p > 0 && p != quick_rung {
+                continue;
+            }
             let mut s = shape(&seqs, 8, 2, 64, Dtype::Bf16);
             s.mode = mode;
             let ex = Extras {

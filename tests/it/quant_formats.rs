@@ -665,18 +665,33 @@ fn gpu_per_tensor_codes_equal_cpu_at_every_rounding_boundary() {
     }
 }
 
+/// The quantizing write kernel's two entries: subgroups (rows whose lanes a subgroup holds;
+/// transform and row statistic by shuffles, no barrier) and portable (workgroup memory).
+/// Both meet the CPU quantizer (check_layout); codes are byte-identical between them except
+/// INT2, whose sum of squares may fold in another order (spec §3.5 allows any). The quick suite
+/// runs each mode at two of the four head sizes (32 and 128, or 64 and 256, in turn; each is
+/// two pipelines to compile); `extended_write_kernel_entries_every_head_size` all four.
 #[test]
 fn write_kernel_subgroup_and_portable_entries_agree() {
-    // The quantizing write kernel's two entries: subgroups (rows whose lanes a subgroup holds;
-    // transform and row statistic by shuffles, no barrier) and portable (workgroup memory).
-    // Both meet the CPU quantizer (check_layout); codes are byte-identical between them except
-    // INT2, whose sum of squares may fold in another order (spec §3.5 allows any).
+    write_entries_agree(false);
+}
+
+#[test]
+#[ignore = "extended matrix: every quantized mode x every head size; run on the GPU machine"]
+fn extended_write_kernel_entries_every_head_size() {
+    write_entries_agree(true);
+}
+
+fn write_entries_agree(every: bool) {
     let Some(ctx) = context() else { return };
     let portable = Context::new().unwrap().with_subgroups(false);
     assert!(!portable.caps().subgroups);
     let mut rng = quantkv::reference::rng::SplitMix64::new(0x5EED);
-    for mode in quantized_modes() {
-        for d in [32u32, 64, 128, 256] {
+    for (m, mode) in quantized_modes().into_iter().enumerate() {
+        for (k, d) in [32u32, 64, 128, 256].into_iter().enumerate() {
+            if !every && k % 2 != m % 2 {
+                continue;
+            }
             let n = 40usize;
             let mut vals: Vec<f32> = (0..n * d as usize)
                 .map(|i| {
