@@ -142,8 +142,8 @@ fn shapes(quick: bool, sweep: bool) -> Vec<Shape> {
                 ..decode(&name, b, l, 128, SplitK::Auto)
             });
         }
-        if sweep && (b == 1 || l == 32768) {
-            for n in [8u32, 16, 32, 64, 128, 256] {
+        if sweep {
+            for n in [2u32, 4, 8, 16, 32, 64, 128, 256] {
                 v.push(decode(&name, b, l, 128, SplitK::Segments(n)));
                 v.push(Shape {
                     path: AttentionPath::DecodeStream,

@@ -977,8 +977,14 @@ fn stream_segments_take_two_rounds_only_where_four_leave_the_gpu_half_empty() {
     // 32 of four rounds already give 256 workgroups.
     assert_eq!(seg(1, 4096), 32);
     assert_eq!(seg(1, 32768), 33);
-    assert_eq!(seg(1, 131072), 128);
-    assert_eq!(seg(8, 8192), 8);
+    // Then segments of 2048 keys: 512 workgroups (two waves of 264, the second nearly full).
+    assert_eq!(seg(1, 131072), 64);
+    assert_eq!(seg(32, 4096), 2);
+    // 5 segments would be 320 workgroups, a second wave a fifth full: one wave of 4.
+    assert_eq!(seg(8, 8192), 4);
+    // The target caps the workgroups at 1024 (3.9 waves).
+    assert_eq!(seg(8, 32768), 16);
+    assert_eq!(seg(16, 32768), 8);
     // Too short for two segments of two rounds.
     assert_eq!(seg(1, 100), 1);
     let mut prompt = decode(1, 1024);

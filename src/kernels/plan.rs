@@ -213,6 +213,7 @@ pub fn launch_plan(
                     COOP_DECODE_SEGMENT_KEYS,
                     coop_decode_fill(),
                     4,
+                    false,
                 );
                 n.min(fit.max(1))
             } else {
@@ -708,12 +709,14 @@ pub fn stream_smem(head_dim: u32, wg_size: u32, lpr: u32) -> u32 {
 }
 
 /// Split-K segments of the streaming rung (measured on an H200, BENCHMARKS.md): at least
-/// [`STREAM_FILL_WORKGROUPS`] workgroups where the context allows segments of four rounds of
-/// keys (two rounds where four would leave the GPU less than half filled: B=1 L=1k 14.7 µs
-/// at 8 segments of four rounds, 12.7 at 16 of two), else segments of
-/// [`STREAM_SEGMENT_KEYS`] keys, never more than `target` workgroups
-/// ([`STREAM_TARGET_WORKGROUPS`]; `QUANTKV_DEBUG_STREAM_TARGET` with `debug-knobs`) or
-/// [`MAX_SEGMENTS`] segments.
+/// [`STREAM_FILL_WORKGROUPS`] workgroups (two per multiprocessor: one wave) where the context
+/// allows segments of four rounds of keys (two rounds where four would leave the GPU less than
+/// half filled: B=1 L=1k 14.7 µs at 8 segments of four rounds, 12.7 at 16 of two), else
+/// segments of [`STREAM_SEGMENT_KEYS`] keys, never more than [`STREAM_TARGET_WORKGROUPS`]
+/// workgroups or [`MAX_SEGMENTS`] segments; then, where the workgroups would end in a wave
+/// less than half full, only the whole waves (B=8 L=8k: 5 segments are 320 workgroups,
+/// 117.8 µs; 4 are 256, 82.0 µs). Knobs (`debug-knobs`): `QUANTKV_DEBUG_STREAM_SEG_KEYS`,
+/// `QUANTKV_DEBUG_STREAM_TARGET`, `QUANTKV_DEBUG_STREAM_WAVE=0` (no trimming).
 pub fn stream_segments(
     split: SplitK,
     seq_threshold_3d: Option<u32>,
@@ -728,10 +731,16 @@ pub fn stream_segments(
         grid_2d,
         tile,
         STREAM_FILL_WORKGROUPS,
-        STREAM_SEGMENT_KEYS,
+        stream_segment_keys(),
         stream_target(),
         2,
+        stream_trim_wave(),
     )
+}
+
+fn stream_trim_wave() -> bool {
+    static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    env_knob(&KNOB, "QUANTKV_DEBUG_STREAM_WAVE") != Some(0)
 }
 
 /// Workgroups the prefill kernel's split-K fills the GPU with first on a decode batch (its
@@ -743,16 +752,19 @@ pub const COOP_DECODE_SEGMENT_KEYS: u32 = 512;
 
 fn coop_decode_fill() -> u32 {
     static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-    env_knob(&KNOB, "QUANTKV_DEBUG_COOP_DECODE_FILL")
-        .filter(|v| *v > 0)
-        .unwrap_or(COOP_DECODE_FILL_WORKGROUPS)
+    positive_knob(
+        &KNOB,
+        "QUANTKV_DEBUG_COOP_DECODE_FILL",
+        COOP_DECODE_FILL_WORKGROUPS,
+    )
 }
 
 /// Split-K segments that give a decode batch's `grid_2d` workgroups at least `fill`
 /// workgroups where the context allows segments of four tiles (down to `min_tiles` tiles
 /// where four would leave fewer than `fill / 2` workgroups), else segments of `seg_keys`
-/// keys, never more than `target` workgroups or [`MAX_SEGMENTS`] segments; 1 for batches with
-/// prompts or past the 3D threshold.
+/// keys, never more than `target` workgroups or [`MAX_SEGMENTS`] segments (`trim_wave`: where
+/// the last wave of `fill` workgroups would be less than half full, only the whole waves); 1
+/// for batches with prompts or past the 3D threshold.
 #[allow(clippy::too_many_arguments)]
 fn fill_segments(
     split: SplitK,
@@ -764,6 +776,7 @@ fn fill_segments(
     seg_keys: u32,
     target: u32,
     min_tiles: u32,
+    trim_wave: bool,
 ) -> u32 {
     if sum.max_seqlen_q > 1 || seq_threshold_3d.is_some_and(|t| sum.num_seqs > t) {
         return 1;
@@ -788,6 +801,10 @@ fn fill_segments(
             if grid * n < fill / 2 && min_tiles < 4 {
                 n = at(min_tiles.max(1));
             }
+            let w = grid * n;
+            if trim_wave && w > fill && w % fill < fill / 2 {
+                n = (w / fill * fill / grid).max(1);
+            }
             if n < 2 {
                 1
             } else {
@@ -801,17 +818,26 @@ fn fill_segments(
 /// of a 132-multiprocessor GPU; wgpu does not report the count).
 pub const STREAM_FILL_WORKGROUPS: u32 = 264;
 
-/// Keys per segment of the streaming rung's split-K once the GPU is filled.
-pub const STREAM_SEGMENT_KEYS: u32 = 1024;
+/// Keys per segment of the streaming rung's split-K once the GPU is filled (1024 before the
+/// eighth session; measured on an H200, BENCHMARKS.md: B=1 L=128k 167.4 µs at 128 segments of
+/// 1024 keys, 153.7 at 64 of 2048; B=32 L=4k 166.6 µs at 4 segments, 154.1 at 2).
+pub const STREAM_SEGMENT_KEYS: u32 = 2048;
+
+fn stream_segment_keys() -> u32 {
+    static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    positive_knob(&KNOB, "QUANTKV_DEBUG_STREAM_SEG_KEYS", STREAM_SEGMENT_KEYS)
+}
 
 /// Workgroups the streaming rung's split-K aims at.
 pub const STREAM_TARGET_WORKGROUPS: u32 = 1024;
 
 fn stream_target() -> u32 {
     static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-    env_knob(&KNOB, "QUANTKV_DEBUG_STREAM_TARGET")
-        .filter(|v| *v > 0)
-        .unwrap_or(STREAM_TARGET_WORKGROUPS)
+    positive_knob(
+        &KNOB,
+        "QUANTKV_DEBUG_STREAM_TARGET",
+        STREAM_TARGET_WORKGROUPS,
+    )
 }
 
 /// Rows per attention workgroup: all query heads of a KV head for decode batches (rounded
@@ -879,6 +905,11 @@ pub(crate) fn env_knob(cell: &'static std::sync::OnceLock<Option<u32>>, name: &s
     } else {
         None
     }
+}
+
+/// [`env_knob`] where it is set and positive, else `default`.
+fn positive_knob(cell: &'static std::sync::OnceLock<Option<u32>>, name: &str, default: u32) -> u32 {
+    env_knob(cell, name).filter(|v| *v > 0).unwrap_or(default)
 }
 
 fn r16(x: u32) -> u32 {
