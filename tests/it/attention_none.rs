@@ -127,8 +127,8 @@ fn extended_long_contexts() {
 /// bf16 model dtype (spec §10.8): q/k/v/out as bf16 bit patterns. Mode `none` stores bf16;
 /// every quantized mode quantizes bf16 inputs, and the rotation modes round the rotated rows to
 /// bf16; decode (both rungs, split-K) and mixed batches on the unified kernel. The quick suite
-/// runs every mode's write path and its mixed batch (prompt rows on the unified kernel, the
-/// decode row apart on the rung `Auto` picks), and the two forced rungs on `none` and INT4;
+/// runs every mode's write path and prompt rows on the unified kernel, and on `none` and INT4
+/// a mixed batch (its decode row apart on the rung `Auto` picks) and one forced rung each;
 /// `extended_bf16_every_mode_and_kernel` runs the full product.
 #[test]
 fn bf16_model_dtype_every_mode_and_kernel() {
@@ -176,6 +176,14 @@ fn bf16_cases(every: bool) {
             if !every && p > 0 && p != quick_rung {
                 continue;
             }
+            // Quick, on the other modes: the prompt rows alone (a mode's codes read the same
+            // for f16 and bf16 models; bf16 queries and outputs on the decode rungs run on
+            // `none` and INT4).
+            let seqs = if !every && p == 0 && quick_rung == 0 {
+                vec![(6, 40), (3, 23)]
+            } else {
+                seqs
+            };
             let mut s = shape(&seqs, 8, 2, 64, Dtype::Bf16);
             s.mode = mode;
             let ex = Extras {
