@@ -170,7 +170,7 @@ fn decode_kernel_long_contexts_head_groups_and_odd_head_sizes() {
     // `decode_stream_rung`'s), and runs each check on one mode (`modes_for`):
     // this was the slowest test of the suite on lavapipe (165 s alone, nearly all pipeline
     // compiles); the extended matrix runs every path on every shape and mode.
-    let quick = modes().len() < KvQuantMode::ALL.len();
+    let quick = !extended();
     let long: &[(u32, u32)] = &[(1, 1300), (1, 513), (1, 2), (0, 40), (1, 700)];
     let ex = Extras {
         sinks: true,
