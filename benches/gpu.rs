@@ -97,7 +97,7 @@ impl Shape {
     }
 }
 
-fn shapes(quick: bool, sweep: bool) -> Vec<Shape> {
+fn shapes(quick: bool, sweep: &[u32]) -> Vec<Shape> {
     if quick {
         return vec![
             decode("decode_b1_l1k", 1, 1024, 128, SplitK::Auto),
@@ -142,16 +142,17 @@ fn shapes(quick: bool, sweep: bool) -> Vec<Shape> {
                 ..decode(&name, b, l, 128, SplitK::Auto)
             });
         }
-        if sweep {
-            for n in [2u32, 4, 8, 16, 32, 64, 128, 256] {
-                v.push(decode(&name, b, l, 128, SplitK::Segments(n)));
+        for &n in sweep {
+            let split = if n <= 1 {
+                SplitK::Off
+            } else {
+                SplitK::Segments(n)
+            };
+            v.push(decode(&name, b, l, 128, split));
+            for path in [AttentionPath::DecodeStream, AttentionPath::PrefillCoop] {
                 v.push(Shape {
-                    path: AttentionPath::DecodeStream,
-                    ..decode(&name, b, l, 128, SplitK::Segments(n))
-                });
-                v.push(Shape {
-                    path: AttentionPath::PrefillCoop,
-                    ..decode(&name, b, l, 128, SplitK::Segments(n))
+                    path,
+                    ..decode(&name, b, l, 128, split)
                 });
             }
         }
@@ -963,7 +964,18 @@ fn main() -> Result<()> {
     };
     STEP.store(step, std::sync::atomic::Ordering::Relaxed);
     let filter = opt("--filter");
-    let mut list = shapes(quick, flag("--sweep"));
+    // `--sweep`: every decode shape also at 2, 4, ..., 256 split-K segments on each path;
+    // `--segments N,N,...` at those counts instead (1: no split).
+    let sweep: Vec<u32> = match opt("--segments") {
+        Some(list) => list
+            .split(',')
+            .map(|n| n.parse::<u32>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("--segments {list}: {e}"))?,
+        None if flag("--sweep") => vec![2, 4, 8, 16, 32, 64, 128, 256],
+        None => vec![],
+    };
+    let mut list = shapes(quick, &sweep);
     if let Some(f) = &filter {
         let parts: Vec<&str> = f.split(',').collect();
         list.retain(|s| parts.iter().any(|p| s.name.contains(p)));

@@ -71,6 +71,19 @@ fn split_k_forced_matches_reference() {
         shape(&[(1, 150), (1, 9), (1, 64)], 8, 2, 64, Dtype::F16),
         ex,
     );
+    // 37 segments at head size 128: the reduce's four prefetched rows per thread, a round of
+    // its loop and its remainder all add something (4 slices of 32 output groups; 2368 = 37 x 64
+    // keys, so no segment of the long sequence is empty whatever the rung's tile); the short
+    // sequence leaves most segments empty, and the sink joins the denominator.
+    check(
+        0x18,
+        shape(&[(1, 2368), (1, 20)], 8, 2, 128, Dtype::F16),
+        Extras {
+            split: SplitK::Segments(37),
+            sinks: true,
+            ..Default::default()
+        },
+    );
 }
 
 #[test]
