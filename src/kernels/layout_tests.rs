@@ -958,11 +958,12 @@ fn coop_prefill_prefers_small_resident_tilings() {
     assert_eq!(twin.tile, 32, "the twin's order is unchanged: {twin:?}");
 }
 
-/// The streaming rung's split-K rule at the H200-measured shapes (Hkv 8, 32-key rounds): four
-/// rounds per segment up to 264 workgroups; two rounds where four would fill less than half
-/// of that; one segment for prompts, a forced count as given.
+/// The streaming rung's split-K rule at the H200-measured shapes (Hkv 8, 32-key rounds): as
+/// many segments as one wave of 264 workgroups holds, four rounds per segment at least (two
+/// where four would fill less than half of it); one segment for prompts, a forced count as
+/// given.
 #[test]
-fn stream_segments_take_two_rounds_only_where_four_leave_the_gpu_half_empty() {
+fn stream_segments_fill_one_wave_with_the_longest_segments() {
     use crate::SplitK;
     let decode = |b: u32, l: u32| super::StepSummary {
         num_seqs: b,
@@ -974,17 +975,19 @@ fn stream_segments_take_two_rounds_only_where_four_leave_the_gpu_half_empty() {
     let seg = |b: u32, l: u32| stream_segments(SplitK::Auto, None, &decode(b, l), 8 * b, 32);
     // 8 segments of four rounds would be 64 workgroups: 16 of two rounds.
     assert_eq!(seg(1, 1024), 16);
-    // 32 of four rounds already give 256 workgroups.
+    // 32 of four rounds: 256 workgroups.
     assert_eq!(seg(1, 4096), 32);
+    // One wave: 33 x 8 = 264 workgroups.
     assert_eq!(seg(1, 32768), 33);
-    // Then segments of 2048 keys: 512 workgroups (two waves of 264, the second nearly full).
-    assert_eq!(seg(1, 131072), 64);
-    assert_eq!(seg(32, 4096), 2);
-    // 5 segments would be 320 workgroups, a second wave a fifth full: one wave of 4.
+    assert_eq!(seg(1, 131072), 33);
     assert_eq!(seg(8, 8192), 4);
-    // The target caps the workgroups at 1024 (3.9 waves).
-    assert_eq!(seg(8, 32768), 16);
-    assert_eq!(seg(16, 32768), 8);
+    assert_eq!(seg(8, 32768), 4);
+    assert_eq!(seg(16, 32768), 2);
+    // 256 workgroups unsplit already fill the wave; 512 more than fill it.
+    assert_eq!(seg(32, 4096), 1);
+    assert_eq!(seg(64, 2048), 1);
+    // A wave half filled or more by the batch alone: unsplit.
+    assert_eq!(seg(17, 32768), 1);
     // Too short for two segments of two rounds.
     assert_eq!(seg(1, 100), 1);
     let mut prompt = decode(1, 1024);

@@ -708,15 +708,19 @@ pub fn stream_smem(head_dim: u32, wg_size: u32, lpr: u32) -> u32 {
     r16(10 * 4) + r16(STREAM_HEADS * head_dim * 4) + r16(3 * 16) + 16 * (wg_size / lpr)
 }
 
-/// Split-K segments of the streaming rung (measured on an H200, BENCHMARKS.md): at least
-/// [`STREAM_FILL_WORKGROUPS`] workgroups (two per multiprocessor: one wave) where the context
-/// allows segments of four rounds of keys (two rounds where four would leave the GPU less than
-/// half filled: B=1 L=1k 14.7 µs at 8 segments of four rounds, 12.7 at 16 of two), else
-/// segments of [`STREAM_SEGMENT_KEYS`] keys, never more than [`STREAM_TARGET_WORKGROUPS`]
-/// workgroups or [`MAX_SEGMENTS`] segments; then, where the workgroups would end in a wave
-/// less than half full, only the whole waves (B=8 L=8k: 5 segments are 320 workgroups,
-/// 117.8 µs; 4 are 256, 82.0 µs). Knobs (`debug-knobs`): `QUANTKV_DEBUG_STREAM_SEG_KEYS`,
-/// `QUANTKV_DEBUG_STREAM_TARGET`, `QUANTKV_DEBUG_STREAM_WAVE=0` (no trimming).
+/// Split-K segments of the streaming rung (measured on an H200, BENCHMARKS.md): as many as
+/// one wave of [`STREAM_FILL_WORKGROUPS`] workgroups holds (two per multiprocessor), so each
+/// workgroup streams the longest segment that still fills the GPU and nothing waits for a
+/// second wave, with segments of four rounds of keys at least (two rounds where four would
+/// leave the GPU less than half filled: B=1 L=1k 14.7 µs at 8 segments of four rounds, 12.7 at
+/// 16 of two); batches whose workgroups fill half a wave or more unsplit. Measured with forced
+/// counts (ninth session): B=8 L=32k 280.8 µs at 4 segments (one wave) against 297.3 at 16,
+/// B=16 L=32k 547.7 at 2 against 568.2 at 8, B=32 L=4k 143.3 unsplit against 155.2 at 2,
+/// B=1 L=128k 146.7 at 33 against 155.0 at 64. Knob (`debug-knobs`):
+/// `QUANTKV_DEBUG_STREAM_ONE_WAVE=0` takes the eighth session's rule instead (segments of
+/// [`STREAM_SEGMENT_KEYS`] keys once a wave is filled, up to [`STREAM_TARGET_WORKGROUPS`]
+/// workgroups, a last wave less than half full trimmed; its knobs
+/// `QUANTKV_DEBUG_STREAM_SEG_KEYS`, `QUANTKV_DEBUG_STREAM_TARGET`, `QUANTKV_DEBUG_STREAM_WAVE=0`).
 pub fn stream_segments(
     split: SplitK,
     seq_threshold_3d: Option<u32>,
@@ -724,18 +728,47 @@ pub fn stream_segments(
     grid_2d: u32,
     tile: u32,
 ) -> u32 {
-    fill_segments(
-        split,
-        seq_threshold_3d,
-        sum,
-        grid_2d,
-        tile,
-        STREAM_FILL_WORKGROUPS,
-        stream_segment_keys(),
-        stream_target(),
-        2,
-        stream_trim_wave(),
-    )
+    if !stream_one_wave() {
+        return fill_segments(
+            split,
+            seq_threshold_3d,
+            sum,
+            grid_2d,
+            tile,
+            STREAM_FILL_WORKGROUPS,
+            stream_segment_keys(),
+            stream_target(),
+            2,
+            stream_trim_wave(),
+        );
+    }
+    if sum.max_seqlen_q > 1 || seq_threshold_3d.is_some_and(|t| sum.num_seqs > t) {
+        return 1;
+    }
+    match split {
+        SplitK::Off => 1,
+        SplitK::Segments(n) => n,
+        SplitK::Auto => {
+            let grid = grid_2d.max(1);
+            let fill = STREAM_FILL_WORKGROUPS;
+            let l = sum.max_seqlen_k;
+            let at = |tiles: u32| (fill / grid).min(l / (tiles * tile)).min(MAX_SEGMENTS);
+            let mut n = at(4);
+            if grid * n < fill / 2 {
+                n = at(2);
+            }
+            if n < 2 {
+                1
+            } else {
+                n
+            }
+        }
+    }
+}
+
+fn stream_one_wave() -> bool {
+    static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    env_knob(&KNOB, "QUANTKV_DEBUG_STREAM_ONE_WAVE") != Some(0)
 }
 
 fn stream_trim_wave() -> bool {
@@ -814,13 +847,15 @@ fn fill_segments(
     }
 }
 
-/// Workgroups the streaming rung's split-K fills the GPU with first (two per multiprocessor
-/// of a 132-multiprocessor GPU; wgpu does not report the count).
+/// Workgroups of one wave of the streaming rung: what its split-K fills the GPU with (two per
+/// multiprocessor of a 132-multiprocessor GPU at the rung's register count; wgpu does not
+/// report the multiprocessor count).
 pub const STREAM_FILL_WORKGROUPS: u32 = 264;
 
-/// Keys per segment of the streaming rung's split-K once the GPU is filled (1024 before the
-/// eighth session; measured on an H200, BENCHMARKS.md: B=1 L=128k 167.4 µs at 128 segments of
-/// 1024 keys, 153.7 at 64 of 2048; B=32 L=4k 166.6 µs at 4 segments, 154.1 at 2).
+/// Keys per segment of the eighth session's split-K rule for the streaming rung once the GPU
+/// is filled (`QUANTKV_DEBUG_STREAM_ONE_WAVE=0`; 1024 before the eighth session; measured on an
+/// H200, BENCHMARKS.md: B=1 L=128k 167.4 µs at 128 segments of 1024 keys, 153.7 at 64 of 2048;
+/// B=32 L=4k 166.6 µs at 4 segments, 154.1 at 2).
 pub const STREAM_SEGMENT_KEYS: u32 = 2048;
 
 fn stream_segment_keys() -> u32 {
@@ -828,7 +863,8 @@ fn stream_segment_keys() -> u32 {
     positive_knob(&KNOB, "QUANTKV_DEBUG_STREAM_SEG_KEYS", STREAM_SEGMENT_KEYS)
 }
 
-/// Workgroups the streaming rung's split-K aims at.
+/// Workgroups the eighth session's split-K rule for the streaming rung aims at
+/// (`QUANTKV_DEBUG_STREAM_ONE_WAVE=0`).
 pub const STREAM_TARGET_WORKGROUPS: u32 = 1024;
 
 fn stream_target() -> u32 {
