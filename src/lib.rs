@@ -60,7 +60,7 @@ pub use config::{
     footprint, CacheConfig, CacheFootprint, HEAD_SIZE_MULTIPLE, MAX_HEAD_SIZE, MIN_HEAD_SIZE,
 };
 pub use error::{Error, Result};
-pub use gpu::{AdapterSummary, Caps, Context, GpuTimer, Tensor};
+pub use gpu::{multiprocessors_for, AdapterSummary, Caps, Context, GpuTimer, Tensor};
 pub use kernels::{
     plan_split, segment_buffer_bytes, AttentionParams, AttentionPath, LaunchPlan, SplitK,
     StepSummary, MAX_SEGMENTS, SUBGROUP_RUNG_MIN_WORKGROUPS,

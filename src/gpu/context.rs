@@ -44,6 +44,36 @@ pub struct Caps {
     pub coop_f16: bool,
     /// The device's limits (as requested: the adapter's real limits, not wgpu's defaults).
     pub limits: wgpu::Limits,
+    /// Multiprocessors (NVIDIA SMs) where known: from [`multiprocessors_for`] by adapter name,
+    /// or set with [`Context::with_multiprocessors`]; wgpu does not report the count. The
+    /// decode kernel's split-K sizes its one wave of workgroups from it (two per
+    /// multiprocessor; 264, an H200's, where unknown).
+    pub multiprocessors: Option<u32>,
+}
+
+/// Multiprocessors of adapters quantkv knows by name (NVIDIA data-center and desktop parts, as
+/// their Vulkan drivers name them); `None` for any other adapter (the planner's default then
+/// holds: an H200's 132).
+pub fn multiprocessors_for(name: &str) -> Option<u32> {
+    // Longest names first where one contains another (H100 PCIe before H100, L40S before L40).
+    const TABLE: &[(&str, u32)] = &[
+        ("H200", 132),
+        ("H100 PCIe", 114),
+        ("H100", 132),
+        ("GH200", 132),
+        ("A100", 108),
+        ("L40S", 142),
+        ("L40", 142),
+        ("RTX 4090", 128),
+        ("RTX 3090", 82),
+    ];
+    if !name.contains("NVIDIA") {
+        return None;
+    }
+    TABLE
+        .iter()
+        .find(|(key, _)| name.contains(key))
+        .map(|&(_, n)| n)
 }
 
 /// Adapter identity: name, backend and driver.
@@ -353,6 +383,7 @@ impl Context {
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             coop_f16: false,
             limits: device.limits(),
+            multiprocessors: multiprocessors_for(&info.name),
         };
         let adapter = AdapterSummary {
             name: info.name.clone(),
@@ -680,6 +711,17 @@ impl Context {
     pub fn with_subgroups(mut self, enabled: bool) -> Self {
         self.caps.subgroups = enabled && self.device.features().contains(wgpu::Features::SUBGROUP);
         self.pipelines = PipelineCache::with_cap(self.pipelines.cap());
+        self
+    }
+
+    /// Tells the planner how many multiprocessors (NVIDIA SMs, AMD compute units) the GPU has,
+    /// where quantkv's table ([`multiprocessors_for`]) does not know the adapter or knows it
+    /// wrong: the decode kernel's split-K fills one wave of two workgroups per multiprocessor
+    /// with its segments. Outputs stay within the same tolerance of the reference whatever the
+    /// count (it changes only how the key axis is split, so the order of the softmax's sums);
+    /// at least 1.
+    pub fn with_multiprocessors(mut self, count: u32) -> Self {
+        self.caps.multiprocessors = Some(count.max(1));
         self
     }
 

@@ -13,7 +13,7 @@ pub mod tensor;
 pub mod timing;
 pub mod uniforms;
 
-pub use context::{AdapterSummary, Caps, Context};
+pub use context::{multiprocessors_for, AdapterSummary, Caps, Context};
 pub use pipeline::{Compiled, Features, Kernel, PipelineKey, PipelineSource, Tiling};
 pub use tensor::Tensor;
 pub use timing::GpuTimer;

@@ -67,6 +67,7 @@ fn test_caps(sg: u32, coop: bool, f16: bool, smem: u32) -> crate::gpu::Caps {
         timestamps: false,
         coop_f16: coop,
         limits: limits(smem),
+        multiprocessors: None,
     }
 }
 
@@ -972,7 +973,7 @@ fn stream_segments_fill_one_wave_with_the_longest_segments() {
         max_seqlen_q: 1,
         max_seqlen_k: l,
     };
-    let seg = |b: u32, l: u32| stream_segments(SplitK::Auto, None, &decode(b, l), 8 * b, 32);
+    let seg = |b: u32, l: u32| stream_segments(SplitK::Auto, None, &decode(b, l), 8 * b, 32, 264);
     // 8 segments of four rounds would be 64 workgroups: 16 of two rounds.
     assert_eq!(seg(1, 1024), 16);
     // 32 of four rounds: 256 workgroups.
@@ -990,11 +991,16 @@ fn stream_segments_fill_one_wave_with_the_longest_segments() {
     assert_eq!(seg(17, 32768), 1);
     // Too short for two segments of two rounds.
     assert_eq!(seg(1, 100), 1);
+    // A GPU of 46 multiprocessors (a wave of 92): 11 segments at B=1, 1 from B=8.
+    let small = |b: u32, l: u32| stream_segments(SplitK::Auto, None, &decode(b, l), 8 * b, 32, 92);
+    assert_eq!(small(1, 32768), 11);
+    assert_eq!(small(4, 32768), 2);
+    assert_eq!(small(8, 32768), 1);
     let mut prompt = decode(1, 1024);
     prompt.max_seqlen_q = 16;
-    assert_eq!(stream_segments(SplitK::Auto, None, &prompt, 8, 32), 1);
+    assert_eq!(stream_segments(SplitK::Auto, None, &prompt, 8, 32, 264), 1);
     assert_eq!(
-        stream_segments(SplitK::Segments(5), None, &decode(1, 1024), 8, 32),
+        stream_segments(SplitK::Segments(5), None, &decode(1, 1024), 8, 32, 264),
         5
     );
 }
@@ -1025,4 +1031,27 @@ fn fused_write_stops_at_128_mib_of_kv() {
     assert!(fuse_fits(&sum(1, 16384), &g(Dtype::F32, 128)));
     assert!(fuse_fits(&sum(1, 32768), &g(Dtype::Bf16, 128)));
     assert!(fuse_fits(&sum(2, 32768), &g(Dtype::F16, 64)));
+}
+
+/// The multiprocessor table by adapter name (as NVIDIA's Vulkan driver names them), and the
+/// streaming rung's wave from it: two workgroups per multiprocessor, 264 where unknown.
+#[test]
+fn multiprocessors_by_adapter_name_size_the_stream_wave() {
+    use crate::multiprocessors_for as mp;
+    assert_eq!(mp("NVIDIA H200"), Some(132));
+    assert_eq!(mp("NVIDIA H100 80GB HBM3"), Some(132));
+    assert_eq!(mp("NVIDIA H100 PCIe"), Some(114));
+    assert_eq!(mp("NVIDIA A100-SXM4-80GB"), Some(108));
+    assert_eq!(mp("NVIDIA L40S"), Some(142));
+    assert_eq!(mp("NVIDIA GeForce RTX 4090"), Some(128));
+    assert_eq!(mp("NVIDIA GeForce RTX 4060"), None);
+    assert_eq!(mp("llvmpipe (LLVM 15.0.6, 256 bits)"), None);
+    assert_eq!(mp("AMD Radeon RX 7900 XTX (RADV NAVI31)"), None);
+    let caps = test_caps(32, false, true, 49152);
+    assert_eq!(super::plan::stream_fill(&caps), 264);
+    let caps = crate::gpu::Caps {
+        multiprocessors: Some(46),
+        ..caps
+    };
+    assert_eq!(super::plan::stream_fill(&caps), 92);
 }

@@ -142,7 +142,14 @@ pub fn launch_plan(
         }
         let grid_2d = sum.num_seqs * gy;
         let segments = if stream {
-            stream_segments(p.split, p.seq_threshold_3d, sum, grid_2d, tiling.tile)
+            stream_segments(
+                p.split,
+                p.seq_threshold_3d,
+                sum,
+                grid_2d,
+                tiling.tile,
+                stream_fill(caps),
+            )
         } else {
             // Segments of at least one chunk each.
             plan_split(
@@ -708,8 +715,15 @@ pub fn stream_smem(head_dim: u32, wg_size: u32, lpr: u32) -> u32 {
     r16(10 * 4) + r16(STREAM_HEADS * head_dim * 4) + r16(3 * 16) + 16 * (wg_size / lpr)
 }
 
+/// Workgroups of one wave of the streaming rung on `caps`: two per multiprocessor where the
+/// count is known ([`Caps::multiprocessors`]), else [`STREAM_FILL_WORKGROUPS`].
+pub fn stream_fill(caps: &Caps) -> u32 {
+    caps.multiprocessors
+        .map_or(STREAM_FILL_WORKGROUPS, |m| 2 * m.max(1))
+}
+
 /// Split-K segments of the streaming rung (measured on an H200, BENCHMARKS.md): as many as
-/// one wave of [`STREAM_FILL_WORKGROUPS`] workgroups holds (two per multiprocessor), so each
+/// one wave of `fill` workgroups ([`stream_fill`]: two per multiprocessor) holds, so each
 /// workgroup streams the longest segment that still fills the GPU and nothing waits for a
 /// second wave, with segments of four rounds of keys at least (two rounds where four would
 /// leave the GPU less than half filled: B=1 L=1k 14.7 µs at 8 segments of four rounds, 12.7 at
@@ -727,6 +741,7 @@ pub fn stream_segments(
     sum: &StepSummary,
     grid_2d: u32,
     tile: u32,
+    fill: u32,
 ) -> u32 {
     if !stream_one_wave() {
         return fill_segments(
@@ -735,7 +750,7 @@ pub fn stream_segments(
             sum,
             grid_2d,
             tile,
-            STREAM_FILL_WORKGROUPS,
+            fill,
             stream_segment_keys(),
             stream_target(),
             2,
@@ -750,7 +765,7 @@ pub fn stream_segments(
         SplitK::Segments(n) => n,
         SplitK::Auto => {
             let grid = grid_2d.max(1);
-            let fill = STREAM_FILL_WORKGROUPS;
+            let fill = fill.max(1);
             let l = sum.max_seqlen_k;
             let at = |tiles: u32| (fill / grid).min(l / (tiles * tile)).min(MAX_SEGMENTS);
             let mut n = at(4);
@@ -847,9 +862,9 @@ fn fill_segments(
     }
 }
 
-/// Workgroups of one wave of the streaming rung: what its split-K fills the GPU with (two per
-/// multiprocessor of a 132-multiprocessor GPU at the rung's register count; wgpu does not
-/// report the multiprocessor count).
+/// Workgroups of one wave of the streaming rung where the multiprocessor count is not known:
+/// what its split-K fills the GPU with (two per multiprocessor of a 132-multiprocessor GPU at
+/// the rung's register count, measured on an H200; wgpu does not report the count).
 pub const STREAM_FILL_WORKGROUPS: u32 = 264;
 
 /// Keys per segment of the eighth session's split-K rule for the streaming rung once the GPU
