@@ -216,9 +216,9 @@ pub fn launch_plan(
                     sum,
                     sum.num_seqs * rg.gy,
                     tiling.tile,
-                    coop_decode_fill(),
+                    coop_decode_fill(caps),
                     COOP_DECODE_SEGMENT_KEYS,
-                    coop_decode_fill(),
+                    coop_decode_fill(caps),
                     4,
                     false,
                 );
@@ -791,20 +791,23 @@ fn stream_trim_wave() -> bool {
     env_knob(&KNOB, "QUANTKV_DEBUG_STREAM_WAVE") != Some(0)
 }
 
-/// Workgroups the prefill kernel's split-K fills the GPU with first on a decode batch (its
-/// workgroups are one subgroup: eight per multiprocessor of a 132-multiprocessor GPU).
+/// Workgroups the prefill kernel's split-K fills the GPU with first on a decode batch where
+/// the multiprocessor count is not known (its workgroups are one subgroup: eight per
+/// multiprocessor of a 132-multiprocessor GPU).
 pub const COOP_DECODE_FILL_WORKGROUPS: u32 = 1056;
 
 /// Keys per segment of the prefill kernel's split-K on a decode batch once the GPU is filled.
 pub const COOP_DECODE_SEGMENT_KEYS: u32 = 512;
 
-fn coop_decode_fill() -> u32 {
+/// The prefill kernel's fill on a decode batch on `caps`: eight workgroups per
+/// multiprocessor where the count is known ([`Caps::multiprocessors`]), else
+/// [`COOP_DECODE_FILL_WORKGROUPS`] (`QUANTKV_DEBUG_COOP_DECODE_FILL` overrides both).
+fn coop_decode_fill(caps: &Caps) -> u32 {
     static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-    positive_knob(
-        &KNOB,
-        "QUANTKV_DEBUG_COOP_DECODE_FILL",
-        COOP_DECODE_FILL_WORKGROUPS,
-    )
+    let default = caps
+        .multiprocessors
+        .map_or(COOP_DECODE_FILL_WORKGROUPS, |m| 8 * m.max(1));
+    positive_knob(&KNOB, "QUANTKV_DEBUG_COOP_DECODE_FILL", default)
 }
 
 /// Split-K segments that give a decode batch's `grid_2d` workgroups at least `fill`
