@@ -757,27 +757,35 @@ pub fn stream_segments(
             stream_trim_wave(),
         );
     }
+    decode_split(split, seq_threshold_3d, sum, || {
+        let grid = grid_2d.max(1);
+        let fill = fill.max(1);
+        let l = sum.max_seqlen_k;
+        let at = |tiles: u32| (fill / grid).min(l / (tiles * tile)).min(MAX_SEGMENTS);
+        let n = at(4);
+        if grid * n < fill / 2 {
+            at(2)
+        } else {
+            n
+        }
+    })
+}
+
+/// Split-K segments of a decode kernel: 1 for batches with prompts or past the 3D threshold,
+/// a forced count as given, `auto()` for [`SplitK::Auto`] (below 2: 1).
+fn decode_split(
+    split: SplitK,
+    seq_threshold_3d: Option<u32>,
+    sum: &StepSummary,
+    auto: impl FnOnce() -> u32,
+) -> u32 {
     if sum.max_seqlen_q > 1 || seq_threshold_3d.is_some_and(|t| sum.num_seqs > t) {
         return 1;
     }
     match split {
         SplitK::Off => 1,
         SplitK::Segments(n) => n,
-        SplitK::Auto => {
-            let grid = grid_2d.max(1);
-            let fill = fill.max(1);
-            let l = sum.max_seqlen_k;
-            let at = |tiles: u32| (fill / grid).min(l / (tiles * tile)).min(MAX_SEGMENTS);
-            let mut n = at(4);
-            if grid * n < fill / 2 {
-                n = at(2);
-            }
-            if n < 2 {
-                1
-            } else {
-                n
-            }
-        }
+        SplitK::Auto => auto().max(1),
     }
 }
 
@@ -829,40 +837,29 @@ fn fill_segments(
     min_tiles: u32,
     trim_wave: bool,
 ) -> u32 {
-    if sum.max_seqlen_q > 1 || seq_threshold_3d.is_some_and(|t| sum.num_seqs > t) {
-        return 1;
-    }
-    match split {
-        SplitK::Off => 1,
-        SplitK::Segments(n) => n,
-        SplitK::Auto => {
-            let grid = grid_2d.max(1);
-            if grid >= target / 2 {
-                return 1;
-            }
-            let l = sum.max_seqlen_k;
-            let at = |tiles: u32| {
-                fill.div_ceil(grid)
-                    .max(l / seg_keys)
-                    .min(target.div_ceil(grid))
-                    .min(l / (tiles * tile))
-                    .min(MAX_SEGMENTS)
-            };
-            let mut n = at(4);
-            if grid * n < fill / 2 && min_tiles < 4 {
-                n = at(min_tiles.max(1));
-            }
-            let w = grid * n;
-            if trim_wave && w > fill && w % fill < fill / 2 {
-                n = (w / fill * fill / grid).max(1);
-            }
-            if n < 2 {
-                1
-            } else {
-                n
-            }
+    decode_split(split, seq_threshold_3d, sum, || {
+        let grid = grid_2d.max(1);
+        if grid >= target / 2 {
+            return 1;
         }
-    }
+        let l = sum.max_seqlen_k;
+        let at = |tiles: u32| {
+            fill.div_ceil(grid)
+                .max(l / seg_keys)
+                .min(target.div_ceil(grid))
+                .min(l / (tiles * tile))
+                .min(MAX_SEGMENTS)
+        };
+        let mut n = at(4);
+        if grid * n < fill / 2 && min_tiles < 4 {
+            n = at(min_tiles.max(1));
+        }
+        let w = grid * n;
+        if trim_wave && w > fill && w % fill < fill / 2 {
+            n = (w / fill * fill / grid).max(1);
+        }
+        n
+    })
 }
 
 /// Workgroups of one wave of the streaming rung where the multiprocessor count is not known:
