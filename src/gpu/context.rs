@@ -55,12 +55,12 @@ pub struct Caps {
 /// their Vulkan drivers name them); `None` for any other adapter (the planner's default then
 /// holds: an H200's 132).
 pub fn multiprocessors_for(name: &str) -> Option<u32> {
-    // Longest names first where one contains another (H100 PCIe before H100, L40S before L40).
+    // Longest names first where one contains another (H100 PCIe before H100, L40S before L40;
+    // "H200" also names the GH200's GPU, of the same 132).
     const TABLE: &[(&str, u32)] = &[
         ("H200", 132),
         ("H100 PCIe", 114),
         ("H100", 132),
-        ("GH200", 132),
         ("A100", 108),
         ("L40S", 142),
         ("L40", 142),

@@ -1039,6 +1039,7 @@ fn fused_write_stops_at_128_mib_of_kv() {
 fn multiprocessors_by_adapter_name_size_the_stream_wave() {
     use crate::multiprocessors_for as mp;
     assert_eq!(mp("NVIDIA H200"), Some(132));
+    assert_eq!(mp("NVIDIA GH200 480GB"), Some(132));
     assert_eq!(mp("NVIDIA H100 80GB HBM3"), Some(132));
     assert_eq!(mp("NVIDIA H100 PCIe"), Some(114));
     assert_eq!(mp("NVIDIA A100-SXM4-80GB"), Some(108));
