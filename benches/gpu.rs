@@ -928,6 +928,17 @@ fn main() -> Result<()> {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
+    // A comma-separated list of numbers after option `n`, if given.
+    let u32_list = |n: &str| -> Result<Option<Vec<u32>>> {
+        opt(n)
+            .map(|list| {
+                list.split(',')
+                    .map(|v| v.parse::<u32>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| anyhow::anyhow!("{n} {list}: {e}"))
+            })
+            .transpose()
+    };
     // `cargo test --all-targets` runs this binary without `--bench`: a smoke run of tiny shapes.
     let smoke = !flag("--bench");
     let quick = flag("--quick") || smoke;
@@ -966,12 +977,8 @@ fn main() -> Result<()> {
     let filter = opt("--filter");
     // `--sweep`: every decode shape also at 2, 4, ..., 256 split-K segments on each path;
     // `--segments N,N,...` at those counts instead (1: no split).
-    let sweep: Vec<u32> = match opt("--segments") {
-        Some(list) => list
-            .split(',')
-            .map(|n| n.parse::<u32>())
-            .collect::<Result<_, _>>()
-            .map_err(|e| anyhow::anyhow!("--segments {list}: {e}"))?,
+    let sweep = match u32_list("--segments")? {
+        Some(list) => list,
         None if flag("--sweep") => vec![2, 4, 8, 16, 32, 64, 128, 256],
         None => vec![],
     };
@@ -1061,14 +1068,7 @@ fn main() -> Result<()> {
         micro_workgroup_loops(&ctx)?;
     }
     if flag("--residency") {
-        let kib: Vec<u32> = match opt("--residency-kib") {
-            Some(list) => list
-                .split(',')
-                .map(|k| k.parse::<u32>())
-                .collect::<Result<_, _>>()
-                .map_err(|e| anyhow::anyhow!("--residency-kib wants KiB sizes: {e}"))?,
-            None => vec![8, 16, 24, 32, 40, 47],
-        };
+        let kib = u32_list("--residency-kib")?.unwrap_or_else(|| vec![8, 16, 24, 32, 40, 47]);
         micro_residency(&ctx, &kib)?;
     }
     if flag("--floor") {

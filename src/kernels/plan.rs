@@ -339,32 +339,19 @@ pub fn plan_split(
     grid_2d: u32,
     tile: u32,
 ) -> u32 {
-    if summary.max_seqlen_q > 1 || seq_threshold_3d.is_some_and(|t| summary.num_seqs > t) {
-        return 1;
-    }
-    let max_seqlen_k = summary.max_seqlen_k;
-    match split {
-        SplitK::Off => 1,
-        SplitK::Segments(n) => n,
-        SplitK::Auto => {
-            // Decode streams the cache; what limits it is loads in flight, so aim for enough
-            // workgroups to keep every SM of a large GPU busy, while each segment still
-            // streams a few tiles so the reduce pass stays small.
-            const TARGET_WORKGROUPS: u32 = 512;
-            if grid_2d >= TARGET_WORKGROUPS / 2 {
-                return 1;
-            }
-            let tiles = max_seqlen_k.div_ceil(tile);
-            let by_work = (tiles / MIN_TILES_PER_SEGMENT).max(1);
-            let by_grid = TARGET_WORKGROUPS.div_ceil(grid_2d.max(1));
-            let n = by_work.min(by_grid).min(MAX_SEGMENTS);
-            if n < 2 {
-                1
-            } else {
-                n
-            }
+    decode_split(split, seq_threshold_3d, summary, || {
+        // Decode streams the cache; what limits it is loads in flight, so aim for enough
+        // workgroups to keep every SM of a large GPU busy, while each segment still
+        // streams a few tiles so the reduce pass stays small.
+        const TARGET_WORKGROUPS: u32 = 512;
+        if grid_2d >= TARGET_WORKGROUPS / 2 {
+            return 1;
         }
-    }
+        let tiles = summary.max_seqlen_k.div_ceil(tile);
+        let by_work = (tiles / MIN_TILES_PER_SEGMENT).max(1);
+        let by_grid = TARGET_WORKGROUPS.div_ceil(grid_2d.max(1));
+        by_work.min(by_grid).min(MAX_SEGMENTS)
+    })
 }
 
 /// Workgroup memory the attention kernel needs with this tiling, in bytes.
@@ -718,8 +705,12 @@ pub fn stream_smem(head_dim: u32, wg_size: u32, lpr: u32) -> u32 {
 /// Workgroups of one wave of the streaming rung on `caps`: two per multiprocessor where the
 /// count is known ([`Caps::multiprocessors`]), else [`STREAM_FILL_WORKGROUPS`].
 pub fn stream_fill(caps: &Caps) -> u32 {
-    caps.multiprocessors
-        .map_or(STREAM_FILL_WORKGROUPS, |m| 2 * m.max(1))
+    per_multiprocessor(caps, 2, STREAM_FILL_WORKGROUPS)
+}
+
+/// `per` workgroups per multiprocessor where `caps` knows the count, else `default`.
+fn per_multiprocessor(caps: &Caps, per: u32, default: u32) -> u32 {
+    caps.multiprocessors.map_or(default, |m| per * m.max(1))
 }
 
 /// Split-K segments of the streaming rung (measured on an H200, BENCHMARKS.md): as many as
@@ -812,9 +803,7 @@ pub const COOP_DECODE_SEGMENT_KEYS: u32 = 512;
 /// [`COOP_DECODE_FILL_WORKGROUPS`] (`QUANTKV_DEBUG_COOP_DECODE_FILL` overrides both).
 fn coop_decode_fill(caps: &Caps) -> u32 {
     static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-    let default = caps
-        .multiprocessors
-        .map_or(COOP_DECODE_FILL_WORKGROUPS, |m| 8 * m.max(1));
+    let default = per_multiprocessor(caps, 8, COOP_DECODE_FILL_WORKGROUPS);
     positive_knob(&KNOB, "QUANTKV_DEBUG_COOP_DECODE_FILL", default)
 }
 
