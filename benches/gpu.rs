@@ -4,7 +4,7 @@
 //!
 //!   cargo bench --bench gpu -- [--quick] [--out DIR] [--shapes-json FILE] [--filter A,B,..]
 //!                               [--modes none,int4_per_token_head,..|all] [--paths auto,stream,..]
-//!                               [--no-subgroups] [--batch N] [--one-pass] [--floor]
+//!                               [--no-subgroups] [--no-combine] [--batch N] [--one-pass] [--floor]
 //!                               [--step two|fused] [--unit-tensor-scales]
 //!
 //! `--shapes-json` writes the shapes for `benches/sdpa.py`, which times PyTorch SDPA on them in
@@ -803,12 +803,17 @@ fn bench_attention(ctx: &Context, s: &Shape, rng: &mut SplitMix64) -> Result<Row
                 (_, false) => " +write (not fused)",
             }
         ),
-        split: match s.split {
-            SplitK::Auto => format!("auto({segs})"),
-            SplitK::Off => "off".into(),
-            SplitK::Segments(n) => format!("{n}"),
-            other => format!("{other:?}"),
-        },
+        // "+c": the decode kernel combines the segments itself (no reduce pass).
+        split: format!(
+            "{}{}",
+            match s.split {
+                SplitK::Auto => format!("auto({segs})"),
+                SplitK::Off => "off".into(),
+                SplitK::Segments(n) => format!("{n}"),
+                other => format!("{other:?}"),
+            },
+            if lp.combine { "+c" } else { "" }
+        ),
         us,
         bytes,
         gbs: bytes / us / 1e3,
@@ -1046,8 +1051,11 @@ fn main() -> Result<()> {
             return Ok(());
         }
     }
-    // --no-subgroups: the portable kernels (Context::with_subgroups(false)).
-    let ctx = Context::new()?.with_subgroups(!flag("--no-subgroups"));
+    // --no-subgroups: the portable kernels (Context::with_subgroups(false)); --no-combine: split-K
+    // decode through the reduce pass (Context::with_split_combine(false)).
+    let ctx = Context::new()?
+        .with_subgroups(!flag("--no-subgroups"))
+        .with_split_combine(!flag("--no-combine"));
     println!("device: {}", ctx.adapter());
     let limit = ctx
         .limits()

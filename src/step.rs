@@ -244,6 +244,7 @@ impl Drop for BatchPlan {
             };
             b.partials = take(&mut self.gpu.partials);
             b.rotated_q = take(&mut self.gpu.rotated_q);
+            b.arrivals = take(&mut self.gpu.arrivals);
             self.pool.put(b);
         }
     }
@@ -308,6 +309,7 @@ impl BatchPlan {
         bufs.scratch = std::mem::replace(&mut bufs.written, meta);
         let partials = bufs.partials.take();
         let rotated_q = bufs.rotated_q.take();
+        let arrivals = bufs.arrivals.take();
         Ok(Self {
             pool: ctx.step_pool(),
             gpu: StepGpu {
@@ -323,6 +325,7 @@ impl BatchPlan {
                 decode_max_k,
                 partials: Mutex::new(partials),
                 rotated_q: Mutex::new(rotated_q),
+                arrivals: Mutex::new(arrivals),
             },
             bufs: Some(bufs),
         })

@@ -2,7 +2,8 @@
 // has at most one query token (the host picks this kernel only then), so a workgroup holds the
 // MAX_M query heads of ONE kv head for one token and streams that kv head's keys in chunks of
 // CHUNK keys. Same read contract (v2, through common/kv_read.wgsl) as unified.wgsl, same
-// bindings, same split-K partial layout (the reduce pass is shared).
+// bindings, same split-K partial layout (the reduce pass is shared; with COMBINE the last
+// workgroup of a sequence's segments combines them itself, decode_common.wgsl).
 //
 // Why a second kernel: a decode row has no query tile to amortise a K tile in workgroup memory
 // over, so unified.wgsl's per-tile structure (stage K, scores, fold the softmax, stage V, P.V:
@@ -25,7 +26,8 @@
 // and a fold over the subgroups instead of a workgroup-memory tree.
 //
 // Bindings: as unified.wgsl (0 StepU, 1 LayerU, 2 meta, 3 laux, 4 q, 5 k_cache, 6 v_cache,
-//           7 k_scale, 8 v_scale, 9 out or split-K partials).
+//           7 k_scale, 8 v_scale, 9 out or split-K partials; with COMBINE 9 out, 12 partials,
+//           13 arrival counters).
 // Overrides (besides decode_common.wgsl's): CHUNK (keys per chunk, a multiple of WG_SIZE),
 //            S_SH_LEN = MAX_M*CHUNK, RED_LEN = MAX_M*WG_SIZE.
 // Dispatch: x = num_seqs, y = num_kv_heads * head_chunks, z = num_segments.
@@ -449,4 +451,5 @@ fn decode_main(wid: vec3<u32>, tid: u32, nwg: vec3<u32>, sg: SgIds) {
         }
     }
     store_transformed(tid, inf);
+    combine_split(tid, inf, wid, nwg);
 }

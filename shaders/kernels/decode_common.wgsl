@@ -3,7 +3,8 @@
 // stores.
 //
 // Bindings: as unified.wgsl (0 StepU, 1 LayerU, 2 meta, 3 laux, 4 q, 5 k_cache, 6 v_cache,
-//           7 k_scale, 8 v_scale, 9 out or split-K partials).
+//           7 k_scale, 8 v_scale, 9 out or split-K partials); with COMBINE 12 partials and
+//           13 arrival counters (from the prelude).
 // Overrides: HEAD_DIM, WG_SIZE, MAX_M (rows = q heads per workgroup, <= 16),
 //            Q_SH_LEN = MAX_M*HEAD_DIM/4, feature flags.
 // #include "common/uniforms.wgsl"
@@ -157,6 +158,18 @@ fn load_q(tid: u32, inf: DecInfo) {
     }
 }
 
+// COMBINE (split-K on adapters with coherent storage, the host checks): every workgroup writes
+// its partials to `part` (binding 12, @coherent) instead of `out`, then the last workgroup of
+// its (sequence, head chunk) to arrive (an atomic counter per pair, binding 13, which that
+// workgroup resets to 0) combines all segments' partials into the output itself: no reduce
+// pass. The prelude gives COMBINE (const) and, with it, the bindings and part_store4(i, v)
+// (16-byte word i), part_load4(i), arrive_add(c) (the counter's old value) and
+// arrive_reset(c); without it, stubs that are never called. CMB_LEN: the (maximum,
+// denominator) pairs staged while combining (>= MAX_M * num_segments, the host checks).
+override CMB_LEN: u32 = 1u;
+var<workgroup> cmb_sh: array<vec2<f32>, CMB_LEN>;
+var<workgroup> cmb_last: u32;
+
 // Row m, vec4 column col of the finished segment: unnormalised accumulator a, denominator l,
 // running maximum mx. With IS_SPLIT the split-K partials; else the output (staged in q_sh for
 // store_transformed when the mode has a transform).
@@ -167,10 +180,18 @@ fn store_row4(m: u32, col: u32, a: vec4<f32>, l: f32, mx: f32, inf: DecInfo, seg
             let slot = (inf.tok * ly.num_q_heads + inf.head0 + m) * ly.num_segments + seg;
             let v = select(vec4<f32>(0.0), a, seen);
             let b = slot * HEAD_DIM + 4u * col;
-            partial_store4(b, v);
-            if (col == 0u) {
-                let sb = ly.seg_rows * ly.num_q_heads * ly.num_segments * HEAD_DIM + slot * 2u;
-                partial_store_ml(sb, select(NEG, mx, seen), select(0.0, l, seen));
+            let sb = ly.seg_rows * ly.num_q_heads * ly.num_segments * HEAD_DIM + slot * 2u;
+            let ml = vec2<f32>(select(NEG, mx, seen), select(0.0, l, seen));
+            if (COMBINE) {
+                part_store4(b / 4u, v);
+                if (col == 0u) {
+                    part_store_ml(sb, ml);
+                }
+            } else {
+                partial_store4(b, v);
+                if (col == 0u) {
+                    partial_store_ml(sb, ml.x, ml.y);
+                }
             }
         }
         return;
@@ -186,19 +207,125 @@ fn store_row4(m: u32, col: u32, a: vec4<f32>, l: f32, mx: f32, inf: DecInfo, seg
     }
 }
 
-// With a transform (and no split: then the reduce pass applies it): the staged rows in q_sh
-// transformed back and stored, all threads.
+// With a transform (and no split: then the reduce pass or the combine applies it): the staged
+// rows in q_sh transformed back and stored, all threads.
 fn store_transformed(tid: u32, inf: DecInfo) {
     if (HAS_TRANSFORM && !IS_SPLIT) {
-        workgroupBarrier();
-        out_transform(tid, MAX_M);
-        workgroupBarrier();
-        let d4 = HEAD_DIM / 4u;
-        for (var e = tid; e < MAX_M * d4; e += WG_SIZE) {
-            let m = e / d4;
-            if (m < inf.nheads) {
-                out_store4(out_elem(inf.tok, inf.head0 + m, e % d4), q_sh[e]);
-            }
+        transform_store(tid, inf);
+    }
+}
+
+fn transform_store(tid: u32, inf: DecInfo) {
+    workgroupBarrier();
+    out_transform(tid, MAX_M);
+    workgroupBarrier();
+    let d4 = HEAD_DIM / 4u;
+    for (var e = tid; e < MAX_M * d4; e += WG_SIZE) {
+        let m = e / d4;
+        if (m < inf.nheads) {
+            out_store4(out_elem(inf.tok, inf.head0 + m, e % d4), q_sh[e]);
         }
     }
+}
+
+// COMBINE, all threads, after the workgroup's partials are stored. The storage barrier (device
+// scope, release) orders those stores before thread 0's arrival; the last to arrive passes a
+// second one (acquire) before it reads every segment's partials, which the coherent binding
+// reads from the device's coherent level. The math is the reduce pass's (kernels/reduce.wgsl,
+// spec 6.3): weights exp(M_g - max) over the segments that saw a key, sinks once in the
+// denominator, segments added in order (deterministic); rows that saw no key store 0.
+fn combine_split(tid: u32, inf: DecInfo, wid: vec3<u32>, nwg: vec3<u32>) {
+    if (!COMBINE) {
+        return;
+    }
+    storageBarrier();
+    let c = wid.x * nwg.y + wid.y;
+    if (tid == 0u) {
+        var last = 0u;
+        if (arrive_add(c) + 1u == nwg.z) {
+            arrive_reset(c);
+            last = 1u;
+        }
+        cmb_last = last;
+    }
+    if (workgroupUniformLoad(&cmb_last) == 0u) {
+        return;
+    }
+    storageBarrier();
+    let ns = nwg.z;
+    let stats = ly.seg_rows * ly.num_q_heads * ns * HEAD_DIM;
+    // Row m's slot of segment g: (tok * hq + head0 + m) * ns + g.
+    let slot0 = (inf.tok * ly.num_q_heads + inf.head0) * ns;
+    for (var t = tid; t < inf.nheads * ns; t += WG_SIZE) {
+        cmb_sh[t] = part_load_ml(stats + (slot0 + t) * 2u);
+    }
+    workgroupBarrier();
+    let d4 = HEAD_DIM / 4u;
+    for (var e = tid; e < MAX_M * d4; e += WG_SIZE) {
+        let m = e / d4;
+        let j = e % d4;
+        var v = vec4<f32>(0.0);
+        if (m < inf.nheads) {
+            let first = m * ns;
+            var seg_max = NEG;
+            for (var g = 0u; g < ns; g++) {
+                seg_max = max(seg_max, cmb_sh[first + g].x);
+            }
+            var gmax = seg_max;
+            var sink = NEG;
+            if (HAS_SINKS) {
+                sink = real_score(laux[ly.off_sinks + inf.head0 + m]);
+                gmax = max(gmax, sink);
+            }
+            // Segment g's accumulator group j: 16-byte word (slot0 + first + g) * d4 + j.
+            let w0 = (slot0 + first) * d4 + j;
+            var a = vec4<f32>(0.0);
+            var den = 0.0;
+            var g = 0u;
+            // Four segments per round: their loads are in flight together.
+            for (; g + 4u <= ns; g += 4u) {
+                let x0 = part_load4(w0 + g * d4);
+                let x1 = part_load4(w0 + (g + 1u) * d4);
+                let x2 = part_load4(w0 + (g + 2u) * d4);
+                let x3 = part_load4(w0 + (g + 3u) * d4);
+                let s0 = cmb_weight(cmb_sh[first + g], gmax);
+                let s1 = cmb_weight(cmb_sh[first + g + 1u], gmax);
+                let s2 = cmb_weight(cmb_sh[first + g + 2u], gmax);
+                let s3 = cmb_weight(cmb_sh[first + g + 3u], gmax);
+                a += x0 * s0.x;
+                a += x1 * s1.x;
+                a += x2 * s2.x;
+                a += x3 * s3.x;
+                den += s0.y + s1.y + s2.y + s3.y;
+            }
+            for (; g < ns; g++) {
+                let s = cmb_weight(cmb_sh[first + g], gmax);
+                a += part_load4(w0 + g * d4) * s.x;
+                den += s.y;
+            }
+            if (HAS_SINKS) {
+                den += exp_diff(sink, gmax);
+            }
+            if (seg_max > NEG_HALF) {
+                v = a / den;
+            }
+        }
+        if (HAS_TRANSFORM) {
+            q_sh[e] = model_round4(v);
+        } else if (m < inf.nheads) {
+            out_store4(out_elem(inf.tok, inf.head0 + m, j), v);
+        }
+    }
+    if (HAS_TRANSFORM) {
+        transform_store(tid, inf);
+    }
+}
+
+// A segment's weight exp(M - gmax) and its weighted denominator (0, 0 where it saw no key).
+fn cmb_weight(ml: vec2<f32>, gmax: f32) -> vec2<f32> {
+    if (ml.x > NEG_HALF) {
+        let w = exp_diff(ml.x, gmax);
+        return vec2<f32>(w, w * ml.y);
+    }
+    return vec2<f32>(0.0);
 }

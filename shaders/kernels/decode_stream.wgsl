@@ -25,7 +25,8 @@
 //   * After the loop: key groups merged by shuffles; the subgroups' maxima combined, then
 //     their runs added one after another through workgroup memory (q_sh, free once q is in
 //     registers), then stored by
-//     decode_common.wgsl's store_row4 / store_transformed (split-K partials included).
+//     decode_common.wgsl's store_row4 / store_transformed (split-K partials included; with
+//     COMBINE the segments' last workgroup then combines them, combine_split).
 //
 // The host picks this rung only where the adapter's smallest subgroup holds at least LPR
 // lanes (LPR a power of two <= 32), with 4 query heads per workgroup (padding heads past the
@@ -521,4 +522,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         store_row4(m, e % d4, a, mlz_sh[1][m], mlz_sh[0][m], inf, wid.z);
     }
     store_transformed(tid, inf);
+    combine_split(tid, inf, wid, nwg);
 }

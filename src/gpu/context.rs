@@ -49,6 +49,13 @@ pub struct Caps {
     /// decode kernel's split-K sizes its one wave of workgroups from it (two per
     /// multiprocessor; 264, an H200's, where unknown).
     pub multiprocessors: Option<u32>,
+    /// The decode kernel combines its split-K segments itself (its last workgroup per sequence
+    /// and head chunk, instead of a reduce pass): a Vulkan device with
+    /// `Features::MEMORY_DECORATION_COHERENT` enabled (every Vulkan adapter of wgpu 30 has it),
+    /// unless [`Context::with_split_combine`] turned it off. Other backends keep the reduce
+    /// pass (their translation of the storage barrier is not checked to order memory across
+    /// workgroups).
+    pub split_combine: bool,
 }
 
 /// Multiprocessors of adapters quantkv knows by name (NVIDIA data-center and desktop parts, as
@@ -129,6 +136,9 @@ pub struct StepBuffers {
     pub partials: Option<std::sync::Arc<wgpu::Buffer>>,
     /// The rotated-query scratch the last plan on these buffers used (likewise).
     pub rotated_q: Option<std::sync::Arc<wgpu::Buffer>>,
+    /// The split-K arrival counters the last plan on these buffers used (likewise; all zero
+    /// between dispatches).
+    pub arrivals: Option<std::sync::Arc<wgpu::Buffer>>,
     /// The metadata words the last plan on these buffers wrote (what `meta` holds once the
     /// queue's writes are done; empty for a new buffer), so the next plan writes only what
     /// differs ([`crate::step`]'s `upload_changed`).
@@ -204,8 +214,16 @@ fn wanted_features(available: wgpu::Features) -> wgpu::Features {
         | wgpu::Features::PIPELINE_CACHE
         | wgpu::Features::SUBGROUP
         | wgpu::Features::TIMESTAMP_QUERY
-        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+        | wgpu::Features::MEMORY_DECORATION_COHERENT;
     available & wanted
+}
+
+/// Whether a device with `features` on `backend` runs the decode kernel's own split-K combine
+/// ([`Caps::split_combine`]).
+fn combine_usable(features: wgpu::Features, backend: wgpu::Backend) -> bool {
+    backend == wgpu::Backend::Vulkan
+        && features.contains(wgpu::Features::MEMORY_DECORATION_COHERENT)
 }
 
 /// The backends [`Context::instance`] enables: `from_env` (what `WGPU_BACKEND` gave, or all),
@@ -384,6 +402,7 @@ impl Context {
             coop_f16: false,
             limits: device.limits(),
             multiprocessors: multiprocessors_for(&info.name),
+            split_combine: combine_usable(features, info.backend),
         };
         let adapter = AdapterSummary {
             name: info.name.clone(),
@@ -627,6 +646,7 @@ impl Context {
             meta: make("step metadata", cap, wgpu::BufferUsages::STORAGE)?,
             partials: None,
             rotated_q: None,
+            arrivals: None,
             written: Vec::new(),
             scratch: Vec::new(),
         })
@@ -710,6 +730,18 @@ impl Context {
     /// before the first kernel runs (it drops pipelines built so far).
     pub fn with_subgroups(mut self, enabled: bool) -> Self {
         self.caps.subgroups = enabled && self.device.features().contains(wgpu::Features::SUBGROUP);
+        self.pipelines = PipelineCache::with_cap(self.pipelines.cap());
+        self
+    }
+
+    /// Lets the decode kernel combine its split-K segments itself where the device allows it
+    /// (the default; [`Caps::split_combine`]), or never (`false`: the separate reduce pass,
+    /// as on other backends, e.g. for A/B runs or to work around a driver). Outputs stay
+    /// within the same tolerance of the reference either way. Call before the first kernel
+    /// runs (it drops pipelines built so far).
+    pub fn with_split_combine(mut self, enabled: bool) -> Self {
+        self.caps.split_combine =
+            enabled && combine_usable(self.device.features(), self.adapter.backend);
         self.pipelines = PipelineCache::with_cap(self.pipelines.cap());
         self
     }

@@ -74,6 +74,9 @@ impl Features {
     pub const COOP: u32 = 2048;
     /// The decode kernel writes the step's new K/V rows first (mode `none`; bindings 10, 11).
     pub const FUSED_WRITE: u32 = 4096;
+    /// The decode kernel combines its split-K segments itself, in the last workgroup of each
+    /// (sequence, head chunk) to finish (with `SPLIT`; coherent storage; bindings 12, 13).
+    pub const COMBINE: u32 = 8192;
 
     /// Whether `bit` is set.
     pub fn has(self, bit: u32) -> bool {
@@ -83,7 +86,7 @@ impl Features {
 
 impl fmt::Display for Features {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const NAMES: [(u32, &str); 12] = [
+        const NAMES: [(u32, &str); 13] = [
             (Features::SOFTCAP, "softcap"),
             (Features::SINKS, "sinks"),
             (Features::ALIBI, "alibi"),
@@ -96,6 +99,7 @@ impl fmt::Display for Features {
             (Features::STREAM, "stream"),
             (Features::COOP, "coop"),
             (Features::FUSED_WRITE, "write"),
+            (Features::COMBINE, "combine"),
         ];
         let names: Vec<&str> = NAMES
             .iter()

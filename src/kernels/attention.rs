@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use super::plan::{launch_plan, AttentionPath, LaunchPlan, SplitK, MAX_SEGMENTS};
+use super::plan::{launch_plan, AttentionPath, LaunchPlan, SplitK, COMBINE_SLOTS, MAX_SEGMENTS};
 use super::{check_step, debug_skip, layer_uniform, LayerRef, Rec, StepGpu};
 use crate::error::{invalid, shape, Error, Result};
 use crate::gpu::bind::{bind, entry, exact, storage_entry, uniform_entry};
@@ -332,7 +332,26 @@ pub(crate) fn encode(
     } else {
         None
     };
-    let target = match partials {
+    // With the combine, the decode kernel stores the output itself and its partials go to
+    // binding 12, next to its arrival counters (13): one u32 per (sequence, head chunk).
+    let counter_bytes = gx as u64 * gy as u64 * 4;
+    let counters = match lp.combine {
+        true => Some(scratch_buffer(
+            ctx,
+            &step.arrivals,
+            "split-K arrivals",
+            counter_bytes,
+        )?),
+        false => None,
+    };
+    let combine = match (partials, &counters) {
+        (Some(part), Some(c)) => Some([
+            entry(12, exact(part, need)),
+            entry(13, exact(c, counter_bytes)),
+        ]),
+        _ => None,
+    };
+    let target = match partials.filter(|_| !lp.combine) {
         Some(part) => exact(part, need),
         None => o_bind.clone(),
     };
@@ -387,17 +406,29 @@ pub(crate) fn encode(
     // (Arrays, not vectors: a layer call allocates nothing for its entries.)
     let base = kernel_entries(main_lbuf, main_q, target);
     let (label, id, layout) = ("attention bind group", compiled.id, &compiled.layout);
-    let bg = match new_rows {
-        Some([k, v]) => {
-            let [e0, e1, e2, e3, e4, e5, e6, e7, e8, e9] = base;
-            ctx.bind_group(
-                label,
-                id,
-                layout,
-                &[e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, k, v],
-            )?
+    let [e0, e1, e2, e3, e4, e5, e6, e7, e8, e9] = base;
+    let bg = match (new_rows, combine) {
+        (Some([k, v]), Some([p, c])) => ctx.bind_group(
+            label,
+            id,
+            layout,
+            &[e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, k, v, p, c],
+        )?,
+        (Some([k, v]), None) => ctx.bind_group(
+            label,
+            id,
+            layout,
+            &[e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, k, v],
+        )?,
+        (None, Some([p, c])) => ctx.bind_group(
+            label,
+            id,
+            layout,
+            &[e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, p, c],
+        )?,
+        (None, None) => {
+            ctx.bind_group(label, id, layout, &[e0, e1, e2, e3, e4, e5, e6, e7, e8, e9])?
         }
-        None => ctx.bind_group(label, id, layout, &base)?,
     };
     // A mixed batch's decode rows: the decode kernel over them, unsplit, ahead of the prefill
     // kernel (which skips them).
@@ -492,7 +523,10 @@ fn fuse_admits(
     p: &AttentionParams<'_>,
 ) -> bool {
     let written = [Some(out.buffer), p.segment_buffer];
+    let combine_bindings = if lp.combine { 2 } else { 0 };
     fused_write_exists(ctx, layer)
+        && ctx.limits().max_storage_buffers_per_shader_stage
+            >= FUSED_STORAGE_BINDINGS + combine_bindings
         && step.writes_newest
         && fuse_fits(&step.summary, &layer.geometry)
         && lp.kernel == Kernel::Decode
@@ -603,6 +637,9 @@ pub(crate) fn pipelines(
     if lp.coop {
         features.0 |= Features::COOP;
     }
+    if lp.combine {
+        features.0 |= Features::COMBINE;
+    }
     let codec = layer.mode.codec();
     let (d, tiling) = (g.head_size, lp.tiling);
     let key = PipelineKey {
@@ -654,7 +691,7 @@ pub(crate) fn pipelines(
         debug: 0,
         ..key
     };
-    let need_reduce = lp.segments > 1 || apart;
+    let need_reduce = (lp.segments > 1 && !lp.combine) || apart;
     let rotate_of = || -> Result<Option<Arc<Compiled>>> {
         if apart {
             Ok(Some(
@@ -880,10 +917,11 @@ pub fn decode_source(
         },
         codec: vec![codec.decode, codec.transform_source()],
         prelude: format!(
-            "const M_MAX: u32 = {}u;\n{}{}",
+            "const M_MAX: u32 = {}u;\n{}{}{}",
             tiling.max_m,
             pool_bindings(f, "u32"),
-            fused_prelude(f, "u32")
+            fused_prelude(f, "u32"),
+            combine_prelude(f)
         ),
         includes: codec.includes,
         constants: vec![
@@ -891,6 +929,7 @@ pub fn decode_source(
             ("S_SH_LEN", (tiling.max_m * tiling.tile) as f64),
             ("RED_LEN", (tiling.max_m * tiling.wg_size) as f64),
             ("DEBUG_SKIP", debug_skip() as f64),
+            ("CMB_LEN", combine_len(f)),
         ]
         .into_iter()
         .chain(shared_constants(d, f, tiling))
@@ -923,6 +962,7 @@ pub fn decode_stream_source(
             .chain([
                 ("DEBUG_SKIP", debug_skip() as f64),
                 ("NSG_MAX", (tiling.wg_size / lpr) as f64),
+                ("CMB_LEN", combine_len(f)),
             ])
             .collect(),
         entries: decode_entries(f),
@@ -968,7 +1008,7 @@ fn fused_prelude(f: Features, elem: &str) -> String {
 }
 
 /// The decode kernels' layout: the attention layout, the pools read_write and the input views
-/// (10, 11) with `FUSED_WRITE`.
+/// (10, 11) with `FUSED_WRITE`, the partials and arrival counters (12, 13) with `COMBINE`.
 fn decode_entries(f: Features) -> Vec<wgpu::BindGroupLayoutEntry> {
     let mut e = attention_entries();
     if f.has(Features::FUSED_WRITE) {
@@ -977,7 +1017,51 @@ fn decode_entries(f: Features) -> Vec<wgpu::BindGroupLayoutEntry> {
         e.push(storage_entry(10, true));
         e.push(storage_entry(11, true));
     }
+    if f.has(Features::COMBINE) {
+        e.push(storage_entry(12, false));
+        e.push(storage_entry(13, false));
+    }
     e
+}
+
+/// The combine's staged pairs (`CMB_LEN`): [`COMBINE_SLOTS`] with `COMBINE`, else 1.
+fn combine_len(f: Features) -> f64 {
+    if f.has(Features::COMBINE) {
+        COMBINE_SLOTS as f64
+    } else {
+        1.0
+    }
+}
+
+/// What decode_common.wgsl's combine needs from the prelude: `COMBINE`, the partials (binding
+/// 12, coherent 16-byte words in the reduce pass's layout) and arrival counters (13), and their
+/// accessors; stubs without the feature.
+fn combine_prelude(f: Features) -> &'static str {
+    if !f.has(Features::COMBINE) {
+        return "const COMBINE: bool = false;\n\
+                fn part_store4(i: u32, v: vec4<f32>) {}\n\
+                fn part_store_ml(w: u32, ml: vec2<f32>) {}\n\
+                fn part_load4(i: u32) -> vec4<f32> { return vec4<f32>(0.0); }\n\
+                fn part_load_ml(w: u32) -> vec2<f32> { return vec2<f32>(0.0); }\n\
+                fn arrive_add(c: u32) -> u32 { return 0u; }\n\
+                fn arrive_reset(c: u32) {}\n";
+    }
+    // (m, l) pairs sit at even words: the first or second half of a 16-byte word.
+    "const COMBINE: bool = true;\n\
+     @group(0) @binding(12) @coherent var<storage, read_write> part: array<vec4<f32>>;\n\
+     @group(0) @binding(13) var<storage, read_write> arrive: array<atomic<u32>>;\n\
+     fn part_store4(i: u32, v: vec4<f32>) { part[i] = v; }\n\
+     fn part_store_ml(w: u32, ml: vec2<f32>) {\n\
+         if ((w & 2u) == 0u) { part[w / 4u].x = ml.x; part[w / 4u].y = ml.y; }\n\
+         else { part[w / 4u].z = ml.x; part[w / 4u].w = ml.y; }\n\
+     }\n\
+     fn part_load4(i: u32) -> vec4<f32> { return part[i]; }\n\
+     fn part_load_ml(w: u32) -> vec2<f32> {\n\
+         let x = part[w / 4u];\n\
+         return select(x.xy, x.zw, (w & 2u) != 0u);\n\
+     }\n\
+     fn arrive_add(c: u32) -> u32 { return atomicAdd(&arrive[c], 1u); }\n\
+     fn arrive_reset(c: u32) { atomicStore(&arrive[c], 0u); }\n"
 }
 
 /// The streaming rung's per-width prelude (`el` = 8 or 16 elements per lane); `f`: the pools'
@@ -1068,6 +1152,7 @@ fn stream_prelude(epw: u32, el: u32, lpr: u32, f: Features) -> String {
     );
     s.push_str(&pool_bindings(f, elem));
     s.push_str(&fused_prelude(f, elem));
+    s.push_str(combine_prelude(f));
     // A lane's words, or zero words (a key outside the segment): one select per word.
     let keep = if kw == "W8" {
         "W8(select(vec4<u32>(0u), w.a, keep), select(vec4<u32>(0u), w.b, keep))".to_string()

@@ -15,9 +15,9 @@ use super::attention::{
     rotate_q_source,
 };
 use super::plan::{
-    attention_smem, attention_tiling, coop_admits, decode_smem, decode_tiling, prefill_f16,
-    prefill_p_lo, prefill_raw_split, prefill_smem, prefill_tiling, stream_lanes, stream_lanes_at,
-    stream_segments, stream_smem, stream_tiling,
+    attention_smem, attention_tiling, combine_smem, coop_admits, decode_smem, decode_tiling,
+    prefill_f16, prefill_p_lo, prefill_raw_split, prefill_smem, prefill_tiling, stream_lanes,
+    stream_lanes_at, stream_segments, stream_smem, stream_tiling,
 };
 use super::write::{
     lane_elems, write_copy_source, write_e_min, write_rows_plan, write_rows_source,
@@ -68,6 +68,7 @@ fn test_caps(sg: u32, coop: bool, f16: bool, smem: u32) -> crate::gpu::Caps {
         coop_f16: coop,
         limits: limits(smem),
         multiprocessors: None,
+        split_combine: false,
     }
 }
 
@@ -279,11 +280,16 @@ fn variants() -> Vec<Variant> {
                         };
                         // Mode `none` also has the variants that write the step's rows
                         // (`write_and_attend`): with no feature and with all of them.
+                        // Split-K variants also combine their segments themselves: SPLIT
+                        // alone and with every feature (and the fused write where it exists).
                         let fused = mode == KvQuantMode::None && (f == 0 || f == no_mm);
-                        let writes: &[u32] = if fused {
-                            &[0, Features::FUSED_WRITE]
-                        } else {
-                            &[0]
+                        let combine = f == Features::SPLIT || f == no_mm;
+                        let (fw, cb) = (Features::FUSED_WRITE, Features::COMBINE);
+                        let writes: &[u32] = match (fused, combine) {
+                            (true, true) => &[0, fw, cb, fw | cb],
+                            (true, false) => &[0, fw],
+                            (false, true) => &[0, cb],
+                            (false, false) => &[0],
                         };
                         for &fw in writes {
                             let f = Features(f | fw);
@@ -675,15 +681,19 @@ fn workgroup_memory_estimates_match_naga_for_every_tiling() {
                     checked += 1;
                 }
                 if let Some(t) = decode_tiling(d, &lim, rows) {
-                    for f in [0, Features::SUBGROUPS] {
+                    let cb = Features::SPLIT | Features::COMBINE;
+                    for f in [0, Features::SUBGROUPS, cb, cb | Features::SUBGROUPS] {
                         let src = decode_source(&codec, d, Features(f), t);
                         let text = full_source(src.kernel, Dtype::F16, &src.parts(), src.includes)
                             .unwrap();
                         let (m, i) = parse("decode", &text, C::all());
                         let (m, _) = resolve("decode", &m, &i, &src.constants);
                         let actual = workgroup_bytes(&m);
-                        assert_eq!(decode_smem(&t, d), actual, "decode d{d} {t:?}");
-                        assert!(actual <= smem, "decode d{d} {t:?}: {actual} > {smem}");
+                        let want = decode_smem(&t, d) + (f & cb != 0) as u32 * combine_smem();
+                        assert_eq!(want, actual, "decode d{d} {t:?} {}", Features(f));
+                        if f & cb == 0 {
+                            assert!(actual <= smem, "decode d{d} {t:?}: {actual} > {smem}");
+                        }
                         checked += 1;
                     }
                 }
@@ -705,17 +715,19 @@ fn workgroup_memory_estimates_match_naga_for_every_tiling() {
             ) else {
                 panic!("{mode:?} d{d}: the streaming rung must admit subgroups of 32");
             };
-            let f = Features(Features::SUBGROUPS | Features::STREAM);
-            let src = decode_stream_source(&codec, d, f, t, g.elems_per_word, el, lpr);
-            let text = full_source(src.kernel, Dtype::F16, &src.parts(), src.includes).unwrap();
-            let (m, i) = parse("stream", &text, C::all());
-            let (m, _) = resolve("stream", &m, &i, &src.constants);
-            assert_eq!(
-                stream_smem(d, t.wg_size, lpr),
-                workgroup_bytes(&m),
-                "stream {mode:?} d{d}"
-            );
-            checked += 1;
+            for cb in [0, Features::SPLIT | Features::COMBINE] {
+                let f = Features(Features::SUBGROUPS | Features::STREAM | cb);
+                let src = decode_stream_source(&codec, d, f, t, g.elems_per_word, el, lpr);
+                let text = full_source(src.kernel, Dtype::F16, &src.parts(), src.includes).unwrap();
+                let (m, i) = parse("stream", &text, C::all());
+                let (m, _) = resolve("stream", &m, &i, &src.constants);
+                assert_eq!(
+                    stream_smem(d, t.wg_size, lpr) + (cb != 0) as u32 * combine_smem(),
+                    workgroup_bytes(&m),
+                    "stream {mode:?} d{d} {f}"
+                );
+                checked += 1;
+            }
         }
     }
     assert!(checked > 100, "{checked} tilings checked");

@@ -85,6 +85,10 @@ pub(crate) struct StepGpu {
     pub partials: Mutex<Option<Arc<wgpu::Buffer>>>,
     /// Rotated query rows of calls that run the mode's transform apart (see `partials`).
     pub rotated_q: Mutex<Option<Arc<wgpu::Buffer>>>,
+    /// The decode kernel's split-K arrival counters (`Features::COMBINE`; see `partials`).
+    /// Zero when created, and every dispatch leaves them zero: the last workgroup of each
+    /// (sequence, head chunk) resets its counter.
+    pub arrivals: Mutex<Option<Arc<wgpu::Buffer>>>,
 }
 
 /// One layer of a cache as the kernels see it.

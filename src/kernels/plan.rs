@@ -94,6 +94,39 @@ pub struct LaunchPlan {
     /// takes the others (set by [`crate::KvCache::launch_plan`]; this function's plans say
     /// `false`).
     pub decode_apart: bool,
+    /// The decode kernel combines its split-K segments itself (no reduce pass;
+    /// [`crate::Caps::split_combine`] and [`combine_admits`]).
+    pub combine: bool,
+}
+
+/// (maximum, denominator) pairs the decode kernel stages while it combines its split-K
+/// segments (workgroup memory: 8 bytes each): at most this many query heads x segments.
+pub const COMBINE_SLOTS: u32 = 512;
+
+/// Workgroup memory of the combine's variables (decode_common.wgsl: the staged pairs and the
+/// arrival flag), with the combine or at their size without it (one pair).
+fn combine_vars(on: bool) -> u32 {
+    r16(if on { COMBINE_SLOTS } else { 1 } * 8) + r16(4)
+}
+
+/// Workgroup memory the combine adds to a decode kernel's ([`decode_smem`], [`stream_smem`]).
+pub fn combine_smem() -> u32 {
+    combine_vars(true) - combine_vars(false)
+}
+
+/// Storage bindings of a decode kernel that combines its segments (2..=9, 12, 13), without the
+/// fused write's two.
+pub const COMBINE_STORAGE_BINDINGS: u32 = 10;
+
+/// Whether the decode kernel with `tiling` (workgroup memory `smem` without the combine) may
+/// combine `segments` split-K segments itself on a device with `caps`.
+pub fn combine_admits(caps: &Caps, tiling: &Tiling, segments: u32, smem: u32) -> bool {
+    let limits = &caps.limits;
+    caps.split_combine
+        && segments > 1
+        && tiling.max_m * segments <= COMBINE_SLOTS
+        && smem + combine_smem() <= limits.max_compute_workgroup_storage_size
+        && limits.max_storage_buffers_per_shader_stage >= COMBINE_STORAGE_BINDINGS
 }
 
 /// How a call with these parameters will be launched on a device with `caps` (the same
@@ -168,7 +201,17 @@ pub fn launch_plan(
                     AttentionPath::Auto => grid_2d * segments >= SUBGROUP_RUNG_MIN_WORKGROUPS,
                     _ => false,
                 };
+        let smem = if stream {
+            stream_smem(
+                g.head_size,
+                tiling.wg_size,
+                stream_geometry(&tiling, g.head_size).1,
+            )
+        } else {
+            decode_smem(&tiling, g.head_size)
+        };
         return Ok(LaunchPlan {
+            combine: combine_admits(caps, &tiling, segments, smem),
             kernel: Kernel::Decode,
             subgroups,
             stream,
@@ -238,6 +281,7 @@ pub fn launch_plan(
                 q_per_wg: rg.bq,
                 head_chunks: rg.chunks,
                 decode_apart: false,
+                combine: false,
             });
         }
     }
@@ -274,6 +318,7 @@ pub fn launch_plan(
         q_per_wg: bq,
         head_chunks: chunks,
         decode_apart: false,
+        combine: false,
     })
 }
 
@@ -571,7 +616,7 @@ pub fn decode_smem(t: &Tiling, head_dim: u32) -> u32 {
     let rows = r16(t.tile * 4);
     let red = r16(t.max_m * t.wg_size * 4);
     let qsum = r16(t.max_m * 4);
-    info + q + s + rows + red + qsum
+    info + q + s + rows + red + qsum + combine_vars(false)
 }
 
 /// The decode kernel's tiling for `head_dim` on a device with `limits`, for `max_m` query
@@ -697,9 +742,13 @@ pub fn stream_tiling(caps: &Caps, g: &Geometry, keys: u64) -> Option<Tiling> {
 /// Workgroup memory of the streaming decode rung at `wg_size` threads and `lpr` lanes per
 /// row (at most `wg_size / lpr` subgroups: every subgroup holds a row's lanes).
 pub fn stream_smem(head_dim: u32, wg_size: u32, lpr: u32) -> u32 {
-    // decode_common.wgsl's info and q_sh, decode_stream.wgsl's mlz_sh and ms_sh; a test
-    // checks this against naga's module.
-    r16(10 * 4) + r16(STREAM_HEADS * head_dim * 4) + r16(3 * 16) + 16 * (wg_size / lpr)
+    // decode_common.wgsl's info, q_sh and the combine's variables, decode_stream.wgsl's
+    // mlz_sh and ms_sh; a test checks this against naga's module.
+    r16(10 * 4)
+        + r16(STREAM_HEADS * head_dim * 4)
+        + r16(3 * 16)
+        + 16 * (wg_size / lpr)
+        + combine_vars(false)
 }
 
 /// Workgroups of one wave of the streaming rung on `caps`: two per multiprocessor where the

@@ -60,30 +60,71 @@ fn mqa_prefill_lengths_off_block_boundaries_d128_f32() {
     );
 }
 
-#[test]
-fn split_k_forced_matches_reference() {
-    let ex = Extras {
-        split: SplitK::Segments(4),
+/// Whether a forced split-K decode call of this shape combines its segments in the decode
+/// kernel (no reduce pass) on `ctx`.
+fn combines(ctx: &Context, hq: u32, hkv: u32, d: u32, segments: u32) -> bool {
+    let cfg = CacheConfig {
+        num_blocks: 4,
+        block_size: 16,
+        num_kv_heads: hkv,
+        head_size: d,
         ..Default::default()
     };
-    check(
-        0x16,
-        shape(&[(1, 150), (1, 9), (1, 64)], 8, 2, 64, Dtype::F16),
-        ex,
-    );
-    // 37 segments at head size 128: the reduce's four prefetched rows per thread, a round of
-    // its loop and its remainder all add something (4 slices of 32 output groups; 2368 = 37 x 64
-    // keys, so no segment of the long sequence is empty whatever the rung's tile); the short
-    // sequence leaves most segments empty, and the sink joins the denominator.
-    check(
-        0x18,
-        shape(&[(1, 2368), (1, 20)], 8, 2, 128, Dtype::F16),
-        Extras {
-            split: SplitK::Segments(37),
-            sinks: true,
-            ..Default::default()
-        },
-    );
+    let cache = KvCache::new(ctx, &cfg).unwrap();
+    let plan = one_sequence_plan(ctx, &cfg, 1, true);
+    let params = AttentionParams {
+        num_q_heads: hq,
+        softmax_scale: 0.1,
+        split: SplitK::Segments(segments),
+        ..Default::default()
+    };
+    let lp = cache.launch_plan(ctx, &plan, &params).unwrap();
+    assert_eq!(lp.segments, segments);
+    lp.combine
+}
+
+#[test]
+fn split_k_forced_matches_reference() {
+    let Some(ctx) = context() else { return };
+    // Both ways of combining the segments: in the decode kernel's last workgroup (the default
+    // on Vulkan) and in the reduce pass.
+    let reduce = Context::new().unwrap().with_split_combine(false);
+    if ctx.adapter().backend == wgpu::Backend::Vulkan {
+        assert!(
+            ctx.caps().split_combine,
+            "a Vulkan device combines in the kernel"
+        );
+    }
+    for (c, combine) in [(ctx, ctx.caps().split_combine), (&reduce, false)] {
+        assert_eq!(combines(c, 8, 2, 64, 4), combine);
+        assert_eq!(combines(c, 8, 2, 128, 37), combine);
+        let run = |seed, s: Shape, ex: Extras| {
+            let out = run_case(c, seed, &s, &ex).unwrap_or_else(|e| panic!("{seed:#x}: {e}"));
+            assert_close(&out, s.dtype);
+        };
+        run(
+            0x16,
+            shape(&[(1, 150), (1, 9), (1, 64)], 8, 2, 64, Dtype::F16),
+            Extras {
+                split: SplitK::Segments(4),
+                ..Default::default()
+            },
+        );
+        // 37 segments at head size 128: the reduce's four prefetched rows per thread, a round of
+        // its loop and its remainder all add something (4 slices of 32 output groups; 2368 = 37
+        // x 64 keys, so no segment of the long sequence is empty whatever the rung's tile), as
+        // do the combine's rounds of four and its remainder; the short sequence leaves most
+        // segments empty, and the sink joins the denominator.
+        run(
+            0x18,
+            shape(&[(1, 2368), (1, 20)], 8, 2, 128, Dtype::F16),
+            Extras {
+                split: SplitK::Segments(37),
+                sinks: true,
+                ..Default::default()
+            },
+        );
+    }
 }
 
 #[test]

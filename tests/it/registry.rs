@@ -178,8 +178,9 @@ fn decode_batches_pick_the_decode_kernel_and_its_rungs() {
 /// once on a context built with them on, so the checked build stays valid too: write_copy and
 /// the prefill kernel (mixed batch, mode none; on cooperative matrices where the adapter has
 /// them), the unified kernel on the same batch, write_rows with a transform, the decode
-/// kernel's portable rung, its subgroup and streaming rungs (where the adapter has them) and
-/// the split-K reduce (int4).
+/// kernel's portable rung, its subgroup and streaming rungs (where the adapter has them; split,
+/// so with their own combine where the device has it) and the unified kernel's split-K reduce
+/// (int4).
 #[test]
 fn checked_shaders_smoke_every_kernel() {
     let Some(_) = context() else { return };
@@ -196,10 +197,13 @@ fn checked_shaders_smoke_every_kernel() {
     }
     let mut dec = shape(&[(1, 70), (1, 33)], 8, 2, 64, Dtype::F16);
     dec.mode = KvQuantMode::Int4PerTokenHead;
+    // (Split decode rungs combine their segments themselves where the device allows it; the
+    // unified kernel's split always takes the reduce pass.)
     for path in [
         AttentionPath::DecodePortable,
         AttentionPath::DecodeSubgroups,
         AttentionPath::DecodeStream,
+        AttentionPath::Unified,
     ] {
         let ex = Extras {
             split: SplitK::Segments(3),
