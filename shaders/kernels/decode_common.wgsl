@@ -235,7 +235,9 @@ fn transform_store(tid: u32, inf: DecInfo) {
 // spec 6.3): weights exp(M_g - max) over the segments that saw a key, sinks once in the
 // denominator, segments added in order (deterministic); rows that saw no key store 0.
 fn combine_split(tid: u32, inf: DecInfo, wid: vec3<u32>, nwg: vec3<u32>) {
-    if (!COMBINE) {
+    // Diagnostics (QUANTKV_DEBUG_SKIP, the kernel's override): 8192 leaves out the arrival
+    // (nothing is combined), 4096 the combine's reads (zeros stored); results are wrong.
+    if (!COMBINE || (DEBUG_SKIP & 8192u) != 0u) {
         return;
     }
     storageBarrier();
@@ -265,7 +267,7 @@ fn combine_split(tid: u32, inf: DecInfo, wid: vec3<u32>, nwg: vec3<u32>) {
         let m = e / d4;
         let j = e % d4;
         var v = vec4<f32>(0.0);
-        if (m < inf.nheads) {
+        if (m < inf.nheads && (DEBUG_SKIP & 4096u) == 0u) {
             let first = m * ns;
             var seg_max = NEG;
             for (var g = 0u; g < ns; g++) {

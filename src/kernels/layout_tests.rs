@@ -1068,3 +1068,33 @@ fn multiprocessors_by_adapter_name_size_the_stream_wave() {
     };
     assert_eq!(super::plan::stream_fill(&caps), 92);
 }
+
+#[test]
+fn the_decode_kernel_combines_two_to_sixteen_segments_where_the_device_allows() {
+    use super::plan::{combine_admits, COMBINE_MAX_SEGMENTS, COMBINE_SLOTS};
+    let mut caps = crate::gpu::Caps {
+        split_combine: true,
+        ..test_caps(32, false, true, 49152)
+    };
+    caps.limits.max_storage_buffers_per_shader_stage = 10;
+    let t = decode_tiling(128, &caps.limits, 16).unwrap();
+    let smem = decode_smem(&t, 128);
+    assert!(t.max_m * COMBINE_MAX_SEGMENTS <= COMBINE_SLOTS);
+    assert!(!combine_admits(&caps, &t, 1, smem), "unsplit");
+    assert!(combine_admits(&caps, &t, 2, smem));
+    assert!(combine_admits(&caps, &t, COMBINE_MAX_SEGMENTS, smem));
+    assert!(!combine_admits(&caps, &t, COMBINE_MAX_SEGMENTS + 1, smem));
+    // The workgroup memory must hold the staged pairs too.
+    let full = caps.limits.max_compute_workgroup_storage_size;
+    assert!(!combine_admits(&caps, &t, 4, full - combine_smem() + 16));
+    assert!(combine_admits(&caps, &t, 4, full - combine_smem()));
+    // Devices without it, and too few storage bindings per stage.
+    let off = crate::gpu::Caps {
+        split_combine: false,
+        ..caps.clone()
+    };
+    assert!(!combine_admits(&off, &t, 4, smem));
+    let mut few = caps.clone();
+    few.limits.max_storage_buffers_per_shader_stage = 9;
+    assert!(!combine_admits(&few, &t, 4, smem));
+}

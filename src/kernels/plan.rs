@@ -100,8 +100,9 @@ pub struct LaunchPlan {
 }
 
 /// (maximum, denominator) pairs the decode kernel stages while it combines its split-K
-/// segments (workgroup memory: 8 bytes each): at most this many query heads x segments.
-pub const COMBINE_SLOTS: u32 = 512;
+/// segments (workgroup memory: 8 bytes each): at most this many query heads x segments
+/// (16 x [`COMBINE_MAX_SEGMENTS`]: every decode tiling's heads).
+pub const COMBINE_SLOTS: u32 = 256;
 
 /// Workgroup memory of the combine's variables (decode_common.wgsl: the staged pairs and the
 /// arrival flag), with the combine or at their size without it (one pair).
@@ -118,12 +119,21 @@ pub fn combine_smem() -> u32 {
 /// fused write's two.
 pub const COMBINE_STORAGE_BINDINGS: u32 = 10;
 
+/// Most segments the decode kernel combines itself; more take the reduce pass. The combine
+/// saves the reduce pass's dispatch but reads every segment's partials from one workgroup
+/// per (sequence, head chunk), after the last segment ends. Measured on an H200
+/// (BENCHMARKS.md, f16, 4 heads per workgroup): faster than the reduce pass at 2–16 segments
+/// (B=16 L=32k 2 segments 522.6 vs 526.3 µs, B=8 L=8k 4: 78.5 vs 81.1, B=1 L=1k 16: 11.8
+/// vs 12.7), no faster at 32–33 at head size 128 (B=1 L=4k 18.0 vs 17.9, L=32k 49.9 vs
+/// 49.9) and slower at 33 at head sizes 64 and 256 (36.6 vs 35.6, 85.2 vs 83.2).
+pub const COMBINE_MAX_SEGMENTS: u32 = 16;
+
 /// Whether the decode kernel with `tiling` (workgroup memory `smem` without the combine) may
 /// combine `segments` split-K segments itself on a device with `caps`.
 pub fn combine_admits(caps: &Caps, tiling: &Tiling, segments: u32, smem: u32) -> bool {
     let limits = &caps.limits;
     caps.split_combine
-        && segments > 1
+        && (2..=COMBINE_MAX_SEGMENTS).contains(&segments)
         && tiling.max_m * segments <= COMBINE_SLOTS
         && smem + combine_smem() <= limits.max_compute_workgroup_storage_size
         && limits.max_storage_buffers_per_shader_stage >= COMBINE_STORAGE_BINDINGS

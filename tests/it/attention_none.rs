@@ -97,7 +97,9 @@ fn split_k_forced_matches_reference() {
     }
     for (c, combine) in [(ctx, ctx.caps().split_combine), (&reduce, false)] {
         assert_eq!(combines(c, 8, 2, 64, 4), combine);
-        assert_eq!(combines(c, 8, 2, 128, 37), combine);
+        assert_eq!(combines(c, 8, 2, 128, 15), combine);
+        // Past COMBINE_MAX_SEGMENTS, the reduce pass.
+        assert!(!combines(c, 8, 2, 128, 37));
         let run = |seed, s: Shape, ex: Extras| {
             let out = run_case(c, seed, &s, &ex).unwrap_or_else(|e| panic!("{seed:#x}: {e}"));
             assert_close(&out, s.dtype);
@@ -110,21 +112,35 @@ fn split_k_forced_matches_reference() {
                 ..Default::default()
             },
         );
-        // 37 segments at head size 128: the reduce's four prefetched rows per thread, a round of
-        // its loop and its remainder all add something (4 slices of 32 output groups; 2368 = 37
-        // x 64 keys, so no segment of the long sequence is empty whatever the rung's tile), as
-        // do the combine's rounds of four and its remainder; the short sequence leaves most
-        // segments empty, and the sink joins the denominator.
+        // 15 segments at head size 128 (960 = 15 x 64 keys: none of the long sequence's is
+        // empty whatever the rung's tile): the combine's rounds of four segments and its
+        // remainder all add something; the short sequence leaves most segments empty, and the
+        // sink joins the denominator.
         run(
-            0x18,
-            shape(&[(1, 2368), (1, 20)], 8, 2, 128, Dtype::F16),
+            0x19,
+            shape(&[(1, 960), (1, 20)], 8, 2, 128, Dtype::F16),
             Extras {
-                split: SplitK::Segments(37),
+                split: SplitK::Segments(15),
                 sinks: true,
                 ..Default::default()
             },
         );
     }
+    // 37 segments (the reduce pass on any device): its four prefetched rows per thread, a
+    // round of its loop and its remainder all add something (4 slices of 32 output groups;
+    // 2368 = 37 x 64 keys).
+    let out = run_case(
+        ctx,
+        0x18,
+        &shape(&[(1, 2368), (1, 20)], 8, 2, 128, Dtype::F16),
+        &Extras {
+            split: SplitK::Segments(37),
+            sinks: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_close(&out, Dtype::F16);
 }
 
 #[test]
