@@ -1047,7 +1047,17 @@ fn combine_prelude(f: Features) -> &'static str {
                 fn arrive_reset(c: u32) {}\n";
     }
     // (m, l) pairs sit at even words: the first or second half of a 16-byte word.
-    "const COMBINE: bool = true;\n\
+    // Diagnostics only (`QUANTKV_DEBUG_SKIP` bit 14): the binding without `@coherent`, to
+    // measure what coherence costs the combine's reads (results may be wrong).
+    if debug_skip() & (1 << 14) != 0 {
+        static PLAIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        return PLAIN.get_or_init(|| COMBINE_ON.replacen("@coherent ", "", 1));
+    }
+    COMBINE_ON
+}
+
+/// [`combine_prelude`] with `COMBINE`.
+const COMBINE_ON: &str = "const COMBINE: bool = true;\n\
      @group(0) @binding(12) @coherent var<storage, read_write> part: array<vec4<f32>>;\n\
      @group(0) @binding(13) var<storage, read_write> arrive: array<atomic<u32>>;\n\
      fn part_store4(i: u32, v: vec4<f32>) { part[i] = v; }\n\
@@ -1061,8 +1071,7 @@ fn combine_prelude(f: Features) -> &'static str {
          return select(x.xy, x.zw, (w & 2u) != 0u);\n\
      }\n\
      fn arrive_add(c: u32) -> u32 { return atomicAdd(&arrive[c], 1u); }\n\
-     fn arrive_reset(c: u32) { atomicStore(&arrive[c], 0u); }\n"
-}
+     fn arrive_reset(c: u32) { atomicStore(&arrive[c], 0u); }\n";
 
 /// The streaming rung's per-width prelude (`el` = 8 or 16 elements per lane); `f`: the pools'
 /// access and the fused write (see [`fused_prelude`]).

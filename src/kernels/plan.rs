@@ -133,7 +133,7 @@ pub const COMBINE_MAX_SEGMENTS: u32 = 16;
 pub fn combine_admits(caps: &Caps, tiling: &Tiling, segments: u32, smem: u32) -> bool {
     let limits = &caps.limits;
     caps.split_combine
-        && (2..=COMBINE_MAX_SEGMENTS).contains(&segments)
+        && (2..=combine_max()).contains(&segments)
         && tiling.max_m * segments <= COMBINE_SLOTS
         && smem + combine_smem() <= limits.max_compute_workgroup_storage_size
         && limits.max_storage_buffers_per_shader_stage >= COMBINE_STORAGE_BINDINGS
@@ -937,6 +937,13 @@ fn stream_target() -> u32 {
         "QUANTKV_DEBUG_STREAM_TARGET",
         STREAM_TARGET_WORKGROUPS,
     )
+}
+
+/// [`COMBINE_MAX_SEGMENTS`], or `QUANTKV_DEBUG_COMBINE_MAX` (with the `debug-knobs` feature;
+/// for A/B runs, within [`COMBINE_SLOTS`]).
+fn combine_max() -> u32 {
+    static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    positive_knob(&KNOB, "QUANTKV_DEBUG_COMBINE_MAX", COMBINE_MAX_SEGMENTS)
 }
 
 /// Rows per attention workgroup: all query heads of a KV head for decode batches (rounded
