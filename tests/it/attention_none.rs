@@ -143,6 +143,8 @@ fn split_k_forced_matches_reference() {
     assert_close(&out, Dtype::F16);
 }
 
+/// Also the combine's counter reset: the second call reuses the first's pooled arrival
+/// counters, and a combine that left them non-zero would never see its last workgroup.
 #[test]
 fn split_k_is_bitwise_deterministic() {
     let Some(ctx) = context() else { return };
