@@ -931,8 +931,20 @@ impl Context {
 
 #[cfg(test)]
 mod tests {
-    use super::{below_4_gib, instance_backends, instance_flags};
+    use super::{below_4_gib, combine_usable, instance_backends, instance_flags, wanted_features};
     use wgpu::Backends;
+
+    #[test]
+    fn the_split_combine_needs_vulkan_and_coherent_storage() {
+        use wgpu::{Backend, Features as F};
+        let coherent = F::MEMORY_DECORATION_COHERENT;
+        assert!(wanted_features(F::all()).contains(coherent));
+        assert!(combine_usable(coherent | F::SUBGROUP, Backend::Vulkan));
+        assert!(!combine_usable(F::SUBGROUP, Backend::Vulkan));
+        for b in [Backend::Metal, Backend::Dx12, Backend::Gl] {
+            assert!(!combine_usable(coherent, b), "{b:?}");
+        }
+    }
 
     #[test]
     fn gl_only_when_wgpu_backend_names_it() {
