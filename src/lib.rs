@@ -63,7 +63,7 @@ pub use error::{Error, Result};
 pub use gpu::{multiprocessors_for, AdapterSummary, Caps, Context, GpuTimer, Tensor};
 pub use kernels::{
     plan_split, segment_buffer_bytes, AttentionParams, AttentionPath, LaunchPlan, SplitK,
-    StepSummary, MAX_SEGMENTS, SUBGROUP_RUNG_MIN_WORKGROUPS,
+    StepSummary, COMBINE_MAX_SEGMENTS, MAX_SEGMENTS, SUBGROUP_RUNG_MIN_WORKGROUPS,
 };
 pub use modes::{Int8Rounding, ModeOptions, QuantKvBackend};
 pub use snapshot::{SnapshotInfo, SNAPSHOT_VERSION};

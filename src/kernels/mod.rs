@@ -19,7 +19,7 @@ use crate::types::{Dtype, KvQuantMode};
 
 pub use attention::{segment_buffer_bytes, AttentionParams};
 pub use plan::{
-    launch_plan, plan_split, AttentionPath, LaunchPlan, SplitK, MAX_SEGMENTS,
+    launch_plan, plan_split, AttentionPath, LaunchPlan, SplitK, COMBINE_MAX_SEGMENTS, MAX_SEGMENTS,
     SUBGROUP_RUNG_MIN_WORKGROUPS,
 };
 

@@ -94,8 +94,8 @@ pub struct LaunchPlan {
     /// takes the others (set by [`crate::KvCache::launch_plan`]; this function's plans say
     /// `false`).
     pub decode_apart: bool,
-    /// The decode kernel combines its split-K segments itself (no reduce pass;
-    /// [`crate::Caps::split_combine`] and [`combine_admits`]).
+    /// The decode kernel combines its split-K segments itself (no reduce pass): a device with
+    /// [`crate::Caps::split_combine`], 2 ..= [`crate::COMBINE_MAX_SEGMENTS`] segments.
     pub combine: bool,
 }
 
