@@ -406,30 +406,17 @@ pub(crate) fn encode(
     // (Arrays, not vectors: a layer call allocates nothing for its entries.)
     let base = kernel_entries(main_lbuf, main_q, target);
     let (label, id, layout) = ("attention bind group", compiled.id, &compiled.layout);
-    let [e0, e1, e2, e3, e4, e5, e6, e7, e8, e9] = base;
-    let bg = match (new_rows, combine) {
-        (Some([k, v]), Some([p, c])) => ctx.bind_group(
-            label,
-            id,
-            layout,
-            &[e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, k, v, p, c],
-        )?,
-        (Some([k, v]), None) => ctx.bind_group(
-            label,
-            id,
-            layout,
-            &[e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, k, v],
-        )?,
-        (None, Some([p, c])) => ctx.bind_group(
-            label,
-            id,
-            layout,
-            &[e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, p, c],
-        )?,
-        (None, None) => {
-            ctx.bind_group(label, id, layout, &[e0, e1, e2, e3, e4, e5, e6, e7, e8, e9])?
-        }
+    // The optional entries after the ten: the fused write's (10, 11), then the combine's (12,
+    // 13); `n` of the fourteen slots are bound (the padding repeats an entry and is not bound).
+    let (extra, n) = match (new_rows, combine) {
+        (Some([k, v]), Some([p, c])) => ([k, v, p, c], 14),
+        (Some([a, b]), None) | (None, Some([a, b])) => ([a.clone(), b.clone(), a, b], 12),
+        (None, None) => (std::array::from_fn(|_| base[0].clone()), 10),
     };
+    let [e0, e1, e2, e3, e4, e5, e6, e7, e8, e9] = base;
+    let [x0, x1, x2, x3] = extra;
+    let all = [e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, x0, x1, x2, x3];
+    let bg = ctx.bind_group(label, id, layout, &all[..n])?;
     // A mixed batch's decode rows: the decode kernel over them, unsplit, ahead of the prefill
     // kernel (which skips them).
     let decode_part = match apart {
