@@ -25,12 +25,16 @@ const V_APART: bool = true;
 // a loop counter, the H200's driver kept the query and O fragments in local memory.
 const WRITTEN_OUT: bool = true;
 // RAW_SPLIT (the prelude's: a mode whose raw values f16 does not hold exactly, INT2's
-// codebook centroids): K and V are held as hi + lo f16 pairs too, hi in kv_sh / v_sh and the
-// remainder here, and every multiply-add with K or V takes both halves, so the scores and
-// P V see the raw values to f32 precision (P's lo times V's lo, below 2^-22 of the product,
-// is left out). Stubs of 8 elements otherwise.
+// codebook centroids): K is held as hi + lo f16 pairs, hi in kv_sh and the remainder in
+// kl_sh, and every Q K^T multiply-add takes both halves, so the scores see the raw values to
+// f32 precision (a score's error would pass through the softmax's exponential). V is rounded
+// to f16 (an output moves by at most 2^-11 of the |V| it averages, linearly: inside spec §7
+// level 2 for f16, bf16 and f32 outputs) unless V_SPLIT (the prelude's: with P_LO, for FP8
+// outputs, whose e4m3 steps near zero need f32 precision), which holds V as a pair too
+// (vl_sh; P's lo times V's lo, below 2^-22 of the product, is left out). Stubs of 8
+// elements otherwise.
 var<workgroup> kl_sh: array<f16, KL_LEN>;
-var<workgroup> vl_sh: array<f16, KL_LEN>;
+var<workgroup> vl_sh: array<f16, VL_LEN>;
 // P as hi + lo f16 pairs (P_LO, the prelude's), or as one f16 value and a stub for the lo.
 var<workgroup> p_sh: array<f16, P_LEN>;
 var<workgroup> pl_sh: array<f16, PL_LEN>;
@@ -119,7 +123,7 @@ fn get_kv4(t: u32, j: u32) -> vec4<f32> {
 fn put_v4(t: u32, j: u32, v: vec4<f32>) {
     let b = t * KS + 4u * j;
     var h = to_h4(v);
-    if (RAW_SPLIT) {
+    if (V_SPLIT) {
         let p = split_h4(v);
         h = p.hi;
         vl_sh[b] = p.lo.x;
@@ -201,13 +205,13 @@ fn qk_mma(c: FragC, a: FragQ, t0: u32, k0: u32) -> FragC {
     return r;
 }
 
-// c + P[r0.., t0..] V[t0.., d0..] (16x16x16, P as hi + lo; V too where RAW_SPLIT).
+// c + P[r0.., t0..] V[t0.., d0..] (16x16x16, P as hi + lo; V too where V_SPLIT).
 fn frag_pv(c: FragC, r0: u32, t0: u32, d0: u32) -> FragC {
     let hi = coopLoadT<coop_mat16x16<f16, A>>(&p_sh[r0 * PS + t0], PS);
     let b = coopLoadT<coop_mat16x16<f16, B>>(&v_sh[t0 * KS + d0], KS);
     // (`|`, not `||`: naga takes a short-circuit, or a local variable, for non-uniform.)
     if (!P_LO | ((DEBUG_SKIP & 2097152u) != 0u)) {
-        if (RAW_SPLIT) {
+        if (V_SPLIT) {
             let bl = coopLoadT<coop_mat16x16<f16, B>>(&vl_sh[t0 * KS + d0], KS);
             return coopMultiplyAdd(hi, bl, coopMultiplyAdd(hi, b, c));
         }
@@ -215,7 +219,7 @@ fn frag_pv(c: FragC, r0: u32, t0: u32, d0: u32) -> FragC {
     }
     let lo = coopLoadT<coop_mat16x16<f16, A>>(&pl_sh[r0 * PS + t0], PS);
     let r = coopMultiplyAdd(lo, b, coopMultiplyAdd(hi, b, c));
-    if (RAW_SPLIT) {
+    if (V_SPLIT) {
         let bl = coopLoadT<coop_mat16x16<f16, B>>(&vl_sh[t0 * KS + d0], KS);
         return coopMultiplyAdd(hi, bl, r);
     }

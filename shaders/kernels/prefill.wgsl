@@ -33,8 +33,10 @@
 //      maximum moved
 //   4. P (ET) -> p_sh, O += P V by fragments
 // Precision: the tiles hold the cache's raw values less their zero points (codes as the read
-// contract gives them, before the scale: exact in f16 for every mode) and Q as ET (f16 where
-// SHADER_F16 allows; f32 for f32 models); a key's scale is applied to its score column after
+// contract gives them, before the scale: exact in f16 for every mode but INT2, whose
+// centroids K holds as hi + lo pairs and V rounds but for FP8 outputs, see RAW_SPLIT below)
+// and Q as ET (f16 where SHADER_F16 allows; f32 for f32 models); a key's scale is applied to
+// its score column after
 // the multiply-add (S = s_k q·c), a value's is folded into P (p' = p s_v), and P enters the
 // multiply-add on cooperative matrices as one f16 value (relative error <= 2^-11, inside spec
 // §7 level 2 for f16, bf16 and f32 outputs), or, for FP8 outputs (the prelude's P_LO), as a
@@ -50,8 +52,9 @@
 // divided by it at the end), frag_qk, frag_pv, frag_store / frag_load (s_sh, f32, row-major), and
 // the entry point, which calls prefill_main with the fragment owner's row block. The prelude
 // defines ET, ET_MAX, D_BLOCKS = HEAD_DIM / 16, T_BLOCKS = TK / 16, Q_HELD (query fragments held
-// in registers, cooperative matrices up to head size 128), and RAW_SPLIT / KL_LEN (K and V as
-// hi + lo f16 pairs on cooperative matrices, for raw values f16 does not hold exactly).
+// in registers, cooperative matrices up to head size 128), RAW_SPLIT / KL_LEN (K as hi + lo
+// f16 pairs on cooperative matrices, for raw values f16 does not hold exactly; V rounded to
+// f16) and V_SPLIT / VL_LEN (V as pairs too, where P_LO: FP8 outputs).
 // #include "common/uniforms.wgsl"
 // #include "common/out.wgsl"
 // #include "common/kv_read.wgsl"

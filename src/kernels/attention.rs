@@ -820,6 +820,7 @@ pub fn prefill_source(
     let (qs, ks, ps, ss) = super::plan::prefill_strides(d, tiling.tile, f16);
     let q_held = super::plan::prefill_q_held(coop, d);
     let p_lo = super::plan::prefill_p_lo(coop, f.has(Features::OUT_FP8));
+    let v_split = super::plan::prefill_v_split(split, p_lo);
     // The twin holds its tiles as vec4s, the cooperative version as scalars.
     let unit = if coop { 1 } else { 4 };
     let (et, et_max) = if f16 {
@@ -836,11 +837,13 @@ pub fn prefill_source(
         // The mode's transform runs apart (kernels/rotate_q.wgsl, the reduce pass).
         codec: vec![codec.decode, codec.transform_apart_source()],
         prelude: format!(
-            "{et}\nconst ET_MAX: f32 = {et_max};\nconst D_BLOCKS: u32 = {}u;\nconst T_BLOCKS: u32 = {}u;\nconst Q_HELD: bool = {q_held};\nconst RAW_SPLIT: bool = {split};\nconst P_LO: bool = {p_lo};\nconst KL_LEN: u32 = {}u;\n",
+            "{et}\nconst ET_MAX: f32 = {et_max};\nconst D_BLOCKS: u32 = {}u;\nconst T_BLOCKS: u32 = {}u;\nconst Q_HELD: bool = {q_held};\nconst RAW_SPLIT: bool = {split};\nconst V_SPLIT: bool = {v_split};\nconst P_LO: bool = {p_lo};\nconst KL_LEN: u32 = {}u;\nconst VL_LEN: u32 = {}u;\n",
             d / 16,
             tiling.tile / 16,
-            // The lo halves of K and V (cooperative matrices, `split`), else 16-byte stubs.
+            // The lo halves of K (cooperative matrices, `split`) and of V (`v_split`), else
+            // 16-byte stubs.
             if split { tiling.tile * ks } else { 8 },
+            if v_split { tiling.tile * ks } else { 8 },
         ),
         includes: codec.includes,
         constants: vec![

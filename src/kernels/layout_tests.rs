@@ -16,8 +16,8 @@ use super::attention::{
 };
 use super::plan::{
     attention_smem, attention_tiling, combine_smem, coop_admits, decode_smem, decode_tiling,
-    prefill_f16, prefill_p_lo, prefill_raw_split, prefill_smem, prefill_tiling, stream_lanes,
-    stream_lanes_at, stream_segments, stream_smem, stream_tiling,
+    prefill_f16, prefill_p_lo, prefill_raw_split, prefill_smem, prefill_tiling, prefill_v_split,
+    stream_lanes, stream_lanes_at, stream_segments, stream_smem, stream_tiling,
 };
 use super::write::{
     lane_elems, write_copy_source, write_e_min, write_rows_plan, write_rows_source,
@@ -918,8 +918,10 @@ fn prefill_with_a_transform_apart_needs_the_partials_to_fit_one_binding() {
     }
 }
 
-/// INT2 (raw values f16 does not hold exactly) takes cooperative matrices with K and V as
-/// hi + lo pairs (30 KiB at 64 x 16, within 48 KiB), FP8 output included; INT4 as they are.
+/// INT2 (raw values f16 does not hold exactly) takes cooperative matrices with K as hi + lo
+/// pairs, FP8 output included; INT4 as they are. V is a pair too only with FP8 output (P a
+/// pair as well); otherwise V is rounded to f16 and the 64 x 16 tiling stays under 24 KiB
+/// (two workgroups per H200 multiprocessor), f16's own plus K's lo tile.
 #[test]
 fn inexact_raw_values_take_cooperative_matrices_as_hi_lo_pairs() {
     use super::plan::launch_plan;
@@ -948,7 +950,19 @@ fn inexact_raw_values_take_cooperative_matrices_as_hi_lo_pairs() {
         assert_eq!(lp.kernel, crate::gpu::pipeline::Kernel::Prefill);
         let split = prefill_raw_split(true, &g);
         assert_eq!(split, mode == KvQuantMode::Int2PerTokenHead);
-        assert!(prefill_smem(&lp.tiling, 128, true, true, split, true) <= 30 << 10);
+        let p_lo = fp8.is_some();
+        let smem = prefill_smem(&lp.tiling, 128, true, true, split, p_lo);
+        let f16 = prefill_smem(&lp.tiling, 128, true, true, false, p_lo);
+        let lo_tiles = if !split {
+            0
+        } else if p_lo {
+            2
+        } else {
+            1
+        };
+        assert_eq!(smem - f16, lo_tiles * (16 * 136 * 2 - 16));
+        assert_eq!(prefill_v_split(split, p_lo), lo_tiles == 2);
+        assert!(p_lo || smem < 24 << 10, "{mode:?}: {smem} bytes");
     }
 }
 

@@ -466,6 +466,26 @@ pub fn prefill_raw_split(coop: bool, g: &Geometry) -> bool {
     coop && !g.raw_f16_exact
 }
 
+/// Whether the cooperative prefill kernel also holds V as hi + lo pairs where it splits K
+/// ([`prefill_raw_split`]): only where P is a pair too ([`prefill_p_lo`]: FP8 outputs),
+/// the same rule as P's. A V value rounded to f16 moves an output by at most 2^-11 of the
+/// largest |V| it averages (INT2's centroids round to 2.3e-4 and 1.8e-4 of themselves),
+/// linearly, where a K value's error passes through the softmax's exponential: well inside
+/// spec §7 level 2 for f16, bf16 and f32 outputs, but not one e4m3 step near zero with a
+/// small output scale (an H200 run put an INT2 output five codes off at output scale 0.01,
+/// BENCHMARKS.md). Without V's lo tile the kernel's workgroup memory lets two workgroups share
+/// an H200 multiprocessor instead of one: INT2's 8k prompt 27.6 → 15.7 ms.
+/// `QUANTKV_DEBUG_PREFILL_VSPLIT` (with `debug-knobs`): 1 the V pair always, 0 never (timing
+/// only: FP8 outputs then miss the bound).
+pub fn prefill_v_split(split: bool, p_lo: bool) -> bool {
+    static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    split
+        && match env_knob(&KNOB, "QUANTKV_DEBUG_PREFILL_VSPLIT") {
+            Some(v) => v != 0,
+            None => p_lo,
+        }
+}
+
 /// Whether the prefill kernel's tiles hold f16 (else f32): always on cooperative matrices,
 /// on the twin where `SHADER_F16` exists, the model is not f32 and the mode has no query
 /// transform: INT2's raw values are its codebook's centroids, which f16 does not hold exactly
@@ -512,7 +532,7 @@ fn prefill_plo_knob() -> Option<u32> {
 }
 
 /// Workgroup memory the prefill kernel needs with this tiling, in bytes (`coop`: on
-/// cooperative matrices; `split`: K and V as hi + lo pairs, [`prefill_raw_split`]; `p_lo`: P
+/// cooperative matrices; `split`: K as hi + lo pairs, [`prefill_raw_split`]; `p_lo`: P
 /// as a hi + lo pair, [`prefill_p_lo`]).
 pub fn prefill_smem(
     t: &Tiling,
@@ -532,13 +552,14 @@ pub fn prefill_smem(
     } else {
         r16(t.max_m * qs * es)
     };
-    // K and V tiles (one shared tile on the twin); on cooperative matrices their lo halves
-    // (`split`), else two 16-byte stubs.
+    // K and V tiles (one shared tile on the twin); on cooperative matrices K's lo half
+    // (`split`) and V's ([`prefill_v_split`]: with `p_lo`), each else a 16-byte stub.
     let kv = if coop { 2 } else { 1 } * r16(t.tile * ks * es);
-    let lo = match (coop, split) {
-        (true, true) => 2 * r16(t.tile * ks * es),
-        (true, false) => 2 * 16,
-        _ => 0,
+    let lo_tile = |on: bool| if on { r16(t.tile * ks * es) } else { 16 };
+    let lo = if coop {
+        lo_tile(split) + lo_tile(prefill_v_split(split, p_lo))
+    } else {
+        0
     };
     // P: f32 on the twin, an f16 hi + lo pair on cooperative matrices (4 bytes either way),
     // or f16 and a 16-byte stub for the lo half (`prefill_p_lo` false).
