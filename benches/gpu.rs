@@ -5,8 +5,11 @@
 //!   cargo bench --bench gpu -- [--quick] [--out DIR] [--shapes-json FILE] [--filter A,B,..]
 //!                               [--modes none,int4_per_token_head,..|all] [--paths auto,stream,..]
 //!                               [--no-subgroups] [--no-combine] [--batch N] [--one-pass] [--floor]
-//!                               [--step two|fused] [--unit-tensor-scales]
+//!                               [--step two|fused] [--unit-tensor-scales] [--mma-decode]
 //!
+//! `--mma-decode` times a tensor-core decode rung's skeleton first (`benches/probe_mma_decode.wgsl`,
+//! cooperative-matrix adapters with 32-lane subgroups only); `--micro`, `--residency` and
+//! `--floor` are the other probes.
 //! `--shapes-json` writes the shapes for `benches/sdpa.py`, which times PyTorch SDPA on them in
 //! the same device command; `--sdpa FILE` reads its results back and adds the ratio columns.
 
@@ -269,12 +272,30 @@ fn probe_kernel(
     src: &str,
     bufs: &[&wgpu::Buffer],
 ) -> (wgpu::ComputePipeline, wgpu::BindGroup) {
-    let module = ctx
-        .device
-        .create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("probe"),
-            source: wgpu::ShaderSource::Wgsl(src.into()),
-        });
+    probe_kernel_with(ctx, src, bufs, false)
+}
+
+/// [`probe_kernel`], built without naga's runtime checks where `unchecked` (as the library
+/// builds its kernels: the probe's own indices must then stay in bounds by construction).
+fn probe_kernel_with(
+    ctx: &Context,
+    src: &str,
+    bufs: &[&wgpu::Buffer],
+    unchecked: bool,
+) -> (wgpu::ComputePipeline, wgpu::BindGroup) {
+    let desc = wgpu::ShaderModuleDescriptor {
+        label: Some("probe"),
+        source: wgpu::ShaderSource::Wgsl(src.into()),
+    };
+    let module = if unchecked {
+        // SAFETY: the caller's kernel keeps every index in bounds by construction.
+        unsafe {
+            ctx.device
+                .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+        }
+    } else {
+        ctx.device.create_shader_module(desc)
+    };
     let pipeline = ctx
         .device
         .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -348,6 +369,64 @@ fn micro_workgroup_loops(ctx: &Context) -> Result<()> {
     ] {
         let us = simple_kernel_us(ctx, &src, &[&d], 132 * 8)?;
         println!("micro workgroup loop, {name}: {us:.1} us");
+    }
+    Ok(())
+}
+
+/// `--mma-decode` (16×16×16 f16 cooperative matrices, subgroups of exactly 32 lanes): the
+/// skeleton of a tensor-core decode rung, `benches/probe_mma_decode.wgsl` (each subgroup
+/// streams its own 16-key tiles of K and V through its region of workgroup memory into
+/// multiply-adds, four barriers per tile), timed before such a rung is built: GB/s of K/V
+/// bytes streamed (f16 rows, and int8 codes dequantized while staged, with their f16-equivalent
+/// rate) at 2, 4 and 8 workgroups per multiprocessor, with the multiply-adds left out (skip 1)
+/// and the staging left out (skip 2) beside the full skeleton (skip 0). A rung built this way
+/// can stream no faster than its skeleton; against the streaming rung's 3.9–4.1 TB/s at
+/// B=8–16 L=32k (f16) and the 1.6× of f16 issue 12 asks of 8-bit codes.
+fn micro_mma_decode(ctx: &Context) -> Result<()> {
+    let caps = ctx.caps();
+    if !(caps.coop_f16 && caps.subgroup_min_size == 32 && caps.subgroup_max_size == 32) {
+        println!("mma-decode probe: needs 16x16x16 f16 cooperative matrices and 32-lane subgroups");
+        return Ok(());
+    }
+    const SRC: &str = include_str!("probe_mma_decode.wgsl");
+    // Tiles per K and V region: 32768 × 4 KiB of f16 rows = 128 MiB each, well past the L2.
+    const NT: u32 = 1 << 15;
+    const STEPS: u32 = 64;
+    let kv = ctx.zeroed("mma_probe_kv", 2 * NT as u64 * 4096);
+    let d = ctx.zeroed("mma_probe_out", 1024);
+    let sms = caps.multiprocessors.unwrap_or(132) as u64;
+    for codes in [false, true] {
+        let tile_bytes: u64 = if codes { 2048 } else { 4096 };
+        for nsg in [4u32, 2] {
+            for skip in [0u32, 1, 2] {
+                let src = format!(
+                    "enable f16;\nenable wgpu_cooperative_matrix;\nconst NSG: u32 = {nsg}u;\nconst STEPS: u32 = {STEPS}u;\nconst NT: u32 = {NT}u;\nconst CODES: bool = {codes};\nconst SKIP: u32 = {skip}u;\n{SRC}"
+                );
+                let (p, bg) = probe_kernel_with(ctx, &src, &[&kv, &d], true);
+                let mut line = format!(
+                    "mma-decode probe, {}, {nsg} subgroups per workgroup, skip {skip}:",
+                    if codes { "int8 codes" } else { "f16 rows" }
+                );
+                for per_sm in [2u64, 4, 8] {
+                    let groups = sms * per_sm;
+                    let us = time_runs(ctx, 5.min(runs()), runs(), |enc| {
+                        let mut pass = enc.begin_compute_pass(&Default::default());
+                        pass.set_pipeline(&p);
+                        pass.set_bind_group(0, &bg, &[]);
+                        pass.dispatch_workgroups(groups as u32, 1, 1);
+                        Ok(())
+                    })?;
+                    let bytes = groups * nsg as u64 * STEPS as u64 * 2 * tile_bytes;
+                    let gbs = bytes as f64 / us / 1e3;
+                    line.push_str(&format!(" {per_sm}/SM {us:.1} us {gbs:.0} GB/s"));
+                    if codes {
+                        line.push_str(&format!(" ({:.0} f16-eq)", 2.0 * gbs));
+                    }
+                    line.push(';');
+                }
+                println!("{line}");
+            }
+        }
     }
     Ok(())
 }
@@ -1081,6 +1160,9 @@ fn main() -> Result<()> {
     }
     if flag("--floor") {
         micro_floor(&ctx)?;
+    }
+    if flag("--mma-decode") {
+        micro_mma_decode(&ctx)?;
     }
     let mut rng = SplitMix64::new(0xBE7C4);
     // `--repeat N`: the whole list N times in alternation (fresh caches each pass); each row
