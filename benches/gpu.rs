@@ -272,15 +272,17 @@ fn probe_kernel(
     src: &str,
     bufs: &[&wgpu::Buffer],
 ) -> (wgpu::ComputePipeline, wgpu::BindGroup) {
-    probe_kernel_with(ctx, src, bufs, false)
+    probe_kernel_with(ctx, src, bufs, &[], false)
 }
 
-/// [`probe_kernel`], built without naga's runtime checks where `unchecked` (as the library
-/// builds its kernels: the probe's own indices must then stay in bounds by construction).
+/// [`probe_kernel`] with override `constants`, built without naga's runtime checks where
+/// `unchecked` (as the library builds its kernels: the probe's own indices must then stay in
+/// bounds by construction).
 fn probe_kernel_with(
     ctx: &Context,
     src: &str,
     bufs: &[&wgpu::Buffer],
+    constants: &[(&str, f64)],
     unchecked: bool,
 ) -> (wgpu::ComputePipeline, wgpu::BindGroup) {
     let desc = wgpu::ShaderModuleDescriptor {
@@ -303,7 +305,10 @@ fn probe_kernel_with(
             layout: None,
             module: &module,
             entry_point: Some("main"),
-            compilation_options: Default::default(),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                ..Default::default()
+            },
             cache: None,
         });
     let entries: Vec<wgpu::BindGroupEntry> = bufs
@@ -399,10 +404,14 @@ fn micro_mma_decode(ctx: &Context) -> Result<()> {
         let tile_bytes: u64 = if codes { 2048 } else { 4096 };
         for nsg in [4u32, 2] {
             for skip in [0u32, 1, 2] {
-                let src = format!(
-                    "enable f16;\nenable wgpu_cooperative_matrix;\nconst NSG: u32 = {nsg}u;\nconst STEPS: u32 = {STEPS}u;\nconst NT: u32 = {NT}u;\nconst CODES: bool = {codes};\nconst SKIP: u32 = {skip}u;\n{SRC}"
-                );
-                let (p, bg) = probe_kernel_with(ctx, &src, &[&kv, &d], true);
+                let constants = [
+                    ("NSG", nsg as f64),
+                    ("STEPS", STEPS as f64),
+                    ("NT", NT as f64),
+                    ("CODES", f64::from(u8::from(codes))),
+                    ("SKIP", skip as f64),
+                ];
+                let (p, bg) = probe_kernel_with(ctx, SRC, &[&kv, &d], &constants, true);
                 let mut line = format!(
                     "mma-decode probe, {}, {nsg} subgroups per workgroup, skip {skip}:",
                     if codes { "int8 codes" } else { "f16 rows" }

@@ -14,16 +14,21 @@
 // SKIP (diagnostics): bit 1 leaves the multiply-adds out (loads, staging and barriers only),
 // bit 2 the staging (the multiply-adds read whatever the region holds).
 //
-// The host prepends `enable f16; enable wgpu_cooperative_matrix;` and NSG (subgroups per
-// workgroup), STEPS, NT (tiles in the buffer, a power of two), CODES (bool) and SKIP (u32) as
-// consts, and runs the probe only on adapters whose subgroups are exactly 32 lanes with
-// 16x16x16 f16 cooperative matrices.
+// The host sets the overrides below and runs the probe only on adapters whose subgroups are
+// exactly 32 lanes with 16x16x16 f16 cooperative matrices.
+enable f16;
+enable wgpu_cooperative_matrix;
 
-const KS: u32 = 136u;                     // tile row stride in f16 (16-byte aligned rows)
-const TILE: u32 = 16u * KS;               // one subgroup's region
-const WPR: u32 = select(16u, 8u, CODES);  // 16-byte words per row: 256 B of f16, 128 B of codes
-const WPL: u32 = WPR / 2u;                // words per lane and tile (16 rows over 32 lanes)
-const TILE_WORDS: u32 = 16u * WPR;
+override NSG: u32 = 4u;        // subgroups per workgroup
+override STEPS: u32 = 64u;     // tiles each subgroup streams
+override NT: u32 = 32768u;     // tiles per K and V region of the buffer (a power of two)
+override CODES: bool = false;  // int8 codes instead of f16 rows
+override SKIP: u32 = 0u;
+
+const KS: u32 = 136u;                        // tile row stride in f16 (16-byte aligned rows)
+const TILE: u32 = 16u * KS;                  // one subgroup's region
+override WPR: u32 = select(16u, 8u, CODES);  // 16-byte words per row: 256 B of f16, 128 B of codes
+override TILE_WORDS: u32 = 16u * WPR;
 
 @group(0) @binding(0) var<storage, read> kv: array<vec4<u32>>; // NT K tiles, then NT V tiles
 @group(0) @binding(1) var<storage, read_write> dst: array<f32>;

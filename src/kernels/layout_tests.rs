@@ -1113,30 +1113,26 @@ fn the_decode_kernel_combines_two_to_sixteen_segments_where_the_device_allows() 
     assert!(!combine_admits(&few, &t, 4, smem));
 }
 
-/// What the gpu bench prepends to `benches/probe_mma_decode.wgsl` (its `--mma-decode` probe:
-/// a tensor-core decode rung's skeleton, timed on cooperative-matrix GPUs only): the enable
-/// directives and the probe's consts.
-fn mma_decode_probe_consts(nsg: u32, steps: u32, nt: u32, codes: bool, skip: u32) -> String {
-    format!(
-        "enable f16;\nenable wgpu_cooperative_matrix;\nconst NSG: u32 = {nsg}u;\nconst STEPS: u32 = {steps}u;\nconst NT: u32 = {nt}u;\nconst CODES: bool = {codes};\nconst SKIP: u32 = {skip}u;\n"
-    )
-}
-
 /// The probe parses, validates and translates to SPIR-V and MSL in every variant the bench
 /// runs, and its workgroup memory is what the bench reports (so a device run is never spent
 /// on a module that does not build).
 #[test]
 fn the_mma_decode_probe_validates_and_translates() {
     let src = include_str!("../../benches/probe_mma_decode.wgsl");
-    for nsg in [2, 4] {
+    let (module, info) = parse("mma-decode probe", src, C::all());
+    for nsg in [2u32, 4] {
         for codes in [false, true] {
-            for skip in [0, 1, 2] {
-                let text = format!(
-                    "{}{src}",
-                    mma_decode_probe_consts(nsg, 8, 1 << 16, codes, skip)
-                );
+            for skip in [0u32, 1, 2] {
                 let label = format!("mma-decode probe nsg {nsg} codes {codes} skip {skip}");
-                let (m, i) = parse(&label, &text, C::all());
+                // The overrides the gpu bench sets (`micro_mma_decode`).
+                let constants = [
+                    ("NSG", nsg as f64),
+                    ("STEPS", 8.0),
+                    ("NT", 65536.0),
+                    ("CODES", f64::from(u8::from(codes))),
+                    ("SKIP", skip as f64),
+                ];
+                let (m, i) = resolve(&label, &module, &info, &constants);
                 translate(&label, &m, &i, false);
                 assert_eq!(
                     workgroup_bytes(&m),
