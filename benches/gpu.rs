@@ -394,12 +394,26 @@ fn micro_mma_decode(ctx: &Context) -> Result<()> {
         return Ok(());
     }
     const SRC: &str = include_str!("probe_mma_decode.wgsl");
-    // Tiles per K and V region: 32768 × 4 KiB of f16 rows = 128 MiB each, well past the L2.
-    const NT: u32 = 1 << 15;
-    const STEPS: u32 = 64;
-    let kv = ctx.zeroed("mma_probe_kv", 2 * NT as u64 * 4096);
-    let d = ctx.zeroed("mma_probe_out", 1024);
+    // Tiles each subgroup streams, and tiles in each of the K and V buffers: at least every
+    // subgroup's of the largest launch (4 subgroups × 8 workgroups per multiprocessor), so no
+    // tile is read twice. (The first version wrapped around 32 768 tiles, so subgroups
+    // resident at once read the same tiles and part of its bytes came from the L2: up to
+    // 9.1 TB/s, above the copy kernel.) 2^18 tiles × 4 KiB = 1 GiB of f16 rows per buffer.
+    const STEPS: u32 = 48;
+    const NT: u32 = 1 << 18;
     let sms = caps.multiprocessors.unwrap_or(132) as u64;
+    let need = sms * 8 * 4 * STEPS as u64;
+    let buf_bytes = NT as u64 * 4096;
+    if need > NT as u64 || buf_bytes > ctx.limits().max_storage_buffer_binding_size {
+        println!(
+            "mma-decode probe: {need} tiles per buffer of {NT}, {buf_bytes} bytes per binding: \
+             does not fit this adapter"
+        );
+        return Ok(());
+    }
+    let k = ctx.zeroed("mma_probe_k", buf_bytes);
+    let v = ctx.zeroed("mma_probe_v", buf_bytes);
+    let d = ctx.zeroed("mma_probe_out", 1024);
     for codes in [false, true] {
         let tile_bytes: u64 = if codes { 2048 } else { 4096 };
         for nsg in [4u32, 2] {
@@ -411,7 +425,7 @@ fn micro_mma_decode(ctx: &Context) -> Result<()> {
                     ("CODES", f64::from(u8::from(codes))),
                     ("SKIP", skip as f64),
                 ];
-                let (p, bg) = probe_kernel_with(ctx, SRC, &[&kv, &d], &constants, true);
+                let (p, bg) = probe_kernel_with(ctx, SRC, &[&k, &v, &d], &constants, true);
                 let mut line = format!(
                     "mma-decode probe, {}, {nsg} subgroups per workgroup, skip {skip}:",
                     if codes { "int8 codes" } else { "f16 rows" }

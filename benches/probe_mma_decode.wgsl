@@ -21,7 +21,9 @@ enable wgpu_cooperative_matrix;
 
 override NSG: u32 = 4u;        // subgroups per workgroup
 override STEPS: u32 = 64u;     // tiles each subgroup streams
-override NT: u32 = 32768u;     // tiles per K and V region of the buffer (a power of two)
+override NT: u32 = 32768u;     // tiles in each of the K and V buffers (a power of two, at least
+                               // all subgroups' STEPS: the host checks, so no tile is read twice
+                               // and none comes from the L2 a second time)
 override CODES: bool = false;  // int8 codes instead of f16 rows
 override SKIP: u32 = 0u;
 
@@ -30,8 +32,9 @@ const TILE: u32 = 16u * KS;                  // one subgroup's region
 override WPR: u32 = select(16u, 8u, CODES);  // 16-byte words per row: 256 B of f16, 128 B of codes
 override TILE_WORDS: u32 = 16u * WPR;
 
-@group(0) @binding(0) var<storage, read> kv: array<vec4<u32>>; // NT K tiles, then NT V tiles
-@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(0) var<storage, read> k_in: array<vec4<u32>>; // NT K tiles
+@group(0) @binding(1) var<storage, read> v_in: array<vec4<u32>>; // NT V tiles
+@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 
 var<workgroup> tile: array<f16, NSG * TILE>;
 var<workgroup> s_sh: array<f32, NSG * 256u>;
@@ -49,18 +52,25 @@ struct Words {
     w7: vec4<u32>,
 }
 
-fn load_words(t: u32, lane: u32) -> Words {
+fn word(v: bool, i: u32) -> vec4<u32> {
+    if (v) {
+        return v_in[i];
+    }
+    return k_in[i];
+}
+
+fn load_words(v: bool, t: u32, lane: u32) -> Words {
     let b = t * TILE_WORDS + lane;
     var w: Words;
-    w.w0 = kv[b];
-    w.w1 = kv[b + 32u];
-    w.w2 = kv[b + 64u];
-    w.w3 = kv[b + 96u];
+    w.w0 = word(v, b);
+    w.w1 = word(v, b + 32u);
+    w.w2 = word(v, b + 64u);
+    w.w3 = word(v, b + 96u);
     if (!CODES) {
-        w.w4 = kv[b + 128u];
-        w.w5 = kv[b + 160u];
-        w.w6 = kv[b + 192u];
-        w.w7 = kv[b + 224u];
+        w.w4 = word(v, b + 128u);
+        w.w5 = word(v, b + 160u);
+        w.w6 = word(v, b + 192u);
+        w.w7 = word(v, b + 224u);
     }
     return w;
 }
@@ -127,8 +137,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let sb = sid * 256u;
     let w = wid.x + wid.y * nwg.x;
     let first = (w * NSG + sid) * STEPS;
-    var cur_k = load_words(first % NT, lane);
-    var cur_v = load_words(first % NT + NT, lane);
+    var cur_k = load_words(false, first % NT, lane);
+    var cur_v = load_words(true, first % NT, lane);
     // The query fragments, from whatever the first K tile holds.
     put_tile(base, lane, cur_k);
     workgroupBarrier();
@@ -154,8 +164,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
         workgroupBarrier(); // (A)
         put_tile(base, lane, cur_k);
         let t = (first + min(j + 1u, STEPS - 1u)) % NT;
-        let nk = load_words(t, lane);
-        let nv = load_words(t + NT, lane);
+        let nk = load_words(false, t, lane);
+        let nv = load_words(true, t, lane);
         workgroupBarrier(); // (B)
         var c = zero;
         if (mma) {
