@@ -19,6 +19,22 @@ fn e4m3_raw4(w: u32) -> vec4<f32> {
     return vec4<f32>(a.x, b.x, a.y, b.y);
 }
 
+// Round half away from zero, as the CPU reference's rha: trunc(t + 0.5) for t >= 0, else
+// trunc(t - 0.5) (one truncation of the sum with a selected half).
+fn round_half_away(t: f32) -> f32 {
+    return trunc(t + select(-0.5, 0.5, t >= 0.0));
+}
+
+// The bits of an integer-valued n (|n| < 2^22) as two's complement in the low bits of the
+// result (mask them), without the clamps that WGSL's f32 -> i32 conversion adds: n + 1.5 * 2^23
+// is exact and holds n + 2^22 in the f32's mantissa. For a non-integer n the addition rounds
+// to the nearest integer, ties to even, like round().
+const INT_MAGIC: f32 = 12582912.0;
+
+fn int_bits(n: f32) -> u32 {
+    return bitcast<u32>(n + INT_MAGIC);
+}
+
 // f32 (finite) -> e4m3fn code: round to nearest even, saturate to +-448, never the NaN codes.
 // Without branches: the normal range rounds by one integer add on the f32's bits (the carry
 // runs into the exponent), 2^-6 and below is a multiple of 2^-9 (round() ties to even), and
@@ -30,7 +46,8 @@ fn e4m3_encode(x: f32) -> u32 {
     let r = abits + 0x7FFFFu + ((abits >> 20u) & 1u);
     // (biased f32 exponent - 120) << 3 | 3 mantissa bits, from 2^-6 = 0x3C800000 up
     let normal = min((r >> 20u) - 960u, 0x7Eu);
-    let sub = u32(round(bitcast<f32>(abits) * 512.0));
+    // a * 512 is exact, so the addition rounds it once (ties to even), as round() would
+    let sub = int_bits(bitcast<f32>(abits) * 512.0) & 0xFFu;
     return sign | select(normal, sub, abits < 0x3C800000u);
 }
 

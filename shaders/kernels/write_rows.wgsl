@@ -42,9 +42,10 @@ override HEAD_DIM: u32 = 128u;
 override WG_SIZE: u32 = 128u;
 override ROWS: u32 = 8u;
 override X_LEN: u32 = 1024u;
-// Diagnostics only (QUANTKV_DEBUG_SKIP bits 20-22, `debug-knobs`; codes are wrong while set):
+// Diagnostics only (QUANTKV_DEBUG_SKIP bits 20-24, `debug-knobs`; codes are wrong while set):
 // 1 the row's scale math (enc_params) replaced by unit parameters, 2 no reduction of the row
-// statistic across lanes, 4 the code stores kept out behind a runtime-false condition.
+// statistic across lanes, 4 the code stores kept out behind a runtime-false condition, 8 no
+// cleaning of non-finite values, 16 the element's raw bits in place of enc_code's code.
 override DEBUG_SKIP: u32 = 0u;
 
 const E: u32 = max(E_MIN, 32u / CODE_BITS); // elements per lane (E_MIN: the host's prelude)
@@ -68,6 +69,30 @@ const ENC_EXACT: u32 = 0xFFFFFFFFu; // enc_code: "take enc_code_exact"
 var<private> x: array<f32, E>;
 var<private> inf: array<i32, E>;
 
+// Word w of the lane's codes (x.x) and the bits of its elements that the mode sends to its
+// exact path (x.y, bit e for element e). `with_inf`: whether the lane holds a non-finite
+// input; the core calls this with a constant, so where it is false enc_code's infinity test
+// folds away.
+fn pack_word(w: u32, params: vec4<f32>, with_inf: bool) -> vec2<u32> {
+    let per_word = 32u / CODE_BITS;
+    let mask = (1u << CODE_BITS) - 1u;
+    var word = 0u;
+    var exact = 0u;
+    for (var k = 0u; k < per_word; k++) {
+        let e = w * per_word + k;
+        var c = bitcast<u32>(x[e]);
+        if ((DEBUG_SKIP & 16u) == 0u) {
+            c = enc_code(x[e], select(0, inf[e], with_inf), params);
+        }
+        if (ENC_HAS_EXACT && c == ENC_EXACT) {
+            exact |= 1u << e;
+        } else {
+            word |= (c & mask) << (k * CODE_BITS);
+        }
+    }
+    return vec2<u32>(word, exact);
+}
+
 fn load16(is_v: bool, i: u32) -> vec4<u32> {
     if (is_v) {
         return value_in[i];
@@ -88,6 +113,7 @@ fn write_row(j: u32, lane: u32, wid: vec3<u32>, nwg: vec3<u32>) {
     let h = rr % kvh;
     let in_range = r < 2u * half;
     var slot = -1;
+    var with_inf = false; // the lane holds a non-finite input
     if (in_range) {
         slot = step_meta[st.off_slot + t];
     }
@@ -113,7 +139,15 @@ fn write_row(j: u32, lane: u32, wid: vec3<u32>, nwg: vec3<u32>) {
                 }
             }
         }
+        // Non-finite inputs are rare: one integer maximum per element over the exponent bits
+        // finds them, and only a lane that holds one cleans (a test and a branch per element
+        // cost every mode 1-3 us of 4096 tokens' write on an H200).
+        var ex = 0u;
         for (var k = 0u; k < E; k++) {
+            ex = max(ex, bitcast<u32>(x[k]) & 0x7F800000u);
+        }
+        with_inf = ex == 0x7F800000u && (DEBUG_SKIP & 8u) == 0u;
+        for (var k = 0u; k < E && with_inf; k++) {
             let b = bitcast<u32>(x[k]);
             if ((b & 0x7F800000u) == 0x7F800000u) {
                 x[k] = 0.0;
@@ -144,18 +178,18 @@ fn write_row(j: u32, lane: u32, wid: vec3<u32>, nwg: vec3<u32>) {
     let mask = (1u << CODE_BITS) - 1u;
     var words: array<u32, NW>;
     var exact = 0u; // bit e: element e's code comes from the mode's exact path
-    for (var w = 0u; w < NW; w++) {
-        var word = 0u;
-        for (var k = 0u; k < per_word; k++) {
-            let e = w * per_word + k;
-            let c = enc_code(x[e], inf[e], params);
-            if (ENC_HAS_EXACT && c == ENC_EXACT) {
-                exact |= 1u << e;
-            } else {
-                word |= (c & mask) << (k * CODE_BITS);
-            }
+    if (with_inf) {
+        for (var w = 0u; w < NW; w++) {
+            let r = pack_word(w, params, true);
+            words[w] = r.x;
+            exact |= r.y;
         }
-        words[w] = word;
+    } else {
+        for (var w = 0u; w < NW; w++) {
+            let r = pack_word(w, params, false);
+            words[w] = r.x;
+            exact |= r.y;
+        }
     }
     // Elements the mode sends to its exact path (rare: near a rounding tie), one at a time
     // through one copy of that path; the element is picked by selects, so x stays in

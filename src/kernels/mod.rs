@@ -168,7 +168,7 @@ pub(crate) fn debug_flag(cell: &'static std::sync::OnceLock<bool>, var: &str) ->
 
 /// Profiling knobs (cargo feature `debug-knobs`, off by default): `QUANTKV_DEBUG_SKIP` bits
 /// remove parts of the attention kernels (low bits; 28 and 29 leave out the split-K reduce and
-/// the attention dispatch) and of the quantizing write kernel (bits 20-22, see
+/// the attention dispatch) and of the quantizing write kernel (bits 20-24, see
 /// kernels/write_rows.wgsl; 12-14 the decode kernel's split-K combine, see decode_common.wgsl and
 /// `attention::combine_prelude`) so their cost shows in GPU time. Results are wrong while set, so
 /// the value is part of the pipeline key, and without the feature it is always 0.

@@ -320,7 +320,7 @@ pub fn write_rows_source(
     let x_len = if subgroups { 1 } else { tiling.tile * head_dim };
     src.constants.push(("X_LEN", x_len as f64));
     src.constants.extend(codec.encode_constants.iter().copied());
-    let skip = (super::debug_skip() >> 20) & 7;
+    let skip = (super::debug_skip() >> 20) & 31;
     if skip != 0 {
         src.constants.push(("DEBUG_SKIP", skip as f64));
     }

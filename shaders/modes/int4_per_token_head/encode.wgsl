@@ -35,20 +35,15 @@ fn enc_fold(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
     return max(a, b);
 }
 
-// Round half away from zero.
-fn rha(t: f32) -> f32 {
-    return select(trunc(t - 0.5), trunc(t + 0.5), t >= 0.0);
-}
-
 fn enc_params(stat: vec2<f32>, is_v: bool) -> vec4<f32> {
     let mx = stat.x;
     let mn = -stat.y;
     let scale = max(div_rn(mx - mn, 15.0), 1e-6);
-    let zp = clamp(rha(div_rn(-mn, scale)), 0.0, 15.0);
+    let zp = clamp(round_half_away(div_rn(-mn, scale)), 0.0, 15.0);
     let stored = bitcast<f32>((bitcast<u32>(scale) & 0xFFFFFFF0u) | u32(zp));
     return vec4<f32>(scale, div_rn(1.0, scale), zp, stored);
 }
 
 fn enc_code(x: f32, inf: i32, p: vec4<f32>) -> u32 {
-    return u32(clamp(rha(x * p.y + p.z), 0.0, 15.0));
+    return int_bits(clamp(round_half_away(x * p.y + p.z), 0.0, 15.0)) & 0xFu;
 }

@@ -42,10 +42,10 @@ fn enc_code(x: f32, inf: i32, p: vec4<f32>) -> u32 {
     if (!(a > 1e-30 && (pow2 || !near))) {
         return ENC_EXACT; // the core's one copy of the exact path
     }
-    return u32(i32(clamp(round(q), -127.0, 127.0))) & 0xFFu;
+    return int_bits(clamp(round(q), -127.0, 127.0)) & 0xFFu;
 }
 
 // The code of the exact quotient (an element enc_code answered ENC_EXACT for).
 fn enc_code_exact(x: f32, p: vec4<f32>) -> u32 {
-    return u32(i32(clamp(round(div_rn(x, p.x)), -127.0, 127.0))) & 0xFFu;
+    return int_bits(clamp(round(div_rn(x, p.x)), -127.0, 127.0)) & 0xFFu;
 }

@@ -35,14 +35,14 @@ fn enc_code(x: f32, inf: i32, p: vec4<f32>) -> u32 {
         return u32(127 * inf) & 0xFFu;
     }
     let y = clamp(x * p.y, -128.0, 127.0);
-    var c: i32;
+    var n: f32;
     if (INT8_ROUNDING == 2u) {
-        c = i32(clamp(round(y), -127.0, 127.0)); // WGSL round() ties to even
+        n = clamp(round(y), -127.0, 127.0); // WGSL round() ties to even
     } else if (INT8_ROUNDING == 1u) {
-        c = i32(y); // truncation toward zero, as triton_quant_kv's store
+        n = trunc(y); // truncation toward zero, as triton_quant_kv's store
     } else {
-        // half away from zero as t >= 0 ? trunc(t + 0.5) : trunc(t - 0.5), like the CPU rha
-        c = i32(clamp(trunc(select(y - 0.5, y + 0.5, y >= 0.0)), -128.0, 127.0));
+        // half away from zero, like the CPU rha (y is within [-128, 127], so the result is)
+        n = round_half_away(y);
     }
-    return u32(c) & 0xFFu;
+    return int_bits(n) & 0xFFu;
 }
