@@ -35,7 +35,8 @@ fn int_bits(n: f32) -> u32 {
     return bitcast<u32>(n + INT_MAGIC);
 }
 
-// f32 (finite) -> e4m3fn code: round to nearest even, saturate to +-448, never the NaN codes.
+// f32 (not NaN) -> e4m3fn code: round to nearest even, saturate to +-448 (infinity too), never
+// the NaN codes.
 // Without branches: the normal range rounds by one integer add on the f32's bits (the carry
 // runs into the exponent), 2^-6 and below is a multiple of 2^-9 (round() ties to even), and
 // the minimum with 0x7E saturates (every f32 from 448 up maps to 0x7E or above).
