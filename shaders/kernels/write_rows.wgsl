@@ -60,8 +60,8 @@ const ENC_EXACT: u32 = 0xFFFFFFFFu; // enc_code: "take enc_code_exact"
 @group(0) @binding(2) var<storage, read> step_meta: array<i32>;
 @group(0) @binding(3) var<storage, read> key_in: array<vec4<u32>>;
 @group(0) @binding(4) var<storage, read> value_in: array<vec4<u32>>;
-@group(0) @binding(5) var<storage, read_write> k_cache: array<u32>;
-@group(0) @binding(6) var<storage, read_write> v_cache: array<u32>;
+// Bindings 5 and 6 (k_cache, v_cache) and store_words: the host's prelude,
+// kernels/write_store_w4.wgsl or kernels/write_store_w1.wgsl.
 @group(0) @binding(7) var<storage, read_write> k_scale: array<f32>;
 @group(0) @binding(8) var<storage, read_write> v_scale: array<f32>;
 
@@ -207,13 +207,8 @@ fn write_row(j: u32, lane: u32, wid: vec3<u32>, nwg: vec3<u32>) {
         }
     }
     let w0 = row * ly.k_row_words + lane * NW;
-    let store = (DEBUG_SKIP & 4u) == 0u || ly.num_kv_heads == 0u;
-    for (var w = 0u; w < NW && store; w++) {
-        if (is_v) {
-            v_cache[w0 + w] = words[w];
-        } else {
-            k_cache[w0 + w] = words[w];
-        }
+    if ((DEBUG_SKIP & 4u) == 0u || ly.num_kv_heads == 0u) {
+        store_words(is_v, w0, words);
     }
     if (HAS_SCALE_CACHE && lane == 0u) {
         if (is_v) {

@@ -412,7 +412,7 @@ fn variants() -> Vec<Variant> {
                     out.push(variant(
                         format!("write_rows/{}/{}/d{d}", mode.id(), dtype.name()),
                         dtype,
-                        &write_rows_source(&codec, d, t, false),
+                        &write_rows_source(&codec, d, t, false, pf),
                         no_subgroups(),
                     ));
                     // The subgroup entry where subgroups of 32 hold a row.
@@ -422,7 +422,7 @@ fn variants() -> Vec<Variant> {
                         out.push(variant(
                             format!("write_rows/{}/{}/d{d}/sg", mode.id(), dtype.name()),
                             dtype,
-                            &write_rows_source(&codec, d, t, true),
+                            &write_rows_source(&codec, d, t, true, pf),
                             C::all(),
                         ));
                     }
@@ -441,7 +441,7 @@ fn variants() -> Vec<Variant> {
         out.push(variant(
             format!("write_rows/int8/{r:?}"),
             Dtype::F16,
-            &write_rows_source(&codec, 128, write_rows_tiling(128, 1, 16), false),
+            &write_rows_source(&codec, 128, write_rows_tiling(128, 1, 16), false, 1),
             no_subgroups(),
         ));
     }
@@ -614,7 +614,7 @@ fn bind_group_layouts_match_the_wgsl_bindings() {
         ("write_copy", write_copy_source(wt)),
         (
             "write_rows",
-            write_rows_source(&codec, 128, write_rows_tiling(128, 1, 16), false),
+            write_rows_source(&codec, 128, write_rows_tiling(128, 1, 16), false, 1),
         ),
     ] {
         let text = full_source(src.kernel, Dtype::F16, &src.parts(), src.includes).unwrap();
@@ -818,7 +818,7 @@ fn write_rows_tiling_fits_the_default_workgroup_memory_for_every_head_size() {
                 let e = lane_elems(b.packing_factor(), d, e_min);
                 assert_eq!(t.wg_size, t.tile * d / e, "d{d}: {t:?}");
                 assert!(t.wg_size <= 256, "d{d}: {t:?}");
-                let src = write_rows_source(&codec, d, t, false);
+                let src = write_rows_source(&codec, d, t, false, b.packing_factor());
                 let text = full_source(src.kernel, Dtype::F32, &src.parts(), src.includes).unwrap();
                 let (m, i) = parse("write_rows", &text, no_subgroups());
                 let (m, _) = resolve("write_rows", &m, &i, &src.constants);
@@ -849,6 +849,8 @@ fn write_rows_plan_widens_lanes_only_for_rotated_rows_on_subgroups() {
             let rotates = codec.transform.is_some();
             let pf = b.packing_factor();
             for d in (16..=256).step_by(16) {
+                // write_rows_source picks its 16-byte stores from this row size.
+                assert_eq!(b.row_bytes(d, Dtype::F16), (d / pf) as u64, "{mode:?} d{d}");
                 let (t, sg) = write_rows_plan(&caps, d, pf, rotates);
                 let lanes = t.wg_size / t.tile;
                 let e = d / lanes;

@@ -173,7 +173,13 @@ pub(crate) fn pipeline(ctx: &Context, layer: &LayerRef<'_>) -> Result<(Arc<Compi
         ctx.pipelines.get(ctx, pkey, || write_copy_source(tiling))?
     } else {
         ctx.pipelines.get(ctx, pkey, || {
-            write_rows_source(codec, cfg.head_size, tiling, sg)
+            write_rows_source(
+                codec,
+                cfg.head_size,
+                tiling,
+                sg,
+                layer.mode.backend().packing_factor(),
+            )
         })?
     };
     Ok((compiled, tiling))
@@ -295,12 +301,14 @@ pub fn write_subgroups(caps: &Caps, head_dim: u32, tiling: Tiling) -> bool {
 }
 
 /// The quantizing write kernel's source (with the mode's encode contract), constants, layout;
-/// `subgroups`: the subgroup entry (see [`write_subgroups`]).
+/// `subgroups`: the subgroup entry (see [`write_subgroups`]); `packing_factor`: the mode's
+/// codes per byte (1, 2 or 4).
 pub fn write_rows_source(
     codec: &Codec,
     head_dim: u32,
     tiling: Tiling,
     subgroups: bool,
+    packing_factor: u32,
 ) -> PipelineSource<'static> {
     let mut src = write_copy_source(tiling);
     src.constants.retain(|(k, _)| *k != "CH"); // the row copy's alone
@@ -311,7 +319,17 @@ pub fn write_rows_source(
     };
     // Elements per lane, as the tiling was made (`lane_elems`): head_dim / (wg_size / rows).
     let e = head_dim * tiling.tile / tiling.wg_size;
-    src.prelude = format!("const E_MIN: u32 = {e}u;\n");
+    // The code stores: 16-byte stores where a row's words and a lane's words (NW in
+    // write_rows.wgsl) are both whole 16-byte pieces.
+    let code_bits = 8 / packing_factor;
+    let nw = e.max(32 / code_bits) * code_bits / 32;
+    let row_words = head_dim * code_bits / 32;
+    let store = if nw.is_multiple_of(4) && row_words.is_multiple_of(4) {
+        include_str!("../../shaders/kernels/write_store_w4.wgsl")
+    } else {
+        include_str!("../../shaders/kernels/write_store_w1.wgsl")
+    };
+    src.prelude = format!("const E_MIN: u32 = {e}u;\n{store}");
     src.codec = codec.encode.into_iter().collect();
     src.includes = codec.includes;
     src.constants.push(("HEAD_DIM", head_dim as f64));
