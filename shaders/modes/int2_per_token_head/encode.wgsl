@@ -38,9 +38,13 @@ fn enc_params(stat: vec2<f32>, is_v: bool) -> vec4<f32> {
     return vec4<f32>(scale, div_rn(sqrt_d, norm), 0.0, scale);
 }
 
-// The centroid index: 0 below -0.9816, 1 below 0 (-0.0 is not), 2 below 0.9816, else 3; as
-// the count of the three thresholds z reaches, without a branch.
+// The centroid index: 0 below -0.9816, 1 below 0 (-0.0 is not), 2 below 0.9816, else 3.
+// (Counting the thresholds reached, u32(z >= t) summed, was 0.5 us slower of 4096 tokens'
+// write on an H200: 16.0 against 15.5.)
 fn enc_code(x: f32, inf: i32, p: vec4<f32>) -> u32 {
     let z = x * p.y;
-    return u32(z >= -0.9816) + u32(z >= 0.0) + u32(z >= 0.9816);
+    if (z < 0.0) {
+        return select(1u, 0u, z < -0.9816);
+    }
+    return select(3u, 2u, z < 0.9816);
 }
