@@ -6,6 +6,7 @@
 //!                               [--modes none,int4_per_token_head,..|all] [--paths auto,stream,..]
 //!                               [--no-subgroups] [--no-combine] [--batch N] [--one-pass] [--floor]
 //!                               [--step two|fused] [--unit-tensor-scales] [--mma-decode]
+//!                               [--mma-steps 16,48]
 //!
 //! `--mma-decode` times a tensor-core decode rung's skeleton first (`benches/probe_mma_decode.wgsl`,
 //! cooperative-matrix adapters with 32-lane subgroups only); `--micro`, `--residency` and
@@ -387,22 +388,23 @@ fn micro_workgroup_loops(ctx: &Context) -> Result<()> {
 /// and the staging left out (skip 2) beside the full skeleton (skip 0). A rung built this way
 /// can stream no faster than its skeleton; against the streaming rung's 3.9–4.1 TB/s at
 /// B=8–16 L=32k (f16) and the 1.6× of f16 issue 12 asks of 8-bit codes.
-fn micro_mma_decode(ctx: &Context) -> Result<()> {
+fn micro_mma_decode(ctx: &Context, step_counts: &[u32]) -> Result<()> {
     let caps = ctx.caps();
     if !(caps.coop_f16 && caps.subgroup_min_size == 32 && caps.subgroup_max_size == 32) {
         println!("mma-decode probe: needs 16x16x16 f16 cooperative matrices and 32-lane subgroups");
         return Ok(());
     }
     const SRC: &str = include_str!("probe_mma_decode.wgsl");
-    // Tiles each subgroup streams, and tiles in each of the K and V buffers: at least every
-    // subgroup's of the largest launch (4 subgroups × 8 workgroups per multiprocessor), so no
-    // tile is read twice. (The first version wrapped around 32 768 tiles, so subgroups
+    // Tiles each subgroup streams (`--mma-steps`: 48 by default, long contexts at large
+    // batches; B=1 L=32k gives each of 1056 subgroups about 16), and tiles in each of the K and
+    // V buffers: at least every subgroup's of the largest launch (4 subgroups × 8 workgroups
+    // per multiprocessor), so no tile is read twice. (The first version wrapped around 32 768 tiles, so subgroups
     // resident at once read the same tiles and part of its bytes came from the L2: up to
     // 9.1 TB/s, above the copy kernel.) 2^18 tiles × 4 KiB = 1 GiB of f16 rows per buffer.
-    const STEPS: u32 = 48;
     const NT: u32 = 1 << 18;
     let sms = caps.multiprocessors.unwrap_or(132) as u64;
-    let need = sms * 8 * 4 * STEPS as u64;
+    let most = step_counts.iter().copied().max().unwrap_or(0);
+    let need = sms * 8 * 4 * most as u64;
     let buf_bytes = NT as u64 * 4096;
     if need > NT as u64 || buf_bytes > ctx.limits().max_storage_buffer_binding_size {
         println!(
@@ -414,20 +416,20 @@ fn micro_mma_decode(ctx: &Context) -> Result<()> {
     let k = ctx.zeroed("mma_probe_k", buf_bytes);
     let v = ctx.zeroed("mma_probe_v", buf_bytes);
     let d = ctx.zeroed("mma_probe_out", 1024);
-    for codes in [false, true] {
+    for (&steps, codes) in step_counts.iter().flat_map(|s| [(s, false), (s, true)]) {
         let tile_bytes: u64 = if codes { 2048 } else { 4096 };
         for nsg in [4u32, 2] {
             for skip in [0u32, 1, 2] {
                 let constants = [
                     ("NSG", nsg as f64),
-                    ("STEPS", STEPS as f64),
+                    ("STEPS", steps as f64),
                     ("NT", NT as f64),
                     ("CODES", f64::from(u8::from(codes))),
                     ("SKIP", skip as f64),
                 ];
                 let (p, bg) = probe_kernel_with(ctx, SRC, &[&k, &v, &d], &constants, true);
                 let mut line = format!(
-                    "mma-decode probe, {}, {nsg} subgroups per workgroup, skip {skip}:",
+                    "mma-decode probe, {}, {steps} steps, {nsg} subgroups per workgroup, skip {skip}:",
                     if codes { "int8 codes" } else { "f16 rows" }
                 );
                 for per_sm in [2u64, 4, 8] {
@@ -439,7 +441,7 @@ fn micro_mma_decode(ctx: &Context) -> Result<()> {
                         pass.dispatch_workgroups(groups as u32, 1, 1);
                         Ok(())
                     })?;
-                    let bytes = groups * nsg as u64 * STEPS as u64 * 2 * tile_bytes;
+                    let bytes = groups * nsg as u64 * steps as u64 * 2 * tile_bytes;
                     let gbs = bytes as f64 / us / 1e3;
                     line.push_str(&format!(" {per_sm}/SM {us:.1} us {gbs:.0} GB/s"));
                     if codes {
@@ -1185,7 +1187,8 @@ fn main() -> Result<()> {
         micro_floor(&ctx)?;
     }
     if flag("--mma-decode") {
-        micro_mma_decode(&ctx)?;
+        let steps = u32_list("--mma-steps")?.unwrap_or_else(|| vec![48]);
+        micro_mma_decode(&ctx, &steps)?;
     }
     let mut rng = SplitMix64::new(0xBE7C4);
     // `--repeat N`: the whole list N times in alternation (fresh caches each pass); each row
