@@ -385,7 +385,8 @@ fn micro_workgroup_loops(ctx: &Context) -> Result<()> {
 /// multiply-adds, four barriers per tile), timed before such a rung is built: GB/s of K/V
 /// bytes streamed (f16 rows, and int8 codes dequantized while staged, with their f16-equivalent
 /// rate) at 2, 4 and 8 workgroups per multiprocessor, with the multiply-adds left out (skip 1)
-/// and the staging left out (skip 2) beside the full skeleton (skip 0). A rung built this way
+/// and the staging left out (skip 2: the loads then feed nothing and the driver drops them,
+/// so it times the multiply-adds and barriers alone) beside the full skeleton (skip 0). A rung built this way
 /// can stream no faster than its skeleton; against the streaming rung's 3.9–4.1 TB/s at
 /// B=8–16 L=32k (f16) and the 1.6× of f16 issue 12 asks of 8-bit codes.
 fn micro_mma_decode(ctx: &Context, step_counts: &[u32]) -> Result<()> {
@@ -398,9 +399,10 @@ fn micro_mma_decode(ctx: &Context, step_counts: &[u32]) -> Result<()> {
     // Tiles each subgroup streams (`--mma-steps`: 48 by default, long contexts at large
     // batches; B=1 L=32k gives each of 1056 subgroups about 16), and tiles in each of the K and
     // V buffers: at least every subgroup's of the largest launch (4 subgroups × 8 workgroups
-    // per multiprocessor), so no tile is read twice. (The first version wrapped around 32 768 tiles, so subgroups
-    // resident at once read the same tiles and part of its bytes came from the L2: up to
-    // 9.1 TB/s, above the copy kernel.) 2^18 tiles × 4 KiB = 1 GiB of f16 rows per buffer.
+    // per multiprocessor), so no tile is read twice. (The first version wrapped around 32 768
+    // tiles, so subgroups resident at once read the same tiles and part of its bytes came from
+    // the L2: f16 rows with no multiply-adds at 5.4 TB/s, above the copy kernel.) 2^18 tiles ×
+    // 4 KiB = 1 GiB of f16 rows per buffer.
     const NT: u32 = 1 << 18;
     let sms = caps.multiprocessors.unwrap_or(132) as u64;
     let most = step_counts.iter().copied().max().unwrap_or(0);
