@@ -243,7 +243,7 @@ fn shapes(quick: bool, sweep: &[u32]) -> Vec<Shape> {
     v
 }
 
-/// Timed runs per measurement (50; 3 in the smoke run).
+/// Timed runs per measurement (50, or `--runs`; 3 in the smoke run).
 static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(50);
 
 fn runs() -> u32 {
@@ -1053,8 +1053,16 @@ fn main() -> Result<()> {
     // `cargo test --all-targets` runs this binary without `--bench`: a smoke run of tiny shapes.
     let smoke = !flag("--bench");
     let quick = flag("--quick") || smoke;
+    // `--runs N`: timed runs per measurement (slow forced paths at big shapes).
     RUNS.store(
-        if smoke { 3 } else { 50 },
+        if smoke {
+            3
+        } else {
+            opt("--runs")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(50)
+                .max(1)
+        },
         std::sync::atomic::Ordering::Relaxed,
     );
     NO_FILL.store(flag("--no-fill"), std::sync::atomic::Ordering::Relaxed);
