@@ -142,23 +142,7 @@ fn get_v4(t: u32, j: u32) -> vec4<f32> {
     return vec4<f32>(f32(v_sh[b]), f32(v_sh[b + 1u]), f32(v_sh[b + 2u]), f32(v_sh[b + 3u]));
 }
 
-// Maximum and sum over the RT = WG_SIZE / MAX_M adjacent lanes that share a row in the
-// softmax (RT divides the subgroup size: the workgroup is ROW_BLOCKS whole subgroups).
-fn row_max(x: f32) -> f32 {
-    var r = x;
-    for (var k = 1u; k < WG_SIZE / MAX_M; k <<= 1u) {
-        r = max(r, subgroupShuffleXor(r, k));
-    }
-    return r;
-}
-
-fn row_sum(x: f32) -> f32 {
-    var r = x;
-    for (var k = 1u; k < WG_SIZE / MAX_M; k <<= 1u) {
-        r += subgroupShuffleXor(r, k);
-    }
-    return r;
-}
+// row_max / row_sum: kernels/rows_shuffle.wgsl (the prelude's).
 
 // P arrives scaled by 16 (p <= 16 e^TAU < 65504), so the lo half of any p that matters is
 // an f16 normal number (tensor cores may flush subnormal inputs).
@@ -232,6 +216,34 @@ fn frag_store(c: FragC, off: u32, stride: u32) {
 
 fn frag_load(off: u32, stride: u32) -> FragC {
     return coopLoadT<FragC>(&s_sh[off], stride);
+}
+
+// O block `f` with each row scaled by its alpha_sh (and by gfac), through s_sh (fragments
+// cannot be indexed per element).
+fn rescale_block(f: FragC, sg: u32, tid: u32, gfac: f32) -> FragC {
+    frag_store(f, sg * 256u, 16u);
+    workgroupBarrier();
+    for (var e = tid; e < ROW_BLOCKS * 256u; e += WG_SIZE) {
+        s_sh[e] *= alpha_sh[(e / 256u) * 16u + (e % 256u) / 16u] * gfac;
+    }
+    workgroupBarrier();
+    let r = frag_load(sg * 256u, 16u);
+    workgroupBarrier();
+    return r;
+}
+
+// Epilogue: O block `f` (columns 16 db..) through s_sh (each owner its own 16 rows), then
+// store_row4 by every thread.
+fn store_block(f: FragC, db: u32, sg: u32, tid: u32, inf: WgInfo, o_unit: f32, seg: u32) {
+    frag_store(f, sg * 256u, 16u);
+    workgroupBarrier();
+    for (var e = tid; e < ROW_BLOCKS * 64u; e += WG_SIZE) {
+        let m = (e / 64u) * 16u + (e % 64u) / 4u;
+        let b = m * 16u + (e % 4u) * 4u;
+        store_row4(inf, m, db * 4u + e % 4u,
+                   vec4<f32>(s_sh[b], s_sh[b + 1u], s_sh[b + 2u], s_sh[b + 3u]), o_unit, seg);
+    }
+    workgroupBarrier();
 }
 
 @compute @workgroup_size(WG_SIZE)

@@ -4,8 +4,13 @@
 // multiply-add reads its 16x16 operands straight from the workgroup tiles, so each lane does
 // 64 fused multiply-adds per 8 vec4 loads. Same semantics as the cooperative version (operands
 // rounded to ET, P exact, f32 accumulation); works on every adapter (ET = f16 needs
-// SHADER_F16). P is held as f32 (the cooperative version's hi + lo pair, exactly).
-// Tiles are stored as vec4<ET>; the row strides (in ET elements) are multiples of 4.
+// SHADER_F16). P is held as f32 (the cooperative version's hi + lo pair, exactly), over the
+// scores in s_sh. Tiles are stored as vec4<ET>; the row strides (in ET elements) are
+// multiples of 4. An owner is 16 lanes; the wide tilings (WG_SIZE > MAX_M, subgroups) give
+// each row block several owners (column groups of O, parts of the score blocks' head
+// dimension; prefill.wgsl), and O's rescale and epilogue work on the registers directly.
+// (64 rows x 32 keys on 256 threads ran an 8k prompt 2.6x faster on an H200 than on 64
+// threads, one per row: eight warps per multiprocessor instead of two; BENCHMARKS.md.)
 // #include "kernels/prefill.wgsl"
 
 alias FragC = mat4x4<f32>; // column i = row 4*(lane/4)+i of the block, 4 columns
@@ -22,7 +27,6 @@ const V_APART: bool = false;
 // twin 6x slower to compile on lavapipe (22 s at head size 128 with every parameter on), and
 // on an H200 the looped twin was 1.18x faster (82 against 97 ms at 8k; BENCHMARKS.md).
 const WRITTEN_OUT: bool = false;
-var<workgroup> p_sh: array<vec4<f32>, P_LEN>;
 
 fn to_et4(v: vec4<f32>) -> vec4<ET> {
     return vec4<ET>(clamp(v, vec4<f32>(-ET_MAX), vec4<f32>(ET_MAX)));
@@ -60,23 +64,24 @@ fn get_v4(t: u32, j: u32) -> vec4<f32> {
     return get_kv4(t, j);
 }
 
-// The twin's tilings give each row one thread (WG_SIZE == MAX_M): nothing to combine.
-fn row_max(x: f32) -> f32 {
-    return x;
-}
-
-fn row_sum(x: f32) -> f32 {
-    return x;
-}
+// row_max / row_sum come with the prelude: kernels/rows_one.wgsl where a softmax row has one
+// thread (WG_SIZE == MAX_M), else kernels/rows_shuffle.wgsl (subgroups).
 
 const P_SCALE: f32 = 1.0;
 
+// P (f32) goes over the raw scores in s_sh: the thread that writes a P value has read that
+// key's scores already (its own keys of its row), and the score blocks of the next tile are
+// stored only after the tile's barriers (1) and (2).
 fn put_p(row: u32, t: u32, p: f32) {
-    p_sh[row * (PS / 4u) + t / 4u][t % 4u] = p;
+    s_sh[row * SS + t] = p;
 }
 
 fn get_p(row: u32, t: u32) -> f32 {
-    return p_sh[row * (PS / 4u) + t / 4u][t % 4u];
+    return s_sh[row * SS + t];
+}
+
+fn p4_at(b: u32) -> vec4<f32> {
+    return vec4<f32>(s_sh[b], s_sh[b + 1u], s_sh[b + 2u], s_sh[b + 3u]);
 }
 
 fn frag_qk(c: FragC, q: FragQ, r0: u32, t0: u32, k0: u32) -> FragC {
@@ -103,16 +108,15 @@ fn frag_qk(c: FragC, q: FragQ, r0: u32, t0: u32, k0: u32) -> FragC {
 }
 
 fn frag_pv(c: FragC, r0: u32, t0: u32, d0: u32) -> FragC {
-    let pb = (r0 + 4u * (lane / 4u)) * (PS / 4u) + t0 / 4u;
+    let pb = (r0 + 4u * (lane / 4u)) * SS + t0;
     let vb = t0 * (KS / 4u) + (d0 + 4u * (lane % 4u)) / 4u;
-    let p4 = PS / 4u;
     let k4 = KS / 4u;
     var r = c;
     for (var k = 0u; k < 4u; k++) {
-        let p0 = p_sh[pb + k];
-        let p1 = p_sh[pb + p4 + k];
-        let p2 = p_sh[pb + 2u * p4 + k];
-        let p3 = p_sh[pb + 3u * p4 + k];
+        let p0 = p4_at(pb + 4u * k);
+        let p1 = p4_at(pb + SS + 4u * k);
+        let p2 = p4_at(pb + 2u * SS + 4u * k);
+        let p3 = p4_at(pb + 3u * SS + 4u * k);
         let v = vb + 4u * k * k4;
         let v0 = vec4<f32>(kv_sh[v]);
         let v1 = vec4<f32>(kv_sh[v + k4]);
@@ -148,9 +152,31 @@ fn frag_load(off: u32, stride: u32) -> FragC {
     return c;
 }
 
+// O block `f` of owner sg with each row scaled by its alpha_sh (and by gfac), in registers.
+fn rescale_block(f: FragC, sg: u32, tid: u32, gfac: f32) -> FragC {
+    let m = (sg % ROW_BLOCKS) * 16u + 4u * (lane / 4u);
+    var r = f;
+    r[0] *= alpha_sh[m] * gfac;
+    r[1] *= alpha_sh[m + 1u] * gfac;
+    r[2] *= alpha_sh[m + 2u] * gfac;
+    r[3] *= alpha_sh[m + 3u] * gfac;
+    return r;
+}
+
+// Epilogue: O block `f` (columns 16 db..) of owner sg, from registers: each lane its four
+// rows' four columns.
+fn store_block(f: FragC, db: u32, sg: u32, tid: u32, inf: WgInfo, o_unit: f32, seg: u32) {
+    let m = (sg % ROW_BLOCKS) * 16u + 4u * (lane / 4u);
+    let j = db * 4u + lane % 4u;
+    store_row4(inf, m, j, f[0], o_unit, seg);
+    store_row4(inf, m + 1u, j, f[1], o_unit, seg);
+    store_row4(inf, m + 2u, j, f[2], o_unit, seg);
+    store_row4(inf, m + 3u, j, f[3], o_unit, seg);
+}
+
 @compute @workgroup_size(WG_SIZE)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(local_invocation_index) tid: u32) {
     lane = tid % 16u;
-    prefill_main(wid, tid, tid / 16u);
+    prefill_main(wid, tid, tid / 16u); // OWNERS = WG_SIZE / 16
 }

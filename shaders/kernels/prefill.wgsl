@@ -44,14 +44,15 @@
 // f32.
 //
 // The fragment include provides: aliases FragC and FragQ (a query fragment an owner may hold
-// through the key loop); var<workgroup> qh_sh, kv_sh, v_sh (where V_APART) and its P tile(s);
-// WRITTEN_OUT (per-block steps with constant fragment indices, or loops);
+// through the key loop); var<workgroup> qh_sh, kv_sh, v_sh (where V_APART) and its P tile(s)
+// (the twin writes P over the scores in s_sh); WRITTEN_OUT (per-block steps with constant
+// fragment indices, or loops); rescale_block / store_block (below);
 // q_stage_rows / put_q4 / load_q (query rows staged per round, and the fragment of staged rows),
-// get_q4, put_kv4 / get_kv4 (K), put_v4 / get_v4 (V), row_max / row_sum (over the WG_SIZE / MAX_M
-// threads of a softmax row), put_p / get_p (of p' * P_SCALE, a power of two the include picks; O is
+// get_q4, put_kv4 / get_kv4 (K), put_v4 / get_v4 (V), put_p / get_p (of p' * P_SCALE, a power of two the include picks; O is
 // divided by it at the end), frag_qk, frag_pv, frag_store / frag_load (s_sh, f32, row-major), and
-// the entry point, which calls prefill_main with the fragment owner's row block. The prelude
-// defines ET, ET_MAX, D_BLOCKS = HEAD_DIM / 16, T_BLOCKS = TK / 16, Q_HELD (query fragments held
+// the entry point, which calls prefill_main with the fragment owner's index (OWNERS). The
+// prelude brings row_max / row_sum over the WG_SIZE / MAX_M threads of a softmax row
+// (kernels/rows_shuffle.wgsl, or kernels/rows_one.wgsl for one thread) and defines ET, ET_MAX, D_BLOCKS = HEAD_DIM / 16, T_BLOCKS = TK / 16, Q_HELD (query fragments held
 // in registers, cooperative matrices up to head size 128), RAW_SPLIT / KL_LEN (K as hi + lo
 // f16 pairs on cooperative matrices, for raw values f16 does not hold exactly; V rounded to
 // f16) and V_SPLIT / VL_LEN (V as pairs too, where P_LO: FP8 outputs).
@@ -66,6 +67,16 @@ override TK: u32 = 32u;          // keys per tile, a multiple of 16
 override WG_SIZE: u32 = 128u;    // a multiple of MAX_M
 override MAX_M: u32 = 64u;       // rows per workgroup, 16 * ROW_BLOCKS
 override ROW_BLOCKS: u32 = 4u;
+// Fragment owners per workgroup (16 lanes each on the twin, a subgroup each on cooperative
+// matrices): ROW_BLOCKS x column groups. Owner sg holds the O blocks of row block
+// sg % ROW_BLOCKS whose column block is sg / ROW_BLOCKS modulo the column groups, and takes
+// every OWNERS-th of the tile's score blocks (row block, key block, head-dimension part).
+// Cooperative matrices: one owner per row block.
+override OWNERS: u32 = 4u;
+// Score blocks split over KSPLIT parts of the head dimension (each part's sum in its own
+// MAX_M x SS region of s_sh, added by the score pass), so that every owner has one where
+// ROW_BLOCKS x T_BLOCKS alone would leave some idle (the twin's wide workgroups).
+override KSPLIT: u32 = 1u;
 override QS: u32 = 136u;         // row strides in ET elements: qh_sh and kv_sh rows
 override KS: u32 = 136u;
 override PS: u32 = 40u;          // p_sh rows
@@ -244,59 +255,38 @@ fn pv_block(acc0: FragC, r0: u32, db: u32) -> FragC {
     return acc;
 }
 
-// O block `f` with each row scaled by its alpha_sh (and by gfac), through s_sh.
-fn rescale_block(f: FragC, sg: u32, tid: u32, gfac: f32) -> FragC {
-    frag_store(f, sg * 256u, 16u);
-    workgroupBarrier();
-    for (var e = tid; e < ROW_BLOCKS * 256u; e += WG_SIZE) {
-        s_sh[e] *= alpha_sh[(e / 256u) * 16u + (e % 256u) / 16u] * gfac;
-    }
-    workgroupBarrier();
-    let r = frag_load(sg * 256u, 16u);
-    workgroupBarrier();
-    return r;
-}
+// The include provides rescale_block(f, sg, tid, gfac) -> FragC (O block `f` of owner sg
+// with each row scaled by its alpha_sh and by gfac) and store_block(f, db, sg, tid, inf,
+// o_unit, seg) (the epilogue of O block `f`, columns 16 db.., through store_row4); every
+// owner calls them for its blocks in the same order.
 
-// Epilogue: O block `f` (columns 16 db..) / l to the output, through s_sh (each fragment
-// owner its own 16 rows). With IS_SPLIT (a mode with a transform: the reduce pass un-rotates
-// the rows), the row's unnormalised O, running maximum and denominator go to the partials
-// layout of kernels/unified.wgsl instead, as its one segment. O's unit: g / P_SCALE.
-fn store_block(f: FragC, db: u32, sg: u32, tid: u32, inf: WgInfo, o_unit: f32, seg: u32) {
+// Epilogue of one output row: elements 4j..4j+3 of workgroup row m, `raw` in O's unit
+// (o_unit: g / P_SCALE), divided by the row's denominator. With IS_SPLIT (a mode with a
+// transform: the reduce pass un-rotates the rows), the row's unnormalised O, running
+// maximum and denominator go to the partials layout of kernels/unified.wgsl instead, as its
+// one segment `seg`.
+fn store_row4(inf: WgInfo, m: u32, j: u32, raw: vec4<f32>, o_unit: f32, seg: u32) {
     let hg = ly.heads_per_wg;
-    frag_store(f, sg * 256u, 16u);
-    workgroupBarrier();
-    for (var e = tid; e < ROW_BLOCKS * 64u; e += WG_SIZE) {
-        let rb = e / 64u;
-        let r = (e % 64u) / 4u;
-        let cg = e % 4u;
-        let m = rb * 16u + r;
-        let seen = seen_sh[m] != 0u;
-        var a = vec4<f32>(0.0);
-        if (seen) {
-            let b = rb * 256u + r * 16u + cg * 4u;
-            a = vec4<f32>(s_sh[b], s_sh[b + 1u], s_sh[b + 2u], s_sh[b + 3u]) * o_unit;
-        }
-        let qm = m / hg;
-        let hm = m % hg;
-        if (qm < inf.rows_q && hm < inf.nheads) {
-            let tok = inf.q_first + qm;
-            let head = inf.head0 + hm;
-            let j = db * 4u + cg;
-            if (IS_SPLIT) {
-                let ns = ly.num_segments;
-                let slot = (tok * ly.num_q_heads + head) * ns + seg;
-                let b = slot * HEAD_DIM + 4u * j;
-                partial_store4(b, a);
-                if (j == 0u) {
-                    let sb = ly.seg_rows * ly.num_q_heads * ns * HEAD_DIM + slot * 2u;
-                    partial_store_ml(sb, select(NEG, m_sh[m], seen), select(0.0, l_sh[m], seen));
-                }
-            } else {
-                out_store4(out_elem(tok, head, j), select(vec4<f32>(0.0), a / l_sh[m], seen));
+    let seen = seen_sh[m] != 0u;
+    let a = select(vec4<f32>(0.0), raw * o_unit, seen);
+    let qm = m / hg;
+    let hm = m % hg;
+    if (qm < inf.rows_q && hm < inf.nheads) {
+        let tok = inf.q_first + qm;
+        let head = inf.head0 + hm;
+        if (IS_SPLIT) {
+            let ns = ly.num_segments;
+            let slot = (tok * ly.num_q_heads + head) * ns + seg;
+            let b = slot * HEAD_DIM + 4u * j;
+            partial_store4(b, a);
+            if (j == 0u) {
+                let sb = ly.seg_rows * ly.num_q_heads * ns * HEAD_DIM + slot * 2u;
+                partial_store_ml(sb, select(NEG, m_sh[m], seen), select(0.0, l_sh[m], seen));
             }
+        } else {
+            out_store4(out_elem(tok, head, j), select(vec4<f32>(0.0), a / l_sh[m], seen));
         }
     }
-    workgroupBarrier();
 }
 
 // A tile key's cached row (row 0 past the sequence: always in bounds) and K / V scales.
@@ -348,7 +338,10 @@ fn stage_kv(tid: u32, n: u32, key0: u32, kv_len: u32) {
 // q·c in s_sh; NEG where masked.
 fn tile_score(inf: WgInfo, qi: u32, hh: u32, rm: u32, key0: u32, t: u32) -> f32 {
     let key = key0 + t;
-    let raw = s_sh[rm * SS + t];
+    var raw = s_sh[rm * SS + t];
+    for (var h = 1u; h < KSPLIT; h++) {
+        raw += s_sh[(h * MAX_M + rm) * SS + t];
+    }
     if ((DEBUG_SKIP & 8u) != 0u) {
         return select(NEG, raw, key < inf.kv_len);
     }
@@ -424,12 +417,22 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     // Q rows, q_stage_rows() per round; a fragment owner whose rows are staged takes its Q
     // fragments (every owner loads in every round: fragment operations stay in uniform
     // control flow; only the copy is conditional).
-    let r0 = sg * 16u;
+    let r0 = (sg % ROW_BLOCKS) * 16u;
+    // Column groups: the owner's O blocks are cg, cg + ncg, ... (ob of them; the host makes
+    // ncg divide D_BLOCKS). Cooperative matrices: ncg = 1, cg = 0.
+    let ncg = OWNERS / ROW_BLOCKS;
+    let cg = select(sg / ROW_BLOCKS, 0u, ncg == 1u);
+    let ob = D_BLOCKS / ncg;
+    // O's blocks by constant indices (written out) on cooperative matrices, and on the twin
+    // where an owner holds at most four (its wide tilings): indexed by a loop counter, the
+    // H200's driver keeps the array in local memory (1 KiB per thread on the twin).
+    let o_const = WRITTEN_OUT || ob <= 4u;
     // The fragments a subgroup holds through the key loop (query: up to 8 blocks, O: up to
     // 16) are indexed by constants only where the include sets WRITTEN_OUT, every per-block
     // step written out below: with a loop index the H200's driver kept both arrays in local
     // memory (384 bytes per thread at head size 128; BENCHMARKS.md), and every multiply-add went
-    // through it. The twin runs the same steps as loops (lavapipe compiles them 6x faster).
+    // through it. The twin runs the query steps as loops (lavapipe compiled the written-out
+    // twin 6x slower), and O's written out only where an owner holds at most four blocks.
     var qf: array<FragQ, 8>;
     let qrows = q_stage_rows();
     for (var q0 = 0u; q0 < MAX_M; q0 += qrows) {
@@ -458,34 +461,34 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     }
     let zero = frag_load(0u, 16u);
     var o: array<FragC, 16>;
-    if (WRITTEN_OUT) {
+    if (o_const) {
         o[0] = zero;
-        if (D_BLOCKS > 1u) { o[1] = zero; }
-        if (D_BLOCKS > 2u) { o[2] = zero; }
-        if (D_BLOCKS > 3u) { o[3] = zero; }
-        if (D_BLOCKS > 4u) { o[4] = zero; }
-        if (D_BLOCKS > 5u) { o[5] = zero; }
-        if (D_BLOCKS > 6u) { o[6] = zero; }
-        if (D_BLOCKS > 7u) { o[7] = zero; }
-        if (D_BLOCKS > 8u) { o[8] = zero; }
-        if (D_BLOCKS > 9u) { o[9] = zero; }
-        if (D_BLOCKS > 10u) { o[10] = zero; }
-        if (D_BLOCKS > 11u) { o[11] = zero; }
-        if (D_BLOCKS > 12u) { o[12] = zero; }
-        if (D_BLOCKS > 13u) { o[13] = zero; }
-        if (D_BLOCKS > 14u) { o[14] = zero; }
-        if (D_BLOCKS > 15u) { o[15] = zero; }
+        if (ob > 1u) { o[1] = zero; }
+        if (ob > 2u) { o[2] = zero; }
+        if (ob > 3u) { o[3] = zero; }
+        if (ob > 4u) { o[4] = zero; }
+        if (ob > 5u) { o[5] = zero; }
+        if (ob > 6u) { o[6] = zero; }
+        if (ob > 7u) { o[7] = zero; }
+        if (ob > 8u) { o[8] = zero; }
+        if (ob > 9u) { o[9] = zero; }
+        if (ob > 10u) { o[10] = zero; }
+        if (ob > 11u) { o[11] = zero; }
+        if (ob > 12u) { o[12] = zero; }
+        if (ob > 13u) { o[13] = zero; }
+        if (ob > 14u) { o[14] = zero; }
+        if (ob > 15u) { o[15] = zero; }
     } else {
-        for (var db = 0u; db < D_BLOCKS; db++) { o[db] = zero; }
+        for (var j = 0u; j < ob; j++) { o[j] = zero; }
     }
     // The softmax runs on registers: RT = WG_SIZE / MAX_M adjacent threads share row rm
-    // (one on the twin, subgroup lanes / 16 on cooperative matrices), each with EPT keys of
+    // (the twin's column groups, or subgroup lanes / 16 on cooperative matrices), each with EPT keys of
     // the tile, kq, kq + rt, kq + 2 rt, ... (interleaved, so the threads of a row read s_sh
     // on different banks), and combine by row_max / row_sum (shuffles); every thread of a
     // row holds the row's running maximum, denominator and whether it saw a key. Up to 16
     // keys per thread (every cooperative tiling) the finished scores stay in registers (four
     // vec4s, constant indices only) from the score pass to the P pass; more (the twin's
-    // tilings) go back to s_sh in between.
+    // one-thread-per-row tilings) go back to s_sh in between.
     let rt = WG_SIZE / MAX_M;
     let ept = TK / rt;
     let rm = tid / rt;
@@ -553,12 +556,21 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         }
         // 1/g with g = 2^(gexp - 126) (1 before any nonzero scale).
         let inv_g = select(1.0, bitcast<f32>((253u - gexp) << 23u), gexp != 0u);
-        // S = Q K^T for this owner's 16 rows.
-        for (var cb = 0u; cb < T_BLOCKS; cb++) {
+        // S = Q K^T: the owner's score blocks (on cooperative matrices its own 16 rows and
+        // every key block), each over its part of the head dimension (KSPLIT; the host makes
+        // the blocks a multiple of OWNERS, so every owner runs alike).
+        for (var i = 0u; i < ROW_BLOCKS * T_BLOCKS * KSPLIT / OWNERS; i++) {
+            let it = sg + i * OWNERS;
+            // One owner per row block and no parts (cooperative matrices): the owner's own
+            // rows and key block i, folded to the plain loop.
+            let plain = OWNERS == ROW_BLOCKS && KSPLIT == 1u;
+            let sr0 = select((it % ROW_BLOCKS) * 16u, r0, plain);
+            let cb = select((it / ROW_BLOCKS) % T_BLOCKS, i, plain);
+            let part = select(it / (ROW_BLOCKS * T_BLOCKS), 0u, plain);
             var c = zero;
             if ((DEBUG_SKIP & 2u) == 0u) {
                 let t0 = cb * 16u;
-                var kb_lo = 0u;
+                var kb_lo = part * (D_BLOCKS / KSPLIT);
                 if (WRITTEN_OUT) {
                     c = frag_qk(c, qf[0], r0, t0, 0u);
                     if (D_BLOCKS > 1u) { c = frag_qk(c, qf[1], r0, t0, 16u); }
@@ -571,11 +583,11 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
                     kb_lo = min(D_BLOCKS, 8u);
                 }
                 // Past 8 blocks (and on the twin) Q is not held: frag_qk reads the Q tile.
-                for (var kb = kb_lo; kb < D_BLOCKS; kb++) {
-                    c = frag_qk(c, qf[0], r0, t0, kb * 16u);
+                for (var kb = kb_lo; kb < (part + 1u) * (D_BLOCKS / KSPLIT); kb++) {
+                    c = frag_qk(c, qf[0], sr0, t0, kb * 16u);
                 }
             }
-            frag_store(c, r0 * SS + cb * 16u, SS);
+            frag_store(c, (part * MAX_M + sr0) * SS + cb * 16u, SS);
         }
         tile_barrier();
         if ((DEBUG_SKIP & 1024u) != 0u) {
@@ -691,47 +703,47 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         }
         // Rows whose maximum moved: O rescaled through s_sh (free once P is written).
         if (workgroupUniformLoad(&resc_sh) != 0u) {
-            if (WRITTEN_OUT) {
+            if (o_const) {
                 o[0] = rescale_block(o[0], sg, tid, gfac);
-                if (D_BLOCKS > 1u) { o[1] = rescale_block(o[1], sg, tid, gfac); }
-                if (D_BLOCKS > 2u) { o[2] = rescale_block(o[2], sg, tid, gfac); }
-                if (D_BLOCKS > 3u) { o[3] = rescale_block(o[3], sg, tid, gfac); }
-                if (D_BLOCKS > 4u) { o[4] = rescale_block(o[4], sg, tid, gfac); }
-                if (D_BLOCKS > 5u) { o[5] = rescale_block(o[5], sg, tid, gfac); }
-                if (D_BLOCKS > 6u) { o[6] = rescale_block(o[6], sg, tid, gfac); }
-                if (D_BLOCKS > 7u) { o[7] = rescale_block(o[7], sg, tid, gfac); }
-                if (D_BLOCKS > 8u) { o[8] = rescale_block(o[8], sg, tid, gfac); }
-                if (D_BLOCKS > 9u) { o[9] = rescale_block(o[9], sg, tid, gfac); }
-                if (D_BLOCKS > 10u) { o[10] = rescale_block(o[10], sg, tid, gfac); }
-                if (D_BLOCKS > 11u) { o[11] = rescale_block(o[11], sg, tid, gfac); }
-                if (D_BLOCKS > 12u) { o[12] = rescale_block(o[12], sg, tid, gfac); }
-                if (D_BLOCKS > 13u) { o[13] = rescale_block(o[13], sg, tid, gfac); }
-                if (D_BLOCKS > 14u) { o[14] = rescale_block(o[14], sg, tid, gfac); }
-                if (D_BLOCKS > 15u) { o[15] = rescale_block(o[15], sg, tid, gfac); }
+                if (ob > 1u) { o[1] = rescale_block(o[1], sg, tid, gfac); }
+                if (ob > 2u) { o[2] = rescale_block(o[2], sg, tid, gfac); }
+                if (ob > 3u) { o[3] = rescale_block(o[3], sg, tid, gfac); }
+                if (ob > 4u) { o[4] = rescale_block(o[4], sg, tid, gfac); }
+                if (ob > 5u) { o[5] = rescale_block(o[5], sg, tid, gfac); }
+                if (ob > 6u) { o[6] = rescale_block(o[6], sg, tid, gfac); }
+                if (ob > 7u) { o[7] = rescale_block(o[7], sg, tid, gfac); }
+                if (ob > 8u) { o[8] = rescale_block(o[8], sg, tid, gfac); }
+                if (ob > 9u) { o[9] = rescale_block(o[9], sg, tid, gfac); }
+                if (ob > 10u) { o[10] = rescale_block(o[10], sg, tid, gfac); }
+                if (ob > 11u) { o[11] = rescale_block(o[11], sg, tid, gfac); }
+                if (ob > 12u) { o[12] = rescale_block(o[12], sg, tid, gfac); }
+                if (ob > 13u) { o[13] = rescale_block(o[13], sg, tid, gfac); }
+                if (ob > 14u) { o[14] = rescale_block(o[14], sg, tid, gfac); }
+                if (ob > 15u) { o[15] = rescale_block(o[15], sg, tid, gfac); }
             } else {
-                for (var db = 0u; db < D_BLOCKS; db++) { o[db] = rescale_block(o[db], sg, tid, gfac); }
+                for (var j = 0u; j < ob; j++) { o[j] = rescale_block(o[j], sg, tid, gfac); }
             }
         }
         // O += P V, in units of g.
-        if (WRITTEN_OUT) {
-            o[0] = pv_block(o[0], r0, 0u);
-            if (D_BLOCKS > 1u) { o[1] = pv_block(o[1], r0, 1u); }
-            if (D_BLOCKS > 2u) { o[2] = pv_block(o[2], r0, 2u); }
-            if (D_BLOCKS > 3u) { o[3] = pv_block(o[3], r0, 3u); }
-            if (D_BLOCKS > 4u) { o[4] = pv_block(o[4], r0, 4u); }
-            if (D_BLOCKS > 5u) { o[5] = pv_block(o[5], r0, 5u); }
-            if (D_BLOCKS > 6u) { o[6] = pv_block(o[6], r0, 6u); }
-            if (D_BLOCKS > 7u) { o[7] = pv_block(o[7], r0, 7u); }
-            if (D_BLOCKS > 8u) { o[8] = pv_block(o[8], r0, 8u); }
-            if (D_BLOCKS > 9u) { o[9] = pv_block(o[9], r0, 9u); }
-            if (D_BLOCKS > 10u) { o[10] = pv_block(o[10], r0, 10u); }
-            if (D_BLOCKS > 11u) { o[11] = pv_block(o[11], r0, 11u); }
-            if (D_BLOCKS > 12u) { o[12] = pv_block(o[12], r0, 12u); }
-            if (D_BLOCKS > 13u) { o[13] = pv_block(o[13], r0, 13u); }
-            if (D_BLOCKS > 14u) { o[14] = pv_block(o[14], r0, 14u); }
-            if (D_BLOCKS > 15u) { o[15] = pv_block(o[15], r0, 15u); }
+        if (o_const) {
+            o[0] = pv_block(o[0], r0, cg + ncg * 0u);
+            if (ob > 1u) { o[1] = pv_block(o[1], r0, cg + ncg * 1u); }
+            if (ob > 2u) { o[2] = pv_block(o[2], r0, cg + ncg * 2u); }
+            if (ob > 3u) { o[3] = pv_block(o[3], r0, cg + ncg * 3u); }
+            if (ob > 4u) { o[4] = pv_block(o[4], r0, cg + ncg * 4u); }
+            if (ob > 5u) { o[5] = pv_block(o[5], r0, cg + ncg * 5u); }
+            if (ob > 6u) { o[6] = pv_block(o[6], r0, cg + ncg * 6u); }
+            if (ob > 7u) { o[7] = pv_block(o[7], r0, cg + ncg * 7u); }
+            if (ob > 8u) { o[8] = pv_block(o[8], r0, cg + ncg * 8u); }
+            if (ob > 9u) { o[9] = pv_block(o[9], r0, cg + ncg * 9u); }
+            if (ob > 10u) { o[10] = pv_block(o[10], r0, cg + ncg * 10u); }
+            if (ob > 11u) { o[11] = pv_block(o[11], r0, cg + ncg * 11u); }
+            if (ob > 12u) { o[12] = pv_block(o[12], r0, cg + ncg * 12u); }
+            if (ob > 13u) { o[13] = pv_block(o[13], r0, cg + ncg * 13u); }
+            if (ob > 14u) { o[14] = pv_block(o[14], r0, cg + ncg * 14u); }
+            if (ob > 15u) { o[15] = pv_block(o[15], r0, cg + ncg * 15u); }
         } else {
-            for (var db = 0u; db < D_BLOCKS; db++) { o[db] = pv_block(o[db], r0, db); }
+            for (var j = 0u; j < ob; j++) { o[j] = pv_block(o[j], r0, cg + ncg * j); }
         }
     }
     if (kq == 0u) {
@@ -743,24 +755,26 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
 
     // Epilogue (store_block), 16 columns at a time; O's unit: g / P_SCALE.
     let o_unit = select(1.0, bitcast<f32>((gexp + 1u) << 23u), gexp != 0u) * (1.0 / P_SCALE);
-    if (WRITTEN_OUT) {
-        store_block(o[0], 0u, sg, tid, inf, o_unit, wid.z);
-        if (D_BLOCKS > 1u) { store_block(o[1], 1u, sg, tid, inf, o_unit, wid.z); }
-        if (D_BLOCKS > 2u) { store_block(o[2], 2u, sg, tid, inf, o_unit, wid.z); }
-        if (D_BLOCKS > 3u) { store_block(o[3], 3u, sg, tid, inf, o_unit, wid.z); }
-        if (D_BLOCKS > 4u) { store_block(o[4], 4u, sg, tid, inf, o_unit, wid.z); }
-        if (D_BLOCKS > 5u) { store_block(o[5], 5u, sg, tid, inf, o_unit, wid.z); }
-        if (D_BLOCKS > 6u) { store_block(o[6], 6u, sg, tid, inf, o_unit, wid.z); }
-        if (D_BLOCKS > 7u) { store_block(o[7], 7u, sg, tid, inf, o_unit, wid.z); }
-        if (D_BLOCKS > 8u) { store_block(o[8], 8u, sg, tid, inf, o_unit, wid.z); }
-        if (D_BLOCKS > 9u) { store_block(o[9], 9u, sg, tid, inf, o_unit, wid.z); }
-        if (D_BLOCKS > 10u) { store_block(o[10], 10u, sg, tid, inf, o_unit, wid.z); }
-        if (D_BLOCKS > 11u) { store_block(o[11], 11u, sg, tid, inf, o_unit, wid.z); }
-        if (D_BLOCKS > 12u) { store_block(o[12], 12u, sg, tid, inf, o_unit, wid.z); }
-        if (D_BLOCKS > 13u) { store_block(o[13], 13u, sg, tid, inf, o_unit, wid.z); }
-        if (D_BLOCKS > 14u) { store_block(o[14], 14u, sg, tid, inf, o_unit, wid.z); }
-        if (D_BLOCKS > 15u) { store_block(o[15], 15u, sg, tid, inf, o_unit, wid.z); }
+    if (o_const) {
+        store_block(o[0], cg + ncg * 0u, sg, tid, inf, o_unit, wid.z);
+        if (ob > 1u) { store_block(o[1], cg + ncg * 1u, sg, tid, inf, o_unit, wid.z); }
+        if (ob > 2u) { store_block(o[2], cg + ncg * 2u, sg, tid, inf, o_unit, wid.z); }
+        if (ob > 3u) { store_block(o[3], cg + ncg * 3u, sg, tid, inf, o_unit, wid.z); }
+        if (ob > 4u) { store_block(o[4], cg + ncg * 4u, sg, tid, inf, o_unit, wid.z); }
+        if (ob > 5u) { store_block(o[5], cg + ncg * 5u, sg, tid, inf, o_unit, wid.z); }
+        if (ob > 6u) { store_block(o[6], cg + ncg * 6u, sg, tid, inf, o_unit, wid.z); }
+        if (ob > 7u) { store_block(o[7], cg + ncg * 7u, sg, tid, inf, o_unit, wid.z); }
+        if (ob > 8u) { store_block(o[8], cg + ncg * 8u, sg, tid, inf, o_unit, wid.z); }
+        if (ob > 9u) { store_block(o[9], cg + ncg * 9u, sg, tid, inf, o_unit, wid.z); }
+        if (ob > 10u) { store_block(o[10], cg + ncg * 10u, sg, tid, inf, o_unit, wid.z); }
+        if (ob > 11u) { store_block(o[11], cg + ncg * 11u, sg, tid, inf, o_unit, wid.z); }
+        if (ob > 12u) { store_block(o[12], cg + ncg * 12u, sg, tid, inf, o_unit, wid.z); }
+        if (ob > 13u) { store_block(o[13], cg + ncg * 13u, sg, tid, inf, o_unit, wid.z); }
+        if (ob > 14u) { store_block(o[14], cg + ncg * 14u, sg, tid, inf, o_unit, wid.z); }
+        if (ob > 15u) { store_block(o[15], cg + ncg * 15u, sg, tid, inf, o_unit, wid.z); }
     } else {
-        for (var db = 0u; db < D_BLOCKS; db++) { store_block(o[db], db, sg, tid, inf, o_unit, wid.z); }
+        for (var j = 0u; j < ob; j++) {
+            store_block(o[j], cg + ncg * j, sg, tid, inf, o_unit, wid.z);
+        }
     }
 }

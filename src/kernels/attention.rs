@@ -837,13 +837,19 @@ pub fn prefill_source(
         // The mode's transform runs apart (kernels/rotate_q.wgsl, the reduce pass).
         codec: vec![codec.decode, codec.transform_apart_source()],
         prelude: format!(
-            "{et}\nconst ET_MAX: f32 = {et_max};\nconst D_BLOCKS: u32 = {}u;\nconst T_BLOCKS: u32 = {}u;\nconst Q_HELD: bool = {q_held};\nconst RAW_SPLIT: bool = {split};\nconst V_SPLIT: bool = {v_split};\nconst P_LO: bool = {p_lo};\nconst KL_LEN: u32 = {}u;\nconst VL_LEN: u32 = {}u;\n",
+            "{et}\nconst ET_MAX: f32 = {et_max};\nconst D_BLOCKS: u32 = {}u;\nconst T_BLOCKS: u32 = {}u;\nconst Q_HELD: bool = {q_held};\nconst RAW_SPLIT: bool = {split};\nconst V_SPLIT: bool = {v_split};\nconst P_LO: bool = {p_lo};\nconst KL_LEN: u32 = {}u;\nconst VL_LEN: u32 = {}u;\n{}",
             d / 16,
             tiling.tile / 16,
             // The lo halves of K (cooperative matrices, `split`) and of V (`v_split`), else
             // 16-byte stubs.
             if split { tiling.tile * ks } else { 8 },
             if v_split { tiling.tile * ks } else { 8 },
+            // row_max / row_sum: by shuffles where a softmax row has several threads.
+            if super::plan::prefill_rows_shuffle(&tiling, coop) {
+                include_str!("../../shaders/kernels/rows_shuffle.wgsl")
+            } else {
+                include_str!("../../shaders/kernels/rows_one.wgsl")
+            },
         ),
         includes: codec.includes,
         constants: vec![
@@ -852,6 +858,8 @@ pub fn prefill_source(
             ("WG_SIZE", tiling.wg_size as f64),
             ("MAX_M", tiling.max_m as f64),
             ("ROW_BLOCKS", (tiling.max_m / 16) as f64),
+            ("OWNERS", super::plan::prefill_owners(&tiling, coop) as f64),
+            ("KSPLIT", super::plan::prefill_ksplit(&tiling, coop) as f64),
             ("QS", qs as f64),
             ("KS", ks as f64),
             ("PS", ps as f64),
@@ -878,7 +886,7 @@ pub fn prefill_source(
             ),
             (
                 "S_LEN",
-                super::plan::prefill_s_len(&tiling, d, f16) as f64,
+                super::plan::prefill_s_len(&tiling, d, f16, coop) as f64,
             ),
             ("HAS_MM", flag(f, Features::MM_PREFIX)),
             ("IS_SPLIT", flag(f, Features::SPLIT)),

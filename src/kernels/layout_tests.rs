@@ -16,8 +16,9 @@ use super::attention::{
 };
 use super::plan::{
     attention_smem, attention_tiling, combine_smem, coop_admits, decode_smem, decode_tiling,
-    prefill_f16, prefill_p_lo, prefill_raw_split, prefill_smem, prefill_tiling, prefill_v_split,
-    stream_lanes, stream_lanes_at, stream_segments, stream_smem, stream_tiling,
+    prefill_f16, prefill_p_lo, prefill_raw_split, prefill_rows_shuffle, prefill_smem,
+    prefill_tiling, prefill_v_split, stream_lanes, stream_lanes_at, stream_segments, stream_smem,
+    stream_tiling,
 };
 use super::write::{
     lane_elems, write_copy_source, write_e_min, write_rows_plan, write_rows_source,
@@ -370,7 +371,11 @@ fn variants() -> Vec<Variant> {
                             format!("prefill/{base}/{f}/f16{et16}"),
                             dtype,
                             &prefill_source(&codec, d, f, pt, et16, prefill_raw_split(coop, &g)),
-                            if coop { C::all() } else { no_subgroups() },
+                            if prefill_rows_shuffle(&pt, coop) {
+                                C::all()
+                            } else {
+                                no_subgroups()
+                            },
                         ));
                     }
                 }

@@ -243,15 +243,20 @@ pub fn launch_plan(
             <= limits.max_storage_buffer_binding_size;
     if p.path != AttentionPath::Unified && apart_fits {
         let coop = p.path != AttentionPath::PrefillTiled && coop_admits(caps, g);
-        // Auto takes the prefill kernel only on cooperative matrices: its scalar twin measured
-        // no faster than the unified kernel on an H200 (BENCHMARKS.md).
-        let tiled = prefill_path || (coop && (sum.max_seqlen_q > 1 || prefix_ranges));
+        // Auto takes the prefill kernel for prompts on cooperative matrices, and elsewhere on
+        // its scalar twin's wide tilings (subgroups): 2.6x faster than the unified kernel at
+        // a 2k prompt on an H200 (BENCHMARKS.md). The twin's one-thread-per-row tilings were
+        // about as fast as the unified kernel there, so without subgroups Auto keeps it.
+        let auto_twin = p.path == AttentionPath::Auto && !coop;
+        let tiled =
+            prefill_path || ((coop || auto_twin) && (sum.max_seqlen_q > 1 || prefix_ranges));
         // A decode batch on the prefill kernel (forced): one row block per workgroup, split
         // over the key axis to fill the GPU.
         let decode_rows = sum.max_seqlen_q <= 1 && !prefix_ranges;
         if let Some(tiling) = tiled
             .then(|| prefill_tiling_for(caps, g, coop, decode_rows))
             .flatten()
+            .filter(|t| !auto_twin || t.wg_size > t.max_m)
         {
             let rg = row_grid(qpk, tiling.max_m, sum, g.num_kv_heads, max_dim)?;
             let segments = if decode_rows {
@@ -281,7 +286,7 @@ pub fn launch_plan(
             };
             return Ok(LaunchPlan {
                 kernel: Kernel::Prefill,
-                subgroups: coop,
+                subgroups: prefill_rows_shuffle(&tiling, coop),
                 stream: false,
                 coop,
                 segments,
@@ -561,16 +566,16 @@ pub fn prefill_smem(
     } else {
         0
     };
-    // P: f32 on the twin, an f16 hi + lo pair on cooperative matrices (4 bytes either way),
-    // or f16 and a 16-byte stub for the lo half (`prefill_p_lo` false).
-    let p = if coop && f16 && !p_lo {
+    // P: over the scores on the twin; on cooperative matrices an f16 hi + lo pair, or f16
+    // and a 16-byte stub for the lo half (`prefill_p_lo` false).
+    let p = if !coop {
+        0
+    } else if !p_lo {
         r16(t.max_m * ps * 2) + 16
-    } else if f16 {
-        2 * r16(t.max_m * ps * 2)
     } else {
-        r16(t.max_m * ps * 4)
+        2 * r16(t.max_m * ps * 2)
     };
-    let s = r16(prefill_s_len(t, head_dim, f16) * 4);
+    let s = r16(prefill_s_len(t, head_dim, f16, coop) * 4);
     let pad = 16; // layout_pad
     let rows = 4 * r16(t.max_m * 4); // m_sh, l_sh, alpha_sh, seen_sh
     let keys = 4 * r16(t.tile * 4); // row_sh, ks_sh, vs_sh, vbad_at
@@ -578,11 +583,37 @@ pub fn prefill_smem(
     info + qh + kv + lo + p + s + pad + rows + keys + flags
 }
 
-/// f32 elements of the prefill kernel's score tile (also the fragments' scratch: a 16×16
-/// block per row block).
-pub fn prefill_s_len(t: &Tiling, head_dim: u32, f16: bool) -> u32 {
+/// f32 elements of the prefill kernel's score tile, one region per head-dimension part
+/// ([`prefill_ksplit`]; on the twin P goes over the first), and at least a 16×16 block per
+/// row block (the fragments' scratch on cooperative matrices).
+pub fn prefill_s_len(t: &Tiling, head_dim: u32, f16: bool, coop: bool) -> u32 {
     let (_, _, _, ss) = prefill_strides(head_dim, t.tile, f16);
-    (t.max_m * ss).max(256 * (t.max_m / 16))
+    (prefill_ksplit(t, coop) * t.max_m * ss).max(256 * (t.max_m / 16))
+}
+
+/// Fragment owners of a prefill workgroup: a subgroup per row block on cooperative matrices,
+/// 16 lanes each on the twin (column groups of `wg_size / max_m` per row block).
+pub fn prefill_owners(t: &Tiling, coop: bool) -> u32 {
+    if coop {
+        t.max_m / 16
+    } else {
+        t.wg_size / 16
+    }
+}
+
+/// Head-dimension parts of the prefill kernel's score blocks (`KSPLIT`): where the twin's
+/// wide tilings have more owners than a tile has score blocks, each block is summed in parts
+/// by different owners (added by the score pass), so none is idle; 1 otherwise.
+pub fn prefill_ksplit(t: &Tiling, coop: bool) -> u32 {
+    let blocks = (t.max_m / 16) * (t.tile / 16);
+    (prefill_owners(t, coop) / blocks.max(1)).max(1)
+}
+
+/// Whether a prefill variant combines each softmax row over several lanes by shuffles
+/// (kernels/rows_shuffle.wgsl, which needs subgroups): always on cooperative matrices, and
+/// on the twin's wide tilings (`wg_size > max_m`).
+pub fn prefill_rows_shuffle(t: &Tiling, coop: bool) -> bool {
+    coop || t.wg_size > t.max_m
 }
 
 /// The prefill kernel's tiling for `g` on `caps` (`coop`: on cooperative matrices, one 16-row
@@ -612,23 +643,56 @@ pub fn prefill_tiling_for(caps: &Caps, g: &Geometry, coop: bool, decode: bool) -
     let lanes = if coop { caps.subgroup_min_size } else { 16 };
     let f16 = prefill_f16(caps, g, coop);
     let limits = &caps.limits;
-    let order: &[(u32, u32)] = match (coop, decode) {
-        (_, true) => &[(1, 16), (1, 32), (2, 16)],
-        (true, false) => &[(4, 16), (2, 16), (4, 32), (2, 32), (1, 16), (4, 64)],
-        (false, false) => &[(4, 64), (4, 32), (4, 16), (2, 32), (2, 16), (1, 16)],
+    // (row blocks, keys per tile, column groups: the twin's owners per row block, whose
+    // threads then share each softmax row by shuffles).
+    let order: &[(u32, u32, u32)] = match (coop, decode) {
+        (_, true) => &[(1, 16, 1), (1, 32, 1), (2, 16, 1)],
+        (true, false) => &[
+            (4, 16, 1),
+            (2, 16, 1),
+            (4, 32, 1),
+            (2, 32, 1),
+            (1, 16, 1),
+            (4, 64, 1),
+        ],
+        (false, false) => &[
+            (4, 32, 4),
+            (2, 32, 4),
+            (4, 64, 1),
+            (4, 32, 1),
+            (4, 16, 1),
+            (2, 32, 1),
+            (2, 16, 1),
+            (1, 16, 1),
+        ],
     };
+    let d_blocks = d / 16;
     order
         .iter()
         .copied()
-        .map(|(rb, tk)| Tiling {
-            wg_size: rb * lanes,
+        .map(|(rb, tk, cg)| Tiling {
+            wg_size: rb * lanes * cg,
             tile: tk,
             max_m: rb * 16,
         })
         .filter(|t| prefill_tk_knob().is_none_or(|tk| t.tile == tk))
         .filter(|t| prefill_rows_knob().is_none_or(|m| t.max_m == m))
+        .filter(|t| prefill_wg_knob().is_none_or(|w| t.wg_size == w))
         .find(|t| {
-            t.wg_size <= limits.max_compute_invocations_per_workgroup
+            let cg = t.wg_size / t.max_m;
+            // The twin's wide tilings: the threads of a softmax row share a subgroup, the
+            // column groups divide the O blocks, the head-dimension parts the Q Kᵀ blocks.
+            let ks = prefill_ksplit(t, coop);
+            let score_blocks = (t.max_m / 16) * (t.tile / 16) * ks;
+            let wide_ok = coop
+                || cg == 1
+                || (caps.subgroups
+                    && caps.subgroup_min_size >= cg
+                    && d_blocks.is_multiple_of(cg)
+                    && d_blocks.is_multiple_of(ks)
+                    && score_blocks.is_multiple_of(prefill_owners(t, coop)));
+            wide_ok
+                && t.wg_size <= limits.max_compute_invocations_per_workgroup
                 && t.wg_size <= limits.max_compute_workgroup_size_x
                 && t.wg_size % t.max_m == 0
                 // P as a pair (FP8 outputs): the larger of the two variants.
@@ -1022,6 +1086,13 @@ fn prefill_qheld_knob() -> Option<u32> {
 fn prefill_rows_knob() -> Option<u32> {
     static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
     env_knob(&KNOB, "QUANTKV_DEBUG_PREFILL_ROWS")
+}
+
+/// `QUANTKV_DEBUG_PREFILL_WG` (feature `debug-knobs`): only prefill tilings of this many
+/// threads per workgroup (for timing the twin's tilings).
+fn prefill_wg_knob() -> Option<u32> {
+    static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    env_knob(&KNOB, "QUANTKV_DEBUG_PREFILL_WG")
 }
 
 /// A numeric diagnostics knob read from the environment once; `None` without the

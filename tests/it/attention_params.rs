@@ -97,15 +97,39 @@ fn check_in(seed: u64, base: Shape, modes: &[KvQuantMode], ex: Extras) {
     }
 }
 
+/// Whether Auto runs a prompt batch (mode none, f16, head size 64) on the prefill kernel on
+/// `ctx`: on cooperative matrices, or on the scalar twin's wide tilings (subgroups); else on
+/// the unified kernel.
+fn auto_prompts_on_the_prefill_kernel(ctx: &Context) -> bool {
+    let cfg = CacheConfig {
+        num_blocks: 4,
+        block_size: 16,
+        num_kv_heads: 2,
+        head_size: 64,
+        dtype: Dtype::F16,
+        ..Default::default()
+    };
+    let cache = KvCache::new(ctx, &cfg).unwrap();
+    let plan = one_sequence_plan(ctx, &cfg, 16, true);
+    let params = AttentionParams {
+        num_q_heads: 8,
+        softmax_scale: 0.1,
+        ..Default::default()
+    };
+    let lp = cache.launch_plan(ctx, &plan, &params).unwrap();
+    lp.kernel == quantkv::internal::Kernel::Prefill
+}
+
 fn both(seed: u64, ex: Extras) {
-    // The mixed batch on Auto's kernel (the prefill kernel on cooperative matrices where the
-    // adapter has them, the unified kernel elsewhere), on the unified kernel where Auto did not
-    // take it, and, in the extended matrix, on the prefill kernel's scalar twin (each parameter
+    // The mixed batch on Auto's kernel (the prefill kernel on cooperative matrices or on its
+    // twin's wide tilings where the adapter allows them, the unified kernel elsewhere), on the
+    // unified kernel where Auto did not take it, and, in the extended matrix, on the prefill
+    // kernel's scalar twin (each parameter
     // is a new twin pipeline to compile; the quick suite runs the twin on every parameter at
     // once in `everything_at_once`, and in `fp8_output_scale` and
     // `prefill_kernel_rescales_tiles_and_pads_rows`).
     check(seed, MIXED, 8, 2, 64, ex.clone());
-    if context().is_some_and(|c| c.caps().coop_f16) {
+    if context().is_some_and(auto_prompts_on_the_prefill_kernel) {
         let ex = Extras {
             path: AttentionPath::Unified,
             ..ex.clone()
@@ -818,6 +842,74 @@ fn fp8_output_scale() {
             ..Default::default()
         },
     );
+}
+
+/// The prefill kernel's scalar twin (the portable tiled kernel) in both of its forms: the wide
+/// tilings, where several threads share each softmax row by shuffles and the score blocks are
+/// summed in head-dimension parts (taken where subgroups allow; asserted from the launch
+/// plan), and one thread per row on a context without subgroups. Both against the reference
+/// with softcap, sinks and a window, a prompt, a chunk over context and decode rows; Auto
+/// takes the twin for prompts only where its wide tilings exist.
+#[test]
+fn prefill_twin_wide_and_one_thread_per_row() {
+    let Some(ctx) = context() else { return };
+    let portable = Context::new().unwrap().with_subgroups(false);
+    assert!(!portable.caps().subgroups);
+    let ex = Extras {
+        path: AttentionPath::PrefillTiled,
+        softcap: 3.0,
+        sinks: true,
+        window_left: Some(40),
+        ..Default::default()
+    };
+    for (i, (c, wide)) in [(ctx, ctx.caps().subgroups), (&portable, false)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut took_wide = false;
+        // Auto runs prompts on the twin where its wide tilings exist, else on the unified kernel.
+        assert_eq!(
+            auto_prompts_on_the_prefill_kernel(c),
+            (c.caps().coop_f16 && c.caps().subgroups) || wide,
+            "context {i}"
+        );
+        for (j, &(hq, hkv, d)) in [(8u32, 2u32, 64u32), (4, 4, 128)].iter().enumerate() {
+            let seed = 0x7A0 + 4 * i as u64 + j as u64;
+            let mode = modes_for(seed)[0];
+            let s = Shape {
+                mode,
+                ..shape(MIXED, hq, hkv, d, Dtype::F16)
+            };
+            let cfg = CacheConfig {
+                num_blocks: 4,
+                block_size: 16,
+                num_kv_heads: hkv,
+                head_size: d,
+                mode,
+                dtype: Dtype::F16,
+                ..Default::default()
+            };
+            let cache = KvCache::new(c, &cfg).unwrap();
+            let plan = one_sequence_plan(c, &cfg, 16, true);
+            let params = AttentionParams {
+                num_q_heads: hq,
+                softmax_scale: 0.1,
+                path: AttentionPath::PrefillTiled,
+                ..Default::default()
+            };
+            let t = cache.launch_plan(c, &plan, &params).unwrap().tiling;
+            // (f32 tiles of the rotation modes may not fit a wide tiling: lavapipe's 32 KiB.)
+            assert!(t.wg_size == t.max_m || wide, "{mode:?} d{d}: {t:?}");
+            took_wide |= t.wg_size > t.max_m;
+            let out = run_case(c, seed, &s, &ex)
+                .unwrap_or_else(|e| panic!("{mode:?} d{d} seed {seed:#x}: {e}"));
+            assert_close(&out, s.dtype);
+        }
+        assert_eq!(
+            took_wide, wide,
+            "context {i}: a wide tiling where subgroups exist"
+        );
+    }
 }
 
 /// Whether `AttentionPath::DecodeStream` takes the streaming rung for this shape on `ctx`.
