@@ -976,7 +976,7 @@ fn inexact_raw_values_take_cooperative_matrices_as_hi_lo_pairs() {
 /// On cooperative matrices the prefill kernel takes 16-key tiles of 64 rows with the query
 /// held in fragments (21.3 KiB at head size 128 with separate K and V tiles: two workgroups
 /// per multiprocessor on an H200, as its 173 registers allow, where 30 KiB ran one); larger heads keep the Q tile and fall back to what fits. The
-/// twin keeps its order (64 rows × 64 keys first where they fit).
+/// twin takes its wide tilings where subgroups allow.
 #[test]
 fn coop_prefill_prefers_small_resident_tilings() {
     let caps = test_caps(32, true, true, 48 << 10);
@@ -988,8 +988,24 @@ fn coop_prefill_prefers_small_resident_tilings() {
     let t = prefill_tiling(&caps, &g256, true).unwrap();
     assert_eq!((t.max_m, t.tile), (32, 16));
     assert!(prefill_smem(&t, 256, true, true, false, true) <= 48 << 10);
-    let twin = prefill_tiling(&caps, &g, false).unwrap();
-    assert_eq!(twin.tile, 32, "the twin's order is unchanged: {twin:?}");
+    // The twin: 64 rows × 32 keys on 256 threads where subgroups allow (32 rows on 128 at
+    // head size 256, whose Q tile needs the room; 64 rows on 128 at head size 32, whose two
+    // O blocks take two column groups), one thread per row without subgroups.
+    let twin = |caps: &crate::gpu::Caps, d: u32| {
+        let t = prefill_tiling(
+            caps,
+            &test_geometry(KvQuantMode::None, Dtype::F16, d),
+            false,
+        );
+        t.map(|t| (t.max_m, t.tile, t.wg_size)).unwrap()
+    };
+    assert_eq!(twin(&caps, 128), (64, 32, 256));
+    assert_eq!(twin(&caps, 256), (32, 32, 128));
+    assert_eq!(twin(&caps, 32), (64, 32, 128));
+    assert_eq!(
+        twin(&test_caps(0, false, true, 48 << 10), 128),
+        (64, 32, 64)
+    );
 }
 
 /// The streaming rung's split-K rule at the H200-measured shapes (Hkv 8, 32-key rounds): as

@@ -618,8 +618,11 @@ pub fn prefill_rows_shuffle(t: &Tiling, coop: bool) -> bool {
 
 /// The prefill kernel's tiling for `g` on `caps` (`coop`: on cooperative matrices, one 16-row
 /// block per subgroup; else the twin, one per 16 lanes): the first whose workgroup memory
-/// fits, in an order per path. The twin takes 64 rows × 64, 32 or 16 keys, then 32 and 16
-/// rows. Cooperative matrices take 16-key tiles first (64 rows, then 32): the kernel is bound
+/// fits, in an order per path. The twin takes its wide tilings first where subgroups allow
+/// (64 rows × 32 keys on 256 threads, 32 rows on 128, 64 rows on 128: four or two threads
+/// per softmax row; on an H200 the first ran an 8k prompt 2.6× faster than 64 threads, the
+/// second 1.6× slower than the first), then one thread per row: 64 rows × 64, 32 or 16 keys,
+/// then 32 and 16 rows. Cooperative matrices take 16-key tiles first (64 rows, then 32): the kernel is bound
 /// by latency, and on an H200 through Vulkan a workgroup's memory decides how many run on a
 /// multiprocessor (measured: 32 KiB or more, one; 24 KiB, two; 16 KiB, three), so the small
 /// tiling (17.5 KiB with held query fragments, 21.3 KiB since K and V have separate tiles) ran
@@ -658,6 +661,7 @@ pub fn prefill_tiling_for(caps: &Caps, g: &Geometry, coop: bool, decode: bool) -
         (false, false) => &[
             (4, 32, 4),
             (2, 32, 4),
+            (4, 32, 2),
             (4, 64, 1),
             (4, 32, 1),
             (4, 16, 1),
