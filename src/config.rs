@@ -130,7 +130,7 @@ impl CacheConfig {
             head_size: self.head_size,
             dtype: self.dtype,
             transform: backend.codec(self.dtype, &self.options).transform.is_some(),
-            raw_f16_exact: backend.raw_values_exact_in_f16(),
+            tile_f16_exact: backend.tile_values_exact_in_f16(),
         }
     }
 }

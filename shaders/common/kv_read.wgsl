@@ -5,6 +5,7 @@
 //                    bit operations, no scale): value = (raw - zero) * scale
 //   k_value4(row, j) the same four values fully dequantized (for kernels that stage a tile
 //                    once and reuse it for many query rows)
+//   k_tile_group(row, j) the mode's tile form of them (raw = tile * TILE_UNIT, exact in f16)
 // and the same for V. `row` = (block * block_size + slot) * num_kv_heads + kv_head; rows are
 // ly.k_row_words u32 words apart. Every index the kernels pass is in range by host validation
 // (block table, slot and row counts are checked before encoding).
@@ -44,6 +45,16 @@ fn k_group(row: u32, j: u32) -> vec4<f32> {
 
 fn v_group(row: u32, j: u32) -> vec4<f32> {
     return v_raw4(v_words(row, j), j % V_GPW);
+}
+
+// The tile form of group j (raw = tile * TILE_UNIT; exact in f16 less the zero point over
+// the unit): what the prefill kernel stages.
+fn k_tile_group(row: u32, j: u32) -> vec4<f32> {
+    return k_tile4(k_words(row, j), j % K_GPW);
+}
+
+fn v_tile_group(row: u32, j: u32) -> vec4<f32> {
+    return v_tile4(v_words(row, j), j % V_GPW);
 }
 
 fn k_value4(row: u32, j: u32) -> vec4<f32> {

@@ -154,15 +154,15 @@ fn tile_fetch(e: u32, is_v: bool) -> vec4<f32> {
         return vec4<f32>(f32(row & 1u));
     }
     if (is_v) {
-        var r = v_group(row, e % d4);
+        var r = v_tile_group(row, e % d4);
         if (V_HAS_ZERO) {
-            r -= vec4<f32>(v_row_zero(row));
+            r -= vec4<f32>(v_row_zero(row) / TILE_UNIT);
         }
         return r;
     }
-    var r = k_group(row, e % d4);
+    var r = k_tile_group(row, e % d4);
     if (K_HAS_ZERO) {
-        r -= vec4<f32>(k_row_zero(row));
+        r -= vec4<f32>(k_row_zero(row) / TILE_UNIT);
     }
     return r;
 }
@@ -304,7 +304,9 @@ fn key_info(inf: WgInfo, key: u32) -> KeyInfo {
         r = physical_row(inf.seq, key, inf.kv_head);
     }
     let unit = (DEBUG_SKIP & 262144u) != 0u;
-    return KeyInfo(r, select(k_row_scale(r), 1.0, unit), select(v_row_scale(r), 1.0, unit));
+    // The tiles hold the mode's tile form: raw = tile * TILE_UNIT.
+    return KeyInfo(r, select(k_row_scale(r) * TILE_UNIT, 1.0, unit),
+                   select(v_row_scale(r) * TILE_UNIT, 1.0, unit));
 }
 
 // The K and V tiles of `n` vec4 elements each into workgroup memory: four K and four V loads

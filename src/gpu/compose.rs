@@ -26,6 +26,10 @@ pub const CORE_FILES: &[(&str, &str)] = &[
         include_str!("../../shaders/common/no_zero_point.wgsl"),
     ),
     (
+        "common/tile_raw.wgsl",
+        include_str!("../../shaders/common/tile_raw.wgsl"),
+    ),
+    (
         "common/softmax.wgsl",
         include_str!("../../shaders/common/softmax.wgsl"),
     ),

@@ -73,6 +73,16 @@ fn test_caps(sg: u32, coop: bool, f16: bool, smem: u32) -> crate::gpu::Caps {
     }
 }
 
+/// `test_geometry` of INT2 as a backend whose tile values f16 does not hold exactly would
+/// have it (the prefill kernel's hi + lo pairs; no built-in mode takes them since INT2's
+/// integer tile form).
+fn inexact_tiles(dtype: Dtype, d: u32) -> Geometry {
+    Geometry {
+        tile_f16_exact: false,
+        ..test_geometry(KvQuantMode::Int2PerTokenHead, dtype, d)
+    }
+}
+
 fn test_geometry(mode: KvQuantMode, dtype: Dtype, d: u32) -> Geometry {
     let backend = create(mode).unwrap();
     Geometry {
@@ -87,7 +97,7 @@ fn test_geometry(mode: KvQuantMode, dtype: Dtype, d: u32) -> Geometry {
             .codec(dtype, &ModeOptions::default())
             .transform
             .is_some(),
-        raw_f16_exact: backend.raw_values_exact_in_f16(),
+        tile_f16_exact: backend.tile_values_exact_in_f16(),
     }
 }
 
@@ -347,9 +357,22 @@ fn variants() -> Vec<Variant> {
                     }
                 }
                 // The prefill kernel: twin (f16 and f32 tiles) and cooperative matrices, each
-                // feature alone, none and all, where the head size admits it.
-                let g = test_geometry(mode, dtype, d);
-                for (sg, coop, f16) in [(0, false, false), (32, false, true), (32, true, true)] {
+                // feature alone, none and all, where the head size admits it (INT2 also with
+                // the hi + lo pairs of an inexact tile form).
+                let inexact = [false, mode == KvQuantMode::Int2PerTokenHead];
+                for (sg, coop, f16, g) in [(0, false, false), (32, false, true), (32, true, true)]
+                    .into_iter()
+                    .flat_map(|(sg, coop, f16)| {
+                        inexact.into_iter().flat_map(move |x| {
+                            let g = if x {
+                                inexact_tiles(dtype, d)
+                            } else {
+                                test_geometry(mode, dtype, d)
+                            };
+                            (!x || coop).then_some((sg, coop, f16, g))
+                        })
+                    })
+                {
                     let caps = test_caps(sg, coop, f16, 49152);
                     let coop = coop && coop_admits(&caps, &g);
                     let Some(pt) = prefill_tiling(&caps, &g, coop) else {
@@ -379,7 +402,7 @@ fn variants() -> Vec<Variant> {
                         ));
                     }
                 }
-                if g.transform {
+                if test_geometry(mode, dtype, d).transform {
                     out.push(variant(
                         format!("rotate_q/{base}"),
                         dtype,
@@ -750,7 +773,7 @@ fn prefill_workgroup_memory_matches_naga_for_every_tiling() {
     let mut cases: Vec<Case> = Vec::new();
     let mut texts: Vec<String> = Vec::new();
     let mut text_ids: HashMap<String, usize> = HashMap::new();
-    // INT2: K and V as hi + lo pairs on cooperative matrices.
+    // INT2 as an inexact tile form: K and V as hi + lo pairs on cooperative matrices.
     for mode in [
         KvQuantMode::None,
         KvQuantMode::Int4PerTokenHead,
@@ -762,7 +785,11 @@ fn prefill_workgroup_memory_matches_naga_for_every_tiling() {
                 for (sg, coop, f16) in [(0, false, false), (32, false, true), (32, true, true)] {
                     let caps = test_caps(sg, coop, f16, smem);
                     for d in (16..=256).step_by(16) {
-                        let g = test_geometry(mode, dtype, d);
+                        let g = if mode == KvQuantMode::Int2PerTokenHead {
+                            inexact_tiles(dtype, d)
+                        } else {
+                            test_geometry(mode, dtype, d)
+                        };
                         let coop = coop && coop_admits(&caps, &g);
                         let Some(t) = prefill_tiling(&caps, &g, coop) else {
                             continue;
@@ -925,12 +952,13 @@ fn prefill_with_a_transform_apart_needs_the_partials_to_fit_one_binding() {
     }
 }
 
-/// INT2 (raw values f16 does not hold exactly) takes cooperative matrices with K as hi + lo
-/// pairs, FP8 output included; INT4 as they are. V is a pair too only with FP8 output (P a
-/// pair as well); otherwise V is rounded to f16 and the 64 x 16 tiling stays under 24 KiB
-/// (two workgroups per H200 multiprocessor), f16's own plus K's lo tile.
+/// A tile form f16 does not hold exactly (INT2's centroids before its integer tile form)
+/// takes cooperative matrices with K as hi + lo pairs, FP8 output included; INT2 and INT4 as
+/// they are. V is a pair too only with FP8 output (P a pair as well); otherwise V is rounded
+/// to f16 and the 64 x 16 tiling stays under 24 KiB (two workgroups per H200
+/// multiprocessor), f16's own plus K's lo tile.
 #[test]
-fn inexact_raw_values_take_cooperative_matrices_as_hi_lo_pairs() {
+fn inexact_tile_values_take_cooperative_matrices_as_hi_lo_pairs() {
     use super::plan::launch_plan;
     use super::{AttentionParams, StepSummary};
     let sum = StepSummary {
@@ -941,12 +969,17 @@ fn inexact_raw_values_take_cooperative_matrices_as_hi_lo_pairs() {
         max_seqlen_k: 64,
     };
     let caps = test_caps(32, true, true, 48 << 10);
-    for (mode, fp8) in [
-        (KvQuantMode::Int2PerTokenHead, None),
-        (KvQuantMode::Int2PerTokenHead, Some(0.5)),
-        (KvQuantMode::Int4PerTokenHead, Some(0.5)),
+    for (inexact, mode, fp8) in [
+        (true, KvQuantMode::Int2PerTokenHead, None),
+        (true, KvQuantMode::Int2PerTokenHead, Some(0.5)),
+        (false, KvQuantMode::Int2PerTokenHead, Some(0.5)),
+        (false, KvQuantMode::Int4PerTokenHead, Some(0.5)),
     ] {
-        let g = test_geometry(mode, Dtype::F16, 128);
+        let g = if inexact {
+            inexact_tiles(Dtype::F16, 128)
+        } else {
+            test_geometry(mode, Dtype::F16, 128)
+        };
         let p = AttentionParams {
             num_q_heads: 32,
             output_scale: fp8,
@@ -956,7 +989,7 @@ fn inexact_raw_values_take_cooperative_matrices_as_hi_lo_pairs() {
         assert!(lp.coop, "{mode:?} fp8 {fp8:?}: {lp:?}");
         assert_eq!(lp.kernel, crate::gpu::pipeline::Kernel::Prefill);
         let split = prefill_raw_split(true, &g);
-        assert_eq!(split, mode == KvQuantMode::Int2PerTokenHead);
+        assert_eq!(split, inexact);
         let p_lo = fp8.is_some();
         let smem = prefill_smem(&lp.tiling, 128, true, true, split, p_lo);
         let f16 = prefill_smem(&lp.tiling, 128, true, true, false, p_lo);

@@ -44,9 +44,10 @@ pub struct Geometry {
     pub dtype: Dtype,
     /// The mode rotates queries and outputs (its codec has a transform contract).
     pub transform: bool,
-    /// Every raw value the mode's read contract gives (before scale and zero point) is exact
-    /// in f16 (false for INT2's codebook centroids).
-    pub raw_f16_exact: bool,
+    /// Every value of the mode's tile form (before scale and zero point) is exact in f16
+    /// ([`crate::QuantKvBackend::tile_values_exact_in_f16`]; every built-in mode: INT2's
+    /// tile form holds its centroids as integers).
+    pub tile_f16_exact: bool,
 }
 
 /// What validation learned about a step (also an input of [`plan_split`], so constructible).

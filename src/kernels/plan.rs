@@ -463,12 +463,14 @@ pub fn coop_admits(caps: &Caps, g: &Geometry) -> bool {
 }
 
 /// Whether the cooperative prefill kernel holds K and V as hi + lo f16 pairs
-/// (`RAW_SPLIT`): modes whose raw values f16 does not hold exactly (INT2's codebook
-/// centroids: held as f16 alone, they left INT2 about 1e-3 from the reference on an H200, and
-/// FP8 output near zero up to five codes off), so the multiply-adds see them to f32
-/// precision (2.8e-4 at worst, as every other mode).
+/// (`RAW_SPLIT`): for a backend whose tile values f16 does not hold exactly, so the
+/// multiply-adds see them to f32 precision. (INT2's codebook centroids held as f16 alone left
+/// INT2 about 1e-3 from the reference on an H200, and FP8 output near zero up to five codes
+/// off; INT2 ran on these pairs until its tile form held the centroids as the integers
+/// ±283, ±944, exact in f16: every built-in mode's tiles are exact now, and the pairs remain
+/// for backends registered from outside.)
 pub fn prefill_raw_split(coop: bool, g: &Geometry) -> bool {
-    coop && !g.raw_f16_exact
+    coop && !g.tile_f16_exact
 }
 
 /// Whether the cooperative prefill kernel also holds V as hi + lo pairs where it splits K
@@ -493,9 +495,9 @@ pub fn prefill_v_split(split: bool, p_lo: bool) -> bool {
 
 /// Whether the prefill kernel's tiles hold f16 (else f32): always on cooperative matrices,
 /// on the twin where `SHADER_F16` exists, the model is not f32 and the mode has no query
-/// transform: INT2's raw values are its codebook's centroids, which f16 does not hold exactly
-/// (a 2^-12 relative error that FP8 output near zero showed on an H200, one test seed of the
-/// extended matrix), and INT4 stays with it.
+/// transform (its rotated queries are kept in f32 there: INT2's raw values, its codebook's
+/// centroids before the integer tile form, showed f16's 2^-12 relative error in FP8 output
+/// near zero on an H200, one test seed of the extended matrix, and INT4 stayed with it).
 pub fn prefill_f16(caps: &Caps, g: &Geometry, coop: bool) -> bool {
     coop || (caps.shader_f16 && g.dtype != crate::types::Dtype::F32 && !g.transform)
 }

@@ -19,10 +19,6 @@ impl QuantKvBackend for Int2PerTokenHead {
     fn needs_scale_caches(&self) -> bool {
         true
     }
-    /// The codebook's centroids (±0.4528, ±1.5104 in f32) round in f16.
-    fn raw_values_exact_in_f16(&self) -> bool {
-        false
-    }
     fn codec(&self, _dtype: Dtype, _options: &ModeOptions) -> Codec {
         Codec {
             decode: include_str!("../../shaders/modes/int2_per_token_head/decode.wgsl"),

@@ -143,10 +143,12 @@ pub trait QuantKvBackend: Send + Sync + 'static {
     fn stores_rows_as_given(&self) -> bool {
         false
     }
-    /// Whether every raw value of the read contract (`k_raw4`/`v_raw4`, less the zero point)
-    /// is exact in f16, so tiles of f16 hold the cache without rounding (the prefill kernel on
-    /// cooperative matrices needs it).
-    fn raw_values_exact_in_f16(&self) -> bool {
+    /// Whether every value of the read contract's tile form (`k_tile4`/`v_tile4`, raw =
+    /// tile × `TILE_UNIT`, less the zero point over the unit; `common/tile_raw.wgsl` gives
+    /// the raw values in units of 1) is exact in f16, so f16 tiles hold the cache without
+    /// rounding. Where it is not, the prefill kernel on cooperative matrices holds K (and V
+    /// for FP8 outputs) as hi + lo f16 pairs, at about twice the Q Kᵀ cost.
+    fn tile_values_exact_in_f16(&self) -> bool {
         true
     }
     /// Whether the mode reads one caller-given scale for K and one for V.

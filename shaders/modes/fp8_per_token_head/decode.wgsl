@@ -3,6 +3,7 @@
 // (e4m3_raw4, common/pack.wgsl: the code's value times 2^-8), so the row scale carries 2^8.
 // #include "common/no_zero_point.wgsl"
 // #include "common/pack.wgsl"
+// #include "common/tile_raw.wgsl"
 const K_EPW: u32 = 4u;
 const V_EPW: u32 = 4u;
 

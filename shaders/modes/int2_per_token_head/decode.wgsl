@@ -24,6 +24,22 @@ fn int2_raw4(w: u32, sub: u32) -> vec4<f32> {
     return t * (vec4<f32>(INT2_B) + vec4<f32>(INT2_A) * (t * t));
 }
 
+// The tile form (the prefill kernel's f16 tiles): the centroids as the integers
+// {-944, -283, 283, 944} in units of TILE_UNIT = 1.5104 / 944. 283 / 944 is the ratio of the
+// two centroid magnitudes to 2.5e-8 (finer than an f32 step), so these tiles hold the codebook
+// to f32 precision in one f16 value each (the hi + lo pairs they replace held it to 2^-22).
+// The centroid times 944 / 1.5104 is within 1e-4 of its integer, which round() takes.
+const TILE_UNIT: f32 = 1.5104 / 944.0;
+const INT2_TILE: f32 = 944.0 / 1.5104;
+
+fn k_tile4(w: vec4<u32>, sub: u32) -> vec4<f32> {
+    return round(int2_raw4(w.x, sub) * INT2_TILE);
+}
+
+fn v_tile4(w: vec4<u32>, sub: u32) -> vec4<f32> {
+    return round(int2_raw4(w.x, sub) * INT2_TILE);
+}
+
 fn k_raw4(w: vec4<u32>, sub: u32) -> vec4<f32> {
     return int2_raw4(w.x, sub);
 }

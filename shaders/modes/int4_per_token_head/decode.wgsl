@@ -3,6 +3,7 @@
 // row's f32 scale hides the 4-bit zero point in its low mantissa bits (spec §3.4): value =
 // (code - zero) * scale. Values are in the rotated basis; the mode's transform rotates Q and
 // un-rotates the output.
+// #include "common/tile_raw.wgsl"
 const K_EPW: u32 = 8u;
 const V_EPW: u32 = 8u;
 const K_HAS_ZERO: bool = true;

@@ -2,6 +2,7 @@
 // codes per word (element 4j in bits 0..7, unpacked with unpack4xI8), one f32 scale per row
 // (absmax/127).
 // #include "common/no_zero_point.wgsl"
+// #include "common/tile_raw.wgsl"
 const K_EPW: u32 = 4u;
 const V_EPW: u32 = 4u;
 

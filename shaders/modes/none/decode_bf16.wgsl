@@ -1,6 +1,7 @@
 // modes/none/decode_bf16.wgsl — read contract v2 of mode `none` with a bf16 cache: two bit
 // patterns per word (element 2i in the low half), read exactly; no scale, no zero point.
 // #include "common/no_zero_point.wgsl"
+// #include "common/tile_raw.wgsl"
 const K_EPW: u32 = 2u;
 const V_EPW: u32 = 2u;
 

@@ -1,6 +1,7 @@
 // modes/none/decode_f16.wgsl — read contract v2 of mode `none` with an f16 cache: two halves
 // per word (element 2i in the low half), no scale, no zero point.
 // #include "common/no_zero_point.wgsl"
+// #include "common/tile_raw.wgsl"
 const K_EPW: u32 = 2u;
 const V_EPW: u32 = 2u;
 

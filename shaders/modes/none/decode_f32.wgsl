@@ -1,6 +1,7 @@
 // modes/none/decode_f32.wgsl — read contract v2 of mode `none` with an f32 cache: one element
 // per word, no scale, no zero point.
 // #include "common/no_zero_point.wgsl"
+// #include "common/tile_raw.wgsl"
 const K_EPW: u32 = 1u;
 const V_EPW: u32 = 1u;
 
