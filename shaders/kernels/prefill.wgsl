@@ -428,7 +428,9 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     // O's blocks by constant indices (written out) on cooperative matrices, and on the twin
     // where an owner holds at most four (its wide tilings): indexed by a loop counter, the
     // H200's driver keeps the array in local memory (1 KiB per thread on the twin).
-    let o_const = WRITTEN_OUT || ob <= 4u;
+    // (Cooperative matrices keep their own written-out copy with constant block indices: the
+    // shared form measured 2 % slower there on an H200.)
+    let o_const = ob <= 4u;
     // The fragments a subgroup holds through the key loop (query: up to 8 blocks, O: up to
     // 16) are indexed by constants only where the include sets WRITTEN_OUT, every per-block
     // step written out below: with a loop index the H200's driver kept both arrays in local
@@ -463,23 +465,28 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     }
     let zero = frag_load(0u, 16u);
     var o: array<FragC, 16>;
-    if (o_const) {
+    if (WRITTEN_OUT) {
+        o[0] = zero;
+        if (D_BLOCKS > 1u) { o[1] = zero; }
+        if (D_BLOCKS > 2u) { o[2] = zero; }
+        if (D_BLOCKS > 3u) { o[3] = zero; }
+        if (D_BLOCKS > 4u) { o[4] = zero; }
+        if (D_BLOCKS > 5u) { o[5] = zero; }
+        if (D_BLOCKS > 6u) { o[6] = zero; }
+        if (D_BLOCKS > 7u) { o[7] = zero; }
+        if (D_BLOCKS > 8u) { o[8] = zero; }
+        if (D_BLOCKS > 9u) { o[9] = zero; }
+        if (D_BLOCKS > 10u) { o[10] = zero; }
+        if (D_BLOCKS > 11u) { o[11] = zero; }
+        if (D_BLOCKS > 12u) { o[12] = zero; }
+        if (D_BLOCKS > 13u) { o[13] = zero; }
+        if (D_BLOCKS > 14u) { o[14] = zero; }
+        if (D_BLOCKS > 15u) { o[15] = zero; }
+    } else if (o_const) {
         o[0] = zero;
         if (ob > 1u) { o[1] = zero; }
         if (ob > 2u) { o[2] = zero; }
         if (ob > 3u) { o[3] = zero; }
-        if (ob > 4u) { o[4] = zero; }
-        if (ob > 5u) { o[5] = zero; }
-        if (ob > 6u) { o[6] = zero; }
-        if (ob > 7u) { o[7] = zero; }
-        if (ob > 8u) { o[8] = zero; }
-        if (ob > 9u) { o[9] = zero; }
-        if (ob > 10u) { o[10] = zero; }
-        if (ob > 11u) { o[11] = zero; }
-        if (ob > 12u) { o[12] = zero; }
-        if (ob > 13u) { o[13] = zero; }
-        if (ob > 14u) { o[14] = zero; }
-        if (ob > 15u) { o[15] = zero; }
     } else {
         for (var j = 0u; j < ob; j++) { o[j] = zero; }
     }
@@ -705,45 +712,55 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         }
         // Rows whose maximum moved: O rescaled through s_sh (free once P is written).
         if (workgroupUniformLoad(&resc_sh) != 0u) {
-            if (o_const) {
+            if (WRITTEN_OUT) {
+                o[0] = rescale_block(o[0], sg, tid, gfac);
+                if (D_BLOCKS > 1u) { o[1] = rescale_block(o[1], sg, tid, gfac); }
+                if (D_BLOCKS > 2u) { o[2] = rescale_block(o[2], sg, tid, gfac); }
+                if (D_BLOCKS > 3u) { o[3] = rescale_block(o[3], sg, tid, gfac); }
+                if (D_BLOCKS > 4u) { o[4] = rescale_block(o[4], sg, tid, gfac); }
+                if (D_BLOCKS > 5u) { o[5] = rescale_block(o[5], sg, tid, gfac); }
+                if (D_BLOCKS > 6u) { o[6] = rescale_block(o[6], sg, tid, gfac); }
+                if (D_BLOCKS > 7u) { o[7] = rescale_block(o[7], sg, tid, gfac); }
+                if (D_BLOCKS > 8u) { o[8] = rescale_block(o[8], sg, tid, gfac); }
+                if (D_BLOCKS > 9u) { o[9] = rescale_block(o[9], sg, tid, gfac); }
+                if (D_BLOCKS > 10u) { o[10] = rescale_block(o[10], sg, tid, gfac); }
+                if (D_BLOCKS > 11u) { o[11] = rescale_block(o[11], sg, tid, gfac); }
+                if (D_BLOCKS > 12u) { o[12] = rescale_block(o[12], sg, tid, gfac); }
+                if (D_BLOCKS > 13u) { o[13] = rescale_block(o[13], sg, tid, gfac); }
+                if (D_BLOCKS > 14u) { o[14] = rescale_block(o[14], sg, tid, gfac); }
+                if (D_BLOCKS > 15u) { o[15] = rescale_block(o[15], sg, tid, gfac); }
+            } else if (o_const) {
                 o[0] = rescale_block(o[0], sg, tid, gfac);
                 if (ob > 1u) { o[1] = rescale_block(o[1], sg, tid, gfac); }
                 if (ob > 2u) { o[2] = rescale_block(o[2], sg, tid, gfac); }
                 if (ob > 3u) { o[3] = rescale_block(o[3], sg, tid, gfac); }
-                if (ob > 4u) { o[4] = rescale_block(o[4], sg, tid, gfac); }
-                if (ob > 5u) { o[5] = rescale_block(o[5], sg, tid, gfac); }
-                if (ob > 6u) { o[6] = rescale_block(o[6], sg, tid, gfac); }
-                if (ob > 7u) { o[7] = rescale_block(o[7], sg, tid, gfac); }
-                if (ob > 8u) { o[8] = rescale_block(o[8], sg, tid, gfac); }
-                if (ob > 9u) { o[9] = rescale_block(o[9], sg, tid, gfac); }
-                if (ob > 10u) { o[10] = rescale_block(o[10], sg, tid, gfac); }
-                if (ob > 11u) { o[11] = rescale_block(o[11], sg, tid, gfac); }
-                if (ob > 12u) { o[12] = rescale_block(o[12], sg, tid, gfac); }
-                if (ob > 13u) { o[13] = rescale_block(o[13], sg, tid, gfac); }
-                if (ob > 14u) { o[14] = rescale_block(o[14], sg, tid, gfac); }
-                if (ob > 15u) { o[15] = rescale_block(o[15], sg, tid, gfac); }
             } else {
                 for (var j = 0u; j < ob; j++) { o[j] = rescale_block(o[j], sg, tid, gfac); }
             }
         }
         // O += P V, in units of g.
-        if (o_const) {
+        if (WRITTEN_OUT) {
+            o[0] = pv_block(o[0], r0, 0u);
+            if (D_BLOCKS > 1u) { o[1] = pv_block(o[1], r0, 1u); }
+            if (D_BLOCKS > 2u) { o[2] = pv_block(o[2], r0, 2u); }
+            if (D_BLOCKS > 3u) { o[3] = pv_block(o[3], r0, 3u); }
+            if (D_BLOCKS > 4u) { o[4] = pv_block(o[4], r0, 4u); }
+            if (D_BLOCKS > 5u) { o[5] = pv_block(o[5], r0, 5u); }
+            if (D_BLOCKS > 6u) { o[6] = pv_block(o[6], r0, 6u); }
+            if (D_BLOCKS > 7u) { o[7] = pv_block(o[7], r0, 7u); }
+            if (D_BLOCKS > 8u) { o[8] = pv_block(o[8], r0, 8u); }
+            if (D_BLOCKS > 9u) { o[9] = pv_block(o[9], r0, 9u); }
+            if (D_BLOCKS > 10u) { o[10] = pv_block(o[10], r0, 10u); }
+            if (D_BLOCKS > 11u) { o[11] = pv_block(o[11], r0, 11u); }
+            if (D_BLOCKS > 12u) { o[12] = pv_block(o[12], r0, 12u); }
+            if (D_BLOCKS > 13u) { o[13] = pv_block(o[13], r0, 13u); }
+            if (D_BLOCKS > 14u) { o[14] = pv_block(o[14], r0, 14u); }
+            if (D_BLOCKS > 15u) { o[15] = pv_block(o[15], r0, 15u); }
+        } else if (o_const) {
             o[0] = pv_block(o[0], r0, cg + ncg * 0u);
             if (ob > 1u) { o[1] = pv_block(o[1], r0, cg + ncg * 1u); }
             if (ob > 2u) { o[2] = pv_block(o[2], r0, cg + ncg * 2u); }
             if (ob > 3u) { o[3] = pv_block(o[3], r0, cg + ncg * 3u); }
-            if (ob > 4u) { o[4] = pv_block(o[4], r0, cg + ncg * 4u); }
-            if (ob > 5u) { o[5] = pv_block(o[5], r0, cg + ncg * 5u); }
-            if (ob > 6u) { o[6] = pv_block(o[6], r0, cg + ncg * 6u); }
-            if (ob > 7u) { o[7] = pv_block(o[7], r0, cg + ncg * 7u); }
-            if (ob > 8u) { o[8] = pv_block(o[8], r0, cg + ncg * 8u); }
-            if (ob > 9u) { o[9] = pv_block(o[9], r0, cg + ncg * 9u); }
-            if (ob > 10u) { o[10] = pv_block(o[10], r0, cg + ncg * 10u); }
-            if (ob > 11u) { o[11] = pv_block(o[11], r0, cg + ncg * 11u); }
-            if (ob > 12u) { o[12] = pv_block(o[12], r0, cg + ncg * 12u); }
-            if (ob > 13u) { o[13] = pv_block(o[13], r0, cg + ncg * 13u); }
-            if (ob > 14u) { o[14] = pv_block(o[14], r0, cg + ncg * 14u); }
-            if (ob > 15u) { o[15] = pv_block(o[15], r0, cg + ncg * 15u); }
         } else {
             for (var j = 0u; j < ob; j++) { o[j] = pv_block(o[j], r0, cg + ncg * j); }
         }
@@ -757,23 +774,28 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
 
     // Epilogue (store_block), 16 columns at a time; O's unit: g / P_SCALE.
     let o_unit = select(1.0, bitcast<f32>((gexp + 1u) << 23u), gexp != 0u) * (1.0 / P_SCALE);
-    if (o_const) {
+    if (WRITTEN_OUT) {
+        store_block(o[0], 0u, sg, tid, inf, o_unit, wid.z);
+        if (D_BLOCKS > 1u) { store_block(o[1], 1u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 2u) { store_block(o[2], 2u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 3u) { store_block(o[3], 3u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 4u) { store_block(o[4], 4u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 5u) { store_block(o[5], 5u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 6u) { store_block(o[6], 6u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 7u) { store_block(o[7], 7u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 8u) { store_block(o[8], 8u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 9u) { store_block(o[9], 9u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 10u) { store_block(o[10], 10u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 11u) { store_block(o[11], 11u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 12u) { store_block(o[12], 12u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 13u) { store_block(o[13], 13u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 14u) { store_block(o[14], 14u, sg, tid, inf, o_unit, wid.z); }
+        if (D_BLOCKS > 15u) { store_block(o[15], 15u, sg, tid, inf, o_unit, wid.z); }
+    } else if (o_const) {
         store_block(o[0], cg + ncg * 0u, sg, tid, inf, o_unit, wid.z);
         if (ob > 1u) { store_block(o[1], cg + ncg * 1u, sg, tid, inf, o_unit, wid.z); }
         if (ob > 2u) { store_block(o[2], cg + ncg * 2u, sg, tid, inf, o_unit, wid.z); }
         if (ob > 3u) { store_block(o[3], cg + ncg * 3u, sg, tid, inf, o_unit, wid.z); }
-        if (ob > 4u) { store_block(o[4], cg + ncg * 4u, sg, tid, inf, o_unit, wid.z); }
-        if (ob > 5u) { store_block(o[5], cg + ncg * 5u, sg, tid, inf, o_unit, wid.z); }
-        if (ob > 6u) { store_block(o[6], cg + ncg * 6u, sg, tid, inf, o_unit, wid.z); }
-        if (ob > 7u) { store_block(o[7], cg + ncg * 7u, sg, tid, inf, o_unit, wid.z); }
-        if (ob > 8u) { store_block(o[8], cg + ncg * 8u, sg, tid, inf, o_unit, wid.z); }
-        if (ob > 9u) { store_block(o[9], cg + ncg * 9u, sg, tid, inf, o_unit, wid.z); }
-        if (ob > 10u) { store_block(o[10], cg + ncg * 10u, sg, tid, inf, o_unit, wid.z); }
-        if (ob > 11u) { store_block(o[11], cg + ncg * 11u, sg, tid, inf, o_unit, wid.z); }
-        if (ob > 12u) { store_block(o[12], cg + ncg * 12u, sg, tid, inf, o_unit, wid.z); }
-        if (ob > 13u) { store_block(o[13], cg + ncg * 13u, sg, tid, inf, o_unit, wid.z); }
-        if (ob > 14u) { store_block(o[14], cg + ncg * 14u, sg, tid, inf, o_unit, wid.z); }
-        if (ob > 15u) { store_block(o[15], cg + ncg * 15u, sg, tid, inf, o_unit, wid.z); }
     } else {
         for (var j = 0u; j < ob; j++) {
             store_block(o[j], cg + ncg * j, sg, tid, inf, o_unit, wid.z);
