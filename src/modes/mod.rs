@@ -39,7 +39,10 @@ pub use crate::types::{Dtype, KvQuantMode};
 ///   operations only;
 /// - `fn k_row_scale(row: u32) -> f32`, `fn k_row_zero(row: u32) -> f32` (and `v_`): the
 ///   row's terms, so that `value = (raw - zero) * scale` (symmetric modes include
-///   `common/no_zero_point.wgsl` for `K_HAS_ZERO`/`k_row_zero` and their V twins).
+///   `common/no_zero_point.wgsl` for `K_HAS_ZERO`/`k_row_zero` and their V twins);
+/// - `const TILE_UNIT: f32`, `fn k_tile4(w, sub)` / `v_tile4`: the tile form the prefill
+///   kernel stages, raw = tile × `TILE_UNIT` (modes whose raw values f16 holds include
+///   `common/tile_raw.wgsl`: the raw values, unit 1; INT2 gives its centroids as integers).
 ///
 /// The kernels then compute `q·k = scale·(q·raw − zero·Σq)` and fold the V scale into `p`.
 #[derive(Clone, Debug)]
