@@ -101,22 +101,14 @@ fn check_in(seed: u64, base: Shape, modes: &[KvQuantMode], ex: Extras) {
 /// `ctx`: on cooperative matrices, or on the scalar twin's wide tilings (subgroups); else on
 /// the unified kernel.
 fn auto_prompts_on_the_prefill_kernel(ctx: &Context) -> bool {
-    let cfg = CacheConfig {
-        num_blocks: 4,
-        block_size: 16,
-        num_kv_heads: 2,
-        head_size: 64,
-        dtype: Dtype::F16,
-        ..Default::default()
-    };
-    let cache = KvCache::new(ctx, &cfg).unwrap();
-    let plan = one_sequence_plan(ctx, &cfg, 16, true);
-    let params = AttentionParams {
-        num_q_heads: 8,
-        softmax_scale: 0.1,
-        ..Default::default()
-    };
-    let lp = cache.launch_plan(ctx, &plan, &params).unwrap();
+    let lp = plan_for(
+        ctx,
+        KvQuantMode::None,
+        Dtype::F16,
+        (8, 2, 64),
+        16,
+        AttentionPath::Auto,
+    );
     lp.kernel == quantkv::internal::Kernel::Prefill
 }
 
@@ -880,24 +872,15 @@ fn prefill_twin_wide_and_one_thread_per_row() {
                 mode,
                 ..shape(MIXED, hq, hkv, d, Dtype::F16)
             };
-            let cfg = CacheConfig {
-                num_blocks: 4,
-                block_size: 16,
-                num_kv_heads: hkv,
-                head_size: d,
+            let t = plan_for(
+                c,
                 mode,
-                dtype: Dtype::F16,
-                ..Default::default()
-            };
-            let cache = KvCache::new(c, &cfg).unwrap();
-            let plan = one_sequence_plan(c, &cfg, 16, true);
-            let params = AttentionParams {
-                num_q_heads: hq,
-                softmax_scale: 0.1,
-                path: AttentionPath::PrefillTiled,
-                ..Default::default()
-            };
-            let t = cache.launch_plan(c, &plan, &params).unwrap().tiling;
+                Dtype::F16,
+                (hq, hkv, d),
+                16,
+                AttentionPath::PrefillTiled,
+            )
+            .tiling;
             // (f32 tiles of the rotation modes may not fit a wide tiling: lavapipe's 32 KiB.)
             assert!(t.wg_size == t.max_m || wide, "{mode:?} d{d}: {t:?}");
             took_wide |= t.wg_size > t.max_m;
@@ -912,8 +895,16 @@ fn prefill_twin_wide_and_one_thread_per_row() {
     }
 }
 
-/// Whether `AttentionPath::DecodeStream` takes the streaming rung for this shape on `ctx`.
-fn takes_stream(ctx: &Context, mode: KvQuantMode, dtype: Dtype, hq: u32, hkv: u32, d: u32) -> bool {
+/// The launch plan `path` gives one sequence of `n` tokens (decode for 1, a prompt above) of
+/// this shape on `ctx` (softmax scale 0.1).
+fn plan_for(
+    ctx: &Context,
+    mode: KvQuantMode,
+    dtype: Dtype,
+    (hq, hkv, d): (u32, u32, u32),
+    n: i32,
+    path: AttentionPath,
+) -> LaunchPlan {
     let cfg = CacheConfig {
         num_blocks: 4,
         block_size: 16,
@@ -924,14 +915,27 @@ fn takes_stream(ctx: &Context, mode: KvQuantMode, dtype: Dtype, hq: u32, hkv: u3
         ..Default::default()
     };
     let cache = KvCache::new(ctx, &cfg).unwrap();
-    let plan = one_sequence_plan(ctx, &cfg, 1, true);
+    let plan = one_sequence_plan(ctx, &cfg, n, true);
     let params = AttentionParams {
         num_q_heads: hq,
         softmax_scale: 0.1,
-        path: AttentionPath::DecodeStream,
+        path,
         ..Default::default()
     };
-    cache.launch_plan(ctx, &plan, &params).unwrap().stream
+    cache.launch_plan(ctx, &plan, &params).unwrap()
+}
+
+/// Whether `AttentionPath::DecodeStream` takes the streaming rung for this shape on `ctx`.
+fn takes_stream(ctx: &Context, mode: KvQuantMode, dtype: Dtype, hq: u32, hkv: u32, d: u32) -> bool {
+    plan_for(
+        ctx,
+        mode,
+        dtype,
+        (hq, hkv, d),
+        1,
+        AttentionPath::DecodeStream,
+    )
+    .stream
 }
 
 #[test]
