@@ -874,7 +874,15 @@ pub fn prefill_source(
                 },
             ),
             ("KV_LEN", (tiling.tile * ks / unit) as f64),
-            ("P_LEN", (tiling.max_m * ps / unit) as f64),
+            // The P tile (cooperative matrices; the twin writes P over the scores): a stub.
+            (
+                "P_LEN",
+                if coop {
+                    (tiling.max_m * ps) as f64
+                } else {
+                    8.0
+                },
+            ),
             // P's lo half (cooperative matrices), else a 16-byte stub.
             (
                 "PL_LEN",
