@@ -1,8 +1,11 @@
 // kernels/frag_coop.wgsl — the prefill kernel's fragment interface on cooperative matrices
-// (wgpu's EXPERIMENTAL_COOPERATIVE_MATRIX: 16x16x16, f16 A/B, f32 accumulator), one 16-row
-// block per subgroup. The host takes this file only where the adapter reports that
-// configuration, SHADER_F16 and SUBGROUP, and subgroups of one fixed size (the workgroup is
-// ROW_BLOCKS subgroups). Tiles live in workgroup memory as f16 scalars (row strides QS, KS, PS
+// (wgpu's EXPERIMENTAL_COOPERATIVE_MATRIX: 16x16x16, f16 A/B, f32 accumulator), a subgroup
+// per fragment owner: a 16-row block, or (column groups, OWNERS = ROW_BLOCKS x ncg) half or a
+// quarter of one: the O blocks cg, cg + ncg, ... and the Q K^T sum over the head-dimension
+// part cg (KSPLIT = ncg, one key block per tile), so each subgroup holds fewer fragments and
+// more subgroups share a multiprocessor. The host takes this file only where the adapter
+// reports that configuration, SHADER_F16 and SUBGROUP, and subgroups of one fixed size (the
+// workgroup is OWNERS subgroups). Tiles live in workgroup memory as f16 scalars (row strides QS, KS, PS
 // keep every 16x16 load 16-byte aligned and its rows on distinct banks).
 enable f16;
 enable wgpu_cooperative_matrix;
@@ -219,12 +222,12 @@ fn frag_load(off: u32, stride: u32) -> FragC {
 }
 
 // O block `f` with each row scaled by its alpha_sh (and by gfac), through s_sh (fragments
-// cannot be indexed per element).
+// cannot be indexed per element): owner sg's block in region sg, every owner's at once.
 fn rescale_block(f: FragC, sg: u32, tid: u32, gfac: f32) -> FragC {
     frag_store(f, sg * 256u, 16u);
     workgroupBarrier();
-    for (var e = tid; e < ROW_BLOCKS * 256u; e += WG_SIZE) {
-        s_sh[e] *= alpha_sh[(e / 256u) * 16u + (e % 256u) / 16u] * gfac;
+    for (var e = tid; e < OWNERS * 256u; e += WG_SIZE) {
+        s_sh[e] *= alpha_sh[((e / 256u) % ROW_BLOCKS) * 16u + (e % 256u) / 16u] * gfac;
     }
     workgroupBarrier();
     let r = frag_load(sg * 256u, 16u);
@@ -232,15 +235,22 @@ fn rescale_block(f: FragC, sg: u32, tid: u32, gfac: f32) -> FragC {
     return r;
 }
 
-// Epilogue: O block `f` (columns 16 db..) through s_sh (each owner its own 16 rows), then
-// store_row4 by every thread.
+// Epilogue: O block `f` (columns 16 db..) through s_sh (each owner its block in its region),
+// then store_row4 by every thread. Owner o holds the blocks o / ROW_BLOCKS + ncg k of its
+// rows (the column groups, ncg = OWNERS / ROW_BLOCKS; 1 where a subgroup holds a row block's
+// whole O), k the same for every owner at each call.
 fn store_block(f: FragC, db: u32, sg: u32, tid: u32, inf: WgInfo, o_unit: f32, seg: u32) {
+    let ncg = OWNERS / ROW_BLOCKS;
+    let k = (db - sg / ROW_BLOCKS) / ncg;
     frag_store(f, sg * 256u, 16u);
     workgroupBarrier();
-    for (var e = tid; e < ROW_BLOCKS * 64u; e += WG_SIZE) {
-        let m = (e / 64u) * 16u + (e % 64u) / 4u;
-        let b = m * 16u + (e % 4u) * 4u;
-        store_row4(inf, m, db * 4u + e % 4u,
+    for (var e = tid; e < OWNERS * 64u; e += WG_SIZE) {
+        let o = e / 64u;
+        let r = (e % 64u) / 4u;
+        let m = (o % ROW_BLOCKS) * 16u + r;
+        let b = o * 256u + r * 16u + (e % 4u) * 4u;
+        let dbo = o / ROW_BLOCKS + ncg * k;
+        store_row4(inf, m, dbo * 4u + e % 4u,
                    vec4<f32>(s_sh[b], s_sh[b + 1u], s_sh[b + 2u], s_sh[b + 3u]), o_unit, seg);
     }
     workgroupBarrier();

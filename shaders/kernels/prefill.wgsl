@@ -77,6 +77,8 @@ override OWNERS: u32 = 4u;
 // MAX_M x SS region of s_sh, added by the score pass), so that every owner has one where
 // ROW_BLOCKS x T_BLOCKS alone would leave some idle (the twin's wide workgroups).
 override KSPLIT: u32 = 1u;
+// Head-dimension blocks per part.
+override QPB: u32 = D_BLOCKS / KSPLIT;
 override QS: u32 = 136u;         // row strides in ET elements: qh_sh and kv_sh rows
 override KS: u32 = 136u;
 override PS: u32 = 40u;          // p_sh rows
@@ -310,29 +312,43 @@ fn key_info(inf: WgInfo, key: u32) -> KeyInfo {
 }
 
 // The K and V tiles of `n` vec4 elements each into workgroup memory: four K and four V loads
-// issued per thread before any is stored, so both tiles' latencies overlap.
+// issued per thread before any is stored, so both tiles' latencies overlap (two of each
+// where the workgroup covers a tile in two: the wide cooperative tilings).
 fn stage_kv(tid: u32, n: u32, key0: u32, kv_len: u32) {
-    for (var k = 0u; k < n; k += 4u * WG_SIZE) {
+    let two = n <= 2u * WG_SIZE;
+    for (var k = 0u; k < n; k += select(4u, 2u, two) * WG_SIZE) {
         let e0 = tid + k;
         let e1 = e0 + WG_SIZE;
         let e2 = e1 + WG_SIZE;
         let e3 = e2 + WG_SIZE;
         let k0 = tile_fetch(e0, false);
         let k1 = tile_fetch(e1, false);
-        let k2 = tile_fetch(e2, false);
-        let k3 = tile_fetch(e3, false);
+        var k2 = vec4<f32>(0.0);
+        var k3 = vec4<f32>(0.0);
+        if (!two) {
+            k2 = tile_fetch(e2, false);
+            k3 = tile_fetch(e3, false);
+        }
         let v0 = tile_fetch(e0, true);
         let v1 = tile_fetch(e1, true);
-        let v2 = tile_fetch(e2, true);
-        let v3 = tile_fetch(e3, true);
+        var v2 = vec4<f32>(0.0);
+        var v3 = vec4<f32>(0.0);
+        if (!two) {
+            v2 = tile_fetch(e2, true);
+            v3 = tile_fetch(e3, true);
+        }
         tile_put(e0, k0, key0, kv_len, false);
         tile_put(e1, k1, key0, kv_len, false);
-        tile_put(e2, k2, key0, kv_len, false);
-        tile_put(e3, k3, key0, kv_len, false);
+        if (!two) {
+            tile_put(e2, k2, key0, kv_len, false);
+            tile_put(e3, k3, key0, kv_len, false);
+        }
         tile_put(e0, v0, key0, kv_len, true);
         tile_put(e1, v1, key0, kv_len, true);
-        tile_put(e2, v2, key0, kv_len, true);
-        tile_put(e3, v3, key0, kv_len, true);
+        if (!two) {
+            tile_put(e2, v2, key0, kv_len, true);
+            tile_put(e3, v3, key0, kv_len, true);
+        }
     }
 }
 
@@ -431,6 +447,9 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     // (Cooperative matrices keep their own written-out copy with constant block indices: the
     // shared form measured 2 % slower there on an H200.)
     let o_const = ob <= 4u;
+    // Every block of the row block's O, written out (cooperative matrices, one owner per row
+    // block).
+    let o_all = WRITTEN_OUT && ncg == 1u;
     // The fragments a subgroup holds through the key loop (query: up to 8 blocks, O: up to
     // 16) are indexed by constants only where the include sets WRITTEN_OUT, every per-block
     // step written out below: with a loop index the H200's driver kept both arrays in local
@@ -438,6 +457,10 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     // through it. The twin runs the query steps as loops (lavapipe compiled the written-out
     // twin 6x slower), and O's written out only where an owner holds at most four blocks.
     var qf: array<FragQ, 8>;
+    // Blocks of a head-dimension part; an owner's own part on cooperative matrices is its
+    // column group (the host gives those column groups KSPLIT = ncg and one key block per
+    // tile, so each owner's one score block per tile is its rows' part cg).
+    let qb0 = cg * QPB;
     let qrows = q_stage_rows();
     for (var q0 = 0u; q0 < MAX_M; q0 += qrows) {
         for (var e = tid; e < qrows * d4; e += WG_SIZE) {
@@ -447,15 +470,16 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         let mine = r0 >= q0 && r0 < q0 + qrows;
         let lr = select(0u, r0 - q0, mine);
         if (Q_HELD) {
-            // Constant indices only (see `o` below); Q_HELD: at most 8 blocks.
-            qf[0] = take_q(qf[0], lr, 0u, mine);
-            if (D_BLOCKS > 1u) { qf[1] = take_q(qf[1], lr, 1u, mine); }
-            if (D_BLOCKS > 2u) { qf[2] = take_q(qf[2], lr, 2u, mine); }
-            if (D_BLOCKS > 3u) { qf[3] = take_q(qf[3], lr, 3u, mine); }
-            if (D_BLOCKS > 4u) { qf[4] = take_q(qf[4], lr, 4u, mine); }
-            if (D_BLOCKS > 5u) { qf[5] = take_q(qf[5], lr, 5u, mine); }
-            if (D_BLOCKS > 6u) { qf[6] = take_q(qf[6], lr, 6u, mine); }
-            if (D_BLOCKS > 7u) { qf[7] = take_q(qf[7], lr, 7u, mine); }
+            // Constant indices only (see `o` below); Q_HELD: at most 8 blocks, those of the
+            // owner's head-dimension part (qb0 ..).
+            qf[0] = take_q(qf[0], lr, qb0, mine);
+            if (QPB > 1u) { qf[1] = take_q(qf[1], lr, qb0 + 1u, mine); }
+            if (QPB > 2u) { qf[2] = take_q(qf[2], lr, qb0 + 2u, mine); }
+            if (QPB > 3u) { qf[3] = take_q(qf[3], lr, qb0 + 3u, mine); }
+            if (QPB > 4u) { qf[4] = take_q(qf[4], lr, qb0 + 4u, mine); }
+            if (QPB > 5u) { qf[5] = take_q(qf[5], lr, qb0 + 5u, mine); }
+            if (QPB > 6u) { qf[6] = take_q(qf[6], lr, qb0 + 6u, mine); }
+            if (QPB > 7u) { qf[7] = take_q(qf[7], lr, qb0 + 7u, mine); }
         }
         if ((DEBUG_SKIP & 256u) != 0u) {
             debug_dump(inf, tid, 0u);
@@ -465,7 +489,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     }
     let zero = frag_load(0u, 16u);
     var o: array<FragC, 16>;
-    if (WRITTEN_OUT) {
+    if (o_all) {
         o[0] = zero;
         if (D_BLOCKS > 1u) { o[1] = zero; }
         if (D_BLOCKS > 2u) { o[2] = zero; }
@@ -579,20 +603,22 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             var c = zero;
             if ((DEBUG_SKIP & 2u) == 0u) {
                 let t0 = cb * 16u;
-                var kb_lo = part * (D_BLOCKS / KSPLIT);
+                var kb_lo = part * QPB;
                 if (WRITTEN_OUT) {
-                    c = frag_qk(c, qf[0], r0, t0, 0u);
-                    if (D_BLOCKS > 1u) { c = frag_qk(c, qf[1], r0, t0, 16u); }
-                    if (D_BLOCKS > 2u) { c = frag_qk(c, qf[2], r0, t0, 32u); }
-                    if (D_BLOCKS > 3u) { c = frag_qk(c, qf[3], r0, t0, 48u); }
-                    if (D_BLOCKS > 4u) { c = frag_qk(c, qf[4], r0, t0, 64u); }
-                    if (D_BLOCKS > 5u) { c = frag_qk(c, qf[5], r0, t0, 80u); }
-                    if (D_BLOCKS > 6u) { c = frag_qk(c, qf[6], r0, t0, 96u); }
-                    if (D_BLOCKS > 7u) { c = frag_qk(c, qf[7], r0, t0, 112u); }
-                    kb_lo = min(D_BLOCKS, 8u);
+                    // (Cooperative matrices: sr0 = r0 and part = cg, the held blocks'.)
+                    let k0 = kb_lo * 16u;
+                    c = frag_qk(c, qf[0], r0, t0, k0);
+                    if (QPB > 1u) { c = frag_qk(c, qf[1], r0, t0, k0 + 16u); }
+                    if (QPB > 2u) { c = frag_qk(c, qf[2], r0, t0, k0 + 32u); }
+                    if (QPB > 3u) { c = frag_qk(c, qf[3], r0, t0, k0 + 48u); }
+                    if (QPB > 4u) { c = frag_qk(c, qf[4], r0, t0, k0 + 64u); }
+                    if (QPB > 5u) { c = frag_qk(c, qf[5], r0, t0, k0 + 80u); }
+                    if (QPB > 6u) { c = frag_qk(c, qf[6], r0, t0, k0 + 96u); }
+                    if (QPB > 7u) { c = frag_qk(c, qf[7], r0, t0, k0 + 112u); }
+                    kb_lo += min(QPB, 8u);
                 }
                 // Past 8 blocks (and on the twin) Q is not held: frag_qk reads the Q tile.
-                for (var kb = kb_lo; kb < (part + 1u) * (D_BLOCKS / KSPLIT); kb++) {
+                for (var kb = kb_lo; kb < (part + 1u) * QPB; kb++) {
                     c = frag_qk(c, qf[0], sr0, t0, kb * 16u);
                 }
             }
@@ -712,7 +738,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         }
         // Rows whose maximum moved: O rescaled through s_sh (free once P is written).
         if (workgroupUniformLoad(&resc_sh) != 0u) {
-            if (WRITTEN_OUT) {
+            if (o_all) {
                 o[0] = rescale_block(o[0], sg, tid, gfac);
                 if (D_BLOCKS > 1u) { o[1] = rescale_block(o[1], sg, tid, gfac); }
                 if (D_BLOCKS > 2u) { o[2] = rescale_block(o[2], sg, tid, gfac); }
@@ -739,7 +765,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             }
         }
         // O += P V, in units of g.
-        if (WRITTEN_OUT) {
+        if (o_all) {
             o[0] = pv_block(o[0], r0, 0u);
             if (D_BLOCKS > 1u) { o[1] = pv_block(o[1], r0, 1u); }
             if (D_BLOCKS > 2u) { o[2] = pv_block(o[2], r0, 2u); }
@@ -774,7 +800,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
 
     // Epilogue (store_block), 16 columns at a time; O's unit: g / P_SCALE.
     let o_unit = select(1.0, bitcast<f32>((gexp + 1u) << 23u), gexp != 0u) * (1.0 / P_SCALE);
-    if (WRITTEN_OUT) {
+    if (o_all) {
         store_block(o[0], 0u, sg, tid, inf, o_unit, wid.z);
         if (D_BLOCKS > 1u) { store_block(o[1], 1u, sg, tid, inf, o_unit, wid.z); }
         if (D_BLOCKS > 2u) { store_block(o[2], 2u, sg, tid, inf, o_unit, wid.z); }

@@ -171,6 +171,9 @@ pub struct Tiling {
     pub tile: u32,
     /// Rows (query token x query head) per workgroup.
     pub max_m: u32,
+    /// Fragment owners per workgroup of the prefill kernel (a subgroup each on cooperative
+    /// matrices, 16 lanes each on the twin): row blocks × column groups; 0 for other kernels.
+    pub owners: u32,
 }
 
 /// A built pipeline and the geometry it was built with.

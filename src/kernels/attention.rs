@@ -663,6 +663,7 @@ pub(crate) fn pipelines(
             wg_size: ROTATE_WG,
             tile: 0,
             max_m: 0,
+            owners: 0,
         },
         debug: 0,
         ..key
@@ -674,6 +675,7 @@ pub(crate) fn pipelines(
             wg_size: reduce_wg(d),
             tile: 0,
             max_m: 0,
+            owners: 0,
         },
         debug: 0,
         ..key
@@ -858,8 +860,8 @@ pub fn prefill_source(
             ("WG_SIZE", tiling.wg_size as f64),
             ("MAX_M", tiling.max_m as f64),
             ("ROW_BLOCKS", (tiling.max_m / 16) as f64),
-            ("OWNERS", super::plan::prefill_owners(&tiling, coop) as f64),
-            ("KSPLIT", super::plan::prefill_ksplit(&tiling, coop) as f64),
+            ("OWNERS", tiling.owners as f64),
+            ("KSPLIT", super::plan::prefill_ksplit(&tiling) as f64),
             ("QS", qs as f64),
             ("KS", ks as f64),
             ("PS", ps as f64),

@@ -16,9 +16,9 @@ use super::attention::{
 };
 use super::plan::{
     attention_smem, attention_tiling, combine_smem, coop_admits, decode_smem, decode_tiling,
-    prefill_f16, prefill_p_lo, prefill_raw_split, prefill_rows_shuffle, prefill_smem,
-    prefill_tiling, prefill_v_split, stream_lanes, stream_lanes_at, stream_segments, stream_smem,
-    stream_tiling,
+    prefill_f16, prefill_ksplit, prefill_p_lo, prefill_raw_split, prefill_rows_shuffle,
+    prefill_smem, prefill_tiling, prefill_v_split, stream_lanes, stream_lanes_at, stream_segments,
+    stream_smem, stream_tiling,
 };
 use super::write::{
     lane_elems, write_copy_source, write_e_min, write_rows_plan, write_rows_source,
@@ -424,6 +424,7 @@ fn variants() -> Vec<Variant> {
                     wg_size: 64,
                     tile: ch,
                     max_m: 0,
+                    owners: 0,
                 };
                 out.push(variant(
                     format!("write_copy/{}/ch{ch}", dtype.name()),
@@ -630,6 +631,7 @@ fn bind_group_layouts_match_the_wgsl_bindings() {
         wg_size: 64,
         tile: 0,
         max_m: 0,
+        owners: 0,
     };
     let f = Features(0);
     for (label, src) in [
@@ -955,7 +957,7 @@ fn prefill_with_a_transform_apart_needs_the_partials_to_fit_one_binding() {
 /// A tile form f16 does not hold exactly (INT2's centroids before its integer tile form)
 /// takes cooperative matrices with K as hi + lo pairs, FP8 output included; INT2 and INT4 as
 /// they are. V is a pair too only with FP8 output (P a pair as well); otherwise V is rounded
-/// to f16 and the 64 x 16 tiling stays under 24 KiB (two workgroups per H200
+/// to f16 and the 64 x 16 tiling stays under 31 KiB (two workgroups per H200
 /// multiprocessor), f16's own plus K's lo tile.
 #[test]
 fn inexact_tile_values_take_cooperative_matrices_as_hi_lo_pairs() {
@@ -1002,7 +1004,7 @@ fn inexact_tile_values_take_cooperative_matrices_as_hi_lo_pairs() {
         };
         assert_eq!(smem - f16, lo_tiles * (16 * 136 * 2 - 16));
         assert_eq!(prefill_v_split(split, p_lo), lo_tiles == 2);
-        assert!(p_lo || smem < 24 << 10, "{mode:?}: {smem} bytes");
+        assert!(p_lo || smem < 31 << 10, "{mode:?}: {smem} bytes");
     }
 }
 
@@ -1014,12 +1016,30 @@ fn inexact_tile_values_take_cooperative_matrices_as_hi_lo_pairs() {
 fn coop_prefill_prefers_small_resident_tilings() {
     let caps = test_caps(32, true, true, 48 << 10);
     let g = test_geometry(KvQuantMode::None, Dtype::F16, 128);
+    // 64 rows × 16 keys on eight subgroups (two column groups per row block: four O blocks
+    // each at head size 128) where the head dimension splits into two parts of at most four
+    // blocks; one subgroup per row block otherwise (head sizes of an odd block count, 256).
+    let coop = |d: u32| {
+        let t = prefill_tiling(
+            &caps,
+            &test_geometry(KvQuantMode::None, Dtype::F16, d),
+            true,
+        )
+        .unwrap();
+        (t.max_m, t.tile, t.wg_size, t.owners, prefill_ksplit(&t))
+    };
+    assert_eq!(coop(128), (64, 16, 256, 8, 2));
+    assert_eq!(coop(64), (64, 16, 256, 8, 2));
+    assert_eq!(coop(32), (64, 16, 256, 8, 2));
+    assert_eq!(coop(16), (64, 16, 128, 4, 1));
+    assert_eq!(coop(80), (64, 16, 128, 4, 1));
+    assert_eq!(coop(96), (64, 16, 256, 8, 2));
     let t = prefill_tiling(&caps, &g, true).unwrap();
-    assert_eq!((t.max_m, t.tile, t.wg_size), (64, 16, 128));
-    assert!(prefill_smem(&t, 128, true, true, false, true) <= 22 << 10);
+    // Two workgroups per H200 multiprocessor (its registers allow two at 99 per thread).
+    assert!(prefill_smem(&t, 128, true, true, false, true) <= 31 << 10);
     let g256 = test_geometry(KvQuantMode::None, Dtype::F16, 256);
     let t = prefill_tiling(&caps, &g256, true).unwrap();
-    assert_eq!((t.max_m, t.tile), (32, 16));
+    assert_eq!((t.max_m, t.tile, t.owners), (32, 16, 2));
     assert!(prefill_smem(&t, 256, true, true, false, true) <= 48 << 10);
     // The twin: 64 rows × 32 keys on 256 threads where subgroups allow (32 rows on 128 at
     // head size 256, whose Q tile needs the room; 64 rows on 128 at head size 32, whose two

@@ -442,6 +442,7 @@ pub fn attention_tiling(head_dim: u32, limits: &wgpu::Limits, max_m: u32) -> Opt
             wg_size,
             tile,
             max_m,
+            owners: 0,
         })
         .find(|t| attention_smem(t, head_dim) <= limits.max_compute_workgroup_storage_size)
 }
@@ -587,28 +588,21 @@ pub fn prefill_smem(
 
 /// f32 elements of the prefill kernel's score tile, one region per head-dimension part
 /// ([`prefill_ksplit`]; on the twin P goes over the first), and at least a 16×16 block per
-/// row block (the fragments' scratch on cooperative matrices).
+/// fragment owner on cooperative matrices (their scratch for rescaling and storing O), one
+/// on the twin.
 pub fn prefill_s_len(t: &Tiling, head_dim: u32, f16: bool, coop: bool) -> u32 {
     let (_, _, _, ss) = prefill_strides(head_dim, t.tile, f16);
-    (prefill_ksplit(t, coop) * t.max_m * ss).max(256 * (t.max_m / 16))
+    let scratch = if coop { t.owners } else { 1 };
+    (prefill_ksplit(t) * t.max_m * ss).max(256 * scratch)
 }
 
-/// Fragment owners of a prefill workgroup: a subgroup per row block on cooperative matrices,
-/// 16 lanes each on the twin (column groups of `wg_size / max_m` per row block).
-pub fn prefill_owners(t: &Tiling, coop: bool) -> u32 {
-    if coop {
-        t.max_m / 16
-    } else {
-        t.wg_size / 16
-    }
-}
-
-/// Head-dimension parts of the prefill kernel's score blocks (`KSPLIT`): where the twin's
-/// wide tilings have more owners than a tile has score blocks, each block is summed in parts
-/// by different owners (added by the score pass), so none is idle; 1 otherwise.
-pub fn prefill_ksplit(t: &Tiling, coop: bool) -> u32 {
+/// Head-dimension parts of the prefill kernel's score blocks (`KSPLIT`): where a wide tiling
+/// (the twin's, or cooperative matrices' column groups) has more fragment owners
+/// ([`Tiling::owners`]) than a tile has score blocks, each block is summed in parts by
+/// different owners (added by the score pass), so none is idle; 1 otherwise.
+pub fn prefill_ksplit(t: &Tiling) -> u32 {
     let blocks = (t.max_m / 16) * (t.tile / 16);
-    (prefill_owners(t, coop) / blocks.max(1)).max(1)
+    (t.owners / blocks.max(1)).max(1)
 }
 
 /// Whether a prefill variant combines each softmax row over several lanes by shuffles
@@ -618,18 +612,26 @@ pub fn prefill_rows_shuffle(t: &Tiling, coop: bool) -> bool {
     coop || t.wg_size > t.max_m
 }
 
-/// The prefill kernel's tiling for `g` on `caps` (`coop`: on cooperative matrices, one 16-row
-/// block per subgroup; else the twin, one per 16 lanes): the first whose workgroup memory
+/// The prefill kernel's tiling for `g` on `caps` (`coop`: on cooperative matrices, a subgroup
+/// per fragment owner; else the twin, 16 lanes per owner): the first whose workgroup memory
 /// fits, in an order per path. The twin takes its wide tilings first where subgroups allow
 /// (64 rows × 32 keys on 256 threads, 32 rows on 128, 64 rows on 128: four or two threads
 /// per softmax row; on an H200 the first ran an 8k prompt 2.6× faster than 64 threads, the
 /// second 1.6× slower than the first), then one thread per row: 64 rows × 64, 32 or 16 keys,
-/// then 32 and 16 rows. Cooperative matrices take 16-key tiles first (64 rows, then 32): the kernel is bound
-/// by latency, and on an H200 through Vulkan a workgroup's memory decides how many run on a
-/// multiprocessor (measured: 32 KiB or more, one; 24 KiB, two; 16 KiB, three), so the small
-/// tiling (17.5 KiB with held query fragments, 21.3 KiB since K and V have separate tiles) ran
-/// an 8k causal prompt in 24.9 ms against 33.1 ms for 32-key tiles (30 KiB); with the kernel
-/// of `07a82d7`, 14.4 ms against 26.5 ms (BENCHMARKS.md). `None` where none fits, or the head size is not a multiple of 16 up to
+/// then 32 and 16 rows. Cooperative matrices take 16-key tiles first: 64 rows on eight
+/// subgroups (two column groups per row block, each with half the row block's O blocks and
+/// the Q Kᵀ sum over half the head dimension; head sizes whose blocks split in two parts of
+/// at most four), then 64 and 32 rows on a subgroup per row block. The kernel is bound by
+/// latency, and on an H200 through Vulkan registers and workgroup memory decide how many
+/// workgroups share a multiprocessor (measured: 32 KiB or more, one; 24 KiB, two; 16 KiB,
+/// three; 179 registers per thread at 128 threads, two): the eight-subgroup tiling (99
+/// registers, 23.4 KiB: two workgroups, 16 warps) ran an 8k causal prompt 1.13× faster than
+/// four subgroups (eight warps); 32 rows on four subgroups with column groups (126 registers,
+/// 16.3 KiB) and 64 rows on sixteen (33.7 KiB, one workgroup) were slower than either. With
+/// one subgroup per row block, the small tiling (17.5 KiB with held query fragments, 21.3 KiB
+/// since K and V have separate tiles) ran an 8k causal prompt in 24.9 ms against 33.1 ms for
+/// 32-key tiles (30 KiB); with the kernel of `07a82d7`, 14.4 ms against 26.5 ms
+/// (BENCHMARKS.md). `None` where none fits, or the head size is not a multiple of 16 up to
 /// 256: the unified kernel runs then.
 #[cfg(test)]
 pub fn prefill_tiling(caps: &Caps, g: &Geometry, coop: bool) -> Option<Tiling> {
@@ -653,6 +655,7 @@ pub fn prefill_tiling_for(caps: &Caps, g: &Geometry, coop: bool, decode: bool) -
     let order: &[(u32, u32, u32)] = match (coop, decode) {
         (_, true) => &[(1, 16, 1), (1, 32, 1), (2, 16, 1)],
         (true, false) => &[
+            (4, 16, 2),
             (4, 16, 1),
             (2, 16, 1),
             (4, 32, 1),
@@ -680,23 +683,31 @@ pub fn prefill_tiling_for(caps: &Caps, g: &Geometry, coop: bool, decode: bool) -
             wg_size: rb * lanes * cg,
             tile: tk,
             max_m: rb * 16,
+            owners: rb * cg,
         })
         .filter(|t| prefill_tk_knob().is_none_or(|tk| t.tile == tk))
         .filter(|t| prefill_rows_knob().is_none_or(|m| t.max_m == m))
         .filter(|t| prefill_wg_knob().is_none_or(|w| t.wg_size == w))
         .find(|t| {
-            let cg = t.wg_size / t.max_m;
-            // The twin's wide tilings: the threads of a softmax row share a subgroup, the
-            // column groups divide the O blocks, the head-dimension parts the Q Kᵀ blocks.
-            let ks = prefill_ksplit(t, coop);
+            let cg = t.owners / (t.max_m / 16);
+            let ks = prefill_ksplit(t);
             let score_blocks = (t.max_m / 16) * (t.tile / 16) * ks;
-            let wide_ok = coop
-                || cg == 1
-                || (caps.subgroups
-                    && caps.subgroup_min_size >= cg
-                    && d_blocks.is_multiple_of(cg)
-                    && d_blocks.is_multiple_of(ks)
-                    && score_blocks.is_multiple_of(prefill_owners(t, coop)));
+            let wide_ok = cg == 1
+                || if coop {
+                    // Column groups on cooperative matrices: one key block per tile, so each
+                    // owner's score block is its rows' head-dimension part cg; its O blocks
+                    // (at most four) by constant indices.
+                    t.tile == 16 && d_blocks.is_multiple_of(cg) && d_blocks / cg <= 4
+                } else {
+                    // The twin's wide tilings: the threads of a softmax row share a
+                    // subgroup, the column groups divide the O blocks, the head-dimension
+                    // parts the Q Kᵀ blocks.
+                    caps.subgroups
+                        && caps.subgroup_min_size >= cg
+                        && d_blocks.is_multiple_of(cg)
+                        && d_blocks.is_multiple_of(ks)
+                        && score_blocks.is_multiple_of(t.owners)
+                };
             wide_ok
                 && t.wg_size <= limits.max_compute_invocations_per_workgroup
                 && t.wg_size <= limits.max_compute_workgroup_size_x
@@ -742,6 +753,7 @@ pub fn decode_tiling(head_dim: u32, limits: &wgpu::Limits, max_m: u32) -> Option
             wg_size,
             tile,
             max_m,
+            owners: 0,
         };
         if decode_smem(&t, head_dim) <= limits.max_compute_workgroup_storage_size {
             return Some(t);
@@ -837,6 +849,7 @@ pub fn stream_tiling(caps: &Caps, g: &Geometry, keys: u64) -> Option<Tiling> {
         wg_size,
         tile: STREAM_U * wg_size / lpr,
         max_m: STREAM_HEADS,
+        owners: 0,
     })
 }
 

@@ -195,6 +195,7 @@ pub fn write_copy_tiling() -> Tiling {
         wg_size: 256,
         tile: write_ch_knob().unwrap_or(2),
         max_m: 0,
+        owners: 0,
     }
 }
 
@@ -243,6 +244,7 @@ pub fn write_rows_tiling(head_dim: u32, packing_factor: u32, e_min: u32) -> Tili
         wg_size: rows * lanes,
         tile: rows,
         max_m: 0,
+        owners: 0,
     }
 }
 
