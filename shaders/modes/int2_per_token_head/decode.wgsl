@@ -28,16 +28,22 @@ fn int2_raw4(w: u32, sub: u32) -> vec4<f32> {
 // {-944, -283, 283, 944} in units of TILE_UNIT = 1.5104 / 944. 283 / 944 is the ratio of the
 // two centroid magnitudes to 2.5e-8 (finer than an f32 step), so these tiles hold the codebook
 // to f32 precision in one f16 value each (the hi + lo pairs they replace held it to 2^-22).
-// The centroid times 944 / 1.5104 is within 1e-4 of its integer, which round() takes.
+// The integer of index c is 661 c - 95 (c >> 1) - 944 (-944, -283, 283, 944 for c = 0..3),
+// from the codes by integer shifts, masks and multiply-adds (no cubic, no rounding).
 const TILE_UNIT: f32 = 1.5104 / 944.0;
-const INT2_TILE: f32 = 944.0 / 1.5104;
+
+fn int2_tile4(w: u32, sub: u32) -> vec4<f32> {
+    let q = w >> (sub * 8u);
+    let c = vec4<u32>(q, q >> 2u, q >> 4u, q >> 6u) & vec4<u32>(3u);
+    return vec4<f32>(c * 661u - (c >> vec4<u32>(1u)) * 95u) - vec4<f32>(944.0);
+}
 
 fn k_tile4(w: vec4<u32>, sub: u32) -> vec4<f32> {
-    return round(int2_raw4(w.x, sub) * INT2_TILE);
+    return int2_tile4(w.x, sub);
 }
 
 fn v_tile4(w: vec4<u32>, sub: u32) -> vec4<f32> {
-    return round(int2_raw4(w.x, sub) * INT2_TILE);
+    return int2_tile4(w.x, sub);
 }
 
 fn k_raw4(w: vec4<u32>, sub: u32) -> vec4<f32> {
