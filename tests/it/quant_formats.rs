@@ -611,6 +611,45 @@ fn gpu_fp8_read_is_exact_for_every_code() {
     }
 }
 
+/// Every mode's tile form (read contract: `k_tile4` / `v_tile4` and `TILE_UNIT`, what the prefill
+/// kernel's tiles hold) read back exactly: a prompt's first query row attends to its first key
+/// alone (softmax weight exactly 1), so with an f32 model its output is that key's V row as the
+/// GPU stored it, dequantized. Checked per element against the reference on the stored codes to
+/// 2e-5·(1 + |ref|): a tile value one unit off (INT2: 1 in 944) moves an element by ~1e-4.
+/// Auto (cooperative matrices where the adapter has them) and the portable tiled kernel.
+#[test]
+fn prefill_first_rows_read_each_modes_tile_form_exactly() {
+    let Some(ctx) = context() else { return };
+    let seqs = [(8u32, 8u32), (5, 5)];
+    for mode in KvQuantMode::ALL {
+        for path in [AttentionPath::Auto, AttentionPath::PrefillTiled] {
+            let mut s = shape(&seqs, 4, 2, 64, Dtype::F32);
+            s.mode = mode;
+            let ex = Extras {
+                path,
+                ..Default::default()
+            };
+            let out =
+                run_case(ctx, 0x7F1, &s, &ex).unwrap_or_else(|e| panic!("{mode:?} {path:?}: {e}"));
+            let row = (s.q_heads * s.head_size) as usize;
+            let mut first = 0usize;
+            for &(ql, _) in &seqs {
+                let at = first * row;
+                for i in at..at + row {
+                    let (g, c) = (out.gpu[i], out.cpu[i]);
+                    assert!(
+                        (g - c).abs() <= 2e-5 * (1.0 + c.abs()),
+                        "{mode:?} {path:?}: token {first} element {}: gpu {g} vs ref {c}",
+                        i - at
+                    );
+                }
+                first += ql as usize;
+            }
+            assert_close(&out, s.dtype);
+        }
+    }
+}
+
 #[test]
 fn gpu_per_tensor_codes_equal_cpu_at_every_rounding_boundary() {
     // The per-tensor encoders take x * (1/scale) where the codes at both ends of its error band
