@@ -60,19 +60,17 @@ const QUOT_BAND: f32 = 9.5367431640625e-7;
 // Whether a finite q lies within twice QUOT_BAND of a rounding tie of e4m3_encode (the only
 // places where its code changes): the encoder is monotone, so a quotient and its estimate q
 // on the same side of every tie get one code. Normal range: the 20 bits below the 3 kept
-// ones within 32 units of half (the band is at most 16 units there); below 2^-6:
-// a * 512 (exact) within 2^-19 of its tie n + 0.5; from 448 up: saturated, no tie.
+// ones within 32 units of half (the band is at most 16 units there), i.e. those bits minus
+// 0x7FFE0 (mod 2^20) at most 64; below 2^-6: a * 512 (exact) within 2^-19 of its tie n + 0.5;
+// from 448 up: saturated, no tie. Without branches (one select per element, the three tests
+// computed for every element: cheaper than divergent branches in the write kernel's unrolled
+// packing loop).
 fn e4m3_near_tie(q: f32) -> bool {
     let a = abs(q);
-    if (a >= 448.0) {
-        return false;
-    }
-    if (a < 0.015625) {
-        let v = a * 512.0;
-        return abs(v - floor(v) - 0.5) <= v * (2.0 * QUOT_BAND);
-    }
-    let rem = i32(bitcast<u32>(a) & 0xFFFFFu);
-    return abs(rem - 0x80000) <= 32;
+    let normal = ((bitcast<u32>(a) - 0x7FFE0u) & 0xFFFFFu) <= 64u;
+    let v = a * 512.0;
+    let sub = abs(v - floor(v) - 0.5) <= v * (2.0 * QUOT_BAND);
+    return (a < 448.0) & select(normal, sub, a < 0.015625);
 }
 
 // The operands of an exact division: significands ma (>= mb, so that the quotient of

@@ -38,12 +38,11 @@ fn enc_code(x: f32, inf: i32, p: vec4<f32>) -> u32 {
     // power-of-two scale (1.0 by default) the product is the quotient itself. The exact
     // division runs in the core's one copy of the exact path (ENC_EXACT), not once per element
     // of the unrolled packing loop.
+    // The tests are combined without short-circuits (`&`, `|`): one select, no branch.
     let q = x * p.y;
     let pow2 = (bitcast<u32>(p.x) & 0x7FFFFFu) == 0u;
-    if (abs(q) > 1e-30 && (pow2 || !e4m3_near_tie(q))) {
-        return e4m3_encode(q);
-    }
-    return ENC_EXACT;
+    let ok = (abs(q) > 1e-30) & (pow2 | !e4m3_near_tie(q));
+    return select(ENC_EXACT, e4m3_encode(q), ok);
 }
 
 // The code of the exact quotient (an element enc_code answered ENC_EXACT for).

@@ -38,11 +38,11 @@ fn enc_code(x: f32, inf: i32, p: vec4<f32>) -> u32 {
     let q = x * p.y;
     let a = abs(q);
     let pow2 = (bitcast<u32>(p.x) & 0x7FFFFFu) == 0u;
+    // Otherwise the core's one copy of the exact path. The tests are combined without
+    // short-circuits (`&`, `|`): one select, no branch.
     let near = abs(a - floor(a) - 0.5) <= a * (2.0 * QUOT_BAND);
-    if (!(a > 1e-30 && (pow2 || !near))) {
-        return ENC_EXACT; // the core's one copy of the exact path
-    }
-    return int_bits(clamp(round(q), -127.0, 127.0)) & 0xFFu;
+    let ok = (a > 1e-30) & (pow2 | !near);
+    return select(ENC_EXACT, int_bits(clamp(round(q), -127.0, 127.0)) & 0xFFu, ok);
 }
 
 // The code of the exact quotient (an element enc_code answered ENC_EXACT for).
