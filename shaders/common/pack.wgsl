@@ -59,18 +59,18 @@ const QUOT_BAND: f32 = 9.5367431640625e-7;
 
 // Whether a finite q lies within twice QUOT_BAND of a rounding tie of e4m3_encode (the only
 // places where its code changes): the encoder is monotone, so a quotient and its estimate q
-// on the same side of every tie get one code. Normal range: the 20 bits below the 3 kept
-// ones within 32 units of half (the band is at most 16 units there), i.e. those bits minus
-// 0x7FFE0 (mod 2^20) at most 64; below 2^-6: a * 512 (exact) within 2^-19 of its tie n + 0.5;
-// from 448 up: saturated, no tie. Without branches (one select per element, the three tests
-// computed for every element: cheaper than divergent branches in the write kernel's unrolled
-// packing loop).
+// on the same side of every tie get one code. One test on 20 bits for both ranges, without
+// branches: whether they lie within 32 units of half (0x80000), i.e. minus 0x7FFE0 (mod 2^20)
+// at most 64. Normal range: the 20 bits of |q| below the 3 kept ones (the band is at most
+// 16 units there). Below 2^-6, where the codes step by 2^-9: v = |q| * 512 (exact, in
+// [0, 8)) plus 8 has the f32 exponent of [8, 16), so its 20 low bits are v's fraction in
+// units of 2^-20, rounded by at most half a unit; the ties are at fraction one half, and the
+// band (v 2^-19 < 16 units) plus that rounding lies well within 32 units. From 448 up:
+// saturated, no tie. A wider test only sends more elements to the exact path.
 fn e4m3_near_tie(q: f32) -> bool {
     let a = abs(q);
-    let normal = ((bitcast<u32>(a) - 0x7FFE0u) & 0xFFFFFu) <= 64u;
-    let v = a * 512.0;
-    let sub = abs(v - floor(v) - 0.5) <= v * (2.0 * QUOT_BAND);
-    return (a < 448.0) & select(normal, sub, a < 0.015625);
+    let bits = select(bitcast<u32>(a), bitcast<u32>(a * 512.0 + 8.0), a < 0.015625);
+    return (a < 448.0) & (((bits - 0x7FFE0u) & 0xFFFFFu) <= 64u);
 }
 
 // The operands of an exact division: significands ma (>= mb, so that the quotient of
