@@ -4,9 +4,12 @@
 //   ENC_TRANSFORM        whether the core transforms rows before their statistic
 //   enc_transform(tid)   in place on x_sh (all rows of the workgroup), all threads, may hold
 //                        barriers (the portable entry)
-//   enc_block()          the transform, per element (the subgroup entry): enc_pre(x, i) of
-//   enc_pre(x, i)        element i of a row, the unnormalised Walsh-Hadamard transform over
-//   enc_post(x)          blocks of enc_block() elements (spec §4.1 order), then enc_post(x)
+//   enc_block()          the transform, per element (the subgroup entry): enc_pre(x, k, w)
+//   enc_pre_word(i0)     of element i0 + k of a row, where w = enc_pre_word(i0) is the mode's
+//   enc_pre(x, k, w)     word for a lane's E elements i0 .. i0 + E - 1 (i0 a multiple of E;
+//   enc_post(x)          E divides 32 and the block), then the unnormalised Walsh-Hadamard
+//                        transform over blocks of enc_block() elements (spec §4.1 order), then
+//                        enc_post(x)
 const ENC_TRANSFORM: bool = false;
 
 fn enc_transform(tid: u32) {}
@@ -15,7 +18,11 @@ fn enc_block() -> u32 {
     return 1u;
 }
 
-fn enc_pre(x: f32, i: u32) -> f32 {
+fn enc_pre_word(i0: u32) -> u32 {
+    return 0u;
+}
+
+fn enc_pre(x: f32, k: u32, w: u32) -> f32 {
     return x;
 }
 

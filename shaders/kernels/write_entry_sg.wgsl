@@ -3,7 +3,7 @@
 // holds (the host checks; WG_SIZE is a multiple of the largest subgroup): row j is the
 // subgroup's si / lanes-th, so a row's lanes are consecutive invocations of one subgroup
 // whatever the driver's mapping of invocations to subgroups. No barrier, no workgroup memory:
-//   * transform (ENC_WHT modes): enc_pre per element, the Walsh-Hadamard butterflies of
+//   * transform (ENC_WHT modes): enc_pre per element (with the lane's enc_pre_word), the Walsh-Hadamard butterflies of
 //     distance h < E inside the lane, those of distance h >= E with the lane h / E away
 //     (subgroupShuffleXor: the lower lane keeps a + b, the upper a - b, the same operations
 //     in the same order as spec §4.1, so bit for bit the reference), then enc_post;
@@ -20,8 +20,9 @@ var<workgroup> x_sh: array<f32, X_LEN>;
 fn transform_row(j: u32, lane: u32) {
     if (ENC_TRANSFORM) {
         let b = enc_block();
+        let pw = enc_pre_word(lane * E);
         for (var k = 0u; k < E; k++) {
-            x[k] = enc_pre(x[k], lane * E + k);
+            x[k] = enc_pre(x[k], k, pw);
         }
         // In-lane stages: h = 1, 2, 4 (, 8, 16) (the block is the lowest set bit of the head
         // size, which E divides: at least E). Counted loops of constant trip count, so every
@@ -38,12 +39,15 @@ fn transform_row(j: u32, lane: u32) {
                 }
             }
         }
+        // Across lanes: the lower lane keeps x + o, the upper o - x, both as fma(x, ±1, o):
+        // x * ±1 is exact, so fused or not it is the one rounding of the sum or difference
+        // (the same bits as the add or subtract; one operation per element, not three).
         for (var h = E; h < b; h <<= 1u) {
             let d = h / E;
-            let upper = (lane & d) != 0u;
+            let sgn = select(1.0, -1.0, (lane & d) != 0u);
             for (var k = 0u; k < E; k++) {
                 let o = subgroupShuffleXor(x[k], d);
-                x[k] = select(x[k] + o, o - x[k], upper);
+                x[k] = fma(x[k], sgn, o);
             }
         }
         for (var k = 0u; k < E; k++) {

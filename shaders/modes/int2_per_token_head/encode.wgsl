@@ -14,7 +14,11 @@ fn enc_transform(tid: u32) {
 }
 
 // Before the butterflies, per element (the subgroup write entry): nothing (no signs, §3.5).
-fn enc_pre(x: f32, i: u32) -> f32 {
+fn enc_pre_word(i0: u32) -> u32 {
+    return 0u;
+}
+
+fn enc_pre(x: f32, k: u32, w: u32) -> f32 {
     return x;
 }
 

@@ -17,9 +17,19 @@ fn enc_transform(tid: u32) {
     round_x(tid);
 }
 
-// Before the butterflies, per element (the subgroup write entry): the signs.
-fn enc_pre(x: f32, i: u32) -> f32 {
-    return x * rht_sign(i);
+// Before the butterflies, per element (the subgroup write entry): the signs. The lane's
+// elements i0 .. i0 + E - 1 lie in one block and one word of the sign table (E divides 32
+// and the block, i0 is a multiple of E): their sign bits come from one table read per lane,
+// shifted so that bit k is element i0 + k's.
+fn enc_pre_word(i0: u32) -> u32 {
+    let k = i0 % rot_b();
+    return RHT_SIGN_WORDS[k / 32u] >> (k % 32u);
+}
+
+// x * s exactly (s = -1 where bit k of w is set): the sign bit flipped by an exclusive or
+// (k is a constant once the core's loop unrolls: two shifts and an exclusive or per element).
+fn enc_pre(x: f32, k: u32, w: u32) -> f32 {
+    return bitcast<f32>(bitcast<u32>(x) ^ ((w >> k) << 31u));
 }
 
 fn enc_init() -> vec2<f32> {
@@ -44,6 +54,9 @@ fn enc_params(stat: vec2<f32>, is_v: bool) -> vec4<f32> {
     return vec4<f32>(scale, div_rn(1.0, scale), zp, stored);
 }
 
+// Round half away from zero, clamped to 0..15: for t >= 0 that is floor(t + 0.5), the same
+// sum round_half_away truncates; for t < 0 both give at most 0, which the clamp makes 0. So
+// no sign test and select per element.
 fn enc_code(x: f32, inf: i32, p: vec4<f32>) -> u32 {
-    return int_bits(clamp(round_half_away(x * p.y + p.z), 0.0, 15.0)) & 0xFu;
+    return int_bits(clamp(floor(x * p.y + p.z + 0.5), 0.0, 15.0)) & 0xFu;
 }
