@@ -27,7 +27,9 @@
 // A mode may answer ENC_EXACT from enc_code for an element whose code needs more work than the
 // common case (the per-tensor modes: a quotient near a rounding tie); with ENC_HAS_EXACT set
 // the core then asks enc_code_exact(x, params) in one copy of that path after the packing
-// loop (common/enc_direct.wgsl for modes without one).
+// loop (common/enc_direct.wgsl for modes without one). Such a mode also says per row whether
+// any element can be near a tie (enc_may_tie(params)); where not, the core packs the row's
+// codes with enc_code_no_tie(x, params) instead, without the per-element tie test.
 // Negative slots are padding: nothing is written for them.
 //
 // Overrides and bindings as listed here are the entries' too.
@@ -73,9 +75,12 @@ var<private> inf: array<i32, E>;
 
 // Word w of the lane's codes (x.x) and the bits of its elements that the mode sends to its
 // exact path (x.y, bit e for element e). `with_inf`: whether the lane holds a non-finite
-// input; the core calls this with a constant, so where it is false enc_code's infinity test
-// folds away.
-fn pack_word(w: u32, params: vec4<f32>, with_inf: bool) -> vec2<u32> {
+// input; `no_tie`: the row cannot be near a rounding tie (modes with an exact path:
+// enc_may_tie false, e.g. a power-of-two scale; only without non-finite inputs), so
+// enc_code_no_tie gives the codes. The core calls this with constants, so enc_code's
+// infinity test and the tie test fold away where they are not needed (a uniform branch per
+// element instead measured slower on an H200 than testing every element).
+fn pack_word(w: u32, params: vec4<f32>, with_inf: bool, no_tie: bool) -> vec2<u32> {
     let per_word = 32u / CODE_BITS;
     let mask = (1u << CODE_BITS) - 1u;
     var word = 0u;
@@ -84,7 +89,11 @@ fn pack_word(w: u32, params: vec4<f32>, with_inf: bool) -> vec2<u32> {
         let e = w * per_word + k;
         var c = bitcast<u32>(x[e]);
         if ((DEBUG_SKIP & 16u) == 0u) {
-            c = enc_code(x[e], select(0, inf[e], with_inf), params);
+            if (no_tie) {
+                c = enc_code_no_tie(x[e], params);
+            } else {
+                c = enc_code(x[e], select(0, inf[e], with_inf), params);
+            }
         }
         if (ENC_HAS_EXACT && c == ENC_EXACT) {
             exact |= 1u << e;
@@ -182,13 +191,19 @@ fn write_row(j: u32, lane: u32, wid: vec3<u32>, nwg: vec3<u32>) {
     var exact = 0u; // bit e: element e's code comes from the mode's exact path
     if (with_inf) {
         for (var w = 0u; w < NW; w++) {
-            let r = pack_word(w, params, true);
+            let r = pack_word(w, params, true, false);
+            words[w] = r.x;
+            exact |= r.y;
+        }
+    } else if (ENC_HAS_EXACT && enc_may_tie(params)) {
+        for (var w = 0u; w < NW; w++) {
+            let r = pack_word(w, params, false, false);
             words[w] = r.x;
             exact |= r.y;
         }
     } else {
         for (var w = 0u; w < NW; w++) {
-            let r = pack_word(w, params, false);
+            let r = pack_word(w, params, false, true);
             words[w] = r.x;
             exact |= r.y;
         }

@@ -45,6 +45,20 @@ fn enc_code(x: f32, inf: i32, p: vec4<f32>) -> u32 {
     return select(ENC_EXACT, int_bits(clamp(round(q), -127.0, 127.0)) & 0xFFu, ok);
 }
 
+// Whether an element's product can lie near a tie of its quotient's code: not with a
+// power-of-two scale (1.0 by default), whose product is the quotient itself (decided once
+// per row; the core then packs with enc_code_no_tie).
+fn enc_may_tie(p: vec4<f32>) -> bool {
+    return (bitcast<u32>(p.x) & 0x7FFFFFu) != 0u;
+}
+
+// enc_code of a finite element where enc_may_tie is false: the product's code, or the exact
+// path for a quotient near zero.
+fn enc_code_no_tie(x: f32, p: vec4<f32>) -> u32 {
+    let q = x * p.y;
+    return select(ENC_EXACT, int_bits(clamp(round(q), -127.0, 127.0)) & 0xFFu, abs(q) > 1e-30);
+}
+
 // The code of the exact quotient (an element enc_code answered ENC_EXACT for).
 fn enc_code_exact(x: f32, p: vec4<f32>) -> u32 {
     return int_bits(clamp(round(div_rn(x, p.x)), -127.0, 127.0)) & 0xFFu;
