@@ -1140,7 +1140,8 @@ fn main() -> Result<()> {
         });
     }
     // `--modes all` (or no flag) keeps every mode; an unknown id is an error, not an empty run.
-    if let Some(m) = opt("--modes").filter(|m| m != "all") {
+    let modes_opt = opt("--modes").filter(|m| m != "all");
+    if let Some(m) = &modes_opt {
         let ids: Vec<&str> = m.split(',').collect();
         if let Some(bad) = ids
             .iter()
@@ -1234,7 +1235,16 @@ fn main() -> Result<()> {
         .as_ref()
         .is_none_or(|f| f.split(',').any(|p| "reshape_and_cache_4096".contains(p)));
     if writes {
-        for mode in KvQuantMode::ALL.into_iter().filter(|m| m.is_supported()) {
+        // `--modes` restricts the write rows too.
+        let wanted = |m: KvQuantMode| {
+            modes_opt
+                .as_ref()
+                .is_none_or(|l| l.split(',').any(|id| id == m.id()))
+        };
+        for mode in KvQuantMode::ALL
+            .into_iter()
+            .filter(|m| m.is_supported() && wanted(*m))
+        {
             rows.push(bench_write(&ctx, mode)?);
         }
     }
