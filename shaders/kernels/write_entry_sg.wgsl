@@ -3,10 +3,11 @@
 // holds (the host checks; WG_SIZE is a multiple of the largest subgroup): row j is the
 // subgroup's si / lanes-th, so a row's lanes are consecutive invocations of one subgroup
 // whatever the driver's mapping of invocations to subgroups. No barrier, no workgroup memory:
-//   * transform (ENC_WHT modes): enc_pre per element (with the lane's enc_pre_word), the Walsh-Hadamard butterflies of
-//     distance h < E inside the lane, those of distance h >= E with the lane h / E away
-//     (subgroupShuffleXor: the lower lane keeps a + b, the upper a - b, the same operations
-//     in the same order as spec §4.1, so bit for bit the reference), then enc_post;
+//   * transform (ENC_WHT modes): enc_pre per element (with the lane's enc_pre_word), the
+//     Walsh-Hadamard butterflies of distance h < E inside the lane, those of distance h >= E
+//     with the lane h / E away (subgroupShuffleXor: the lower lane keeps a + b, the upper
+//     a - b, the same operations in the same order as spec §4.1, so bit for bit the
+//     reference), then enc_post;
 //   * statistic: folded by shuffles over the row's lanes, then every lane takes the row's
 //     first lane's result (one set of bits for the whole row).
 // #include "kernels/write_rows.wgsl"

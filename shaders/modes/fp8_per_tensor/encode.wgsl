@@ -40,7 +40,7 @@ fn enc_code(x: f32, inf: i32, p: vec4<f32>) -> u32 {
     // of the unrolled packing loop.
     // The tests are combined without short-circuits (`&`, `|`): one select, no branch.
     let q = x * p.y;
-    let pow2 = (bitcast<u32>(p.x) & 0x7FFFFFu) == 0u;
+    let pow2 = !enc_may_tie(p);
     let ok = (abs(q) > 1e-30) & (pow2 | !e4m3_near_tie(q));
     return select(ENC_EXACT, e4m3_encode(q), ok);
 }

@@ -37,7 +37,7 @@ fn enc_code(x: f32, inf: i32, p: vec4<f32>) -> u32 {
     // division decides. With a power-of-two scale (1.0 by default) the product is the quotient.
     let q = x * p.y;
     let a = abs(q);
-    let pow2 = (bitcast<u32>(p.x) & 0x7FFFFFu) == 0u;
+    let pow2 = !enc_may_tie(p);
     // Otherwise the core's one copy of the exact path. The tests are combined without
     // short-circuits (`&`, `|`): one select, no branch.
     let near = abs(a - floor(a) - 0.5) <= a * (2.0 * QUOT_BAND);
