@@ -188,6 +188,30 @@ fn shapes(quick: bool, sweep: &[u32]) -> Vec<Shape> {
             path: AttentionPath::DecodeStream,
             ..decode(name, 1, 32768, d, SplitK::Auto)
         });
+        for &n in sweep {
+            let split = if n <= 1 {
+                SplitK::Off
+            } else {
+                SplitK::Segments(n)
+            };
+            v.push(Shape {
+                path: AttentionPath::DecodeStream,
+                ..decode(name, 1, 32768, d, split)
+            });
+        }
+        // Head size 64 takes 8 elements per lane in every mode (three workgroups per
+        // multiprocessor): every mode there too.
+        if d == 64 {
+            for mode in KvQuantMode::ALL
+                .into_iter()
+                .filter(|m| m.is_supported() && *m != KvQuantMode::None)
+            {
+                v.push(Shape {
+                    mode,
+                    ..decode(name, 1, 32768, d, SplitK::Auto)
+                });
+            }
+        }
     }
     // Prefill: Auto (cooperative matrices where the adapter has them), the portable tiled
     // kernel forced, and the unified kernel where it takes less than a second per shape.

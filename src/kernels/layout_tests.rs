@@ -1136,7 +1136,8 @@ fn fused_write_stops_at_128_mib_of_kv() {
 }
 
 /// The multiprocessor table by adapter name (as NVIDIA's Vulkan driver names them), and the
-/// streaming rung's wave from it: two workgroups per multiprocessor, 264 where unknown.
+/// streaming rung's wave from it: two or three workgroups per multiprocessor by the lane's
+/// width, 264 or 396 where the count is unknown.
 #[test]
 fn multiprocessors_by_adapter_name_size_the_stream_wave() {
     use crate::multiprocessors_for as mp;
@@ -1150,13 +1151,20 @@ fn multiprocessors_by_adapter_name_size_the_stream_wave() {
     assert_eq!(mp("NVIDIA GeForce RTX 4060"), None);
     assert_eq!(mp("llvmpipe (LLVM 15.0.6, 256 bits)"), None);
     assert_eq!(mp("AMD Radeon RX 7900 XTX (RADV NAVI31)"), None);
+    use super::plan::stream_fill;
     let caps = test_caps(32, false, true, 49152);
-    assert_eq!(super::plan::stream_fill(&caps), 264);
+    // 16 elements per lane: two workgroups per multiprocessor; 8 of 16-bit rows or narrower
+    // codes: three; 8 of f32 rows: two.
+    assert_eq!(stream_fill(&caps, 16, 2), 264);
+    assert_eq!(stream_fill(&caps, 8, 2), 396);
+    assert_eq!(stream_fill(&caps, 8, 16), 396);
+    assert_eq!(stream_fill(&caps, 8, 1), 264);
     let caps = crate::gpu::Caps {
         multiprocessors: Some(46),
         ..caps
     };
-    assert_eq!(super::plan::stream_fill(&caps), 92);
+    assert_eq!(stream_fill(&caps, 16, 4), 92);
+    assert_eq!(stream_fill(&caps, 8, 4), 138);
 }
 
 #[test]

@@ -191,7 +191,11 @@ pub fn launch_plan(
                 sum,
                 grid_2d,
                 tiling.tile,
-                stream_fill(caps),
+                stream_fill(
+                    caps,
+                    stream_geometry(&tiling, g.head_size).0,
+                    g.elems_per_word,
+                ),
             )
         } else {
             // Segments of at least one chunk each.
@@ -799,7 +803,8 @@ pub fn stream_lanes_at(caps: &Caps, g: &Geometry, el: u32) -> Option<u32> {
 
 /// Elements per lane of the streaming decode rung for `g` on a batch of up to `keys` keys
 /// (sequences × longest context) it prefers: 16 for 16-bit rows and codes of at most 8 bits
-/// at head sizes of at least 128 on batches of at least [`STREAM_WIDE_KEYS`] keys, else 8
+/// at head sizes of at least 128 (8-bit and 4-bit codes: 64) on batches of at least
+/// [`STREAM_WIDE_KEYS`] keys, else 8
 /// (`QUANTKV_DEBUG_STREAM_EL` = 8 or 16 with `debug-knobs`; f32 rows always 8). Measured on an
 /// H200 (BENCHMARKS.md): 16 is 1.03–1.22× faster from B=1 L=32k and B=8 L=8k up (the per-key
 /// work shared by twice the elements), but slower on the latency-bound B=1 L ≤ 4k (22.5 vs
@@ -810,7 +815,17 @@ pub fn stream_el(g: &Geometry, keys: u64) -> u32 {
     if let Some(el) = env_knob(&KNOB, "QUANTKV_DEBUG_STREAM_EL").filter(|v| *v == 8 || *v == 16) {
         return if wide { el } else { 8 };
     }
-    if wide && g.head_size >= 128 && keys >= STREAM_WIDE_KEYS {
+    // Head size 64 (4 lanes per row at 16): 8-bit and 4-bit codes gain more from the shared
+    // per-key work than from the third workgroup per multiprocessor that 8 elements allow
+    // (B=1 L=32k on an H200: INT4 34.9 µs at 16 against 42.3 at 8, INT8 per-(token, head)
+    // 33.2 / 35.2, FP8 per-tensor 32.8 / 35.2); 16-bit rows and INT2 do not (f16 33.6 /
+    // 32.4, INT2 41.7 / 39.7).
+    let wide_at = if matches!(g.elems_per_word, 4 | 8) {
+        64
+    } else {
+        128
+    };
+    if wide && g.head_size >= wide_at && keys >= STREAM_WIDE_KEYS {
         16
     } else {
         8
@@ -865,10 +880,30 @@ pub fn stream_smem(head_dim: u32, wg_size: u32, lpr: u32) -> u32 {
         + combine_vars(false)
 }
 
-/// Workgroups of one wave of the streaming rung on `caps`: two per multiprocessor where the
-/// count is known ([`Caps::multiprocessors`]), else [`STREAM_FILL_WORKGROUPS`].
-pub fn stream_fill(caps: &Caps) -> u32 {
-    per_multiprocessor(caps, 2, STREAM_FILL_WORKGROUPS)
+/// Workgroups of one wave of the streaming rung on `caps` at `el` elements per lane over rows
+/// of `elems_per_word` elements per 32-bit word: [`stream_per_multiprocessor`] per
+/// multiprocessor where the count is known ([`Caps::multiprocessors`]), else that many per
+/// multiprocessor of a 132-multiprocessor GPU ([`STREAM_FILL_WORKGROUPS`] at two).
+pub fn stream_fill(caps: &Caps, el: u32, elems_per_word: u32) -> u32 {
+    let per = stream_per_multiprocessor(el, elems_per_word);
+    per_multiprocessor(caps, per, STREAM_FILL_WORKGROUPS / 2 * per)
+}
+
+/// Workgroups of the streaming rung (128 threads) resident per multiprocessor, from the
+/// registers NVIDIA's driver gives it on an H200 (`examples/pipeline_stats`, BENCHMARKS.md):
+/// 255 at 16 elements per lane (two workgroups of four warps in 64 Ki registers), 165–167 at
+/// 8 elements of 16-bit rows or narrower codes (three); f32 rows at 8 hold 16-bit rows' loads
+/// twice over and keep two. Measured: B=1 L=32k at head size 64 takes 32.4 µs at 49 segments
+/// (three per multiprocessor) against 34.9 at 33 (two); a count past one wave costs far more
+/// (40 segments: 35.2, 66: 41.2). `QUANTKV_DEBUG_STREAM_PER_SM8` (`debug-knobs`) sets the
+/// count at 8 elements.
+pub fn stream_per_multiprocessor(el: u32, elems_per_word: u32) -> u32 {
+    static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    if el >= 16 || elems_per_word < 2 {
+        2
+    } else {
+        positive_knob(&KNOB, "QUANTKV_DEBUG_STREAM_PER_SM8", 3)
+    }
 }
 
 /// `per` workgroups per multiprocessor where `caps` knows the count, else `default`.
@@ -877,7 +912,7 @@ fn per_multiprocessor(caps: &Caps, per: u32, default: u32) -> u32 {
 }
 
 /// Split-K segments of the streaming rung (measured on an H200, BENCHMARKS.md): as many as
-/// one wave of `fill` workgroups ([`stream_fill`]: two per multiprocessor) holds, so each
+/// one wave of `fill` workgroups ([`stream_fill`]: two or three per multiprocessor) holds, so each
 /// workgroup streams the longest segment that still fills the GPU and nothing waits for a
 /// second wave, with segments of four rounds of keys at least (two rounds where four would
 /// leave the GPU less than half filled: B=1 L=1k 14.7 µs at 8 segments of four rounds, 12.7 at

@@ -1024,7 +1024,8 @@ fn decode_stream_rung() {
 /// The streaming rung at 16 elements per lane (head size 128 on a batch of at least
 /// `STREAM_WIDE_KEYS` keys: 13 sequences, the longest 1300), every code width it takes
 /// there (16-bit rows, 8-bit codes with and without a scale cache, 4- and 2-bit rotation
-/// modes), split with sinks, ALiBi and softcap; the quick suite three of the five. On lavapipe
+/// modes), and at head size 64 (4 lanes per row) for the 8-bit and 4-bit codes that take it
+/// there, split with sinks, ALiBi and softcap; the quick suite four of the seven. On lavapipe
 /// (subgroups of 8) 16 elements per lane is the only width that fits head size 128.
 #[test]
 fn decode_stream_rung_sixteen_elements_per_lane() {
@@ -1033,27 +1034,25 @@ fn decode_stream_rung_sixteen_elements_per_lane() {
     seqs.extend((0..11).map(|i| (1, 2 + 7 * i)));
     assert!(seqs.len() as u64 * 1300 >= 16384); // the planner's STREAM_WIDE_KEYS
     let mut ran = 0;
-    for (i, mode) in [
-        KvQuantMode::None,
-        KvQuantMode::Int8PerTokenHead,
-        KvQuantMode::Fp8PerTensor,
-        KvQuantMode::Int4PerTokenHead,
-        KvQuantMode::Int2PerTokenHead,
+    for (i, (mode, d)) in [
+        (KvQuantMode::None, 128),
+        (KvQuantMode::Int8PerTokenHead, 128),
+        (KvQuantMode::Fp8PerTensor, 128),
+        (KvQuantMode::Int4PerTokenHead, 128),
+        (KvQuantMode::Int2PerTokenHead, 128),
+        (KvQuantMode::Int4PerTokenHead, 64),
+        (KvQuantMode::Int8PerTokenHead, 64),
     ]
     .into_iter()
     .enumerate()
     {
-        // The quick suite: 16-bit rows, 8-bit codes with a scale cache and 2-bit (the other
-        // two widths run at 8 elements per lane in `decode_stream_rung`); extended: all five.
-        if !extended()
-            && matches!(
-                mode,
-                KvQuantMode::Fp8PerTensor | KvQuantMode::Int4PerTokenHead
-            )
-        {
+        // The quick suite: 16-bit rows, 8-bit codes with a scale cache and 2-bit at head size
+        // 128, 4-bit at 64 (the other widths run at 8 elements per lane in
+        // `decode_stream_rung`); extended: all seven.
+        if !extended() && matches!(i, 2 | 3 | 6) {
             continue;
         }
-        if !takes_stream(ctx, mode, Dtype::F16, 8, 2, 128) && !ctx.caps().subgroups {
+        if !takes_stream(ctx, mode, Dtype::F16, 8, 2, d) && !ctx.caps().subgroups {
             eprintln!("SKIPPING 16 elements per lane for {mode:?}: this adapter has no subgroups");
             continue;
         }
@@ -1066,24 +1065,30 @@ fn decode_stream_rung_sixteen_elements_per_lane() {
             llm_like: true,
             ..Default::default()
         };
-        let mut s = shape(&seqs, 8, 2, 128, Dtype::F16);
+        let mut s = shape(&seqs, 8, 2, d, Dtype::F16);
         s.mode = mode;
-        let out =
-            run_case(ctx, 0x5800 + i as u64, &s, &ex).unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+        let out = run_case(ctx, 0x5800 + i as u64, &s, &ex)
+            .unwrap_or_else(|e| panic!("{mode:?} d{d}: {e}"));
         assert_close(&out, Dtype::F16);
         ran += 1;
     }
     if ctx.caps().subgroups {
-        assert_eq!(ran, if extended() { 5 } else { 3 });
-        // 16 elements per lane at head size 128: 8 lanes per row, 64 keys per round of a
-        // 128-thread workgroup.
+        assert_eq!(ran, if extended() { 7 } else { 4 });
+        // 16 elements per lane: at head size 128 8 lanes per row, 64 keys per round of a
+        // 128-thread workgroup; at 64, 4 lanes and 128 keys.
         let built = ctx.built_pipelines();
-        assert!(
-            built.iter().any(|l| l.contains("int2_per_token_head")
-                && l.contains("+stream")
-                && l.ends_with("/t64w128m4")),
-            "no 16-element streaming pipeline was built: {built:?}"
-        );
+        for (mode, d, tile) in [
+            ("int2_per_token_head", "/d128/", "/t64w128m4"),
+            ("int4_per_token_head", "/d64/", "/t128w128m4"),
+        ] {
+            assert!(
+                built.iter().any(|l| l.contains(mode)
+                    && l.contains(d)
+                    && l.contains("+stream")
+                    && l.ends_with(tile)),
+                "no 16-element streaming pipeline was built for {mode} at {d}: {built:?}"
+            );
+        }
     }
 }
 
