@@ -1054,9 +1054,11 @@ fn fill_segments(
     })
 }
 
-/// Workgroups of one wave of the streaming rung where the multiprocessor count is not known:
-/// what its split-K fills the GPU with (two per multiprocessor of a 132-multiprocessor GPU at
-/// the rung's register count, measured on an H200; wgpu does not report the count).
+/// Workgroups of one wave of the streaming rung at 16 elements per lane where the
+/// multiprocessor count is not known: what its split-K fills the GPU with (two per
+/// multiprocessor of a 132-multiprocessor GPU at the rung's register count, measured on an
+/// H200; wgpu does not report the count). At 8 elements, three per multiprocessor
+/// ([`stream_fill`]).
 pub const STREAM_FILL_WORKGROUPS: u32 = 264;
 
 /// Keys per segment of the eighth session's split-K rule for the streaming rung once the GPU
