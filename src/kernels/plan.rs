@@ -891,9 +891,9 @@ pub fn stream_fill(caps: &Caps, el: u32, elems_per_word: u32) -> u32 {
 
 /// Workgroups of the streaming rung (128 threads) resident per multiprocessor, from the
 /// registers NVIDIA's driver gives it on an H200 (`examples/pipeline_stats`, BENCHMARKS.md):
-/// 255 at 16 elements per lane (two workgroups of four warps in 64 Ki registers), 165–167 at
-/// 8 elements of 16-bit rows or narrower codes (three); f32 rows at 8 hold 16-bit rows' loads
-/// twice over and keep two. Measured: B=1 L=32k at head size 64 takes 32.4 µs at 49 segments
+/// 252–255 at 16 elements per lane in every mode (two workgroups of four warps in 64 Ki
+/// registers), 128–168 at 8 elements of 16-bit rows or narrower codes (three); f32 rows at 8
+/// hold 16-bit rows' loads twice over and keep two (not measured). Measured: B=1 L=32k at head size 64 takes 32.4 µs at 49 segments
 /// (three per multiprocessor) against 34.9 at 33 (two); a count past one wave costs far more
 /// (40 segments: 35.2, 66: 41.2). Three at 16 elements (252–255 registers in every mode) make
 /// two waves and are slower at every shape (B=8 L=32k f16 274 → 325 µs, FP8 per-tensor 278 →
