@@ -101,6 +101,15 @@ impl Shape {
     }
 }
 
+/// The split-K of a `--segments` / `--sweep` count (1 or less: no split).
+fn sweep_split(n: u32) -> SplitK {
+    if n <= 1 {
+        SplitK::Off
+    } else {
+        SplitK::Segments(n)
+    }
+}
+
 fn shapes(quick: bool, sweep: &[u32]) -> Vec<Shape> {
     if quick {
         return vec![
@@ -147,11 +156,7 @@ fn shapes(quick: bool, sweep: &[u32]) -> Vec<Shape> {
             });
         }
         for &n in sweep {
-            let split = if n <= 1 {
-                SplitK::Off
-            } else {
-                SplitK::Segments(n)
-            };
+            let split = sweep_split(n);
             v.push(decode(&name, b, l, 128, split));
             for path in [AttentionPath::DecodeStream, AttentionPath::PrefillCoop] {
                 v.push(Shape {
@@ -189,18 +194,13 @@ fn shapes(quick: bool, sweep: &[u32]) -> Vec<Shape> {
             ..decode(name, 1, 32768, d, SplitK::Auto)
         });
         for &n in sweep {
-            let split = if n <= 1 {
-                SplitK::Off
-            } else {
-                SplitK::Segments(n)
-            };
             v.push(Shape {
                 path: AttentionPath::DecodeStream,
-                ..decode(name, 1, 32768, d, split)
+                ..decode(name, 1, 32768, d, sweep_split(n))
             });
         }
-        // Head size 64 takes 8 elements per lane in every mode (three workgroups per
-        // multiprocessor): every mode there too.
+        // Every mode at head size 64 too: 16-bit rows and INT2 take 8 elements per lane there
+        // (three workgroups per multiprocessor), 8- and 4-bit codes 16.
         if d == 64 {
             for mode in KvQuantMode::ALL
                 .into_iter()

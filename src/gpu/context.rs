@@ -749,9 +749,9 @@ impl Context {
     /// Tells the planner how many multiprocessors (NVIDIA SMs, AMD compute units) the GPU has,
     /// where quantkv's table ([`multiprocessors_for`]) does not know the adapter or knows it
     /// wrong: the decode kernel's split-K fills one wave of two (16 elements per lane) or three
-    /// (8) workgroups per multiprocessor with its segments. Outputs stay within the same tolerance of the reference whatever the
-    /// count (it changes only how the key axis is split, so the order of the softmax's sums);
-    /// at least 1.
+    /// (8) workgroups per multiprocessor with its segments. Outputs stay within the same
+    /// tolerance of the reference whatever the count (it changes only how the key axis is
+    /// split, so the order of the softmax's sums); at least 1.
     pub fn with_multiprocessors(mut self, count: u32) -> Self {
         self.caps.multiprocessors = Some(count.max(1));
         self

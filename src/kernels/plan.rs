@@ -893,11 +893,11 @@ pub fn stream_fill(caps: &Caps, el: u32, elems_per_word: u32) -> u32 {
 /// registers NVIDIA's driver gives it on an H200 (`examples/pipeline_stats`, BENCHMARKS.md):
 /// 252–255 at 16 elements per lane in every mode (two workgroups of four warps in 64 Ki
 /// registers), 128–168 at 8 elements of 16-bit rows or narrower codes (three); f32 rows at 8
-/// hold 16-bit rows' loads twice over and keep two (not measured). Measured: B=1 L=32k at head size 64 takes 32.4 µs at 49 segments
-/// (three per multiprocessor) against 34.9 at 33 (two); a count past one wave costs far more
-/// (40 segments: 35.2, 66: 41.2). Three at 16 elements (252–255 registers in every mode) make
-/// two waves and are slower at every shape (B=8 L=32k f16 274 → 325 µs, FP8 per-tensor 278 →
-/// 304). `QUANTKV_DEBUG_STREAM_PER_SM8` / `_SM16` (`debug-knobs`) set the count at 8 / 16
+/// hold 16-bit rows' loads twice over and keep two (not measured). Measured: B=1 L=32k at
+/// head size 64 takes 32.4 µs at 49 segments (three per multiprocessor) against 34.9 at 33
+/// (two); a count past one wave costs far more (40 segments: 35.2, 66: 41.2). Three at 16
+/// elements (252–255 registers in every mode) make two waves and are slower at every shape
+/// (B=8 L=32k f16 274 → 325 µs, FP8 per-tensor 278 → 304). `QUANTKV_DEBUG_STREAM_PER_SM8` / `_SM16` (`debug-knobs`) set the count at 8 / 16
 /// elements.
 pub fn stream_per_multiprocessor(el: u32, elems_per_word: u32) -> u32 {
     static KNOB8: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
@@ -917,8 +917,8 @@ fn per_multiprocessor(caps: &Caps, per: u32, default: u32) -> u32 {
 }
 
 /// Split-K segments of the streaming rung (measured on an H200, BENCHMARKS.md): as many as
-/// one wave of `fill` workgroups ([`stream_fill`]: two or three per multiprocessor) holds, so each
-/// workgroup streams the longest segment that still fills the GPU and nothing waits for a
+/// one wave of `fill` workgroups ([`stream_fill`]: two or three per multiprocessor) holds, so
+/// each workgroup streams the longest segment that still fills the GPU and nothing waits for a
 /// second wave, with segments of four rounds of keys at least (two rounds where four would
 /// leave the GPU less than half filled: B=1 L=1k 14.7 µs at 8 segments of four rounds, 12.7 at
 /// 16 of two); batches whose workgroups fill half a wave or more unsplit. Measured with forced
