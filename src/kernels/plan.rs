@@ -897,8 +897,8 @@ pub fn stream_fill(caps: &Caps, el: u32, elems_per_word: u32) -> u32 {
 /// head size 64 takes 32.4 µs at 49 segments (three per multiprocessor) against 34.9 at 33
 /// (two); a count past one wave costs far more (40 segments: 35.2, 66: 41.2). Three at 16
 /// elements (252–255 registers in every mode) make two waves and are slower at every shape
-/// (B=8 L=32k f16 274 → 325 µs, FP8 per-tensor 278 → 304). `QUANTKV_DEBUG_STREAM_PER_SM8` / `_SM16` (`debug-knobs`) set the count at 8 / 16
-/// elements.
+/// (B=8 L=32k f16 274 → 325 µs, FP8 per-tensor 278 → 304). `QUANTKV_DEBUG_STREAM_PER_SM8` /
+/// `_SM16` (`debug-knobs`) set the count at 8 / 16 elements.
 pub fn stream_per_multiprocessor(el: u32, elems_per_word: u32) -> u32 {
     static KNOB8: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
     static KNOB16: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
