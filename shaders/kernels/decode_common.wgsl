@@ -169,6 +169,7 @@ fn load_q(tid: u32, inf: DecInfo) {
 override CMB_LEN: u32 = 1u;
 var<workgroup> cmb_sh: array<vec2<f32>, CMB_LEN>;
 var<workgroup> cmb_last: u32;
+var<workgroup> cmb_max: array<atomic<u32>, MAX_M>; // each row's largest segment maximum
 
 // Row m, vec4 column col of the finished segment: unnormalised accumulator a, denominator l,
 // running maximum mx. With IS_SPLIT the split-K partials; else the output (staged in q_sh for
@@ -242,6 +243,9 @@ fn combine_split(tid: u32, inf: DecInfo, wid: vec3<u32>, nwg: vec3<u32>) {
     }
     storageBarrier();
     let c = wid.x * nwg.y + wid.y;
+    if (tid < MAX_M) {
+        atomicStore(&cmb_max[tid], 0u);
+    }
     if (tid == 0u) {
         var last = 0u;
         if (arrive_add(c) + 1u == nwg.z) {
@@ -258,69 +262,137 @@ fn combine_split(tid: u32, inf: DecInfo, wid: vec3<u32>, nwg: vec3<u32>) {
     let stats = ly.seg_rows * ly.num_q_heads * ns * HEAD_DIM;
     // Row m's slot of segment g: (tok * hq + head0 + m) * ns + g.
     let slot0 = (inf.tok * ly.num_q_heads + inf.head0) * ns;
-    for (var t = tid; t < inf.nheads * ns; t += WG_SIZE) {
-        cmb_sh[t] = part_load_ml(stats + (slot0 + t) * 2u);
+    // Every segment's (M, E) staged, each row's largest M by an atomic maximum on order-keyed
+    // bits (0: no segment saw a key), all pairs at once; then every weight computed once, in
+    // parallel, so the output loop below only loads and multiplies.
+    let n = inf.nheads * ns;
+    for (var t = tid; t < n; t += WG_SIZE) {
+        let ml = part_load_ml(stats + (slot0 + t) * 2u);
+        cmb_sh[t] = ml;
+        if (ml.x > NEG_HALF) {
+            atomicMax(&cmb_max[t / ns], order_key(ml.x));
+        }
     }
     workgroupBarrier();
+    for (var t = tid; t < n; t += WG_SIZE) {
+        cmb_sh[t] = cmb_weight(cmb_sh[t], cmb_gmax(inf, t / ns));
+    }
+    workgroupBarrier();
+    // Output group e (row e / d4, elements 4 (e % d4) ..): the segments' accumulators by their
+    // weights. Where the workgroup has twice the threads of the output groups (head size 64 on
+    // the streaming rung), two threads share a group, one the even segments and one the odd,
+    // and the odd sum joins the even one through q_sh (free here): twice the loads in flight.
     let d4 = HEAD_DIM / 4u;
-    for (var e = tid; e < MAX_M * d4; e += WG_SIZE) {
+    let outs = MAX_M * d4;
+    let skip = (DEBUG_SKIP & 4096u) != 0u;
+    if (2u * outs <= WG_SIZE) {
+        let e = tid % outs;
         let m = e / d4;
-        let j = e % d4;
-        var v = vec4<f32>(0.0);
-        if (m < inf.nheads && (DEBUG_SKIP & 4096u) == 0u) {
-            let first = m * ns;
-            var seg_max = NEG;
-            for (var g = 0u; g < ns; g++) {
-                seg_max = max(seg_max, cmb_sh[first + g].x);
-            }
-            var gmax = seg_max;
-            var sink = NEG;
-            if (HAS_SINKS) {
-                sink = real_score(laux[ly.off_sinks + inf.head0 + m]);
-                gmax = max(gmax, sink);
-            }
-            // Segment g's accumulator group j: 16-byte word (slot0 + first + g) * d4 + j.
-            let w0 = (slot0 + first) * d4 + j;
-            var a = vec4<f32>(0.0);
-            var den = 0.0;
-            var g = 0u;
-            // Four segments per round: their loads are in flight together.
-            for (; g + 4u <= ns; g += 4u) {
-                let x0 = part_load4(w0 + g * d4);
-                let x1 = part_load4(w0 + (g + 1u) * d4);
-                let x2 = part_load4(w0 + (g + 2u) * d4);
-                let x3 = part_load4(w0 + (g + 3u) * d4);
-                let s0 = cmb_weight(cmb_sh[first + g], gmax);
-                let s1 = cmb_weight(cmb_sh[first + g + 1u], gmax);
-                let s2 = cmb_weight(cmb_sh[first + g + 2u], gmax);
-                let s3 = cmb_weight(cmb_sh[first + g + 3u], gmax);
-                a += x0 * s0.x;
-                a += x1 * s1.x;
-                a += x2 * s2.x;
-                a += x3 * s3.x;
-                den += s0.y + s1.y + s2.y + s3.y;
-            }
-            for (; g < ns; g++) {
-                let s = cmb_weight(cmb_sh[first + g], gmax);
-                a += part_load4(w0 + g * d4) * s.x;
-                den += s.y;
-            }
-            if (HAS_SINKS) {
-                den += exp_diff(sink, gmax);
-            }
-            if (seg_max > NEG_HALF) {
-                v = a / den;
-            }
+        var a = vec4<f32>(0.0);
+        if (tid < 2u * outs && m < inf.nheads && !skip) {
+            a = cmb_part(slot0, m * ns, e % d4, tid / outs, 2u, ns);
         }
-        if (HAS_TRANSFORM) {
-            q_sh[e] = model_round4(v);
-        } else if (m < inf.nheads) {
-            out_store4(out_elem(inf.tok, inf.head0 + m, j), v);
+        if (tid >= outs && tid < 2u * outs) {
+            q_sh[e] = a;
+        }
+        workgroupBarrier();
+        if (tid < outs) {
+            cmb_finish(inf, e, a + q_sh[e], ns);
+        }
+    } else {
+        for (var e = tid; e < outs; e += WG_SIZE) {
+            let m = e / d4;
+            var a = vec4<f32>(0.0);
+            if (m < inf.nheads && !skip) {
+                a = cmb_part(slot0, m * ns, e % d4, 0u, 1u, ns);
+            }
+            cmb_finish(inf, e, a, ns);
         }
     }
     if (HAS_TRANSFORM) {
         transform_store(tid, inf);
     }
+}
+
+// Sum over segments g0, g0 + gs, ... < ns of row `first / ns`'s accumulator group j by their
+// weights (cmb_sh), in that order; eight segments' loads in flight per round. Segment g's
+// group j is 16-byte word (slot0 + first + g) * d4 + j.
+fn cmb_part(slot0: u32, first: u32, j: u32, g0: u32, gs: u32, ns: u32) -> vec4<f32> {
+    let d4 = HEAD_DIM / 4u;
+    let w0 = (slot0 + first) * d4 + j;
+    var a = vec4<f32>(0.0);
+    var g = g0;
+    for (; g + 7u * gs < ns; g += 8u * gs) {
+        let x0 = part_load4(w0 + g * d4);
+        let x1 = part_load4(w0 + (g + gs) * d4);
+        let x2 = part_load4(w0 + (g + 2u * gs) * d4);
+        let x3 = part_load4(w0 + (g + 3u * gs) * d4);
+        let x4 = part_load4(w0 + (g + 4u * gs) * d4);
+        let x5 = part_load4(w0 + (g + 5u * gs) * d4);
+        let x6 = part_load4(w0 + (g + 6u * gs) * d4);
+        let x7 = part_load4(w0 + (g + 7u * gs) * d4);
+        a += x0 * cmb_sh[first + g].x;
+        a += x1 * cmb_sh[first + g + gs].x;
+        a += x2 * cmb_sh[first + g + 2u * gs].x;
+        a += x3 * cmb_sh[first + g + 3u * gs].x;
+        a += x4 * cmb_sh[first + g + 4u * gs].x;
+        a += x5 * cmb_sh[first + g + 5u * gs].x;
+        a += x6 * cmb_sh[first + g + 6u * gs].x;
+        a += x7 * cmb_sh[first + g + 7u * gs].x;
+    }
+    for (; g < ns; g += gs) {
+        a += part_load4(w0 + g * d4) * cmb_sh[first + g].x;
+    }
+    return a;
+}
+
+// Output group e from its weighted sum `a`: divided by the row's denominator (every segment's
+// weighted E in order, the sink's term once), 0 where no segment saw a key; stored, or staged
+// in q_sh for the mode's transform.
+fn cmb_finish(inf: DecInfo, e: u32, a: vec4<f32>, ns: u32) {
+    let d4 = HEAD_DIM / 4u;
+    let m = e / d4;
+    var v = vec4<f32>(0.0);
+    if (m < inf.nheads && (DEBUG_SKIP & 4096u) == 0u && atomicLoad(&cmb_max[m]) != 0u) {
+        var den = 0.0;
+        for (var g = 0u; g < ns; g++) {
+            den += cmb_sh[m * ns + g].y;
+        }
+        if (HAS_SINKS) {
+            den += exp_diff(cmb_sink(inf, m), cmb_gmax(inf, m));
+        }
+        v = a / den;
+    }
+    if (HAS_TRANSFORM) {
+        q_sh[e] = model_round4(v);
+    } else if (m < inf.nheads) {
+        out_store4(out_elem(inf.tok, inf.head0 + m, e % d4), v);
+    }
+}
+
+// f32 bits keyed so that unsigned order is the floats' order (every key of a finite value is
+// nonzero).
+fn order_key(x: f32) -> u32 {
+    let b = bitcast<u32>(x);
+    return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
+}
+
+fn order_value(k: u32) -> f32 {
+    return bitcast<f32>(select(~k, k & 0x7FFFFFFFu, (k & 0x80000000u) != 0u));
+}
+
+// Row m's sink as a score (NEG without sinks).
+fn cmb_sink(inf: DecInfo, m: u32) -> f32 {
+    if (HAS_SINKS) {
+        return real_score(laux[ly.off_sinks + inf.head0 + m]);
+    }
+    return NEG;
+}
+
+// Row m's largest segment maximum, with its sink (NEG where no segment saw a key).
+fn cmb_gmax(inf: DecInfo, m: u32) -> f32 {
+    let k = atomicLoad(&cmb_max[m]);
+    return max(select(NEG, order_value(k), k != 0u), cmb_sink(inf, m));
 }
 
 // A segment's weight exp(M - gmax) and its weighted denominator (0, 0 where it saw no key).

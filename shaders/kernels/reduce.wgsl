@@ -23,7 +23,7 @@ const NS_MAX: u32 = 256u;
 @group(0) @binding(0) var<uniform> st: StepU;
 @group(0) @binding(1) var<uniform> ly: LayerU;
 @group(0) @binding(3) var<storage, read> laux: array<f32>;
-@group(0) @binding(4) var<storage, read> part: array<f32>;
+@group(0) @binding(4) var<storage, read> part: array<vec4<f32>>;
 @group(0) @binding(9) var<storage, read_write> out: array<u32>;
 
 var<workgroup> w_sh: array<f32, NS_MAX>;
@@ -33,10 +33,16 @@ var<workgroup> acc_sh: array<vec4<f32>, WG_SIZE>;
 override Q_SH_LEN: u32 = 32u; // HEAD_DIM / 4: one output row, staged for the mode's transform
 var<workgroup> q_sh: array<vec4<f32>, Q_SH_LEN>;
 
-// Output group j (elements 4j .. 4j + 3) of partial row `slot`.
+// Output group j (elements 4j .. 4j + 3) of partial row `slot`: one 16-byte load.
 fn part4(slot: u32, j: u32) -> vec4<f32> {
-    let b = slot * HEAD_DIM + 4u * j;
-    return vec4<f32>(part[b], part[b + 1u], part[b + 2u], part[b + 3u]);
+    return part[slot * (HEAD_DIM / 4u) + j];
+}
+
+// The (M, E) pair at float index w (even: the first or second half of a 16-byte word; the
+// host rounds the buffer up to whole words).
+fn part_ml(w: u32) -> vec2<f32> {
+    let x = part[w / 4u];
+    return select(x.xy, x.zw, (w & 2u) != 0u);
 }
 
 @compute @workgroup_size(WG_SIZE)
@@ -52,9 +58,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     // Max over segments (and the sink).
     var mx = NEG;
     for (var g = tid; g < ns; g += WG_SIZE) {
-        let mg = part[stats + (first + g) * 2u];
+        let ml = part_ml(stats + (first + g) * 2u);
+        let mg = ml.x;
         m_sh[g] = mg;
-        w_sh[g] = part[stats + (first + g) * 2u + 1u]; // E_g until the weights replace it
+        w_sh[g] = ml.y; // E_g until the weights replace it
         mx = max(mx, mg);
     }
     red_sh[tid] = mx;

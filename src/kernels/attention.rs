@@ -57,14 +57,17 @@ pub struct AttentionParams<'a> {
 }
 
 /// Bytes of split-K partials for `num_tokens` rows: per (token, q head, segment) the
-/// unnormalised accumulator (`head_size` f32) plus its running max and sum (2 f32).
+/// unnormalised accumulator (`head_size` f32) plus its running max and sum (2 f32), rounded up
+/// to whole 16-byte words (the kernels read and write the partials as `vec4<f32>`, the last
+/// (max, sum) pair in the first half of a word).
 pub fn segment_buffer_bytes(
     num_tokens: u32,
     num_q_heads: u32,
     segments: u32,
     head_size: u32,
 ) -> u64 {
-    num_tokens as u64 * num_q_heads as u64 * segments as u64 * (head_size as u64 + 2) * 4
+    let floats = num_tokens as u64 * num_q_heads as u64 * segments as u64 * (head_size as u64 + 2);
+    floats.next_multiple_of(4) * 4
 }
 
 impl Default for AttentionParams<'_> {

@@ -1080,9 +1080,11 @@ fn stream_segments_fill_one_wave_with_the_longest_segments() {
     assert_eq!(seg(1, 1024), 16);
     // 32 of four rounds: 256 workgroups.
     assert_eq!(seg(1, 4096), 32);
-    // One wave: 33 x 8 = 264 workgroups.
-    assert_eq!(seg(1, 32768), 33);
+    // One wave: 33 x 8 = 264 workgroups, 32 rounds of 32 keys each at L=32k, which 32
+    // segments take as well (4125 keys, 33 segments at L=128k).
+    assert_eq!(seg(1, 32768), 32);
     assert_eq!(seg(1, 131072), 33);
+    assert_eq!(seg(1, 33 * 32 * 32), 33);
     assert_eq!(seg(8, 8192), 4);
     assert_eq!(seg(8, 32768), 4);
     assert_eq!(seg(16, 32768), 2);
@@ -1168,7 +1170,7 @@ fn multiprocessors_by_adapter_name_size_the_stream_wave() {
 }
 
 #[test]
-fn the_decode_kernel_combines_two_to_sixteen_segments_where_the_device_allows() {
+fn the_decode_kernel_combines_up_to_sixty_four_segments_where_the_device_allows() {
     use super::plan::{combine_admits, COMBINE_MAX_SEGMENTS, COMBINE_SLOTS};
     let mut caps = crate::gpu::Caps {
         split_combine: true,
@@ -1177,11 +1179,28 @@ fn the_decode_kernel_combines_two_to_sixteen_segments_where_the_device_allows() 
     caps.limits.max_storage_buffers_per_shader_stage = 10;
     let t = decode_tiling(128, &caps.limits, 16).unwrap();
     let smem = decode_smem(&t, 128);
-    assert!(t.max_m * COMBINE_MAX_SEGMENTS <= COMBINE_SLOTS);
-    assert!(!combine_admits(&caps, &t, 1, smem), "unsplit");
+    // The streaming rung's four heads: every count up to the maximum.
+    let four = Tiling { max_m: 4, ..t };
+    assert_eq!(4 * COMBINE_MAX_SEGMENTS, COMBINE_SLOTS);
+    assert!(!combine_admits(&caps, &four, 1, smem), "unsplit");
+    assert!(combine_admits(&caps, &four, 2, smem));
+    assert!(combine_admits(&caps, &four, COMBINE_MAX_SEGMENTS, smem));
+    assert!(!combine_admits(
+        &caps,
+        &four,
+        COMBINE_MAX_SEGMENTS + 1,
+        smem
+    ));
+    // A tiling of more heads: as many segments as its pairs fit in COMBINE_SLOTS.
+    let most = COMBINE_SLOTS / t.max_m;
     assert!(combine_admits(&caps, &t, 2, smem));
-    assert!(combine_admits(&caps, &t, COMBINE_MAX_SEGMENTS, smem));
-    assert!(!combine_admits(&caps, &t, COMBINE_MAX_SEGMENTS + 1, smem));
+    assert!(combine_admits(
+        &caps,
+        &t,
+        most.min(COMBINE_MAX_SEGMENTS),
+        smem
+    ));
+    assert!(!combine_admits(&caps, &t, most + 1, smem));
     // The workgroup memory must hold the staged pairs too.
     let full = caps.limits.max_compute_workgroup_storage_size;
     assert!(!combine_admits(&caps, &t, 4, full - combine_smem() + 16));

@@ -101,13 +101,19 @@ pub struct LaunchPlan {
 
 /// (maximum, denominator) pairs the decode kernel stages while it combines its split-K
 /// segments (workgroup memory: 8 bytes each): at most this many query heads x segments
-/// (16 x [`COMBINE_MAX_SEGMENTS`]: every decode tiling's heads).
+/// (4 x [`COMBINE_MAX_SEGMENTS`] on the streaming rung, 16 x 16 on a 16-head tiling).
 pub const COMBINE_SLOTS: u32 = 256;
 
 /// Workgroup memory of the combine's variables (decode_common.wgsl: the staged pairs and the
 /// arrival flag), with the combine or at their size without it (one pair).
 fn combine_vars(on: bool) -> u32 {
     r16(if on { COMBINE_SLOTS } else { 1 } * 8) + r16(4)
+}
+
+/// Workgroup memory of the combine's per-row maxima (decode_common.wgsl's `cmb_max`, one u32
+/// per query head of the workgroup), in the module with the combine or without it.
+fn combine_rows(max_m: u32) -> u32 {
+    r16(max_m * 4)
 }
 
 /// Workgroup memory the combine adds to a decode kernel's ([`decode_smem`], [`stream_smem`]).
@@ -119,14 +125,16 @@ pub fn combine_smem() -> u32 {
 /// fused write's two.
 pub const COMBINE_STORAGE_BINDINGS: u32 = 10;
 
-/// Most segments the decode kernel combines itself; more take the reduce pass. The combine
+/// Most segments the decode kernel combines itself (within [`COMBINE_SLOTS`] pairs: a
+/// tiling of 16 query heads combines at most 16); more take the reduce pass. The combine
 /// saves the reduce pass's dispatch but reads every segment's partials from one workgroup
-/// per (sequence, head chunk), after the last segment ends. Measured on an H200
-/// (BENCHMARKS.md, f16, 4 heads per workgroup): faster than the reduce pass at 2–16 segments
-/// (B=16 L=32k 2 segments 522.6 vs 526.3 µs, B=8 L=8k 4: 78.5 vs 81.1, B=1 L=1k 16: 11.8
-/// vs 12.7), no faster at 32–33 at head size 128 (B=1 L=4k 18.0 vs 17.9, L=32k 49.9 vs
-/// 49.9) and slower at 33 at head sizes 64 and 256 (36.6 vs 35.6, 85.2 vs 83.2).
-pub const COMBINE_MAX_SEGMENTS: u32 = 16;
+/// per (sequence, head chunk), after the last segment ends. Measured on an H200 (BENCHMARKS.md,
+/// f16, the streaming rung's 4 heads per workgroup), with every segment weight computed once
+/// and eight segments' loads in flight per thread: faster than the reduce pass at 16–33
+/// segments at head size 128 (B=1 L=1k 16 segments 11.4 against 12.7 µs, L=4k 32: 16.7
+/// against 17.7, L=32k 33: 48.6 against 49.8, L=128k 33: 141.8 against 143.8), as fast at
+/// head sizes 64 (49 segments) and 256 (33); at 2–4 segments faster too (B=16 L=32k, B=8).
+pub const COMBINE_MAX_SEGMENTS: u32 = 64;
 
 /// Whether the decode kernel with `tiling` (workgroup memory `smem` without the combine) may
 /// combine `segments` split-K segments itself on a device with `caps`.
@@ -732,7 +740,7 @@ pub fn decode_smem(t: &Tiling, head_dim: u32) -> u32 {
     let rows = r16(t.tile * 4);
     let red = r16(t.max_m * t.wg_size * 4);
     let qsum = r16(t.max_m * 4);
-    info + q + s + rows + red + qsum + combine_vars(false)
+    info + q + s + rows + red + qsum + combine_vars(false) + combine_rows(t.max_m)
 }
 
 /// The decode kernel's tiling for `head_dim` on a device with `limits`, for `max_m` query
@@ -878,6 +886,7 @@ pub fn stream_smem(head_dim: u32, wg_size: u32, lpr: u32) -> u32 {
         + r16(3 * 16)
         + 16 * (wg_size / lpr)
         + combine_vars(false)
+        + combine_rows(STREAM_HEADS)
 }
 
 /// Workgroups of one wave of the streaming rung on `caps` at `el` elements per lane over rows
@@ -924,7 +933,8 @@ fn per_multiprocessor(caps: &Caps, per: u32, default: u32) -> u32 {
 /// 16 of two); batches whose workgroups fill half a wave or more unsplit. Measured with forced
 /// counts (ninth session): B=8 L=32k 280.8 µs at 4 segments (one wave) against 297.3 at 16,
 /// B=16 L=32k 547.7 at 2 against 568.2 at 8, B=32 L=4k 143.3 unsplit against 155.2 at 2,
-/// B=1 L=128k 146.7 at 33 against 155.0 at 64. Knob (`debug-knobs`):
+/// B=1 L=128k 146.7 at 33 against 155.0 at 64. Then as few segments as need no more rounds
+/// each (B=1 L=32k: 32 segments of 16 rounds, not 33). Knob (`debug-knobs`):
 /// `QUANTKV_DEBUG_STREAM_ONE_WAVE=0` takes the eighth session's rule instead (segments of
 /// [`STREAM_SEGMENT_KEYS`] keys once a wave is filled, up to [`STREAM_TARGET_WORKGROUPS`]
 /// workgroups, a last wave less than half full trimmed; its knobs
@@ -956,11 +966,16 @@ pub fn stream_segments(
         let fill = fill.max(1);
         let l = sum.max_seqlen_k;
         let at = |tiles: u32| (fill / grid).min(l / (tiles * tile)).min(MAX_SEGMENTS);
-        let n = at(4);
-        if grid * n < fill / 2 {
-            at(2)
-        } else {
-            n
+        let n = match at(4) {
+            n if grid * n < fill / 2 => at(2),
+            n => n,
+        };
+        // As few segments as keep that many rounds per workgroup: each takes as long, and
+        // fewer partials are combined (B=1 L=32k at head size 128: 32 segments of 16 rounds
+        // 48.4 µs against 33 of 15.75, 49.2; head size 256: 82.7 against 84.5).
+        match n {
+            0 | 1 => n,
+            n => l.div_ceil(l.div_ceil(n * tile) * tile),
         }
     })
 }

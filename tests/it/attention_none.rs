@@ -98,8 +98,9 @@ fn split_k_forced_matches_reference() {
     for (c, combine) in [(ctx, ctx.caps().split_combine), (&reduce, false)] {
         assert_eq!(combines(c, 8, 2, 64, 4), combine);
         assert_eq!(combines(c, 8, 2, 128, 15), combine);
+        assert_eq!(combines(c, 8, 2, 128, 37), combine);
         // Past COMBINE_MAX_SEGMENTS, the reduce pass.
-        assert!(!combines(c, 8, 2, 128, 37));
+        assert!(!combines(c, 8, 2, 128, 65));
         let run = |seed, s: Shape, ex: Extras| {
             let out = run_case(c, seed, &s, &ex).unwrap_or_else(|e| panic!("{seed:#x}: {e}"));
             assert_close(&out, s.dtype);
@@ -126,16 +127,32 @@ fn split_k_forced_matches_reference() {
             },
         );
     }
-    // 37 segments (the reduce pass on any device): its four prefetched rows per thread, a
-    // round of its loop and its remainder all add something (4 slices of 32 output groups;
-    // 2368 = 37 x 64 keys).
+    // 37 segments (the combine where the device has it, and the reduce pass): the combine's
+    // rounds of eight segments and its remainder, the reduce pass's four prefetched rows per
+    // thread, a round of its loop and its remainder all add something (4 slices of 32
+    // output groups; 2368 = 37 x 64 keys). At head size 64 the combine splits each output
+    // group's segments over two threads (even and odd).
+    for (c, d) in [(ctx, 128), (ctx, 64), (&reduce, 128)] {
+        let out = run_case(
+            c,
+            0x18,
+            &shape(&[(1, 2368), (1, 20)], 8, 2, d, Dtype::F16),
+            &Extras {
+                split: SplitK::Segments(37),
+                sinks: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_close(&out, Dtype::F16);
+    }
+    // 65 segments: past the combine's maximum, the reduce pass on any device.
     let out = run_case(
         ctx,
-        0x18,
-        &shape(&[(1, 2368), (1, 20)], 8, 2, 128, Dtype::F16),
+        0x1A,
+        &shape(&[(1, 4160), (1, 20)], 8, 2, 64, Dtype::F16),
         &Extras {
-            split: SplitK::Segments(37),
-            sinks: true,
+            split: SplitK::Segments(65),
             ..Default::default()
         },
     )

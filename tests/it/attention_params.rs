@@ -561,6 +561,21 @@ fn split_k_upstream_overrides() {
             ..Default::default()
         },
     );
+    // An odd number of partial slots (1 token x 3 heads x 3 segments): the last (max, sum)
+    // pair sits in the first half of a 16-byte word, which the buffer's size includes.
+    check(
+        0x3B3,
+        &[(1, 200)],
+        3,
+        1,
+        64,
+        Extras {
+            split: SplitK::Segments(3),
+            segment_buffer_bytes: Some(quantkv::segment_buffer_bytes(1, 3, 3, 64)),
+            ..Default::default()
+        },
+    );
+    assert_eq!(quantkv::segment_buffer_bytes(1, 3, 3, 64), 596 * 4);
     // Auto planner on a long, small decode batch picks split-K and still matches.
     check(
         0x3B2,
