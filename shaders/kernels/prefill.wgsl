@@ -94,6 +94,9 @@ override ALIBI_MODE: u32 = 0u; // 0 off, 1 linear, 2 sqrt
 override HAS_QQ: bool = false;
 override HAS_MM: bool = false;
 override IS_SPLIT: bool = false;
+// The next tile's rows and scales looked up a tile ahead (the host sets it for modes with
+// per-row scales; used where a thread holds at most one key of the tile, TK <= WG_SIZE).
+override LOOKUP_AHEAD: bool = false;
 // Diagnostics only (QUANTKV_DEBUG_SKIP): 1 skips K/V loads, 2 the Q K^T multiply-adds, 4 the
 // P V multiply-adds, 8 the score pipeline and mask (raw scores kept), 64 the lo half of P
 // (cooperative matrices); 256/512/1024/2048/4096 write the first key tile's staged Q / K /
@@ -543,13 +546,25 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     // row lookup writes only what the previous tile read before its barrier (4), and
     // staging waits at (1) for every owner's previous O += P V.
     // (Looking each tile's rows and scales up one tile ahead, in registers, was 5 % slower on
-    // an H200: 182 registers; BENCHMARKS.md.)
+    // an H200 at 182 registers; at 99 (eight subgroups) it is 4 % faster for modes with row
+    // scales, whose scale loads wait on the row, and 0.4-1 % slower for the others, which
+    // the host leaves without it; BENCHMARKS.md.)
     var gexp = 0u; // biased exponent of g (0 = no nonzero V scale yet)
+    // LOOKUP_AHEAD: the next tile's rows and scales are looked up into registers (thread t
+    // holds key t's) once its scores are stored, so their loads overlap the softmax.
+    let ahead = LOOKUP_AHEAD && TK <= WG_SIZE;
+    var nki = KeyInfo(0u, 0.0, 0.0);
+    if (ahead && tid < TK) {
+        nki = key_info(inf, inf.tile_lo * TK + tid);
+    }
     for (var tile = inf.tile_lo; tile < inf.tile_hi; tile++) {
         let key0 = tile * TK;
         for (var t = tid; t < TK; t += WG_SIZE) {
             let key = key0 + t;
-            let ki = key_info(inf, key);
+            var ki = nki;
+            if (!ahead) {
+                ki = key_info(inf, key);
+            }
             row_sh[t] = ki.row;
             atomicStore(&vbad_at[t], 0u);
             if (t == 0u) {
@@ -625,6 +640,9 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             frag_store(c, (part * MAX_M + sr0) * SS + cb * 16u, SS);
         }
         tile_barrier();
+        if (ahead && tid < TK && tile + 1u < inf.tile_hi) {
+            nki = key_info(inf, key0 + TK + tid);
+        }
         if ((DEBUG_SKIP & 1024u) != 0u) {
             debug_dump(inf, tid, 3u);
             return;

@@ -656,6 +656,7 @@ pub(crate) fn pipelines(
             tiling,
             super::plan::prefill_f16(ctx.caps(), g, lp.coop),
             super::plan::prefill_raw_split(lp.coop, g),
+            layer.mode.backend().needs_scale_caches(),
         ),
         _ => attention_source(codec, d, features, tiling),
     };
@@ -811,7 +812,8 @@ pub fn attention_source(
 
 /// The prefill kernel's source, override constants and layout for one variant
 /// (`Features::COOP`: on cooperative matrices, else the scalar twin; `f16`: tiles hold f16;
-/// `split`: K and V as hi + lo f16 pairs, cooperative matrices only).
+/// `split`: K and V as hi + lo f16 pairs, cooperative matrices only; `lookup_ahead`: each
+/// tile's rows and scales looked up a tile ahead, for modes with per-row scales).
 pub fn prefill_source(
     codec: &Codec,
     d: u32,
@@ -819,6 +821,7 @@ pub fn prefill_source(
     tiling: Tiling,
     f16: bool,
     split: bool,
+    lookup_ahead: bool,
 ) -> PipelineSource<'static> {
     let coop = f.has(Features::COOP);
     debug_assert!(coop || !split, "the twin holds raw values as they are");
@@ -903,6 +906,7 @@ pub fn prefill_source(
             ),
             ("HAS_MM", flag(f, Features::MM_PREFIX)),
             ("IS_SPLIT", flag(f, Features::SPLIT)),
+            ("LOOKUP_AHEAD", lookup_ahead as u32 as f64),
             ("DEBUG_SKIP", debug_skip() as f64),
         ]
         .into_iter()

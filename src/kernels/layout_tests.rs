@@ -393,7 +393,15 @@ fn variants() -> Vec<Variant> {
                         out.push(variant(
                             format!("prefill/{base}/{f}/f16{et16}"),
                             dtype,
-                            &prefill_source(&codec, d, f, pt, et16, prefill_raw_split(coop, &g)),
+                            &prefill_source(
+                                &codec,
+                                d,
+                                f,
+                                pt,
+                                et16,
+                                prefill_raw_split(coop, &g),
+                                f.0 & 1 != 0, // both values across the variants
+                            ),
                             if prefill_rows_shuffle(&pt, coop) {
                                 C::all()
                             } else {
@@ -804,7 +812,7 @@ fn prefill_workgroup_memory_matches_naga_for_every_tiling() {
                             if fp8 {
                                 f |= Features::OUT_FP8;
                             }
-                            let src = prefill_source(&codec, d, Features(f), t, et16, split);
+                            let src = prefill_source(&codec, d, Features(f), t, et16, split, fp8);
                             let text =
                                 full_source(src.kernel, dtype, &src.parts(), src.includes).unwrap();
                             let id = *text_ids.entry(text.clone()).or_insert_with(|| {
