@@ -264,7 +264,9 @@ fn combine_split(tid: u32, inf: DecInfo, wid: vec3<u32>, nwg: vec3<u32>) {
     let slot0 = (inf.tok * ly.num_q_heads + inf.head0) * ns;
     // Every segment's (M, E) staged, each row's largest M by an atomic maximum on order-keyed
     // bits (0: no segment saw a key), all pairs at once; then every weight computed once, in
-    // parallel, so the output loop below only loads and multiplies.
+    // parallel, so the output loop below only loads and multiplies. (Issuing each thread's
+    // first round of accumulator loads before the statistics' was slower on an H200: B=1
+    // L=4k 17.0 -> 18.0 us, the round held across two barriers; BENCHMARKS.md.)
     let n = inf.nheads * ns;
     for (var t = tid; t < n; t += WG_SIZE) {
         let ml = part_load_ml(stats + (slot0 + t) * 2u);
@@ -290,7 +292,7 @@ fn combine_split(tid: u32, inf: DecInfo, wid: vec3<u32>, nwg: vec3<u32>) {
         let m = e / d4;
         var a = vec4<f32>(0.0);
         if (tid < 2u * outs && m < inf.nheads && !skip) {
-            a = cmb_part(slot0, m * ns, e % d4, tid / outs, 2u, ns);
+            a = cmb_part(cmb_word(slot0, m * ns, e % d4), m * ns, tid / outs, 2u, ns);
         }
         if (tid >= outs && tid < 2u * outs) {
             q_sh[e] = a;
@@ -304,7 +306,7 @@ fn combine_split(tid: u32, inf: DecInfo, wid: vec3<u32>, nwg: vec3<u32>) {
             let m = e / d4;
             var a = vec4<f32>(0.0);
             if (m < inf.nheads && !skip) {
-                a = cmb_part(slot0, m * ns, e % d4, 0u, 1u, ns);
+                a = cmb_part(cmb_word(slot0, m * ns, e % d4), m * ns, 0u, 1u, ns);
             }
             cmb_finish(inf, e, a, ns);
         }
@@ -314,36 +316,84 @@ fn combine_split(tid: u32, inf: DecInfo, wid: vec3<u32>, nwg: vec3<u32>) {
     }
 }
 
-// Sum over segments g0, g0 + gs, ... < ns of row `first / ns`'s accumulator group j by their
-// weights (cmb_sh), in that order; eight segments' loads in flight per round. Segment g's
-// group j is 16-byte word (slot0 + first + g) * d4 + j.
-fn cmb_part(slot0: u32, first: u32, j: u32, g0: u32, gs: u32, ns: u32) -> vec4<f32> {
-    let d4 = HEAD_DIM / 4u;
-    let w0 = (slot0 + first) * d4 + j;
+// Sixteen segments' accumulator groups, loaded together.
+struct Round {
+    x0: vec4<f32>,
+    x1: vec4<f32>,
+    x2: vec4<f32>,
+    x3: vec4<f32>,
+    x4: vec4<f32>,
+    x5: vec4<f32>,
+    x6: vec4<f32>,
+    x7: vec4<f32>,
+    x8: vec4<f32>,
+    x9: vec4<f32>,
+    x10: vec4<f32>,
+    x11: vec4<f32>,
+    x12: vec4<f32>,
+    x13: vec4<f32>,
+    x14: vec4<f32>,
+    x15: vec4<f32>,
+}
+
+// The 16-byte word of segment 0's accumulator group j of row `first / ns` (segment g's is
+// d4 g words on).
+fn cmb_word(slot0: u32, first: u32, j: u32) -> u32 {
+    return (slot0 + first) * (HEAD_DIM / 4u) + j;
+}
+
+// Segments g, g + gs, ..., g + 15 gs of the group at word w0; the last segment again past ns.
+fn cmb_round(w0: u32, g: u32, gs: u32, ns: u32) -> Round {
+    return Round(cmb_load(w0, g, ns), cmb_load(w0, g + gs, ns), cmb_load(w0, g + 2u * gs, ns),
+                 cmb_load(w0, g + 3u * gs, ns), cmb_load(w0, g + 4u * gs, ns),
+                 cmb_load(w0, g + 5u * gs, ns), cmb_load(w0, g + 6u * gs, ns),
+                 cmb_load(w0, g + 7u * gs, ns), cmb_load(w0, g + 8u * gs, ns),
+                 cmb_load(w0, g + 9u * gs, ns), cmb_load(w0, g + 10u * gs, ns),
+                 cmb_load(w0, g + 11u * gs, ns), cmb_load(w0, g + 12u * gs, ns),
+                 cmb_load(w0, g + 13u * gs, ns), cmb_load(w0, g + 14u * gs, ns),
+                 cmb_load(w0, g + 15u * gs, ns));
+}
+
+// a + the round's segments (g, g + gs, ...) by their weights, in that order.
+fn cmb_add_round(a0: vec4<f32>, r: Round, first: u32, g: u32, gs: u32, ns: u32) -> vec4<f32> {
+    var a = cmb_add(a0, r.x0, first, g, ns);
+    a = cmb_add(a, r.x1, first, g + gs, ns);
+    a = cmb_add(a, r.x2, first, g + 2u * gs, ns);
+    a = cmb_add(a, r.x3, first, g + 3u * gs, ns);
+    a = cmb_add(a, r.x4, first, g + 4u * gs, ns);
+    a = cmb_add(a, r.x5, first, g + 5u * gs, ns);
+    a = cmb_add(a, r.x6, first, g + 6u * gs, ns);
+    a = cmb_add(a, r.x7, first, g + 7u * gs, ns);
+    a = cmb_add(a, r.x8, first, g + 8u * gs, ns);
+    a = cmb_add(a, r.x9, first, g + 9u * gs, ns);
+    a = cmb_add(a, r.x10, first, g + 10u * gs, ns);
+    a = cmb_add(a, r.x11, first, g + 11u * gs, ns);
+    a = cmb_add(a, r.x12, first, g + 12u * gs, ns);
+    a = cmb_add(a, r.x13, first, g + 13u * gs, ns);
+    a = cmb_add(a, r.x14, first, g + 14u * gs, ns);
+    return cmb_add(a, r.x15, first, g + 15u * gs, ns);
+}
+
+// Sum over segments g0, g0 + gs, ... < ns of row `first / ns`'s accumulator group at word w0
+// by their weights (cmb_sh), in that order, in rounds of sixteen segments whose loads are in
+// flight together; a round's segments past ns load the last segment again and add nothing
+// (a select, not a zero weight: a non-finite partial times 0 would still be NaN).
+fn cmb_part(w0: u32, first: u32, g0: u32, gs: u32, ns: u32) -> vec4<f32> {
     var a = vec4<f32>(0.0);
-    var g = g0;
-    for (; g + 7u * gs < ns; g += 8u * gs) {
-        let x0 = part_load4(w0 + g * d4);
-        let x1 = part_load4(w0 + (g + gs) * d4);
-        let x2 = part_load4(w0 + (g + 2u * gs) * d4);
-        let x3 = part_load4(w0 + (g + 3u * gs) * d4);
-        let x4 = part_load4(w0 + (g + 4u * gs) * d4);
-        let x5 = part_load4(w0 + (g + 5u * gs) * d4);
-        let x6 = part_load4(w0 + (g + 6u * gs) * d4);
-        let x7 = part_load4(w0 + (g + 7u * gs) * d4);
-        a += x0 * cmb_sh[first + g].x;
-        a += x1 * cmb_sh[first + g + gs].x;
-        a += x2 * cmb_sh[first + g + 2u * gs].x;
-        a += x3 * cmb_sh[first + g + 3u * gs].x;
-        a += x4 * cmb_sh[first + g + 4u * gs].x;
-        a += x5 * cmb_sh[first + g + 5u * gs].x;
-        a += x6 * cmb_sh[first + g + 6u * gs].x;
-        a += x7 * cmb_sh[first + g + 7u * gs].x;
-    }
-    for (; g < ns; g += gs) {
-        a += part_load4(w0 + g * d4) * cmb_sh[first + g].x;
+    for (var g = g0; g < ns; g += 16u * gs) {
+        a = cmb_add_round(a, cmb_round(w0, g, gs, ns), first, g, gs, ns);
     }
     return a;
+}
+
+// Segment g's accumulator group (word w0 + g d4), the last segment's past ns.
+fn cmb_load(w0: u32, g: u32, ns: u32) -> vec4<f32> {
+    return part_load4(w0 + min(g, ns - 1u) * (HEAD_DIM / 4u));
+}
+
+// a + x times segment g's weight, a itself for g past ns.
+fn cmb_add(a: vec4<f32>, x: vec4<f32>, first: u32, g: u32, ns: u32) -> vec4<f32> {
+    return select(a, a + x * cmb_sh[first + min(g, ns - 1u)].x, g < ns);
 }
 
 // Output group e from its weighted sum `a`: divided by the row's denominator (every segment's
