@@ -546,9 +546,9 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     // row lookup writes only what the previous tile read before its barrier (4), and
     // staging waits at (1) for every owner's previous O += P V.
     // (Looking each tile's rows and scales up one tile ahead, in registers, was 5 % slower on
-    // an H200 at 182 registers; at 99 (eight subgroups) it is 4 % faster for modes with row
-    // scales, whose scale loads wait on the row, and 0.4-1 % slower for the others, which
-    // the host leaves without it; BENCHMARKS.md.)
+    // an H200 at 182 registers; at 99 (eight subgroups) it made INT8 per-(token, head) 4 %
+    // faster, whose scale loads wait on the row, and f16 0.4-1 % slower, so the host sets it
+    // for modes with row scales only; BENCHMARKS.md.)
     var gexp = 0u; // biased exponent of g (0 = no nonzero V scale yet)
     // LOOKUP_AHEAD: the next tile's rows and scales are looked up into registers (thread t
     // holds key t's) once its scores are stored, so their loads overlap the softmax.
