@@ -130,10 +130,11 @@ pub const COMBINE_STORAGE_BINDINGS: u32 = 10;
 /// saves the reduce pass's dispatch but reads every segment's partials from one workgroup
 /// per (sequence, head chunk), after the last segment ends. Measured on an H200 (BENCHMARKS.md,
 /// f16, the streaming rung's 4 heads per workgroup), with every segment weight computed once
-/// and eight segments' loads in flight per thread: faster than the reduce pass at 16–33
-/// segments at head size 128 (B=1 L=1k 16 segments 11.4 against 12.7 µs, L=4k 32: 16.7
-/// against 17.7, L=32k 33: 48.6 against 49.8, L=128k 33: 141.8 against 143.8), as fast at
-/// head sizes 64 (49 segments) and 256 (33); at 2–4 segments faster too (B=16 L=32k, B=8).
+/// and eight (now sixteen) segments' loads in flight per thread: faster than the reduce pass
+/// at 16–33 segments at head size 128 (B=1 L=1k 16 segments 11.4 against 12.7 µs, L=4k 32:
+/// 16.7 against 17.7, L=32k 33: 48.6 against 49.8, L=128k 33: 141.8 against 143.8), as fast
+/// at head sizes 64 (49 segments) and 256 (33); at 2–4 segments 1–3 % faster (B=16 L=32k,
+/// B=8, the tenth session's measurement).
 pub const COMBINE_MAX_SEGMENTS: u32 = 64;
 
 /// Whether the decode kernel with `tiling` (workgroup memory `smem` without the combine) may
