@@ -110,6 +110,13 @@ fn sweep_split(n: u32) -> SplitK {
     }
 }
 
+/// Every built quantized mode (every supported mode but the f16/f32 cache).
+fn quantized_modes() -> impl Iterator<Item = KvQuantMode> {
+    KvQuantMode::ALL
+        .into_iter()
+        .filter(|m| m.is_supported() && *m != KvQuantMode::None)
+}
+
 fn shapes(quick: bool, sweep: &[u32]) -> Vec<Shape> {
     if quick {
         return vec![
@@ -166,10 +173,7 @@ fn shapes(quick: bool, sweep: &[u32]) -> Vec<Shape> {
             }
         }
         if (b == 1 && l >= 32768) || (l == 32768 && b >= 8) {
-            for mode in KvQuantMode::ALL
-                .into_iter()
-                .filter(|m| m.is_supported() && *m != KvQuantMode::None)
-            {
+            for mode in quantized_modes() {
                 v.push(Shape {
                     mode,
                     ..decode(&name, b, l, 128, SplitK::Auto)
@@ -202,10 +206,7 @@ fn shapes(quick: bool, sweep: &[u32]) -> Vec<Shape> {
         // Every mode at head size 64 too: 16-bit rows and INT2 take 8 elements per lane there
         // (three workgroups per multiprocessor), 8- and 4-bit codes 16.
         if d == 64 {
-            for mode in KvQuantMode::ALL
-                .into_iter()
-                .filter(|m| m.is_supported() && *m != KvQuantMode::None)
-            {
+            for mode in quantized_modes() {
                 v.push(Shape {
                     mode,
                     ..decode(name, 1, 32768, d, SplitK::Auto)
@@ -235,10 +236,7 @@ fn shapes(quick: bool, sweep: &[u32]) -> Vec<Shape> {
             });
         }
         if l == 8192 {
-            for mode in KvQuantMode::ALL
-                .into_iter()
-                .filter(|m| m.is_supported() && *m != KvQuantMode::None)
-            {
+            for mode in quantized_modes() {
                 v.push(Shape {
                     mode,
                     ..base.clone()
