@@ -6,10 +6,11 @@
 //!                               [--modes none,int4_per_token_head,..|all] [--paths auto,stream,..]
 //!                               [--no-subgroups] [--no-combine] [--batch N] [--one-pass] [--floor]
 //!                               [--step two|fused] [--unit-tensor-scales] [--mma-decode]
-//!                               [--mma-steps 16,48]
+//!                               [--mma-steps 16,48] [--fa2-prefill] [--fa2-len 8192]
 //!
 //! `--mma-decode` times a tensor-core decode rung's skeleton first (`benches/probe_mma_decode.wgsl`,
-//! cooperative-matrix adapters with 32-lane subgroups only); `--micro`, `--residency` and
+//! cooperative-matrix adapters with 32-lane subgroups only), `--fa2-prefill` a causal f16
+//! prefill in the FlashAttention-2 shape (`benches/probe_fa2_prefill.wgsl`, the same adapters); `--micro`, `--residency` and
 //! `--floor` are the other probes.
 //! `--shapes-json` writes the shapes for `benches/sdpa.py`, which times PyTorch SDPA on them in
 //! the same device command; `--sdpa FILE` reads its results back and adds the ratio columns.
@@ -476,6 +477,147 @@ fn micro_mma_decode(ctx: &Context, step_counts: &[u32]) -> Result<()> {
                 println!("{line}");
             }
         }
+    }
+    Ok(())
+}
+
+/// `--fa2-prefill` (16×16×16 f16 cooperative matrices, subgroups of exactly 32 lanes): a causal
+/// f16 prefill of `len` tokens (Hq 32, Hkv 8, D 128, a paged cache of 16-key blocks in a
+/// random order) in the FlashAttention-2 shape, `benches/probe_fa2_prefill.wgsl` (each subgroup
+/// owns 16 rows and their softmax, K/V fragments read straight from the cache, 32- or 64-key
+/// tiles, three barriers per tile), timed as TFLOP/s (4·Hq·L²·D/2 FLOPs) at several
+/// subgroups per workgroup and tile widths, with its skip bits (timing only) beside the full
+/// kernel; the full kernel's output is checked on sampled rows against an f64 reference of
+/// the same f16 inputs (relative to the row's largest |O|). What issue 13's kernel would gain
+/// from that shape, before it is rebuilt on it.
+fn micro_fa2_prefill(ctx: &Context, len: u32) -> Result<()> {
+    let caps = ctx.caps();
+    if !(caps.coop_f16 && caps.subgroup_min_size == 32 && caps.subgroup_max_size == 32) {
+        println!(
+            "fa2-prefill probe: needs 16x16x16 f16 cooperative matrices and 32-lane subgroups"
+        );
+        return Ok(());
+    }
+    const SRC: &str = include_str!("probe_fa2_prefill.wgsl");
+    const HKV: usize = 8;
+    const HQ: usize = 32;
+    const D: usize = 128;
+    let l = len.next_multiple_of(64) as usize;
+    let nblk = l / 16;
+    let mut rng = SplitMix64::new(0xFA2);
+    let mut gen = |n: usize, amp: f64| -> Vec<half::f16> {
+        (0..n)
+            .map(|_| half::f16::from_f64(amp * (2.0 * rng.uniform() - 1.0)))
+            .collect()
+    };
+    let q = gen(l * HQ * D, 2.0);
+    let k = gen(l * HKV * D, 2.0);
+    let v = gen(l * HKV * D, 1.0);
+    let order = SplitMix64::new(0xB10C).permutation(nblk);
+    let bt: Vec<u32> = order.iter().map(|&b| b as u32).collect();
+    let qb = ctx.upload("fa2_q", bytemuck::cast_slice(&q));
+    let kb = ctx.upload("fa2_k", bytemuck::cast_slice(&k));
+    let vb = ctx.upload("fa2_v", bytemuck::cast_slice(&v));
+    let btb = ctx.upload("fa2_bt", bytemuck::cast_slice(&bt));
+    let ob = ctx.zeroed("fa2_out", (l * HQ * D * 4) as u64);
+    let flops = 4.0 * HQ as f64 * (l as f64) * (l as f64) * D as f64 / 2.0;
+    // Cache element of logical key `key`, KV head h, column d (block table applied).
+    let kv_at = |x: &[half::f16], key: usize, h: usize, d: usize| -> f64 {
+        x[((bt[key / 16] as usize * 16 + key % 16) * HKV + h) * D + d].to_f64()
+    };
+    // Sampled rows: (token, query head), the first, the last and spread between.
+    let samples: Vec<(usize, usize)> = (0..24)
+        .map(|i| ((i * (l - 1)) / 23, (i * 7) % HQ))
+        .collect();
+    let reference: Vec<Vec<f64>> = samples
+        .iter()
+        .map(|&(t, h)| {
+            let kvh = h / (HQ / HKV);
+            let qr = &q[(t * HQ + h) * D..][..D];
+            let s: Vec<f64> = (0..=t)
+                .map(|key| {
+                    (0..D)
+                        .map(|d| qr[d].to_f64() * kv_at(&k, key, kvh, d))
+                        .sum::<f64>()
+                        / (D as f64).sqrt()
+                })
+                .collect();
+            let m = s.iter().copied().fold(f64::MIN, f64::max);
+            let p: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+            let den: f64 = p.iter().sum();
+            (0..D)
+                .map(|d| {
+                    p.iter()
+                        .enumerate()
+                        .map(|(key, pk)| pk * kv_at(&v, key, kvh, d))
+                        .sum::<f64>()
+                        / den
+                })
+                .collect()
+        })
+        .collect();
+    let max_smem = ctx.limits().max_compute_workgroup_storage_size;
+    for (nsg, tk) in [(4u32, 32u32), (8, 32), (2, 32), (4, 64)] {
+        let (ss, ps) = (tk + 4, tk + 8);
+        let smem = tk * 136 * 2 + nsg * 16 * (ss * 4 + ps * 2) + 2 * 128 * 4 + 16;
+        let mut line =
+            format!("fa2-prefill probe, L={l}, {nsg} subgroups, {tk}-key tiles, {smem} bytes:");
+        if smem > max_smem {
+            println!("{line} over this adapter's {max_smem} bytes of workgroup memory");
+            continue;
+        }
+        for skip in [0u32, 3, 4, 8, 7, 15] {
+            let constants = [
+                ("NSG", nsg as f64),
+                ("TK", tk as f64),
+                ("L", l as f64),
+                ("HKV", HKV as f64),
+                ("SKIP", skip as f64),
+                ("SS", ss as f64),
+                ("PS", ps as f64),
+                ("S_LEN", (nsg * 16 * ss) as f64),
+                ("P_LEN", (nsg * 16 * ps) as f64),
+                ("KV_LEN", (tk * 136) as f64),
+                ("NW", (tk * 16 / (32 * nsg)) as f64),
+            ];
+            let (p, bg) =
+                probe_kernel_with(ctx, SRC, &[&qb, &kb, &vb, &btb, &ob], &constants, true);
+            let groups = (l as u32 / (4 * nsg)) * HKV as u32;
+            let us = time_runs(ctx, 3.min(runs()), runs().min(10), |enc| {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&p);
+                pass.set_bind_group(0, &bg, &[]);
+                pass.dispatch_workgroups(groups, 1, 1);
+                Ok(())
+            })?;
+            let _ = write!(
+                line,
+                " skip {skip} {us:.1} us {:.1} TFLOP/s",
+                flops / us / 1e6
+            );
+            if skip == 0 {
+                let bytes = ctx.read_buffer(&ob)?;
+                let got: &[f32] = bytemuck::cast_slice(&bytes);
+                let mut worst = 0.0f64;
+                for (&(t, h), want) in samples.iter().zip(&reference) {
+                    let row = &got[(t * HQ + h) * D..][..D];
+                    let amax = want.iter().fold(0.0f64, |a, x| a.max(x.abs())).max(1e-30);
+                    for (g, w) in row.iter().zip(want) {
+                        let e = (*g as f64 - w).abs() / amax;
+                        worst = worst.max(if e.is_nan() { f64::INFINITY } else { e });
+                    }
+                }
+                let (t, h) = samples[samples.len() / 2];
+                let mid = &got[(t * HQ + h) * D..][..2];
+                let want = &reference[samples.len() / 2][..2];
+                let _ = write!(
+                    line,
+                    " (err {worst:.2e}; row {t}/{h}: {mid:.4?} vs {want:.4?})"
+                );
+            }
+            line.push(';');
+        }
+        println!("{line}");
     }
     Ok(())
 }
@@ -1218,6 +1360,12 @@ fn main() -> Result<()> {
     }
     if flag("--floor") {
         micro_floor(&ctx)?;
+    }
+    if flag("--fa2-prefill") {
+        let len = opt("--fa2-len")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(8192);
+        micro_fa2_prefill(&ctx, len)?;
     }
     if flag("--mma-decode") {
         let steps = u32_list("--mma-steps")?.unwrap_or_else(|| vec![48]);

@@ -1254,3 +1254,38 @@ fn the_mma_decode_probe_validates_and_translates() {
         }
     }
 }
+
+/// The FlashAttention-2-shaped prefill probe parses, validates and translates to SPIR-V and
+/// MSL in every variant the bench runs (`micro_fa2_prefill`), with the workgroup memory its
+/// overrides size.
+#[test]
+fn the_fa2_prefill_probe_validates_and_translates() {
+    let src = include_str!("../../benches/probe_fa2_prefill.wgsl");
+    let (module, info) = parse("fa2-prefill probe", src, C::all());
+    for (nsg, tk) in [(4u32, 32u32), (8, 32), (2, 32), (4, 64)] {
+        for skip in [0u32, 3, 4, 8, 7, 15] {
+            let label = format!("fa2-prefill probe nsg {nsg} tk {tk} skip {skip}");
+            let (ss, ps) = (tk + 4, tk + 8);
+            let constants = [
+                ("NSG", nsg as f64),
+                ("TK", tk as f64),
+                ("L", 256.0),
+                ("HKV", 8.0),
+                ("SKIP", skip as f64),
+                ("SS", ss as f64),
+                ("PS", ps as f64),
+                ("S_LEN", (nsg * 16 * ss) as f64),
+                ("P_LEN", (nsg * 16 * ps) as f64),
+                ("KV_LEN", (tk * 136) as f64),
+                ("NW", (tk * 16 / (32 * nsg)) as f64),
+            ];
+            let (m, i) = resolve(&label, &module, &info, &constants);
+            translate(&label, &m, &i, false);
+            assert_eq!(
+                workgroup_bytes(&m),
+                tk * 136 * 2 + nsg * 16 * (ss * 4 + ps * 2) + 2 * 128 * 4 + 16,
+                "{label}"
+            );
+        }
+    }
+}
