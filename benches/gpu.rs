@@ -7,6 +7,8 @@
 //!                               [--no-subgroups] [--no-combine] [--batch N] [--one-pass] [--floor]
 //!                               [--step two|fused] [--unit-tensor-scales] [--mma-decode]
 //!                               [--mma-steps 16,48] [--fa2-prefill] [--fa2-len 8192]
+//!                               [--fa2-qamp 2] [--fa2-margin 0] [--fa2-nsg 4,8]
+//!                               [--fa2-skips 0,16]
 //!
 //! `--mma-decode` times a tensor-core decode rung's skeleton first (`benches/probe_mma_decode.wgsl`,
 //! cooperative-matrix adapters with 32-lane subgroups only), `--fa2-prefill` a causal f16
@@ -489,8 +491,21 @@ fn micro_mma_decode(ctx: &Context, step_counts: &[u32]) -> Result<()> {
 /// subgroups per workgroup and tile widths, with its skip bits (timing only) beside the full
 /// kernel; the full kernel's output is checked on sampled rows against an f64 reference of
 /// the same f16 inputs (relative to the row's largest |O|). What issue 13's kernel would gain
-/// from that shape, before it is rebuilt on it.
-fn micro_fa2_prefill(ctx: &Context, len: u32) -> Result<()> {
+/// from that shape, before it is rebuilt on it. `amp`: the queries' amplitude (scores of
+/// standard deviation ≈ 0.67 × amp nats; 14 gives ≈ 9.4, as spec §11 data's, whose row maxima
+/// rise by about 16 nats over 8k keys, so the lazy rescale runs on a good share of tiles; at 2
+/// it hardly runs after the first tiles). `margin` (nats): where a row's running maximum
+/// moves it is set that far above the tile's. `configs`: (subgroups, keys per tile); `skips`: the
+/// skip bits to time (0, the full kernel, is also checked).
+fn micro_fa2_prefill(
+    ctx: &Context,
+    len: u32,
+    amp: f64,
+    margin: f64,
+    configs: &[(u32, u32)],
+    skips: &[u32],
+) -> Result<()> {
+    let margin2 = margin / std::f64::consts::LN_2;
     let caps = ctx.caps();
     if !(caps.coop_f16 && caps.subgroup_min_size == 32 && caps.subgroup_max_size == 32) {
         println!(
@@ -510,7 +525,7 @@ fn micro_fa2_prefill(ctx: &Context, len: u32) -> Result<()> {
             .map(|_| half::f16::from_f64(amp * (2.0 * rng.uniform() - 1.0)))
             .collect()
     };
-    let q = gen(l * HQ * D, 2.0);
+    let q = gen(l * HQ * D, amp);
     let k = gen(l * HKV * D, 2.0);
     let v = gen(l * HKV * D, 1.0);
     let order = SplitMix64::new(0xB10C).permutation(nblk);
@@ -557,16 +572,16 @@ fn micro_fa2_prefill(ctx: &Context, len: u32) -> Result<()> {
         })
         .collect();
     let max_smem = ctx.limits().max_compute_workgroup_storage_size;
-    for (nsg, tk) in [(4u32, 32u32), (8, 32), (2, 32), (4, 64)] {
+    for &(nsg, tk) in configs {
         let (ss, ps) = (tk + 4, tk + 8);
         let smem = tk * 136 * 2 + nsg * 16 * (ss * 4 + ps * 2) + 2 * 128 * 4 + 16;
         let mut line =
-            format!("fa2-prefill probe, L={l}, {nsg} subgroups, {tk}-key tiles, {smem} bytes:");
+            format!("fa2-prefill probe, L={l}, q amplitude {amp}, margin {margin}, {nsg} subgroups, {tk}-key tiles, {smem} bytes:");
         if smem > max_smem {
             println!("{line} over this adapter's {max_smem} bytes of workgroup memory");
             continue;
         }
-        for skip in [0u32, 3, 4, 8, 7, 15] {
+        for &skip in skips {
             let constants = [
                 ("NSG", nsg as f64),
                 ("TK", tk as f64),
@@ -579,6 +594,7 @@ fn micro_fa2_prefill(ctx: &Context, len: u32) -> Result<()> {
                 ("P_LEN", (nsg * 16 * ps) as f64),
                 ("KV_LEN", (tk * 136) as f64),
                 ("NW", (tk * 16 / (32 * nsg)) as f64),
+                ("MARGIN", margin2),
             ];
             let (p, bg) =
                 probe_kernel_with(ctx, SRC, &[&qb, &kb, &vb, &btb, &ob], &constants, true);
@@ -1365,7 +1381,18 @@ fn main() -> Result<()> {
         let len = opt("--fa2-len")
             .and_then(|v| v.parse().ok())
             .unwrap_or(8192);
-        micro_fa2_prefill(&ctx, len)?;
+        let amp = opt("--fa2-qamp")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2.0);
+        let configs: Vec<(u32, u32)> = match u32_list("--fa2-nsg")? {
+            Some(n) => n.into_iter().map(|n| (n, 32)).collect(),
+            None => vec![(4, 32), (8, 32), (2, 32), (4, 64)],
+        };
+        let margin = opt("--fa2-margin")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        let skips = u32_list("--fa2-skips")?.unwrap_or_else(|| vec![0, 16, 3, 4, 8, 7, 15]);
+        micro_fa2_prefill(&ctx, len, amp, margin, &configs, &skips)?;
     }
     if flag("--mma-decode") {
         let steps = u32_list("--mma-steps")?.unwrap_or_else(|| vec![48]);

@@ -22,8 +22,10 @@ alias FragQ = coop_mat16x16<f16, A>;
 // not fit in registers next to O's).
 var<workgroup> qh_sh: array<f16, QH_LEN>;
 var<workgroup> kv_sh: array<f16, KV_LEN>; // K tile (and the query staging rounds)
-var<workgroup> v_sh: array<f16, KV_LEN>;  // V tile (staged with K: their loads overlap)
-const V_APART: bool = true;
+// V tile (V_APART, the prelude's: staged with K, their loads overlap), else a 16-byte stub
+// and V goes over K once Q K^T is done (the wider tilings: one tile keeps two workgroups
+// per multiprocessor).
+var<workgroup> v_sh: array<f16, V_LEN>;
 // Every per-block step of the kernel written out with constant fragment indices: indexed by
 // a loop counter, the H200's driver kept the query and O fragments in local memory.
 const WRITTEN_OUT: bool = true;
@@ -134,15 +136,33 @@ fn put_v4(t: u32, j: u32, v: vec4<f32>) {
         vl_sh[b + 2u] = p.lo.z;
         vl_sh[b + 3u] = p.lo.w;
     }
-    v_sh[b] = h.x;
-    v_sh[b + 1u] = h.y;
-    v_sh[b + 2u] = h.z;
-    v_sh[b + 3u] = h.w;
+    if (V_APART) {
+        v_sh[b] = h.x;
+        v_sh[b + 1u] = h.y;
+        v_sh[b + 2u] = h.z;
+        v_sh[b + 3u] = h.w;
+    } else {
+        kv_sh[b] = h.x;
+        kv_sh[b + 1u] = h.y;
+        kv_sh[b + 2u] = h.z;
+        kv_sh[b + 3u] = h.w;
+    }
 }
 
 fn get_v4(t: u32, j: u32) -> vec4<f32> {
+    if (!V_APART) {
+        return get_kv4(t, j);
+    }
     let b = t * KS + 4u * j;
     return vec4<f32>(f32(v_sh[b]), f32(v_sh[b + 1u]), f32(v_sh[b + 2u]), f32(v_sh[b + 3u]));
+}
+
+// The V fragment of tile keys t0.., columns d0.. (from K's tile where V goes over it).
+fn v_frag(t0: u32, d0: u32) -> coop_mat16x16<f16, B> {
+    if (V_APART) {
+        return coopLoadT<coop_mat16x16<f16, B>>(&v_sh[t0 * KS + d0], KS);
+    }
+    return coopLoadT<coop_mat16x16<f16, B>>(&kv_sh[t0 * KS + d0], KS);
 }
 
 // row_max / row_sum: kernels/rows_shuffle.wgsl (the prelude's).
@@ -195,7 +215,7 @@ fn qk_mma(c: FragC, a: FragQ, t0: u32, k0: u32) -> FragC {
 // c + P[r0.., t0..] V[t0.., d0..] (16x16x16, P as hi + lo; V too where V_SPLIT).
 fn frag_pv(c: FragC, r0: u32, t0: u32, d0: u32) -> FragC {
     let hi = coopLoadT<coop_mat16x16<f16, A>>(&p_sh[r0 * PS + t0], PS);
-    let b = coopLoadT<coop_mat16x16<f16, B>>(&v_sh[t0 * KS + d0], KS);
+    let b = v_frag(t0, d0);
     // (`|`, not `||`: naga takes a short-circuit, or a local variable, for non-uniform.)
     if (!P_LO | ((DEBUG_SKIP & 2097152u) != 0u)) {
         if (V_SPLIT) {

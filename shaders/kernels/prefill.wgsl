@@ -22,8 +22,8 @@
 // Per key tile of TK keys:
 //   1. K tile -> kv_sh, V tile -> v_sh, their loads in flight together (model values less
 //      zero points, rounded to the fragment element type ET); where the include has no
-//      separate V tile (V_APART false, the twin), V goes over K after step 2, its loads in
-//      flight during the score pass
+//      separate V tile (V_APART false: the twin, and cooperative matrices' wider tiles), V
+//      goes over K after step 2, its loads in flight during the score pass
 //   2. S = Q K^T by fragments (row block `sg` of each fragment owner), stored to s_sh (f32)
 //   3. scores finished (spec §6.1 pipeline and mask) into registers (back to s_sh only where
 //      a thread holds more than 16 keys: the twin's tilings) and the online softmax in
@@ -109,6 +109,10 @@ override DEBUG_SKIP: u32 = 0u;
 
 // A row's running maximum moves only when a tile's maximum exceeds it by more than TAU.
 const TAU: f32 = 8.0;
+// Where it moves, it is set MARGIN above the tile's maximum (the host's: 4 nats, 0 with P_LO),
+// so a row whose maximum keeps rising rescales O less often; the row's largest p is then
+// e^-MARGIN or more, not 1 (P_SCALE keeps it far above f16's smallest normal number).
+override MARGIN: f32 = 0.0;
 
 // #include "common/attn_bindings.wgsl"
 
@@ -132,16 +136,19 @@ var<workgroup> vs_sh: array<f32, TK>;
 // 0 of a masked key's p into NaN); a row that gives such a key weight gets a NaN sum, so its
 // output is NaN as the reference's is, and no other row sees it.
 var<workgroup> vbad_at: array<atomic<u32>, TK>;
-var<workgroup> vbad_any: atomic<u32>; // some key of the tile has a non-finite V row
+// Flags, each the first of four words: every workgroup variable is a whole number of 16-byte
+// words, so wherever the driver places it the 16x16 loads see 16-byte-aligned rows (a lone
+// 4-byte variable misaligned them on an H200: BENCHMARKS.md, the nineteenth session's probe).
+var<workgroup> vbad_any: array<atomic<u32>, 4>; // [0]: some key of the tile has a non-finite V row
 // Largest V scale of the tile (f32 bits; scales are >= 0, so their bits order like them).
 // P is multiplied by s_v / g, g a power of two at least every V scale seen so far (the first
 // tile's binade to start with), so P stays below 16 e^TAU whatever the scales; O is held in
 // units of g, and when a tile raises g, O is rescaled by g_old / g_new (exact: powers of two)
 // through the same path as a moved row maximum. (Multiplying fragments by a per-tile factor
 // instead gave wrong outputs with cooperative matrices on an H200.)
-var<workgroup> vmax_at: atomic<u32>;
-var<workgroup> resc_at: atomic<u32>;
-var<workgroup> resc_sh: u32;
+var<workgroup> vmax_at: array<atomic<u32>, 4>;
+var<workgroup> resc_at: array<atomic<u32>, 4>;
+var<workgroup> resc_sh: array<u32, 4>;
 
 // The tile loop's workgroup barrier (diagnostics can leave it out).
 fn tile_barrier() {
@@ -181,7 +188,7 @@ fn tile_put(e: u32, v: vec4<f32>, key0: u32, kv_len: u32, is_v: bool) {
         if (is_v && any(bad)) {
             x = select(x, vec4<f32>(0.0), bad);
             atomicOr(&vbad_at[e / d4], 1u);
-            atomicOr(&vbad_any, 1u);
+            atomicOr(&vbad_any[0], 1u);
         }
         if (is_v) {
             put_v4(e / d4, e % d4, x);
@@ -418,8 +425,8 @@ fn p4(rm: u32, t0: u32, rt: u32, sv: vec4<f32>, mu: f32, inv_g: f32, check: bool
 fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     if (tid == 0u) {
         info = plan_workgroup(wid, ly.num_segments, TK);
-        atomicStore(&resc_at, 0u);
-        atomicStore(&vmax_at, 0u);
+        atomicStore(&resc_at[0], 0u);
+        atomicStore(&vmax_at[0], 0u);
     }
     let inf = workgroupUniformLoad(&info);
     if (inf.valid == 0u) {
@@ -539,8 +546,8 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
     var l_run = 1.0;
     var seen = false;
 
-    // Per tile, five barriers on cooperative matrices (six on the twin, where V is staged
-    // over K): (1) the tile's rows, scales and flags are set; (2) its K and V
+    // Per tile, five barriers where V has its own tile (six where V is staged over K: the
+    // twin, and cooperative matrices' wider tiles): (1) the tile's rows, scales and flags are set; (2) its K and V
     // are staged (their loads in flight together); (3) S is stored; (4) P is written and row
     // factors set; (5) the rescale flag read uniformly. Nothing needs one at the top: the
     // row lookup writes only what the previous tile read before its barrier (4), and
@@ -568,7 +575,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             row_sh[t] = ki.row;
             atomicStore(&vbad_at[t], 0u);
             if (t == 0u) {
-                atomicStore(&vbad_any, 0u);
+                atomicStore(&vbad_any[0], 0u);
             }
             ks_sh[t] = ki.ks;
             vs_sh[t] = ki.vs;
@@ -576,7 +583,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             // is left out: it is never multiplied by a nonzero p.)
             let vbits = bitcast<u32>(ki.vs);
             if (key < inf.kv_len && vbits < 0x7F800000u) {
-                atomicMax(&vmax_at, vbits);
+                atomicMax(&vmax_at[0], vbits);
             }
         }
         tile_barrier();
@@ -592,7 +599,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         }
         // The tile's binade of V scales (biased exponent; 0 for zero scales), g's update: every
         // thread computes the same gexp from the same values, so it is workgroup-uniform.
-        let vexp = min((atomicLoad(&vmax_at) >> 23u) & 0xFFu, 253u);
+        let vexp = min((atomicLoad(&vmax_at[0]) >> 23u) & 0xFFu, 253u);
         var gfac = 1.0;
         if (vexp != 0u) {
             if (gexp == 0u) {
@@ -661,7 +668,7 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
         }
         // Every thread has read vmax_at (before barrier 3).
         if (tid == 0u) {
-            atomicStore(&vmax_at, 0u);
+            atomicStore(&vmax_at[0], 0u);
         }
         // V over K where they share a tile (K is no longer read), its loads in flight during
         // the score pass.
@@ -701,28 +708,28 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             if (!seen) {
                 // First visible key of the row: O is still zero.
                 if (mx > m_run) {
-                    alpha = exp_diff(m_run, mx);
-                    m_run = mx;
+                    alpha = exp_diff(m_run, mx + MARGIN);
+                    m_run = mx + MARGIN;
                 }
                 seen = true;
             } else if (mx > m_run + TAU && (DEBUG_SKIP & 8388608u) == 0u) {
-                alpha = exp_diff(m_run, mx);
-                m_run = mx;
-                atomicMax(&resc_at, 1u);
+                alpha = exp_diff(m_run, mx + MARGIN);
+                m_run = mx + MARGIN;
+                atomicMax(&resc_at[0], 1u);
             }
         }
         if (kq == 0u) {
             alpha_sh[rm] = alpha;
         }
         if (tid == 0u && gfac != 1.0) {
-            atomicMax(&resc_at, 1u);
+            atomicMax(&resc_at[0], 1u);
         }
         if (!V_APART) {
             tile_barrier(); // V staged, its non-finite flags final
         }
         // P = exp(S - M); p' = p s_v to the multiply-add, Σ p per row (NaN where the row gives
         // weight to a key whose V row is not finite).
-        let any_bad = atomicLoad(&vbad_any) != 0u;
+        let any_bad = atomicLoad(&vbad_any[0]) != 0u;
         var psum = 0.0;
         if ((DEBUG_SKIP & 17825792u) == 0u) {
             if (held) {
@@ -751,11 +758,11 @@ fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
             return;
         }
         if (tid == 0u) {
-            resc_sh = atomicLoad(&resc_at);
-            atomicStore(&resc_at, 0u);
+            resc_sh[0] = atomicLoad(&resc_at[0]);
+            atomicStore(&resc_at[0], 0u);
         }
         // Rows whose maximum moved: O rescaled through s_sh (free once P is written).
-        if (workgroupUniformLoad(&resc_sh) != 0u) {
+        if (workgroupUniformLoad(&resc_sh[0]) != 0u) {
             if (o_all) {
                 o[0] = rescale_block(o[0], sg, tid, gfac);
                 if (D_BLOCKS > 1u) { o[1] = rescale_block(o[1], sg, tid, gfac); }

@@ -845,13 +845,24 @@ pub fn prefill_source(
         // The mode's transform runs apart (kernels/rotate_q.wgsl, the reduce pass).
         codec: vec![codec.decode, codec.transform_apart_source()],
         prelude: format!(
-            "{et}\nconst ET_MAX: f32 = {et_max};\nconst D_BLOCKS: u32 = {}u;\nconst T_BLOCKS: u32 = {}u;\nconst Q_HELD: bool = {q_held};\nconst RAW_SPLIT: bool = {split};\nconst V_SPLIT: bool = {v_split};\nconst P_LO: bool = {p_lo};\nconst KL_LEN: u32 = {}u;\nconst VL_LEN: u32 = {}u;\n{}",
+            "{et}\nconst ET_MAX: f32 = {et_max};\nconst D_BLOCKS: u32 = {}u;\nconst T_BLOCKS: u32 = {}u;\nconst Q_HELD: bool = {q_held};\nconst RAW_SPLIT: bool = {split};\nconst V_SPLIT: bool = {v_split};\nconst P_LO: bool = {p_lo};\nconst KL_LEN: u32 = {}u;\nconst VL_LEN: u32 = {}u;\n{}{}",
             d / 16,
             tiling.tile / 16,
             // The lo halves of K (cooperative matrices, `split`) and of V (`v_split`), else
             // 16-byte stubs.
             if split { tiling.tile * ks } else { 8 },
             if v_split { tiling.tile * ks } else { 8 },
+            // Cooperative matrices: V in its own tile, or over K's (a 16-byte stub then;
+            // the twin always stages V over K).
+            if coop {
+                let v_apart = super::plan::prefill_v_apart(&tiling, coop);
+                format!(
+                    "const V_APART: bool = {v_apart};\nconst V_LEN: u32 = {}u;\n",
+                    if v_apart { tiling.tile * ks } else { 8 }
+                )
+            } else {
+                String::new()
+            },
             // row_max / row_sum: by shuffles where a softmax row has several threads.
             if super::plan::prefill_rows_shuffle(&tiling, coop) {
                 include_str!("../../shaders/kernels/rows_shuffle.wgsl")
@@ -907,6 +918,7 @@ pub fn prefill_source(
             ("HAS_MM", flag(f, Features::MM_PREFIX)),
             ("IS_SPLIT", flag(f, Features::SPLIT)),
             ("LOOKUP_AHEAD", lookup_ahead as u32 as f64),
+            ("MARGIN", super::plan::prefill_margin(p_lo) as f64),
             ("DEBUG_SKIP", debug_skip() as f64),
         ]
         .into_iter()

@@ -1263,7 +1263,7 @@ fn the_fa2_prefill_probe_validates_and_translates() {
     let src = include_str!("../../benches/probe_fa2_prefill.wgsl");
     let (module, info) = parse("fa2-prefill probe", src, C::all());
     for (nsg, tk) in [(4u32, 32u32), (8, 32), (2, 32), (4, 64)] {
-        for skip in [0u32, 3, 4, 8, 7, 15] {
+        for skip in [0u32, 16, 3, 4, 8, 7, 15] {
             let label = format!("fa2-prefill probe nsg {nsg} tk {tk} skip {skip}");
             let (ss, ps) = (tk + 4, tk + 8);
             let constants = [
@@ -1278,6 +1278,7 @@ fn the_fa2_prefill_probe_validates_and_translates() {
                 ("P_LEN", (nsg * 16 * ps) as f64),
                 ("KV_LEN", (tk * 136) as f64),
                 ("NW", (tk * 16 / (32 * nsg)) as f64),
+                ("MARGIN", 4.0),
             ];
             let (m, i) = resolve(&label, &module, &info, &constants);
             translate(&label, &m, &i, false);

@@ -573,9 +573,15 @@ pub fn prefill_smem(
     } else {
         r16(t.max_m * qs * es)
     };
-    // K and V tiles (one shared tile on the twin); on cooperative matrices K's lo half
-    // (`split`) and V's ([`prefill_v_split`]: with `p_lo`), each else a 16-byte stub.
-    let kv = if coop { 2 } else { 1 } * r16(t.tile * ks * es);
+    // K and V tiles (one shared tile on the twin and where [`prefill_v_apart`] is false, V's
+    // a 16-byte stub then); on cooperative matrices K's lo half (`split`) and V's
+    // ([`prefill_v_split`]: with `p_lo`), each else a 16-byte stub.
+    let kv = r16(t.tile * ks * es)
+        + match (coop, prefill_v_apart(t, coop)) {
+            (false, _) => 0,
+            (true, true) => r16(t.tile * ks * es),
+            (true, false) => 16,
+        };
     let lo_tile = |on: bool| if on { r16(t.tile * ks * es) } else { 16 };
     let lo = if coop {
         lo_tile(split) + lo_tile(prefill_v_split(split, p_lo))
@@ -597,6 +603,16 @@ pub fn prefill_smem(
     let keys = 4 * r16(t.tile * 4); // row_sh, ks_sh, vs_sh, vbad_at
     let flags = 4 * 16; // resc_at, resc_sh, vmax_at, vbad_any
     info + qh + kv + lo + p + s + pad + rows + keys + flags
+}
+
+/// Whether the cooperative prefill kernel stages V in its own tile (`V_APART`: V's loads in
+/// flight together with K's) or over K's once Q Kᵀ is done (one tile: the 32-key tilings then
+/// fit two workgroups per multiprocessor on an H200). Separate tiles for 16-key tiles, one
+/// for wider ones; the twin always stages V over K. `QUANTKV_DEBUG_PREFILL_VAPART` = 0 or 1
+/// (feature `debug-knobs`) forces either on cooperative matrices.
+pub fn prefill_v_apart(t: &Tiling, coop: bool) -> bool {
+    static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    coop && env_knob(&KNOB, "QUANTKV_DEBUG_PREFILL_VAPART").map_or(t.tile == 16, |v| v != 0)
 }
 
 /// f32 elements of the prefill kernel's score tile, one region per head-dimension part
@@ -1143,6 +1159,23 @@ fn decode_knobs() -> (Option<u32>, Option<u32>) {
         (None, None)
     }
 }
+
+/// The prefill kernel's rescale margin (`MARGIN`, nats): where a row's running maximum
+/// moves it is set this far above the tile's maximum, so a row whose maximum keeps rising
+/// (spec §11 data: about 16 nats over an 8k prompt, two rescales of O per row at a threshold
+/// of 8) moves it less often. 4 nats, except with P as an f16 hi + lo pair (`p_lo`: FP8
+/// outputs, whose lo halves must stay f16 normal numbers; 0 there). Measured on an H200
+/// (BENCHMARKS.md): 8k causal f16 2.7 % faster, 2k 3.9 %, INT8 per-(token, head) 2.7 %; the
+/// row's largest p is then at least e^-4 instead of 1, 2^-11 relative error either way.
+/// `QUANTKV_DEBUG_PREFILL_MARGIN` (tenths of a nat, feature `debug-knobs`) sets it.
+pub fn prefill_margin(p_lo: bool) -> f32 {
+    static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    env_knob(&KNOB, "QUANTKV_DEBUG_PREFILL_MARGIN")
+        .map_or(if p_lo { 0.0 } else { PREFILL_MARGIN }, |v| v as f32 / 10.0)
+}
+
+/// [`prefill_margin`]'s default (nats).
+pub const PREFILL_MARGIN: f32 = 4.0;
 
 /// `QUANTKV_DEBUG_PREFILL_TK` (feature `debug-knobs`): the prefill kernel's keys per tile,
 /// where a tiling with it fits (for investigating tile-size-dependent results).
