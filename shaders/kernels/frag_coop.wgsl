@@ -278,7 +278,8 @@ fn store_block(f: FragC, db: u32, sg: u32, tid: u32, inf: WgInfo, o_unit: f32, s
 
 @compute @workgroup_size(WG_SIZE)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) tid: u32,
         @builtin(subgroup_id) sid: u32) {
-    prefill_main(wid, tid, sid);
+    prefill_main(wid, nwg.x, tid, sid);
 }

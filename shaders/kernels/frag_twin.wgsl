@@ -176,7 +176,8 @@ fn store_block(f: FragC, db: u32, sg: u32, tid: u32, inf: WgInfo, o_unit: f32, s
 
 @compute @workgroup_size(WG_SIZE)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) tid: u32) {
     lane = tid % 16u;
-    prefill_main(wid, tid, tid / 16u); // OWNERS = WG_SIZE / 16
+    prefill_main(wid, nwg.x, tid, tid / 16u); // OWNERS = WG_SIZE / 16
 }

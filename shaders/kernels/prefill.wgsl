@@ -50,7 +50,7 @@
 // q_stage_rows / put_q4 / load_q (query rows staged per round, and the fragment of staged rows),
 // get_q4, put_kv4 / get_kv4 (K), put_v4 / get_v4 (V), put_p / get_p (of p' * P_SCALE, a power of two the include picks; O is
 // divided by it at the end), frag_qk, frag_pv, frag_store / frag_load (s_sh, f32, row-major), and
-// the entry point, which calls prefill_main with the fragment owner's index (OWNERS). The
+// the entry point, which calls prefill_main with the grid's x size and the fragment owner's index (OWNERS). The
 // prelude brings row_max / row_sum over the WG_SIZE / MAX_M threads of a softmax row
 // (kernels/rows_shuffle.wgsl, or kernels/rows_one.wgsl for one thread) and defines ET, ET_MAX, D_BLOCKS = HEAD_DIM / 16, T_BLOCKS = TK / 16, Q_HELD (query fragments held
 // in registers, cooperative matrices up to head size 128), RAW_SPLIT / KL_LEN (K as hi + lo
@@ -422,9 +422,12 @@ fn p4(rm: u32, t0: u32, rt: u32, sv: vec4<f32>, mu: f32, inv_g: f32, check: bool
     return (p0 + p1) + (p2 + p3);
 }
 
-fn prefill_main(wid: vec3<u32>, tid: u32, sg: u32) {
+// `nx`: workgroups along x (row blocks). The grid is walked from its last row block down:
+// a causal prompt's longest row blocks (its last) start first and its shortest fill the
+// tail, where launched in order they would end it.
+fn prefill_main(wid: vec3<u32>, nx: u32, tid: u32, sg: u32) {
     if (tid == 0u) {
-        info = plan_workgroup(wid, ly.num_segments, TK);
+        info = plan_workgroup(vec3<u32>(nx - 1u - wid.x, wid.y, wid.z), ly.num_segments, TK);
         atomicStore(&resc_at[0], 0u);
         atomicStore(&vmax_at[0], 0u);
     }
