@@ -50,8 +50,8 @@
 // q_stage_rows / put_q4 / load_q (query rows staged per round, and the fragment of staged rows),
 // get_q4, put_kv4 / get_kv4 (K), put_v4 / get_v4 (V), put_p / get_p (of p' * P_SCALE, a power of two the include picks; O is
 // divided by it at the end), frag_qk, frag_pv, frag_store / frag_load (s_sh, f32, row-major), and
-// the entry point, which calls prefill_main with the grid's x size and the fragment owner's index (OWNERS). The
-// prelude brings row_max / row_sum over the WG_SIZE / MAX_M threads of a softmax row
+// the entry point, which calls prefill_main with the grid's x size and the fragment owner's
+// index (OWNERS). The prelude brings row_max / row_sum over the WG_SIZE / MAX_M threads of a softmax row
 // (kernels/rows_shuffle.wgsl, or kernels/rows_one.wgsl for one thread) and defines ET, ET_MAX, D_BLOCKS = HEAD_DIM / 16, T_BLOCKS = TK / 16, Q_HELD (query fragments held
 // in registers, cooperative matrices up to head size 128), RAW_SPLIT / KL_LEN (K as hi + lo
 // f16 pairs on cooperative matrices, for raw values f16 does not hold exactly; V rounded to
@@ -550,9 +550,10 @@ fn prefill_main(wid: vec3<u32>, nx: u32, tid: u32, sg: u32) {
     var seen = false;
 
     // Per tile, five barriers where V has its own tile (six where V is staged over K: the
-    // twin, and cooperative matrices' wider tiles): (1) the tile's rows, scales and flags are set; (2) its K and V
-    // are staged (their loads in flight together); (3) S is stored; (4) P is written and row
-    // factors set; (5) the rescale flag read uniformly. Nothing needs one at the top: the
+    // twin, and cooperative matrices' wider tiles): (1) the tile's rows, scales and flags are
+    // set; (2) its K and V are staged (their loads in flight together); (3) S is stored;
+    // (4) P is written and row factors set; (5) the rescale flag read uniformly (and V staged
+    // between (3) and (4), where it goes over K). Nothing needs one at the top: the
     // row lookup writes only what the previous tile read before its barrier (4), and
     // staging waits at (1) for every owner's previous O += P V.
     // (Looking each tile's rows and scales up one tile ahead, in registers, was 5 % slower on
