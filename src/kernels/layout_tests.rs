@@ -17,8 +17,8 @@ use super::attention::{
 use super::plan::{
     attention_smem, attention_tiling, combine_smem, coop_admits, decode_smem, decode_tiling,
     prefill_f16, prefill_ksplit, prefill_p_lo, prefill_raw_split, prefill_rows_shuffle,
-    prefill_smem, prefill_tiling, prefill_v_split, stream_lanes, stream_lanes_at, stream_segments,
-    stream_smem, stream_tiling,
+    prefill_smem, prefill_tiling, prefill_v_apart, prefill_v_split, stream_lanes, stream_lanes_at,
+    stream_segments, stream_smem, stream_tiling, PREFILL_MARGIN,
 };
 use super::write::{
     lane_elems, write_copy_source, write_e_min, write_rows_plan, write_rows_source,
@@ -836,6 +836,44 @@ fn prefill_workgroup_memory_matches_naga_for_every_tiling() {
             }
         }
     }
+    // Cooperative matrices' 32-key tilings (V over K's tile: `prefill_v_apart` false), which
+    // the planner reaches only where nothing earlier fits, so the loop above may not.
+    for mode in [KvQuantMode::None, KvQuantMode::Int2PerTokenHead] {
+        let codec = create(mode)
+            .unwrap()
+            .codec(Dtype::F16, &ModeOptions::default());
+        let caps = test_caps(32, true, true, 49152);
+        for d in [64u32, 128] {
+            let g = test_geometry(mode, Dtype::F16, d);
+            for rb in [2u32, 4] {
+                let t = Tiling {
+                    wg_size: rb * 32,
+                    tile: 32,
+                    max_m: rb * 16,
+                    owners: rb,
+                };
+                assert!(
+                    !prefill_v_apart(&t, true)
+                        && prefill_v_apart(&prefill_tiling(&caps, &g, true).unwrap(), true)
+                );
+                let split = prefill_raw_split(true, &g);
+                let src =
+                    prefill_source(&codec, d, Features(Features::COOP), t, true, split, false);
+                let text = full_source(src.kernel, Dtype::F16, &src.parts(), src.includes).unwrap();
+                let id = *text_ids.entry(text.clone()).or_insert_with(|| {
+                    texts.push(text);
+                    texts.len() - 1
+                });
+                cases.push(Case {
+                    label: format!("prefill {} d{d} {t:?} coop, V over K", mode.id()),
+                    text: id,
+                    constants: src.constants.clone(),
+                    want: prefill_smem(&t, d, true, true, split, false),
+                    smem: caps.limits.max_compute_workgroup_storage_size,
+                });
+            }
+        }
+    }
     assert!(cases.len() > 400, "{} tilings checked", cases.len());
     // Each distinct text parsed once, every case's constants resolved, on every core.
     let parsed = par_map(&texts, |t| parse("prefill", t, C::all()));
@@ -1289,4 +1327,39 @@ fn the_fa2_prefill_probe_validates_and_translates() {
             );
         }
     }
+}
+
+/// The prefill kernel's rescale margin reaches its pipelines: 4 nats where P is one f16
+/// value, none where P is an f16 hi + lo pair (FP8 outputs, whose lo halves must stay f16
+/// normal numbers), on cooperative matrices and the twin alike.
+#[test]
+fn prefill_pipelines_take_the_rescale_margin_but_for_p_pairs() {
+    if std::env::var("QUANTKV_DEBUG_PREFILL_MARGIN").is_ok() {
+        return; // a knob run sets its own margin
+    }
+    let codec = create(KvQuantMode::None)
+        .unwrap()
+        .codec(Dtype::F16, &ModeOptions::default());
+    let t = Tiling {
+        wg_size: 128,
+        tile: 16,
+        max_m: 64,
+        owners: 4,
+    };
+    for (coop, fp8, want) in [
+        (true, false, PREFILL_MARGIN),
+        (true, true, 0.0),
+        (false, false, PREFILL_MARGIN),
+        (false, true, PREFILL_MARGIN),
+    ] {
+        let f = if coop { Features::COOP } else { 0 } | if fp8 { Features::OUT_FP8 } else { 0 };
+        let src = prefill_source(&codec, 128, Features(f), t, true, false, false);
+        let margin = src
+            .constants
+            .iter()
+            .find(|(k, _)| *k == "MARGIN")
+            .map(|c| c.1);
+        assert_eq!(margin, Some(want as f64), "coop {coop} fp8 {fp8}");
+    }
+    assert_eq!(PREFILL_MARGIN, 4.0);
 }
