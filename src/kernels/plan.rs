@@ -660,7 +660,9 @@ pub fn prefill_rows_shuffle(t: &Tiling, coop: bool) -> bool {
 /// one subgroup per row block, the small tiling (17.5 KiB with held query fragments, 21.3 KiB
 /// since K and V have separate tiles) ran an 8k causal prompt in 24.9 ms against 33.1 ms for
 /// 32-key tiles (30 KiB); with the kernel of `07a82d7`, 14.4 ms against 26.5 ms
-/// (BENCHMARKS.md). `None` where none fits, or the head size is not a multiple of 16 up to
+/// (BENCHMARKS.md). 64 rows × 32-key tiles with V over K's tile (24.8 KiB, 200 registers: two
+/// workgroups per multiprocessor) ran an 8k prompt in 20.0 ms against 11.0 for the
+/// eight-subgroup tiling (nineteenth session: its softmax loops alone took 10 ms). `None` where none fits, or the head size is not a multiple of 16 up to
 /// 256: the unified kernel runs then.
 #[cfg(test)]
 pub fn prefill_tiling(caps: &Caps, g: &Geometry, coop: bool) -> Option<Tiling> {
