@@ -125,7 +125,7 @@ pub fn combine_smem() -> u32 {
 /// fused write's two.
 pub const COMBINE_STORAGE_BINDINGS: u32 = 10;
 
-/// Most segments the decode kernel combines itself (within [`COMBINE_SLOTS`] pairs: a
+/// Most segments the decode kernel combines itself (within `COMBINE_SLOTS` (256) pairs: a
 /// tiling of 16 query heads combines at most 16); more take the reduce pass. The combine
 /// saves the reduce pass's dispatch but reads every segment's partials from one workgroup
 /// per (sequence, head chunk), after the last segment ends. Measured on an H200 (BENCHMARKS.md,
