@@ -486,8 +486,8 @@ fn micro_mma_decode(ctx: &Context, step_counts: &[u32]) -> Result<()> {
 /// `--fa2-prefill` (16×16×16 f16 cooperative matrices, subgroups of exactly 32 lanes): a causal
 /// f16 prefill of `len` tokens (Hq 32, Hkv 8, D 128, a paged cache of 16-key blocks in a
 /// random order) in the FlashAttention-2 shape, `benches/probe_fa2_prefill.wgsl` (each subgroup
-/// owns 16 rows and their softmax, K/V fragments read straight from the cache, 32- or 64-key
-/// tiles, three barriers per tile), timed as TFLOP/s (4·Hq·L²·D/2 FLOPs) at several
+/// owns 16 rows and their softmax, K and V staged through one tile region from 16-byte loads
+/// issued a phase ahead, 32- or 64-key tiles, five barriers per tile), timed as TFLOP/s (4·Hq·L²·D/2 FLOPs) at several
 /// subgroups per workgroup and tile widths, with its skip bits (timing only) beside the full
 /// kernel; the full kernel's output is checked on sampled rows against an f64 reference of
 /// the same f16 inputs (relative to the row's largest |O|). What issue 13's kernel would gain
