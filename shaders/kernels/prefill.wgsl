@@ -104,8 +104,10 @@ override LOOKUP_AHEAD: bool = false;
 // scalar Q K^T once the scores are stored, 262144 the mode's row scales (1 instead). Timing
 // only (results wrong): 524288 the per-tile row lookup (row = key), 1048576 the softmax loops,
 // 2097152 the lo half's multiply-add (cooperative matrices), 4194304 the tile loop's barriers,
-// 8388608 the lazy rescale (never), 16777216 the P loop, 33554432 the score loop.
+// 8388608 the lazy rescale (never), 16777216 the P loop, 33554432 the score loop. A/B only
+// (results right): 67108864 the general per-key path on interior tiles too.
 override DEBUG_SKIP: u32 = 0u;
+
 
 // A row's running maximum moves only when a tile's maximum exceeds it by more than TAU.
 const TAU: f32 = 8.0;
@@ -362,14 +364,20 @@ fn stage_kv(tid: u32, n: u32, key0: u32, kv_len: u32) {
     }
 }
 
-// The finished score of tile key t for row rm (query token qi, head slot hh) from its raw
-// q·c in s_sh; NEG where masked.
-fn tile_score(inf: WgInfo, qi: u32, hh: u32, rm: u32, key0: u32, t: u32) -> f32 {
-    let key = key0 + t;
+// Row rm's raw q·c of tile key t (the head-dimension parts' sum).
+fn raw_score(rm: u32, t: u32) -> f32 {
     var raw = s_sh[rm * SS + t];
     for (var h = 1u; h < KSPLIT; h++) {
         raw += s_sh[(h * MAX_M + rm) * SS + t];
     }
+    return raw;
+}
+
+// The finished score of tile key t for row rm (query token qi, head slot hh) from its raw
+// q·c in s_sh; NEG where masked.
+fn tile_score(inf: WgInfo, qi: u32, hh: u32, rm: u32, key0: u32, t: u32) -> f32 {
+    let key = key0 + t;
+    let raw = raw_score(rm, t);
     if ((DEBUG_SKIP & 8u) != 0u) {
         return select(NEG, raw, key < inf.kv_len);
     }
@@ -401,6 +409,47 @@ fn score4(inf: WgInfo, qi: u32, hh: u32, rm: u32, key0: u32, t0: u32, rt: u32) -
                      tile_score(inf, qi, hh, rm, key0, t0 + rt),
                      tile_score(inf, qi, hh, rm, key0, t0 + 2u * rt),
                      tile_score(inf, qi, hh, rm, key0, t0 + 3u * rt));
+}
+
+// Whether the tile at key0 is interior: every row of the workgroup sees every key of it (the
+// tile lies inside the sequence, left of (or on) the first query's diagonal, and within the
+// last query's window), and the pipeline's scores are the scaled q·k alone (no softcap,
+// ALiBi or qq_bias). Its softmax then takes the plain path, four keys at a time as vectors,
+// with no mask and no per-key score terms. Padding rows (past the block's tokens or heads)
+// go the same way; their outputs are never stored.
+fn interior_tile(inf: WgInfo, key0: u32) -> bool {
+    let plain = !HAS_SOFTCAP && ALIBI_MODE == 0u && !HAS_QQ;
+    let q_lo = inf.ctx + inf.i0;
+    let q_hi = q_lo + inf.rows_q - 1u;
+    return plain && (DEBUG_SKIP & 67108864u) == 0u && key0 + TK <= inf.kv_len
+        && key0 + TK - 1u <= q_lo && (ly.window == 0u || q_hi - key0 < ly.window);
+}
+
+// Interior tiles: the scores of keys t0, t0 + rt, t0 + 2 rt, t0 + 3 rt of row rm (what
+// tile_score gives a visible key with PLAIN's terms, as a vector).
+fn score4_plain(rm: u32, t0: u32, rt: u32) -> vec4<f32> {
+    let raw = vec4<f32>(raw_score(rm, t0), raw_score(rm, t0 + rt), raw_score(rm, t0 + 2u * rt),
+                        raw_score(rm, t0 + 3u * rt));
+    let ks = vec4<f32>(ks_sh[t0], ks_sh[t0 + rt], ks_sh[t0 + 2u * rt], ks_sh[t0 + 3u * rt]);
+    if ((DEBUG_SKIP & 8u) != 0u) {
+        return raw;
+    }
+    return clamp((raw * ks) * (ly.softmax_scale * transform_score_scale()),
+                 vec4<f32>(-REAL_MAX), vec4<f32>(REAL_MAX));
+}
+
+// Interior tiles where no V row of the tile is non-finite: tile_p of four keys as a vector
+// (sv: real scores); their sum.
+fn p4_plain(rm: u32, t0: u32, rt: u32, sv: vec4<f32>, mu: f32, inv_g: f32) -> f32 {
+    let h = sv * 0.5 - vec4<f32>(mu * 0.5);
+    let p = select(exp(h + h), vec4<f32>(0.0), h < vec4<f32>(-64.0));
+    let vs = vec4<f32>(vs_sh[t0], vs_sh[t0 + rt], vs_sh[t0 + 2u * rt], vs_sh[t0 + 3u * rt]);
+    let w = select(vec4<f32>(0.0), p * vs, p != vec4<f32>(0.0)) * inv_g * P_SCALE;
+    put_p(rm, t0, w.x);
+    put_p(rm, t0 + rt, w.y);
+    put_p(rm, t0 + 2u * rt, w.z);
+    put_p(rm, t0 + 3u * rt, w.w);
+    return (p.x + p.y) + (p.z + p.w);
 }
 
 // Whether a row gives weight (p != 0) to a tile key whose V row is not finite.
@@ -685,8 +734,17 @@ fn prefill_main(wid: vec3<u32>, nx: u32, tid: u32, sg: u32) {
         var sc1 = vec4<f32>(NEG);
         var sc2 = vec4<f32>(NEG);
         var sc3 = vec4<f32>(NEG);
+        // (Workgroup-uniform: the plain path's branches keep the row shuffles uniform.)
+        let interior = interior_tile(inf, key0);
         if ((DEBUG_SKIP & 34603008u) == 0u) {
-            if (held) {
+            if (held && interior) {
+                sc0 = score4_plain(rm, kq, rt);
+                if (ept > 4u) { sc1 = score4_plain(rm, kq + 4u * rt, rt); }
+                if (ept > 8u) { sc2 = score4_plain(rm, kq + 8u * rt, rt); }
+                if (ept > 12u) { sc3 = score4_plain(rm, kq + 12u * rt, rt); }
+                let m4 = max(max(sc0, sc1), max(sc2, sc3));
+                part = max(max(m4.x, m4.y), max(m4.z, m4.w));
+            } else if (held) {
                 sc0 = score4(inf, qi, hh, rm, key0, kq, rt);
                 if (ept > 4u) { sc1 = score4(inf, qi, hh, rm, key0, kq + 4u * rt, rt); }
                 if (ept > 8u) { sc2 = score4(inf, qi, hh, rm, key0, kq + 8u * rt, rt); }
@@ -696,7 +754,12 @@ fn prefill_main(wid: vec3<u32>, nx: u32, tid: u32, sg: u32) {
             } else {
                 for (var i = 0u; i < ept; i += 4u) {
                     let t = kq + i * rt;
-                    let s4 = score4(inf, qi, hh, rm, key0, t, rt);
+                    var s4 = vec4<f32>(0.0);
+                    if (interior) {
+                        s4 = score4_plain(rm, t, rt);
+                    } else {
+                        s4 = score4(inf, qi, hh, rm, key0, t, rt);
+                    }
                     s_sh[rm * SS + t] = s4.x;
                     s_sh[rm * SS + t + rt] = s4.y;
                     s_sh[rm * SS + t + 2u * rt] = s4.z;
@@ -735,8 +798,14 @@ fn prefill_main(wid: vec3<u32>, nx: u32, tid: u32, sg: u32) {
         // weight to a key whose V row is not finite).
         let any_bad = atomicLoad(&vbad_any[0]) != 0u;
         var psum = 0.0;
+        let plain_p = interior && !any_bad;
         if ((DEBUG_SKIP & 17825792u) == 0u) {
-            if (held) {
+            if (held && plain_p) {
+                psum = p4_plain(rm, kq, rt, sc0, m_run, inv_g);
+                if (ept > 4u) { psum += p4_plain(rm, kq + 4u * rt, rt, sc1, m_run, inv_g); }
+                if (ept > 8u) { psum += p4_plain(rm, kq + 8u * rt, rt, sc2, m_run, inv_g); }
+                if (ept > 12u) { psum += p4_plain(rm, kq + 12u * rt, rt, sc3, m_run, inv_g); }
+            } else if (held) {
                 psum = p4(rm, kq, rt, sc0, m_run, inv_g, any_bad);
                 if (ept > 4u) { psum += p4(rm, kq + 4u * rt, rt, sc1, m_run, inv_g, any_bad); }
                 if (ept > 8u) { psum += p4(rm, kq + 8u * rt, rt, sc2, m_run, inv_g, any_bad); }
@@ -746,7 +815,11 @@ fn prefill_main(wid: vec3<u32>, nx: u32, tid: u32, sg: u32) {
                     let t = kq + i * rt;
                     let s4 = vec4<f32>(s_sh[rm * SS + t], s_sh[rm * SS + t + rt],
                                        s_sh[rm * SS + t + 2u * rt], s_sh[rm * SS + t + 3u * rt]);
-                    psum += p4(rm, t, rt, s4, m_run, inv_g, any_bad);
+                    if (plain_p) {
+                        psum += p4_plain(rm, t, rt, s4, m_run, inv_g);
+                    } else {
+                        psum += p4(rm, t, rt, s4, m_run, inv_g, any_bad);
+                    }
                 }
             }
         }
