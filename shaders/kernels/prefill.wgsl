@@ -22,7 +22,8 @@
 // Per key tile of TK keys:
 //   1. K tile -> kv_sh, V tile -> v_sh, their loads in flight together (model values less
 //      zero points, rounded to the fragment element type ET); where the include has no
-//      separate V tile (V_APART false: the twin, and cooperative matrices' wider tiles), V
+//      separate V tile (V_APART false: the twin, and on cooperative matrices every tiling
+//      but the eight-subgroup one, plan::prefill_v_apart), V
 //      goes over K after step 2, its loads in flight during the score pass
 //   2. S = Q K^T by fragments (row block `sg` of each fragment owner), stored to s_sh (f32)
 //   3. scores finished (spec §6.1 pipeline and mask) into registers (back to s_sh only where
@@ -30,7 +31,9 @@
 //      registers, the threads of a row combining by shuffles: a row's running maximum only
 //      moves when the tile's maximum exceeds it by more than TAU (so P <= e^TAU fits f16);
 //      O, held in fragments, is rescaled (through s_sh) only on tiles where some row's
-//      maximum moved
+//      maximum moved; on interior tiles (every row sees every key: interior_tile) of
+//      pipelines without softcap, ALiBi or qq_bias, scores and P go four keys at a time as
+//      vectors, with no mask or per-key terms
 //   4. P (ET) -> p_sh, O += P V by fragments
 // Precision: the tiles hold the cache's raw values less their zero points (codes as the read
 // contract gives them, before the scale: exact in f16 for every mode but INT2, whose
@@ -599,7 +602,7 @@ fn prefill_main(wid: vec3<u32>, nx: u32, tid: u32, sg: u32) {
     var seen = false;
 
     // Per tile, five barriers where V has its own tile (six where V is staged over K: the
-    // twin, and cooperative matrices' wider tiles): (1) the tile's rows, scales and flags are
+    // twin, and cooperative matrices' tilings but the eight-subgroup one): (1) the tile's rows, scales and flags are
     // set; (2) its K and V are staged (their loads in flight together); (3) S is stored;
     // (4) P is written and row factors set; (5) the rescale flag read uniformly (and V staged
     // between (3) and (4), where it goes over K). Nothing needs one at the top: the

@@ -17,8 +17,8 @@ use super::attention::{
 use super::plan::{
     attention_smem, attention_tiling, combine_smem, coop_admits, decode_smem, decode_tiling,
     prefill_f16, prefill_ksplit, prefill_p_lo, prefill_raw_split, prefill_rows_shuffle,
-    prefill_smem, prefill_tiling, prefill_v_apart, prefill_v_split, stream_lanes, stream_lanes_at,
-    stream_segments, stream_smem, stream_tiling, PREFILL_MARGIN,
+    prefill_smem, prefill_tiling, prefill_tiling_for, prefill_v_apart, prefill_v_split,
+    stream_lanes, stream_lanes_at, stream_segments, stream_smem, stream_tiling, PREFILL_MARGIN,
 };
 use super::write::{
     lane_elems, write_copy_source, write_e_min, write_rows_plan, write_rows_source,
@@ -837,7 +837,8 @@ fn prefill_workgroup_memory_matches_naga_for_every_tiling() {
         }
     }
     // Cooperative matrices' 32-key tilings (V over K's tile: `prefill_v_apart` false), which
-    // the planner reaches only where nothing earlier fits, so the loop above may not.
+    // the planner reaches only where nothing earlier fits, so the loop above may not, and
+    // the long prompts' four-subgroup 16-key tiling (V over K too).
     for mode in [KvQuantMode::None, KvQuantMode::Int2PerTokenHead] {
         let codec = create(mode)
             .unwrap()
@@ -845,13 +846,18 @@ fn prefill_workgroup_memory_matches_naga_for_every_tiling() {
         let caps = test_caps(32, true, true, 49152);
         for d in [64u32, 128] {
             let g = test_geometry(mode, Dtype::F16, d);
-            for rb in [2u32, 4] {
-                let t = Tiling {
-                    wg_size: rb * 32,
-                    tile: 32,
-                    max_m: rb * 16,
-                    owners: rb,
-                };
+            let long = prefill_tiling_for(&caps, &g, true, false, true).unwrap();
+            assert_eq!(
+                (long.wg_size, long.tile, long.max_m, long.owners),
+                (128, 16, 64, 4)
+            );
+            let wide = [2u32, 4].map(|rb| Tiling {
+                wg_size: rb * 32,
+                tile: 32,
+                max_m: rb * 16,
+                owners: rb,
+            });
+            for t in wide.into_iter().chain([long]) {
                 assert!(
                     !prefill_v_apart(&t, true)
                         && prefill_v_apart(&prefill_tiling(&caps, &g, true).unwrap(), true)
@@ -1362,4 +1368,63 @@ fn prefill_pipelines_take_the_rescale_margin_but_for_p_pairs() {
         assert_eq!(margin, Some(want as f64), "coop {coop} fp8 {fp8}");
     }
     assert_eq!(PREFILL_MARGIN, 4.0);
+}
+
+/// On cooperative matrices a prompt of at least `PREFILL_LONG_MIN_WORKGROUPS` 64-row
+/// workgroups takes the four-subgroup 16-key tiling (V over K), a shorter one the
+/// eight-subgroup tiling (V in its own tile); head sizes above 128 keep what a short prompt
+/// takes.
+#[test]
+fn long_prompts_take_the_four_subgroup_tiling_on_cooperative_matrices() {
+    use super::plan::{launch_plan, PREFILL_LONG_MIN_WORKGROUPS};
+    use super::{AttentionParams, StepSummary};
+    let caps = test_caps(32, true, true, 49152);
+    let p = AttentionParams {
+        num_q_heads: 32,
+        ..Default::default()
+    };
+    // 32 query heads over 8 KV heads: 4 rows per token, 16 tokens per workgroup.
+    let tokens_at = |wgs: u64| (wgs * 64 / 4 / 8) as u32;
+    let long = tokens_at(PREFILL_LONG_MIN_WORKGROUPS);
+    for (d, tokens, want) in [
+        (128, long, (128, 16, 64, 4)),
+        (128, long - 16, (256, 16, 64, 8)),
+        (64, long, (128, 16, 64, 4)),
+        (256, long, (0, 0, 0, 0)),
+    ] {
+        let mut g = test_geometry(KvQuantMode::None, Dtype::F16, d);
+        g.num_kv_heads = 8;
+        // Head size 256: the tiling a short prompt gets.
+        let want = if d > 128 {
+            let t = prefill_tiling(&caps, &g, true).unwrap();
+            (t.wg_size, t.tile, t.max_m, t.owners)
+        } else {
+            want
+        };
+        let sum = StepSummary {
+            num_seqs: 1,
+            num_tokens_q: tokens,
+            num_write: tokens,
+            max_seqlen_q: tokens,
+            max_seqlen_k: tokens,
+        };
+        let lp = launch_plan(&caps, &g, &sum, &p, false).unwrap();
+        assert_eq!(
+            lp.kernel,
+            crate::gpu::pipeline::Kernel::Prefill,
+            "d {d} tokens {tokens}"
+        );
+        assert!(lp.coop);
+        let t = lp.tiling;
+        assert_eq!(
+            (t.wg_size, t.tile, t.max_m, t.owners),
+            want,
+            "d {d} tokens {tokens}"
+        );
+        assert_eq!(
+            prefill_v_apart(&t, true),
+            t.owners == 2 * t.max_m / 16,
+            "d {d} {t:?}"
+        );
+    }
 }

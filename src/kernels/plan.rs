@@ -267,7 +267,13 @@ pub fn launch_plan(
         // over the key axis to fill the GPU.
         let decode_rows = sum.max_seqlen_q <= 1 && !prefix_ranges;
         if let Some(tiling) = tiled
-            .then(|| prefill_tiling_for(caps, g, coop, decode_rows))
+            .then(|| {
+                // 64-row workgroups the batch would take (per sequence rounded down: a
+                // lower bound within one per sequence and KV head).
+                let wgs = sum.num_tokens_q as u64 * qpk as u64 / 64 * g.num_kv_heads as u64;
+                let long = wgs >= PREFILL_LONG_MIN_WORKGROUPS;
+                prefill_tiling_for(caps, g, coop, decode_rows, long)
+            })
             .flatten()
             .filter(|t| !auto_twin || t.wg_size > t.max_m)
         {
@@ -607,13 +613,25 @@ pub fn prefill_smem(
 
 /// Whether the cooperative prefill kernel stages V in its own tile (`V_APART`: V's loads in
 /// flight together with K's) or over K's once Q Kᵀ is done (one tile: the 32-key tilings then
-/// fit two workgroups per multiprocessor on an H200). Separate tiles for 16-key tiles, one
-/// for wider ones; the twin always stages V over K. `QUANTKV_DEBUG_PREFILL_VAPART` = 0 or 1
-/// (feature `debug-knobs`) forces either on cooperative matrices.
+/// fit two workgroups per multiprocessor on an H200). Separate tiles for the eight-subgroup
+/// 16-key tiling (two column groups per row block), one for the others: one subgroup per row
+/// block with 16-key tiles ran an 8k prompt 1.13× faster with V over K (8.5 against 9.7 ms,
+/// twentieth session); the twin always stages V over K. `QUANTKV_DEBUG_PREFILL_VAPART` = 0
+/// or 1 (feature `debug-knobs`) forces either on cooperative matrices.
 pub fn prefill_v_apart(t: &Tiling, coop: bool) -> bool {
     static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-    coop && env_knob(&KNOB, "QUANTKV_DEBUG_PREFILL_VAPART").map_or(t.tile == 16, |v| v != 0)
+    coop && env_knob(&KNOB, "QUANTKV_DEBUG_PREFILL_VAPART")
+        .map_or(t.tile == 16 && t.owners > t.max_m / 16, |v| v != 0)
 }
+
+/// Workgroups of 64 rows (query tokens × query heads, per KV head) from which a prompt on
+/// cooperative matrices takes the four-subgroup 16-key tiling (V over K) instead of the
+/// eight-subgroup one, head sizes up to 128 ([`prefill_tiling_for`]'s `long`). Measured on an
+/// H200 (twentieth session, µs, eight against four subgroups): 8k causal (4096 workgroups)
+/// 9310 against 8532 (1.09×; 1.09–1.16× for every mode), 2k (1024) 806 against 811, a 2k
+/// prompt beside 32 decode rows 1009 against 998, 512 tokens over 32k (256) 4704 against
+/// 6165: with few workgroups the wider one keeps more warps busy.
+pub const PREFILL_LONG_MIN_WORKGROUPS: u64 = 2048;
 
 /// f32 elements of the prefill kernel's score tile, one region per head-dimension part
 /// ([`prefill_ksplit`]; on the twin P goes over the first), and at least a 16×16 block per
@@ -662,18 +680,30 @@ pub fn prefill_rows_shuffle(t: &Tiling, coop: bool) -> bool {
 /// 32-key tiles (30 KiB); with the kernel of `07a82d7`, 14.4 ms against 26.5 ms
 /// (BENCHMARKS.md). 64 rows × 32-key tiles with V over K's tile (24.8 KiB, 200 registers: two
 /// workgroups per multiprocessor) ran an 8k prompt in 20.0 ms against 11.0 for the
-/// eight-subgroup tiling (nineteenth session: its softmax loops alone took 10 ms). `None` where none fits, or the head size is not a multiple of 16 up to
-/// 256: the unified kernel runs then.
+/// eight-subgroup tiling (nineteenth session: its softmax loops alone took 10 ms); with the
+/// plain softmax of interior tiles, 13.9 ms against 9.3. Four subgroups with 16-key tiles and
+/// V over K ran 8k in 8.5 ms against 9.3 for eight subgroups, but 512 tokens over 32k in 6.2
+/// against 4.7 (twentieth session): long prompts take it ([`PREFILL_LONG_MIN_WORKGROUPS`]).
+/// `None` where none fits, or the head size is not a multiple of 16 up to 256: the unified
+/// kernel runs then.
 #[cfg(test)]
 pub fn prefill_tiling(caps: &Caps, g: &Geometry, coop: bool) -> Option<Tiling> {
-    prefill_tiling_for(caps, g, coop, false)
+    prefill_tiling_for(caps, g, coop, false, false)
 }
 
 /// [`prefill_tiling`], or with `decode` (a batch whose every query length is <= 1, split over
 /// the key axis) the one-row-block tilings first: a decode row holds one token's query heads
 /// of a KV head, so 16 rows hold a GQA group of up to 16 heads, and a workgroup of one
-/// subgroup (16-key tiles, then 32) leaves room for many per multiprocessor.
-pub fn prefill_tiling_for(caps: &Caps, g: &Geometry, coop: bool, decode: bool) -> Option<Tiling> {
+/// subgroup (16-key tiles, then 32) leaves room for many per multiprocessor. `long` (a batch
+/// of at least [`PREFILL_LONG_MIN_WORKGROUPS`] 64-row workgroups) puts the four-subgroup
+/// 16-key tiling first on cooperative matrices, head sizes up to 128.
+pub fn prefill_tiling_for(
+    caps: &Caps,
+    g: &Geometry,
+    coop: bool,
+    decode: bool,
+    long: bool,
+) -> Option<Tiling> {
     let d = g.head_size;
     if !d.is_multiple_of(16) || d == 0 || d > 256 {
         return None;
@@ -685,6 +715,15 @@ pub fn prefill_tiling_for(caps: &Caps, g: &Geometry, coop: bool, decode: bool) -
     // threads then share each softmax row by shuffles).
     let order: &[(u32, u32, u32)] = match (coop, decode) {
         (_, true) => &[(1, 16, 1), (1, 32, 1), (2, 16, 1)],
+        (true, false) if long && d <= 128 => &[
+            (4, 16, 1),
+            (4, 16, 2),
+            (2, 16, 1),
+            (4, 32, 1),
+            (2, 32, 1),
+            (1, 16, 1),
+            (4, 64, 1),
+        ],
         (true, false) => &[
             (4, 16, 2),
             (4, 16, 1),
