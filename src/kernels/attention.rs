@@ -656,7 +656,7 @@ pub(crate) fn pipelines(
             tiling,
             super::plan::prefill_f16(ctx.caps(), g, lp.coop),
             super::plan::prefill_raw_split(lp.coop, g),
-            layer.mode.backend().needs_scale_caches(),
+            super::plan::prefill_lookup_ahead(layer.mode.backend().needs_scale_caches()),
         ),
         _ => attention_source(codec, d, features, tiling),
     };

@@ -624,6 +624,15 @@ pub fn prefill_v_apart(t: &Tiling, coop: bool) -> bool {
         .map_or(t.tile == 16 && t.owners > t.max_m / 16, |v| v != 0)
 }
 
+/// Whether the prefill kernel looks each tile's rows and scales up a tile ahead
+/// (`LOOKUP_AHEAD`): for modes with per-row scales, whose scale loads wait on the row (INT8
+/// per-(token, head) 4 % faster on an H200; f16 0.4–1 % slower, eighteenth session).
+/// `QUANTKV_DEBUG_PREFILL_AHEAD` = 0 or 1 (feature `debug-knobs`) forces either.
+pub fn prefill_lookup_ahead(row_scales: bool) -> bool {
+    static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    env_knob(&KNOB, "QUANTKV_DEBUG_PREFILL_AHEAD").map_or(row_scales, |v| v != 0)
+}
+
 /// Workgroups of 64 rows (query tokens × query heads, per KV head) from which a prompt on
 /// cooperative matrices takes the four-subgroup 16-key tiling (V over K) instead of the
 /// eight-subgroup one, head sizes up to 128 ([`prefill_tiling_for`]'s `long`). Measured on an
