@@ -97,8 +97,9 @@ override ALIBI_MODE: u32 = 0u; // 0 off, 1 linear, 2 sqrt
 override HAS_QQ: bool = false;
 override HAS_MM: bool = false;
 override IS_SPLIT: bool = false;
-// The next tile's rows and scales looked up a tile ahead (the host sets it for modes with
-// per-row scales; used where a thread holds at most one key of the tile, TK <= WG_SIZE).
+// The next tile's rows and scales looked up a tile ahead (the host sets it:
+// plan::prefill_lookup_ahead; used where a thread holds at most one key of the tile,
+// TK <= WG_SIZE).
 override LOOKUP_AHEAD: bool = false;
 // Diagnostics only (QUANTKV_DEBUG_SKIP): 1 skips K/V loads, 2 the Q K^T multiply-adds, 4 the
 // P V multiply-adds, 8 the score pipeline and mask (raw scores kept), 64 the lo half of P

@@ -656,7 +656,7 @@ pub(crate) fn pipelines(
             tiling,
             super::plan::prefill_f16(ctx.caps(), g, lp.coop),
             super::plan::prefill_raw_split(lp.coop, g),
-            super::plan::prefill_lookup_ahead(layer.mode.backend().needs_scale_caches()),
+            super::plan::prefill_lookup_ahead(),
         ),
         _ => attention_source(codec, d, features, tiling),
     };
@@ -813,7 +813,7 @@ pub fn attention_source(
 /// The prefill kernel's source, override constants and layout for one variant
 /// (`Features::COOP`: on cooperative matrices, else the scalar twin; `f16`: tiles hold f16;
 /// `split`: K and V as hi + lo f16 pairs, cooperative matrices only; `lookup_ahead`: each
-/// tile's rows and scales looked up a tile ahead, for modes with per-row scales).
+/// tile's rows and scales looked up a tile ahead, `plan::prefill_lookup_ahead`).
 pub fn prefill_source(
     codec: &Codec,
     d: u32,

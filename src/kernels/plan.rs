@@ -625,12 +625,15 @@ pub fn prefill_v_apart(t: &Tiling, coop: bool) -> bool {
 }
 
 /// Whether the prefill kernel looks each tile's rows and scales up a tile ahead
-/// (`LOOKUP_AHEAD`): for modes with per-row scales, whose scale loads wait on the row (INT8
-/// per-(token, head) 4 % faster on an H200; f16 0.4–1 % slower, eighteenth session).
-/// `QUANTKV_DEBUG_PREFILL_AHEAD` = 0 or 1 (feature `debug-knobs`) forces either.
-pub fn prefill_lookup_ahead(row_scales: bool) -> bool {
+/// (`LOOKUP_AHEAD`): every mode. (At the eighteenth session's kernel it helped modes with
+/// per-row scales only, INT8 per-(token, head) 4 % faster on an H200 and f16 0.4–1 % slower;
+/// with the plain interior softmax and the long prompts' tiling, f16 8k took 8144 µs with it
+/// against 8538, 2k 789 against 802, chunked 4641 against 4726, mixed 990 against 1008,
+/// twentieth session.) `QUANTKV_DEBUG_PREFILL_AHEAD` = 0 or 1 (feature `debug-knobs`) forces
+/// either.
+pub fn prefill_lookup_ahead() -> bool {
     static KNOB: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-    env_knob(&KNOB, "QUANTKV_DEBUG_PREFILL_AHEAD").map_or(row_scales, |v| v != 0)
+    env_knob(&KNOB, "QUANTKV_DEBUG_PREFILL_AHEAD").is_none_or(|v| v != 0)
 }
 
 /// Workgroups of 64 rows (query tokens × query heads, per KV head) from which a prompt on
