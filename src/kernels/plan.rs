@@ -727,15 +727,6 @@ pub fn prefill_tiling_for(
     // threads then share each softmax row by shuffles).
     let order: &[(u32, u32, u32)] = match (coop, decode) {
         (_, true) => &[(1, 16, 1), (1, 32, 1), (2, 16, 1)],
-        (true, false) if long && d <= 128 => &[
-            (4, 16, 1),
-            (4, 16, 2),
-            (2, 16, 1),
-            (4, 32, 1),
-            (2, 32, 1),
-            (1, 16, 1),
-            (4, 64, 1),
-        ],
         (true, false) => &[
             (4, 16, 2),
             (4, 16, 1),
@@ -758,8 +749,15 @@ pub fn prefill_tiling_for(
         ],
     };
     let d_blocks = d / 16;
-    order
+    // Long prompts: four subgroups first (then the order as it is).
+    let first: &[(u32, u32, u32)] = if coop && !decode && long && d <= 128 {
+        &[(4, 16, 1)]
+    } else {
+        &[]
+    };
+    first
         .iter()
+        .chain(order)
         .copied()
         .map(|(rb, tk, cg)| Tiling {
             wg_size: rb * lanes * cg,
