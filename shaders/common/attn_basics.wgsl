@@ -25,6 +25,13 @@ fn physical_row(seq: u32, key: u32, kv_head: u32) -> u32 {
     return (block * ly.block_size + key % ly.block_size) * ly.num_kv_heads + kv_head;
 }
 
+// score_terms of four visible keys' raw q·k in pipelines without softcap, ALiBi or qq_bias
+// (the scale alone, clamped to real scores).
+fn plain_scores4(raw: vec4<f32>) -> vec4<f32> {
+    return clamp(raw * (ly.softmax_scale * transform_score_scale()), vec4<f32>(-REAL_MAX),
+                 vec4<f32>(REAL_MAX));
+}
+
 // A visible key's score from its raw q·k (spec §6.1, after the mask): scale, softcap, ALiBi,
 // qq_bias, clamped to a real score. `qrow`: the query's index among its sequence's new tokens
 // (its position is ctx + qrow).

@@ -17,3 +17,9 @@ fn exp_diff(a: f32, b: f32) -> f32 {
     let h = a * 0.5 - b * 0.5;
     return select(exp(h + h), 0.0, h < -64.0);
 }
+
+// exp_diff of four values.
+fn exp_diff4(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
+    let h = a * 0.5 - b * 0.5;
+    return select(exp(h + h), vec4<f32>(0.0), h < vec4<f32>(-64.0));
+}

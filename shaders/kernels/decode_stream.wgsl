@@ -109,11 +109,6 @@ var<workgroup> mlz_sh: array<vec4<f32>, 3>; // merged maximum, denominator, corr
 override NSG_MAX: u32 = 8u;
 var<workgroup> ms_sh: array<vec4<f32>, NSG_MAX>;
 
-fn exp_diff4(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
-    let h = a * 0.5 - b * 0.5;
-    return select(exp(h + h), vec4<f32>(0.0), h < vec4<f32>(-64.0));
-}
-
 // Sum over the LPR lanes of a key group, every head (the same bits in each lane). With at
 // least 4 lanes per row the heads are scattered while they are summed (two heads per lane
 // after the first exchange, one after the second: 3 + log2(LPR / 4) shuffles), then gathered
@@ -202,8 +197,7 @@ fn score4(part: vec4<f32>, ks: f32, kz: f32, qsum: vec4<f32>, key: u32, valid: b
                       score_terms(raw.z, inf.head0 + min(2u, last), key, inf.ctx, 0u),
                       score_terms(raw.w, inf.head0 + min(3u, last), key, inf.ctx, 0u));
     } else {
-        s = clamp(raw * (ly.softmax_scale * transform_score_scale()), vec4<f32>(-REAL_MAX),
-                  vec4<f32>(REAL_MAX));
+        s = plain_scores4(raw);
     }
     return select(vec4<f32>(NEG), s, valid);
 }

@@ -438,15 +438,13 @@ fn score4_plain(rm: u32, t0: u32, rt: u32) -> vec4<f32> {
     if ((DEBUG_SKIP & 8u) != 0u) {
         return raw;
     }
-    return clamp((raw * ks) * (ly.softmax_scale * transform_score_scale()),
-                 vec4<f32>(-REAL_MAX), vec4<f32>(REAL_MAX));
+    return plain_scores4(raw * ks);
 }
 
 // Interior tiles where no V row of the tile is non-finite: tile_p of four keys as a vector
 // (sv: real scores); their sum.
 fn p4_plain(rm: u32, t0: u32, rt: u32, sv: vec4<f32>, mu: f32, inv_g: f32) -> f32 {
-    let h = sv * 0.5 - vec4<f32>(mu * 0.5);
-    let p = select(exp(h + h), vec4<f32>(0.0), h < vec4<f32>(-64.0));
+    let p = exp_diff4(sv, vec4<f32>(mu));
     let vs = vec4<f32>(vs_sh[t0], vs_sh[t0 + rt], vs_sh[t0 + 2u * rt], vs_sh[t0 + 3u * rt]);
     let w = select(vec4<f32>(0.0), p * vs, p != vec4<f32>(0.0)) * inv_g * P_SCALE;
     put_p(rm, t0, w.x);
